@@ -1,0 +1,147 @@
+"""Errors named by who is to blame, and the one JSON body every error response shares.
+
+Every process raises these from deep inside (the pool, a handler, the auth check) and the
+server loop turns them into a status line and a body at exactly one place
+(`httpio.server`). The tree follows the phase and the blame, as trio's
+`ClosedResourceError`/`BrokenResourceError` and httpcore's connect/read/pool errors do:
+
+- `ClientError`: the client sent something we refuse (RFC 9110 15.5: 400, 408, 413, 431...).
+- `UpstreamError`: the next hop failed us: unreachable or reset (502, RFC 9110 15.6.3),
+  too slow (504, 15.6.5).
+- `GatewayRefusal`: we decided not to serve (no route 404, no healthy instance 503, loop 508).
+
+The body is always ``{"status": N, "error": "<code>", "detail": "<text>"}`` so clients can
+branch on ``error`` without parsing prose.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    status: int
+    error: str
+    detail: str
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def encode_error(status: int, code: str, detail: str) -> bytes:
+    return _encode(ErrorBody(status, code, detail))
+
+
+class GatewayError(Exception):
+    """Base of every error that becomes a response. ``status`` and ``code`` are class-level
+    defaults; an instance may override ``headers`` (e.g. ``Retry-After``)."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, detail: str = "", *, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        super().__init__(detail or self.code)
+        self.detail = detail or self.code.replace("_", " ")
+        self.headers = headers
+
+    def body(self) -> bytes:
+        return encode_error(self.status, self.code, self.detail)
+
+
+# -- the client is to blame -------------------------------------------------------------------
+class ClientError(GatewayError):
+    status = 400
+    code = "bad_request"
+
+
+class RequestTimeout(ClientError):
+    status = 408
+    code = "request_timeout"
+
+
+class RequestBodyTooLarge(ClientError):
+    status = 413
+    code = "body_too_large"
+
+
+class RequestHeadTooLarge(ClientError):
+    status = 431
+    code = "headers_too_large"
+
+
+class Unauthorized(ClientError):
+    """RFC 6750 3: 401 always carries a ``WWW-Authenticate: Bearer`` challenge."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, detail: str = "", *, error: str = "invalid_token") -> None:
+        challenge = b'Bearer realm="gateway"'
+        if error:
+            challenge += b', error="' + error.encode() + b'"'
+        super().__init__(detail, headers=((b"www-authenticate", challenge),))
+
+
+class Forbidden(ClientError):
+    status = 403
+    code = "forbidden"
+
+
+# -- we decided not to serve ------------------------------------------------------------------
+class GatewayRefusal(GatewayError):
+    status = 500
+    code = "refused"
+
+
+class RouteNotFound(GatewayRefusal):
+    status = 404
+    code = "not_found"
+
+
+class NoHealthyInstance(GatewayRefusal):
+    status = 503
+    code = "no_healthy_instance"
+
+
+class Overloaded(GatewayRefusal):
+    status = 503
+    code = "overloaded"
+
+
+class DependencyUnavailable(GatewayRefusal):
+    """A service we need to decide (the auth server) cannot be reached: never fail open."""
+
+    status = 503
+    code = "dependency_unavailable"
+
+
+class LoopDetected(GatewayRefusal):
+    status = 508
+    code = "loop_detected"
+
+
+# -- the upstream is to blame -----------------------------------------------------------------
+class UpstreamError(GatewayError):
+    status = 502
+    code = "bad_gateway"
+
+    def __init__(self, detail: str = "", *, bytes_sent: bool = False) -> None:
+        super().__init__(detail)
+        # True once any byte of the request left us: such a request is not retried unless
+        # it is idempotent (RFC 9110 9.2.2).
+        self.bytes_sent = bytes_sent
+
+
+class UpstreamUnreachable(UpstreamError):
+    """Connect refused, reset, or closed before any response byte."""
+
+    code = "upstream_unreachable"
+
+
+class UpstreamProtocolError(UpstreamError):
+    code = "upstream_protocol_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"

@@ -1,0 +1,667 @@
+"""The HTTP/1.1 server loop every process runs: accept, keep-alive, limits, timeouts, drain.
+
+One connection is one task and runs requests one after another (HTTP/1.1 has no
+multiplexing, and pipelined requests are answered in order, RFC 9112 9.3.2), so a request
+costs no task switch of its own. The handler is an ``async`` function from `Request` to
+`Response`; it raises `httpio.errors.GatewayError` subclasses and this module is the one
+place they become a status line and a JSON body.
+
+Limits and their statuses (RFC 9110 15.5, RFC 6585 5):
+- request head larger than ``max_head_bytes`` -> 431; malformed head -> 400;
+- body larger than ``max_body_bytes`` -> 413 (up front when Content-Length says so);
+- no complete head within ``head_timeout_s`` of the first byte (or of accept) -> 408;
+- a keep-alive connection idle for ``idle_timeout_s`` is closed without a word (RFC 9112 9.5);
+- more than ``max_connections`` open -> the new one gets a 503 and is closed.
+
+Drain (SIGTERM/SIGINT via `run_server`): stop accepting, close idle keep-alive connections,
+let requests in flight finish and answer them with ``Connection: close``, and cancel what is
+left at ``drain_timeout_s``.
+
+Responses are written with as few ``send_all`` calls as the body allows: a bytes body goes
+out with its head in one write.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Any, Protocol
+
+import msgspec
+import structlog
+import trio
+
+from httpio import proxyproto
+from httpio.errors import (
+    ClientError,
+    GatewayError,
+    RequestBodyTooLarge,
+    RequestHeadTooLarge,
+    RequestTimeout,
+    encode_error,
+)
+from httpio.protocol import Headers, h11, reason_for
+
+log = structlog.get_logger()
+
+RECEIVE_SIZE = 65536
+
+
+class ServerLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Limits of one listening server. Defaults follow common proxy practice: nginx's
+    large_client_header_buffers (4 x 8k) sits near 16 KiB, its keepalive_timeout is 75 s;
+    we choose shorter idle times because idle connections cost memory on a 2-core box."""
+
+    max_head_bytes: int = 16384
+    max_body_bytes: int = 1 << 30
+    head_timeout_s: float = 10.0
+    idle_timeout_s: float = 30.0
+    body_timeout_s: float = 30.0
+    send_timeout_s: float = 30.0
+    max_connections: int = 20000
+    drain_timeout_s: float = 10.0
+
+
+class ResponseBody(Protocol):
+    async def read(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    headers: Headers = field(default_factory=list)
+    body: bytes | ResponseBody = b""
+
+
+_json_encode = msgspec.json.Encoder().encode
+_JSON = (b"content-type", b"application/json")
+
+
+def json_response(status: int, obj: object, headers: Headers | None = None) -> Response:
+    hs = [_JSON]
+    if headers:
+        hs.extend(headers)
+    return Response(status, hs, _json_encode(obj))
+
+
+def error_response(err: GatewayError) -> Response:
+    return Response(err.status, [_JSON, *err.headers], err.body())
+
+
+class RequestBody:
+    """The body of the request being served, read straight off the connection.
+
+    ``read()`` returns the next chunk and ``b""`` at the end. Cancellation mid-read leaves
+    the connection unusable; the server then closes it rather than reuse it.
+    """
+
+    __slots__ = ("_conn", "_done", "_limits", "_received", "_stream")
+
+    def __init__(self, conn: Any, stream: trio.abc.Stream, limits: ServerLimits) -> None:
+        self._conn = conn
+        self._stream = stream
+        self._limits = limits
+        self._received = 0
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    async def read(self) -> bytes:
+        if self._done:
+            return b""
+        conn = self._conn
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise ClientError(f"malformed request body: {exc}") from exc
+            if event is h11.NEED_DATA:
+                if conn.they_are_waiting_for_100_continue:
+                    await self._stream.send_all(
+                        conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+                    )
+                with trio.move_on_after(self._limits.body_timeout_s) as scope:
+                    data = await self._stream.receive_some(RECEIVE_SIZE)
+                if scope.cancelled_caught:
+                    raise RequestTimeout("request body not received in time")
+                conn.receive_data(data)
+                continue
+            kind = type(event)
+            if kind is h11.Data:
+                self._received += len(event.data)
+                if self._received > self._limits.max_body_bytes:
+                    raise RequestBodyTooLarge(
+                        f"request body exceeds {self._limits.max_body_bytes} bytes"
+                    )
+                return bytes(event.data)
+            if kind is h11.EndOfMessage:
+                self._done = True
+                return b""
+            raise ClientError("connection closed during request body")
+
+    async def read_all(self) -> bytes:
+        parts = []
+        while chunk := await self.read():
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    target: str
+    path: str
+    query: str
+    headers: Headers
+    http_version: str
+    client: tuple[str, int]
+    body: RequestBody
+
+    def header(self, name: bytes) -> bytes | None:
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return None
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class _Clock:
+    """The Date header (RFC 9110 6.6.1), formatted once a second rather than per response."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def date(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = formatdate(now, usegmt=True).encode()
+        return self._value
+
+
+_clock = _Clock()
+
+
+class _Closed(Exception):
+    """The peer went away, or the connection must not carry another request."""
+
+
+def _addr(sockname: Any) -> tuple[str, int]:
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        return (str(sockname[0]), int(sockname[1]))
+    return ("unix", 0)
+
+
+class HttpServer:
+    """Serves ``handler`` on any number of listeners and handed-off connections.
+
+    ``trusted_proxies`` lists the peer addresses allowed to open a connection with a PROXY
+    protocol v2 header (our ELBs); from anyone else such a header is a malformed request.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        limits: ServerLimits | None = None,
+        *,
+        name: str = "server",
+        trusted_proxies: Iterable[str] = (),
+        server_header: bytes | None = None,
+    ) -> None:
+        self.handler = handler
+        self.limits = limits or ServerLimits()
+        self.name = name
+        self.trusted_proxies = frozenset(trusted_proxies)
+        self.server_header = server_header
+        self.draining = False
+        self.open_connections = 0
+        self.requests_served = 0
+        self.refused_connections = 0
+        self._idle: set[trio.CancelScope] = set()
+        self._all_closed = trio.Event()
+        self._all_closed.set()
+        self._nursery: trio.Nursery | None = None
+        self.on_connection_closed: Callable[[], None] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<HttpServer {self.name} open={self.open_connections} "
+            f"served={self.requests_served} draining={self.draining}>"
+        )
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "open_connections": self.open_connections,
+            "requests_served": self.requests_served,
+            "refused_connections": self.refused_connections,
+            "draining": self.draining,
+        }
+
+    # -- listeners ---------------------------------------------------------------------------
+    async def serve_listeners(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener)
+            task_status.started()
+
+    async def _accept_loop(self, listener: trio.SocketListener) -> None:
+        async with listener:
+            while not self.draining:
+                try:
+                    stream = await listener.accept()
+                except trio.ClosedResourceError:
+                    return
+                except OSError as exc:  # EMFILE and friends: back off, keep serving
+                    log.warning("accept_failed", server=self.name, error=str(exc))
+                    await trio.sleep(0.1)
+                    continue
+                self.start_connection(stream)
+
+    def start_connection(self, stream: trio.SocketStream) -> None:
+        """Serve an already-accepted connection (from a listener or an ELB hand-off)."""
+        assert self._nursery is not None, "serve_listeners() is not running"
+        self._nursery.start_soon(self.serve_connection, stream)
+
+    async def drain(self) -> None:
+        """Stop accepting, close idle connections, and wait for requests in flight."""
+        self.draining = True
+        for scope in list(self._idle):
+            scope.cancel()
+        if self._nursery is not None:
+            with trio.move_on_after(self.limits.drain_timeout_s):
+                await self._all_closed.wait()
+            self._nursery.cancel_scope.cancel()
+
+    # -- one connection ----------------------------------------------------------------------
+    async def serve_connection(self, stream: trio.SocketStream) -> None:
+        self.open_connections += 1
+        self._all_closed = self._all_closed if self.open_connections > 1 else trio.Event()
+        try:
+            if self.open_connections > self.limits.max_connections or self.draining:
+                self.refused_connections += 1
+                await self._refuse(stream)
+                return
+            await self._serve(stream)
+        except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+            pass
+        except proxyproto.ProxyProtocolError as exc:
+            log.warning("bad_proxy_header", server=self.name, error=str(exc))
+        except OSError as exc:
+            log.debug("connection_error", server=self.name, error=str(exc))
+        finally:
+            self.open_connections -= 1
+            if self.open_connections == 0:
+                self._all_closed.set()
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+            if self.on_connection_closed is not None:
+                self.on_connection_closed()
+
+    async def _refuse(self, stream: trio.SocketStream) -> None:
+        body = encode_error(503, "too_many_connections", "server is at its connection limit")
+        head = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+        head += b"connection: close\r\nretry-after: 1\r\ncontent-length: %d\r\n\r\n" % len(body)
+        with trio.move_on_after(1.0):
+            await stream.send_all(head + body)
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        limits = self.limits
+        try:
+            peer = _addr(stream.socket.getpeername())
+        except OSError:
+            return
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
+        if peer[0] in self.trusted_proxies:
+            peer = await self._read_proxy_header(stream, conn, peer)
+        first = True
+        while True:
+            event = await self._read_head(stream, conn, first)
+            if event is None:
+                return
+            first = False
+            request = self._make_request(event, conn, stream, peer)
+            keep = await self._respond(stream, conn, request)
+            self.requests_served += 1
+            if not keep:
+                return
+            if not request.body.done and not await self._discard_body(request.body):
+                return
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+
+    async def _read_proxy_header(
+        self, stream: trio.SocketStream, conn: Any, peer: tuple[str, int]
+    ) -> tuple[str, int]:
+        buffer = b""
+        with trio.move_on_after(self.limits.head_timeout_s):
+            while True:
+                parsed = proxyproto.parse_v2(buffer)
+                if parsed is not proxyproto.NEED_MORE:
+                    break
+                data = await stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    raise _Closed
+                buffer += data
+        if parsed is proxyproto.NEED_MORE:
+            raise _Closed
+        if parsed is None:  # not a PROXY header: plain HTTP from a trusted host
+            conn.receive_data(buffer)
+            return peer
+        assert isinstance(parsed, proxyproto.ProxyHeader)
+        conn.receive_data(buffer[parsed.length :])
+        return parsed.source or peer
+
+    async def _read_head(self, stream: trio.SocketStream, conn: Any, first: bool) -> Any:
+        limits = self.limits
+        waiting_idle = not first and not conn.trailing_data[0]
+        deadline = trio.current_time() + (
+            limits.idle_timeout_s if waiting_idle else limits.head_timeout_s
+        )
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                hint = exc.error_status_hint
+                err: ClientError = (
+                    RequestHeadTooLarge(f"request head exceeds {limits.max_head_bytes} bytes")
+                    if hint == 431
+                    else ClientError(f"malformed request: {exc}")
+                )
+                await self._send_error_and_close(stream, conn, err)
+                return None
+            if event is h11.NEED_DATA:
+                if self.draining and waiting_idle:
+                    return None
+                scope = trio.CancelScope(deadline=deadline)
+                if waiting_idle:
+                    self._idle.add(scope)
+                try:
+                    with scope:
+                        data = await stream.receive_some(RECEIVE_SIZE)
+                finally:
+                    if waiting_idle:
+                        self._idle.discard(scope)
+                if scope.cancelled_caught:
+                    if waiting_idle:
+                        return None
+                    await self._send_error_and_close(
+                        stream, conn, RequestTimeout("request head not received in time")
+                    )
+                    return None
+                if not data and not conn.trailing_data[0] and conn.their_state is h11.IDLE:
+                    return None  # clean close between requests
+                conn.receive_data(data)
+                if waiting_idle and data:
+                    waiting_idle = False
+                    deadline = trio.current_time() + limits.head_timeout_s
+                continue
+            if type(event) is h11.Request:
+                return event
+            return None  # ConnectionClosed or PAUSED oddities: nothing more to serve
+
+    def _make_request(
+        self, event: Any, conn: Any, stream: trio.SocketStream, peer: tuple[str, int]
+    ) -> Request:
+        target = event.target.decode("latin-1")
+        path, _, query = target.partition("?")
+        return Request(
+            event.method.decode("ascii"),
+            target,
+            path,
+            query,
+            list(event.headers),
+            event.http_version.decode("ascii"),
+            peer,
+            RequestBody(conn, stream, self.limits),
+        )
+
+    async def _respond(self, stream: trio.SocketStream, conn: Any, request: Request) -> bool:
+        """Run the handler and send its response. Returns whether the connection may carry
+        another request."""
+        limits = self.limits
+        response: Response
+        try:
+            length = request.header(b"content-length")
+            if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
+                raise RequestBodyTooLarge(f"request body exceeds {limits.max_body_bytes} bytes")
+            response = await self.handler(request)
+        except GatewayError as err:
+            response = error_response(err)
+            if isinstance(err, ClientError) and not request.body.done:
+                response.headers.append((b"connection", b"close"))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise _Closed from None
+        except Exception:
+            log.exception(
+                "handler_failed", server=self.name, method=request.method, target=request.target
+            )
+            response = error_response(GatewayError("internal error while serving the request"))
+        if self.draining:
+            response.headers.append((b"connection", b"close"))
+        with trio.fail_after(limits.send_timeout_s):
+            await self._send(stream, conn, request, response)
+        return conn.our_state is not h11.MUST_CLOSE
+
+    async def _send(
+        self, stream: trio.SocketStream, conn: Any, request: Request, response: Response
+    ) -> None:
+        headers = response.headers
+        headers.append((b"date", _clock.date()))
+        if self.server_header is not None:
+            headers.append((b"server", self.server_header))
+        body = response.body
+        status = response.status
+        no_body = request.method == "HEAD" or status in (204, 304) or status < 200
+        if isinstance(body, bytes):
+            if not no_body or request.method == "HEAD":
+                if not any(n == b"content-length" for n, _ in headers):
+                    headers.append((b"content-length", b"%d" % len(body)))
+            try:
+                out = conn.send(
+                    h11.Response(status_code=status, headers=headers, reason=reason_for(status))
+                )
+            except h11.LocalProtocolError as exc:
+                raise _Closed from exc
+            if body and not no_body:
+                out += conn.send(h11.Data(data=body))
+            out += conn.send(h11.EndOfMessage())
+            await stream.send_all(out)
+            return
+        try:
+            try:
+                head = conn.send(
+                    h11.Response(status_code=status, headers=headers, reason=reason_for(status))
+                )
+            except h11.LocalProtocolError as exc:
+                raise _Closed from exc
+            if no_body:
+                await stream.send_all(head + conn.send(h11.EndOfMessage()))
+                return
+            chunk = await body.read()
+            pending = head
+            while chunk:
+                pending += conn.send(h11.Data(data=chunk))
+                await stream.send_all(pending)
+                pending = b""
+                chunk = await body.read()
+            await stream.send_all(pending + conn.send(h11.EndOfMessage()))
+        except GatewayError as err:
+            # The head is out: the only honest signal left is a truncated message.
+            log.warning(
+                "response_aborted", server=self.name, target=request.target, error=err.detail
+            )
+            raise _Closed from err
+        except h11.LocalProtocolError as exc:
+            # e.g. the upstream sent fewer bytes than its Content-Length promised
+            log.warning("response_aborted", server=self.name, target=request.target, error=str(exc))
+            raise _Closed from exc
+        finally:
+            with trio.CancelScope(shield=True):
+                await body.aclose()
+
+    async def _discard_body(self, body: RequestBody, budget: int = 65536) -> bool:
+        """Read and drop what the handler left of the body, so the connection can be reused;
+        more than ``budget`` bytes is not worth it and the connection is closed instead."""
+        try:
+            while budget > 0:
+                chunk = await body.read()
+                if not chunk:
+                    return True
+                budget -= len(chunk)
+        except GatewayError:
+            return False
+        return False
+
+    async def _send_error_and_close(
+        self, stream: trio.SocketStream, conn: Any, err: ClientError
+    ) -> None:
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        body = err.body()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+            (b"connection", b"close"),
+            (b"date", _clock.date()),
+        ]
+        try:
+            out = conn.send(
+                h11.Response(status_code=err.status, headers=headers, reason=reason_for(err.status))
+            )
+            out += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+        except h11.LocalProtocolError:
+            return
+        with trio.move_on_after(1.0):
+            await stream.send_all(out)
+
+
+# -- entry points ------------------------------------------------------------------------------
+async def open_listeners(port: int, host: str = "127.0.0.1") -> list[trio.SocketListener]:
+    listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
+    return listeners
+
+
+def listener_port(listeners: list[trio.SocketListener]) -> int:
+    return int(listeners[0].socket.getsockname()[1])
+
+
+async def serve_tcp(
+    handler: Handler,
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    limits: ServerLimits | None = None,
+    name: str = "server",
+    trusted_proxies: Iterable[str] = (),
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until cancelled; reports the bound port (useful with ``port=0``)."""
+    server = HttpServer(handler, limits, name=name, trusted_proxies=trusted_proxies)
+    listeners = await open_listeners(port, host)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve_listeners, listeners)
+        task_status.started(listener_port(listeners))
+
+
+Setup = Callable[[trio.Nursery, HttpServer], Awaitable[Handler]]
+
+
+async def serve_until_signalled(
+    setup: Setup,
+    port: int,
+    *,
+    name: str,
+    limits: ServerLimits | None = None,
+    host: str = "127.0.0.1",
+    trusted_proxies: Iterable[str] = (),
+    extra: Callable[[trio.Nursery, HttpServer], Awaitable[None]] | None = None,
+) -> None:
+    """Run a process's server: ``setup(nursery, server)`` starts background tasks (health
+    checks, config reload) in ``nursery`` and returns the handler. SIGTERM/SIGINT drain."""
+    limits = limits or ServerLimits()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as background:
+            server = HttpServer(_not_ready, limits, name=name, trusted_proxies=trusted_proxies)
+            server.handler = await setup(background, server)
+            try:
+                listeners = await open_listeners(port, host)
+            except OSError as exc:
+                log.error("listen_failed", server=name, port=port, error=str(exc))
+                raise SystemExit(2) from exc
+            for listener in listeners:
+                listener.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            async with trio.open_nursery() as serving:
+                await serving.start(server.serve_listeners, listeners)
+                if extra is not None:
+                    await extra(serving, server)
+                log.info("listening", server=name, port=listener_port(listeners), h11=h11.__name__)
+                async for signum in signals:
+                    log.info("draining", server=name, signal=signal.Signals(signum).name)
+                    for listener in listeners:
+                        await listener.aclose()
+                    await server.drain()
+                    serving.cancel_scope.cancel()
+                    break
+            background.cancel_scope.cancel()
+    log.info("stopped", server=name)
+
+
+async def _not_ready(request: Request) -> Response:
+    raise GatewayError("server is starting")
+
+
+def configure_logging(name: str) -> None:
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.bind_contextvars(process=name)
+
+
+def run_server(
+    setup: Setup | Handler,
+    port: int,
+    *,
+    name: str,
+    limits: ServerLimits | None = None,
+    host: str = "127.0.0.1",
+) -> None:
+    """Console-script entry: logging, the trio loop, drain on a signal, exit status 0.
+
+    ``setup`` is either a plain handler or an ``async def setup(nursery, server) -> handler``.
+    """
+    configure_logging(name)
+
+    async def _plain(nursery: trio.Nursery, server: HttpServer) -> Handler:
+        return setup  # type: ignore[return-value]
+
+    import inspect
+
+    is_setup = len(inspect.signature(setup).parameters) == 2
+    chosen: Setup = setup if is_setup else _plain  # type: ignore[assignment]
+    trio.run(lambda: serve_until_signalled(chosen, port, name=name, limits=limits, host=host))

@@ -1,0 +1,395 @@
+"""Keep-alive HTTP/1.1 client connections to upstreams, pooled per origin.
+
+Layering after httpcore: `UpstreamPool` hands out `_Connection`s, each an h11 client state
+machine over a trio stream. Decisions (which connection, whether it may go back to the pool)
+are taken synchronously; the I/O happens after, and closing is shielded from cancellation.
+
+Rules that keep a pool honest:
+- A connection goes back to the pool only when both sides of h11 are ``DONE`` after a full
+  exchange. A cancelled, failed or half-read exchange closes the connection instead.
+- A pooled connection may have been closed by the upstream while idle. Before reuse we poll
+  its socket for readability (an idle HTTP/1.1 connection has nothing to say, so readable
+  means EOF or garbage) and drop it. If it still dies before the first response byte, an
+  idempotent request with a replayable body is sent once more on a fresh connection
+  (RFC 9110 9.2.2); nothing else is ever retried here.
+- Each timeout has one name and one place: ``connect_timeout_s`` around the TCP connect,
+  ``response_head_timeout_s`` from the end of the request to the response head,
+  ``body_timeout_s`` between body chunks, ``idle_timeout_s`` for a connection resting in the
+  pool (kept below the backends' own keep-alive timeout so that we, not they, close first).
+"""
+
+from __future__ import annotations
+
+import select
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import msgspec
+import trio
+
+from httpio.errors import (
+    GatewayError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from httpio.protocol import Headers, h11
+
+RECEIVE_SIZE = 65536
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+class UpstreamTimeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    connect_timeout_s: float = 1.0
+    response_head_timeout_s: float = 30.0
+    body_timeout_s: float = 30.0
+    idle_timeout_s: float = 20.0
+    max_idle_per_origin: int = 256
+
+
+class BodySource(Protocol):
+    async def read(self) -> bytes: ...
+
+
+class Origin:
+    """``http://host:port`` split once; ``host`` is resolved once and cached by the pool."""
+
+    __slots__ = ("host", "host_header", "key", "port", "url")
+
+    def __init__(self, url: str) -> None:
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme != "http":
+            raise ValueError(f"only http:// origins are supported, got {url!r}")
+        hostport = rest.split("/", 1)[0]
+        host, colon, port = hostport.rpartition(":")
+        if not colon or not port.isdigit():
+            host, port = hostport, "80"
+        self.url = url.rstrip("/")
+        self.host = host.strip("[]")
+        self.port = int(port)
+        self.host_header = hostport.encode()
+        self.key = (self.host, self.port)
+
+    def __repr__(self) -> str:
+        return f"Origin({self.url!r})"
+
+
+class _Connection:
+    __slots__ = ("conn", "origin", "rested_at", "reused", "stream")
+
+    def __init__(self, stream: trio.SocketStream, origin: Origin) -> None:
+        self.stream = stream
+        self.conn: Any = h11.Connection(h11.CLIENT)
+        self.origin = origin
+        self.rested_at = 0.0
+        self.reused = False
+
+    def looks_alive(self) -> bool:
+        try:
+            readable, _, _ = select.select([self.stream.socket.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
+
+
+class UpstreamResponse:
+    """Status and headers of an upstream's answer; the body is read with ``read()`` (a chunk,
+    ``b""`` at the end). ``aclose()`` must be called; it returns the connection to the pool
+    only if the body was read to the end."""
+
+    __slots__ = ("_c", "_done", "_pool", "headers", "http_version", "reason", "status")
+
+    def __init__(self, pool: UpstreamPool, c: _Connection, event: Any) -> None:
+        self._pool = pool
+        self._c: _Connection | None = c
+        self._done = False
+        self.status: int = event.status_code
+        self.headers: Headers = list(event.headers)
+        self.reason: bytes = bytes(event.reason)
+        self.http_version: bytes = bytes(event.http_version)
+
+    def __repr__(self) -> str:
+        return f"<UpstreamResponse {self.status} done={self._done}>"
+
+    async def read(self) -> bytes:
+        c = self._c
+        if self._done or c is None:
+            return b""
+        conn = c.conn
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                await self._discard()
+                raise UpstreamProtocolError(f"{c.origin.url}: {exc}", bytes_sent=True) from exc
+            if event is h11.NEED_DATA:
+                try:
+                    with trio.fail_after(self._pool.timeouts.body_timeout_s):
+                        data = await c.stream.receive_some(RECEIVE_SIZE)
+                except trio.TooSlowError:
+                    await self._discard()
+                    raise UpstreamTimeout(
+                        f"{c.origin.url}: response body stalled", bytes_sent=True
+                    ) from None
+                except (trio.BrokenResourceError, OSError) as exc:
+                    await self._discard()
+                    raise UpstreamUnreachable(
+                        f"{c.origin.url}: reset during response body", bytes_sent=True
+                    ) from exc
+                conn.receive_data(data)
+                continue
+            kind = type(event)
+            if kind is h11.Data:
+                return bytes(event.data)
+            if kind is h11.EndOfMessage:
+                self._done = True
+                self._c = None
+                self._pool._release(c)
+                return b""
+            await self._discard()
+            raise UpstreamProtocolError(f"{c.origin.url}: unexpected {kind.__name__}")
+
+    async def read_all(self, limit: int = 1 << 30) -> bytes:
+        parts = []
+        size = 0
+        try:
+            while chunk := await self.read():
+                size += len(chunk)
+                if size > limit:
+                    raise UpstreamProtocolError(f"response body exceeds {limit} bytes")
+                parts.append(chunk)
+        finally:
+            await self.aclose()
+        return b"".join(parts)
+
+    async def aclose(self) -> None:
+        if self._c is not None:
+            await self._discard()
+
+    async def _discard(self) -> None:
+        c, self._c = self._c, None
+        self._done = True
+        if c is not None:
+            await self._pool._close(c)
+
+
+class UpstreamPool:
+    def __init__(self, timeouts: UpstreamTimeouts | None = None) -> None:
+        self.timeouts = timeouts or UpstreamTimeouts()
+        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._origins: dict[str, Origin] = {}
+        self._addresses: dict[str, str] = {}
+        self.opened = 0
+        self.reused = 0
+        self.retried = 0
+        self.closed = 0
+        self.in_use = 0
+
+    def __repr__(self) -> str:
+        idle = sum(len(v) for v in self._idle.values())
+        return f"<UpstreamPool in_use={self.in_use} idle={idle} opened={self.opened}>"
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "in_use": self.in_use,
+            "idle": {f"{h}:{p}": len(v) for (h, p), v in self._idle.items()},
+            "opened": self.opened,
+            "reused": self.reused,
+            "retried": self.retried,
+            "closed": self.closed,
+        }
+
+    def origin(self, url: str) -> Origin:
+        found = self._origins.get(url)
+        if found is None:
+            found = self._origins[url] = Origin(url)
+        return found
+
+    async def request(
+        self,
+        origin: str | Origin,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: bytes | BodySource = b"",
+        *,
+        connect_timeout_s: float | None = None,
+        response_head_timeout_s: float | None = None,
+    ) -> UpstreamResponse:
+        """Send one request; return once the response head is in. ``headers`` must not hold
+        hop-by-hop headers; ``Host`` is added when missing. Raises `UpstreamUnreachable`
+        (502), `UpstreamTimeout` (504) or `UpstreamProtocolError` (502); their
+        ``bytes_sent`` says whether any of the request may have reached the upstream."""
+        o = origin if isinstance(origin, Origin) else self.origin(origin)
+        if not any(n == b"host" for n, _ in headers):
+            headers = [(b"host", o.host_header), *headers]
+        if isinstance(body, bytes):
+            if (body or method in ("POST", "PUT", "PATCH")) and not any(
+                n == b"content-length" for n, _ in headers
+            ):
+                headers = [*headers, (b"content-length", b"%d" % len(body))]
+        replayable = isinstance(body, bytes) and method in IDEMPOTENT
+        attempt = 0
+        while True:
+            c = await self._acquire(o, connect_timeout_s)
+            try:
+                return await self._exchange(
+                    c, method, target, headers, body, response_head_timeout_s
+                )
+            except _DeadOnReuse as dead:
+                if replayable and attempt == 0:
+                    attempt += 1
+                    self.retried += 1
+                    continue
+                raise dead.error from None
+
+    async def _acquire(self, o: Origin, connect_timeout_s: float | None) -> _Connection:
+        idle = self._idle.get(o.key)
+        now = trio.current_time()
+        while idle:
+            c = idle.pop()
+            if now - c.rested_at < self.timeouts.idle_timeout_s and c.looks_alive():
+                c.reused = True
+                self.reused += 1
+                self.in_use += 1
+                return c
+            await self._close(c, counted=False)
+        address = await self._resolve(o.host)
+        timeout = (
+            self.timeouts.connect_timeout_s if connect_timeout_s is None else connect_timeout_s
+        )
+        try:
+            with trio.fail_after(timeout):
+                stream = await trio.open_tcp_stream(address, o.port)
+        except trio.TooSlowError:
+            raise UpstreamTimeout(f"{o.url}: connect timed out after {timeout}s") from None
+        except OSError as exc:
+            raise UpstreamUnreachable(f"{o.url}: connect failed: {exc.strerror or exc}") from None
+        self.opened += 1
+        self.in_use += 1
+        return _Connection(stream, o)
+
+    async def _resolve(self, host: str) -> str:
+        address = self._addresses.get(host)
+        if address is None:
+            try:
+                infos = await trio.socket.getaddrinfo(host, None, type=trio.socket.SOCK_STREAM)
+            except OSError as exc:
+                raise UpstreamUnreachable(f"cannot resolve {host}: {exc}") from None
+            address = self._addresses[host] = str(infos[0][4][0])
+        return address
+
+    async def _exchange(
+        self,
+        c: _Connection,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: bytes | BodySource,
+        response_head_timeout_s: float | None,
+    ) -> UpstreamResponse:
+        conn = c.conn
+        url = c.origin.url
+        sent_any = False
+        try:
+            out = conn.send(h11.Request(method=method, target=target, headers=headers))
+            if isinstance(body, bytes):
+                if body:
+                    out += conn.send(h11.Data(data=body))
+                out += conn.send(h11.EndOfMessage())
+                await c.stream.send_all(out)
+            else:
+                await c.stream.send_all(out)
+                sent_any = True
+                while chunk := await body.read():
+                    await c.stream.send_all(conn.send(h11.Data(data=chunk)))
+                await c.stream.send_all(conn.send(h11.EndOfMessage()))
+            sent_any = True
+            timeout = (
+                self.timeouts.response_head_timeout_s
+                if response_head_timeout_s is None
+                else response_head_timeout_s
+            )
+            with trio.fail_after(timeout):
+                got_bytes = False
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        data = await c.stream.receive_some(RECEIVE_SIZE)
+                        if not data and not got_bytes and c.reused:
+                            raise _DeadOnReuse(
+                                UpstreamUnreachable(
+                                    f"{url}: closed a reused connection", bytes_sent=True
+                                )
+                            )
+                        got_bytes = got_bytes or bool(data)
+                        conn.receive_data(data)
+                        continue
+                    kind = type(event)
+                    if kind is h11.Response:
+                        return UpstreamResponse(self, c, event)
+                    if kind is h11.InformationalResponse:
+                        continue  # 100 Continue and friends: not ours to relay
+                    raise UpstreamProtocolError(
+                        f"{url}: unexpected {kind.__name__}", bytes_sent=True
+                    )
+        except _DeadOnReuse:
+            await self._close(c)
+            raise
+        except trio.TooSlowError:
+            await self._close(c)
+            raise UpstreamTimeout(f"{url}: no response head in time", bytes_sent=True) from None
+        except h11.RemoteProtocolError as exc:
+            await self._close(c)
+            raise UpstreamProtocolError(f"{url}: {exc}", bytes_sent=True) from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            await self._close(c)
+            error = UpstreamUnreachable(f"{url}: connection reset", bytes_sent=sent_any)
+            if c.reused:
+                raise _DeadOnReuse(error) from None
+            raise error from exc
+        except GatewayError:
+            # the request body source failed (client too slow, too large): not the upstream's
+            await self._close(c)
+            raise
+        except BaseException:
+            await self._close(c)
+            raise
+
+    def _release(self, c: _Connection) -> None:
+        self.in_use -= 1
+        conn = c.conn
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            idle = self._idle.setdefault(c.origin.key, [])
+            if len(idle) < self.timeouts.max_idle_per_origin:
+                conn.start_next_cycle()
+                c.rested_at = trio.current_time()
+                idle.append(c)
+                return
+        self.closed += 1
+        c.stream.socket.close()
+
+    async def _close(self, c: _Connection, *, counted: bool = True) -> None:
+        if counted:
+            self.in_use -= 1
+        self.closed += 1
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(c.stream)
+
+    async def aclose(self) -> None:
+        for idle in self._idle.values():
+            for c in idle:
+                await self._close(c, counted=False)
+        self._idle.clear()
+
+    def drop_origins(self, keep: Iterable[str]) -> None:
+        """Forget cached origins no longer configured (after a config reload)."""
+        keep_set = set(keep)
+        for url in [u for u in self._origins if u not in keep_set]:
+            del self._origins[url]
+
+
+class _DeadOnReuse(Exception):
+    def __init__(self, error: UpstreamUnreachable) -> None:
+        super().__init__(str(error))
+        self.error = error

@@ -1,0 +1,144 @@
+"""Reading config files into `topology.schema` objects, or failing with where and why.
+
+A broken file must stop a process at start (and be refused on reload, keeping the old
+config) with one line naming the file, the field path and what was expected. msgspec gives
+the path for type errors; the checks msgspec cannot express (URLs, unique names, a region
+that exists) are done here and report the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+
+from httpio.upstream import Origin
+from topology.schema import (
+    FleetTopology,
+    GatewayConfig,
+    MsaFile,
+    ProxyList,
+    RegionStructure,
+)
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A config file we refuse: ``str(err)`` is ``file: $.path: what was expected``."""
+
+    def __init__(self, file: str | Path, where: str, message: str) -> None:
+        self.file = str(file)
+        self.where = where
+        self.message = message
+        super().__init__(f"{Path(file).name}: {where}: {message}" if where else f"{file}: {message}")
+
+
+def decode(path: str | Path, kind: type[T]) -> T:
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(p, "", f"cannot read: {exc.strerror or exc}") from None
+    try:
+        if p.suffix == ".json":
+            return msgspec.json.decode(raw, type=kind)
+        return msgspec.yaml.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).rpartition(" - at ")
+        if not message:
+            message, where = str(exc), "$"
+        raise ConfigError(p, where.strip("`"), message) from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(p, "", f"not valid {p.suffix.lstrip('.') or 'YAML'}: {exc}") from None
+
+
+def check_url(file: str | Path, where: str, url: str) -> None:
+    try:
+        Origin(url)
+    except ValueError as exc:
+        raise ConfigError(file, where, str(exc)) from None
+
+
+def load_msa(path: str | Path) -> MsaFile:
+    msa = decode(path, MsaFile)
+    seen: set[str] = set()
+    for i, service in enumerate(msa.service):
+        where = f"$.service[{i}]"
+        if not service.name or "/" in service.name:
+            raise ConfigError(path, f"{where}.name", "expected a non-empty name without '/'")
+        if service.name in seen:
+            raise ConfigError(path, f"{where}.name", f"service {service.name!r} is listed twice")
+        seen.add(service.name)
+        for j, inst in enumerate(service.instances()):
+            check_url(path, f"{where}.instance[{j}]", inst.url)
+        if service.policy is not None:
+            check_policy(path, f"{where}.policy", service.policy)
+    return msa
+
+
+def check_policy(file: str | Path, where: str, policy: str) -> None:
+    try:
+        from httpio.balance import canonical_policy
+    except ImportError:  # pragma: no cover - during bootstrap only
+        return
+    try:
+        canonical_policy(policy)
+    except ValueError as exc:
+        raise ConfigError(file, where, str(exc)) from None
+
+
+def load_region_structure(path: str | Path) -> RegionStructure:
+    rs = decode(path, RegionStructure)
+    codes = [r.region_code for r in rs.regions]
+    if rs.cur_region_code not in codes:
+        raise ConfigError(
+            path, "$.cur_region_code", f"{rs.cur_region_code!r} is not one of the regions {codes}"
+        )
+    for i, region in enumerate(rs.regions):
+        for j, url in enumerate(region.available_zone):
+            check_url(path, f"$.regions[{i}].available_zone[{j}]", url)
+    return rs
+
+
+def load_proxy_list(path: str | Path) -> ProxyList:
+    pl = decode(path, ProxyList)
+    for j, url in enumerate(pl.available_zone):
+        check_url(path, f"$.available_zone[{j}]", url)
+    return pl
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    config = decode(path, GatewayConfig)
+    check_policy(path, "$.Load_balancer_policy", config.load_balancer_policy)
+    host, colon, port = config.redis_address.rpartition(":")
+    if not colon or not port.isdigit():
+        raise ConfigError(path, "$.Redis_address", "expected host:port")
+    return config
+
+
+def load_fleet(path: str | Path) -> FleetTopology:
+    fleet = decode(path, FleetTopology)
+    base = Path(path).parent
+    ports: dict[int, str] = {}
+
+    def claim(port: int, what: str, where: str) -> None:
+        if port in ports:
+            raise ConfigError(path, where, f"port {port} of {what} is already used by {ports[port]}")
+        ports[port] = what
+
+    for i, region in enumerate(fleet.regions):
+        claim(region.elb_port, f"the ELB of {region.code}", f"$.regions[{i}].elb_port")
+        for j, p in enumerate(region.proxy_ports):
+            claim(p, f"a proxy of {region.code}", f"$.regions[{i}].proxy_ports[{j}]")
+        load_msa(base / region.msa)
+    for j, p in enumerate(fleet.backends.ports):
+        claim(p, "a backend", f"$.backends.ports[{j}]")
+    for j, p in enumerate(fleet.auth.ports):
+        claim(p, "an auth server", f"$.auth.ports[{j}]")
+    if fleet.redis.enabled:
+        claim(fleet.redis.port, "redis", "$.redis.port")
+    if fleet.config is not None:
+        load_config(base / fleet.config)
+    return fleet
