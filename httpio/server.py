@@ -23,6 +23,8 @@ out with its head in one write.
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import socket
 import time
@@ -164,6 +166,7 @@ class Request:
     http_version: str
     client: tuple[str, int]
     body: RequestBody
+    via_elb: bool = False  # arrived through an ELB (handed off, or behind a PROXY header)
 
     def header(self, name: bytes) -> bytes | None:
         for n, v in self.headers:
@@ -233,8 +236,8 @@ class HttpServer:
         self._idle: set[trio.CancelScope] = set()
         self._all_closed = trio.Event()
         self._all_closed.set()
+        self.drain_started = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self.on_connection_closed: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -276,14 +279,21 @@ class HttpServer:
                     continue
                 self.start_connection(stream)
 
-    def start_connection(self, stream: trio.SocketStream) -> None:
+    def start_connection(
+        self,
+        stream: trio.SocketStream,
+        *,
+        via_elb: bool = False,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         """Serve an already-accepted connection (from a listener or an ELB hand-off)."""
         assert self._nursery is not None, "serve_listeners() is not running"
-        self._nursery.start_soon(self.serve_connection, stream)
+        self._nursery.start_soon(self.serve_connection, stream, via_elb, on_close)
 
     async def drain(self) -> None:
         """Stop accepting, close idle connections, and wait for requests in flight."""
         self.draining = True
+        self.drain_started.set()
         for scope in list(self._idle):
             scope.cancel()
         if self._nursery is not None:
@@ -292,7 +302,12 @@ class HttpServer:
             self._nursery.cancel_scope.cancel()
 
     # -- one connection ----------------------------------------------------------------------
-    async def serve_connection(self, stream: trio.SocketStream) -> None:
+    async def serve_connection(
+        self,
+        stream: trio.SocketStream,
+        via_elb: bool = False,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         self.open_connections += 1
         self._all_closed = self._all_closed if self.open_connections > 1 else trio.Event()
         try:
@@ -300,7 +315,7 @@ class HttpServer:
                 self.refused_connections += 1
                 await self._refuse(stream)
                 return
-            await self._serve(stream)
+            await self._serve(stream, via_elb)
         except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             pass
         except proxyproto.ProxyProtocolError as exc:
@@ -313,8 +328,8 @@ class HttpServer:
                 self._all_closed.set()
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
-            if self.on_connection_closed is not None:
-                self.on_connection_closed()
+            if on_close is not None:
+                on_close()
 
     async def _refuse(self, stream: trio.SocketStream) -> None:
         body = encode_error(503, "too_many_connections", "server is at its connection limit")
@@ -323,22 +338,22 @@ class HttpServer:
         with trio.move_on_after(1.0):
             await stream.send_all(head + body)
 
-    async def _serve(self, stream: trio.SocketStream) -> None:
+    async def _serve(self, stream: trio.SocketStream, via_elb: bool) -> None:
         limits = self.limits
         try:
             peer = _addr(stream.socket.getpeername())
         except OSError:
             return
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
-        if peer[0] in self.trusted_proxies:
-            peer = await self._read_proxy_header(stream, conn, peer)
+        if peer[0] in self.trusted_proxies and not via_elb:
+            peer, via_elb = await self._read_proxy_header(stream, conn, peer)
         first = True
         while True:
             event = await self._read_head(stream, conn, first)
             if event is None:
                 return
             first = False
-            request = self._make_request(event, conn, stream, peer)
+            request = self._make_request(event, conn, stream, peer, via_elb)
             keep = await self._respond(stream, conn, request)
             self.requests_served += 1
             if not keep:
@@ -351,7 +366,7 @@ class HttpServer:
 
     async def _read_proxy_header(
         self, stream: trio.SocketStream, conn: Any, peer: tuple[str, int]
-    ) -> tuple[str, int]:
+    ) -> tuple[tuple[str, int], bool]:
         buffer = b""
         with trio.move_on_after(self.limits.head_timeout_s):
             while True:
@@ -366,10 +381,10 @@ class HttpServer:
             raise _Closed
         if parsed is None:  # not a PROXY header: plain HTTP from a trusted host
             conn.receive_data(buffer)
-            return peer
+            return peer, False
         assert isinstance(parsed, proxyproto.ProxyHeader)
         conn.receive_data(buffer[parsed.length :])
-        return parsed.source or peer
+        return parsed.source or peer, True
 
     async def _read_head(self, stream: trio.SocketStream, conn: Any, first: bool) -> Any:
         limits = self.limits
@@ -420,7 +435,12 @@ class HttpServer:
             return None  # ConnectionClosed or PAUSED oddities: nothing more to serve
 
     def _make_request(
-        self, event: Any, conn: Any, stream: trio.SocketStream, peer: tuple[str, int]
+        self,
+        event: Any,
+        conn: Any,
+        stream: trio.SocketStream,
+        peer: tuple[str, int],
+        via_elb: bool,
     ) -> Request:
         target = event.target.decode("latin-1")
         path, _, query = target.partition("?")
@@ -433,6 +453,7 @@ class HttpServer:
             event.http_version.decode("ascii"),
             peer,
             RequestBody(conn, stream, self.limits),
+            via_elb,
         )
 
     async def _respond(self, stream: trio.SocketStream, conn: Any, request: Request) -> bool:
@@ -466,7 +487,11 @@ class HttpServer:
         self, stream: trio.SocketStream, conn: Any, request: Request, response: Response
     ) -> None:
         headers = response.headers
-        headers.append((b"date", _clock.date()))
+        for name, _ in headers:
+            if name == b"date":
+                break
+        else:
+            headers.append((b"date", _clock.date()))
         if self.server_header is not None:
             headers.append((b"server", self.server_header))
         body = response.body
@@ -631,7 +656,9 @@ async def _not_ready(request: Request) -> Response:
 
 
 def configure_logging(name: str) -> None:
+    level = logging.DEBUG if os.environ.get("GATEWAY_DEBUG") else logging.INFO
     structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import msgspec
 
+from httpio.balance import normalize_policy
 from httpio.upstream import Origin
 from topology.schema import (
     FleetTopology,
@@ -32,7 +33,9 @@ class ConfigError(Exception):
         self.file = str(file)
         self.where = where
         self.message = message
-        super().__init__(f"{Path(file).name}: {where}: {message}" if where else f"{file}: {message}")
+        super().__init__(
+            f"{Path(file).name}: {where}: {message}" if where else f"{file}: {message}"
+        )
 
 
 def decode(path: str | Path, kind: type[T]) -> T:
@@ -80,11 +83,7 @@ def load_msa(path: str | Path) -> MsaFile:
 
 def check_policy(file: str | Path, where: str, policy: str) -> None:
     try:
-        from httpio.balance import canonical_policy
-    except ImportError:  # pragma: no cover - during bootstrap only
-        return
-    try:
-        canonical_policy(policy)
+        normalize_policy(policy)
     except ValueError as exc:
         raise ConfigError(file, where, str(exc)) from None
 
@@ -112,7 +111,7 @@ def load_proxy_list(path: str | Path) -> ProxyList:
 def load_config(path: str | Path) -> GatewayConfig:
     config = decode(path, GatewayConfig)
     check_policy(path, "$.Load_balancer_policy", config.load_balancer_policy)
-    host, colon, port = config.redis_address.rpartition(":")
+    _, colon, port = config.redis_address.rpartition(":")
     if not colon or not port.isdigit():
         raise ConfigError(path, "$.Redis_address", "expected host:port")
     return config
@@ -125,7 +124,9 @@ def load_fleet(path: str | Path) -> FleetTopology:
 
     def claim(port: int, what: str, where: str) -> None:
         if port in ports:
-            raise ConfigError(path, where, f"port {port} of {what} is already used by {ports[port]}")
+            raise ConfigError(
+                path, where, f"port {port} of {what} is already used by {ports[port]}"
+            )
         ports[port] = what
 
     for i, region in enumerate(fleet.regions):

@@ -24,6 +24,10 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct, field
 
+from authsvc.passwords import ScryptParams
+from authsvc.tokens import AuthKey
+from httpio.health import HealthSettings
+from httpio.limits import ServiceLimits
 from httpio.server import ServerLimits
 from httpio.upstream import UpstreamTimeouts
 
@@ -32,19 +36,15 @@ PositiveInt = Annotated[int, Meta(ge=1)]
 Seconds = Annotated[float, Meta(gt=0)]
 
 
-class _Config(Struct, frozen=True, forbid_unknown_fields=True):
-    pass
-
-
 # -- msa*.yaml ---------------------------------------------------------------------------------
-class InstanceSpec(_Config):
+class InstanceSpec(Struct, frozen=True, forbid_unknown_fields=True):
     """An instance written with options; a bare URL string means weight 1."""
 
     url: str
     weight: Annotated[int, Meta(ge=1, le=1000)] = 1
 
 
-class ServiceSpec(_Config):
+class ServiceSpec(Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     instance: list[str | InstanceSpec] = field(default_factory=list)
     # extensions --------------------------------------------------------------------------
@@ -52,30 +52,32 @@ class ServiceSpec(_Config):
     public: bool = False  # no token needed for any path
     public_paths: list[str] = field(default_factory=list)  # path prefixes needing no token
     roles: list[str] | None = None  # roles allowed; None: any authenticated caller
+    health: HealthSettings = field(default_factory=HealthSettings)
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
 
     def instances(self) -> list[InstanceSpec]:
         return [i if isinstance(i, InstanceSpec) else InstanceSpec(url=i) for i in self.instance]
 
 
-class MsaFile(_Config):
+class MsaFile(Struct, frozen=True, forbid_unknown_fields=True):
     service: list[ServiceSpec]
     name: str = ""
 
 
 # -- rs_*.yaml and r_*.yaml --------------------------------------------------------------------
-class RegionSpec(_Config):
+class RegionSpec(Struct, frozen=True, forbid_unknown_fields=True):
     region_code: str
     available_zone: list[str]
 
 
-class RegionStructure(_Config):
+class RegionStructure(Struct, frozen=True, forbid_unknown_fields=True):
     """What a proxy reads: its own region and every region's ELBs."""
 
     cur_region_code: str
     regions: list[RegionSpec]
 
 
-class ProxyList(_Config):
+class ProxyList(Struct, frozen=True, forbid_unknown_fields=True):
     """What an ELB reads in the original's format: its region and its proxies."""
 
     region_code: str
@@ -83,7 +85,7 @@ class ProxyList(_Config):
 
 
 # -- config.json -------------------------------------------------------------------------------
-class GatewayConfig(_Config):
+class GatewayConfig(Struct, frozen=True, forbid_unknown_fields=True):
     cache_enabled: bool = field(default=False, name="Cache_or_not")
     redis_address: str = field(default="localhost:6379", name="Redis_address")
     redis_password: str = field(default="", name="Redis_password")
@@ -96,34 +98,37 @@ class GatewayConfig(_Config):
     auth_key: str = field(default="", name="Auth_key")
     # extensions --------------------------------------------------------------------------
     auth_service: str = field(default="auth", name="Auth_service")
+    auth_keys: list[AuthKey] = field(default_factory=list, name="Auth_keys")  # oldest first
+    token_ttl_s: Annotated[int, Meta(ge=1, le=86400 * 30)] = field(default=3600, name="Token_ttl_s")
+    scrypt: ScryptParams = field(default_factory=ScryptParams, name="Scrypt")
     server: ServerLimits = field(default_factory=ServerLimits, name="Server")
     upstream: UpstreamTimeouts = field(default_factory=UpstreamTimeouts, name="Upstream")
     access_log: bool = field(default=False, name="Access_log")
 
 
 # -- the fleet topology (topology/fleet.yaml) --------------------------------------------------
-class FleetRegion(_Config):
+class FleetRegion(Struct, frozen=True, forbid_unknown_fields=True):
     code: str
     elb_port: Port
     proxy_ports: list[Port]
     msa: str  # path of the region's service map, relative to the topology file
 
 
-class FleetRedis(_Config):
+class FleetRedis(Struct, frozen=True, forbid_unknown_fields=True):
     port: Port = 6379
     enabled: bool = True
 
 
-class FleetAuth(_Config):
+class FleetAuth(Struct, frozen=True, forbid_unknown_fields=True):
     ports: list[Port] = field(default_factory=list)
     db: str = "auth.sqlite3"  # relative to the run directory
 
 
-class FleetBackends(_Config):
+class FleetBackends(Struct, frozen=True, forbid_unknown_fields=True):
     ports: list[Port] = field(default_factory=list)
 
 
-class FleetTopology(_Config):
+class FleetTopology(Struct, frozen=True, forbid_unknown_fields=True):
     regions: list[FleetRegion]
     backends: FleetBackends = field(default_factory=FleetBackends)
     auth: FleetAuth = field(default_factory=FleetAuth)

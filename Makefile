@@ -1,0 +1,44 @@
+# The two commands a user needs: `make fleet` and `make test`. Everything else is for us.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TOPOLOGY ?= topology/fleet.yaml
+ELB ?= http://127.0.0.1:9000
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: fleet test check system-deps install regular region concurrent image large signin wrk bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev,fast]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: system-deps $(STAMP)
+
+# redis-server, ab (apache2-utils) and wrk from Debian's packages when missing.
+system-deps:
+	@bash scripts/system-deps.sh
+
+fleet: install
+	$(VENV)/bin/fleet $(TOPOLOGY)
+
+test: install
+	$(PY) -m pytest
+	GATEWAY_H11=pure $(PY) -m pytest tests/httpio tests/e2e -q
+
+check: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+
+# -- benchmarks against a running fleet (make fleet in another terminal) -------------------------
+regular region concurrent image large signin wrk: $(STAMP)
+	$(PY) -m bench.run $@ --elb $(ELB)
+
+bench: regular region concurrent image large signin wrk
+
+clean:
+	rm -rf $(VENV) run build *.egg-info

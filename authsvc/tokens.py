@@ -1,0 +1,225 @@
+"""Signed bearer tokens: JWT (RFC 7519) with HS256 only (RFC 7518 3.2), from the stdlib.
+
+The original proxies checked an HMAC over username+role with one shared ``Auth_key``; tokens
+never expired and could not be revoked. We keep the shared-secret model (every proxy can verify
+locally, no network call on the fast path) but put it in a standard envelope that carries an
+expiry (``exp``), an id to revoke (``jti``) and the id of the key that signed it (``kid``), so
+keys can rotate: the ring lists keys oldest -> newest, the newest signs, every listed key
+verifies, and a key removed from the ring stops verifying at once.
+
+Hand-rolled (about 80 lines) rather than PyJWT so the check is exactly what we need and no
+more: only ``alg == "HS256"`` is accepted, whatever the header says (RFC 8725 3.1: the ``none``
+and algorithm-confusion attacks need a verifier that trusts the header's ``alg``). PyJWT stays
+a test dependency that proves other libraries read our tokens.
+
+Errors say who is to blame: ``MalformedToken`` (not a JWT at all -> 400 invalid_request) versus
+``InvalidToken`` subclasses (a well-formed token we refuse: bad signature, unknown key,
+expired -> 401 invalid_token), following RFC 6750 3.1. Time is passed in, never read here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import re
+from collections.abc import Sequence
+
+import msgspec
+
+# A signed token is ~300 bytes; anything past this is garbage we refuse before any work.
+MAX_TOKEN_BYTES = 4096
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+class AuthKey(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    kid: str
+    secret: str
+
+
+class Claims(msgspec.Struct, frozen=True):
+    """The claims we issue and rely on. Unknown claims in a verified token are ignored."""
+
+    sub: str
+    role: str
+    iat: int
+    exp: int
+    jti: str
+    iss: str | None = None
+    nbf: int | None = None
+
+
+class _Header(msgspec.Struct, frozen=True):
+    alg: str
+    typ: str | None = None
+    kid: str | None = None
+
+
+class TokenError(Exception):
+    """Base of every refusal; ``reason`` is a short machine-readable word."""
+
+    reason = "invalid"
+
+
+class MalformedToken(TokenError):
+    """Not a compact JWS of three base64url JSON parts: the client sent garbage (400)."""
+
+    reason = "malformed"
+
+
+class InvalidToken(TokenError):
+    """A well-formed token that we refuse (401 invalid_token)."""
+
+
+class UnsupportedAlgorithm(InvalidToken):
+    reason = "unsupported_alg"
+
+
+class UnknownKey(InvalidToken):
+    reason = "unknown_key"
+
+
+class BadSignature(InvalidToken):
+    reason = "bad_signature"
+
+
+class TokenExpired(InvalidToken):
+    reason = "expired"
+
+
+class TokenNotYetValid(InvalidToken):
+    reason = "not_yet_valid"
+
+
+def derive_kid(secret: str) -> str:
+    """The kid of the legacy single ``Auth_key``: stable across processes, reveals nothing."""
+    return "k-" + hashlib.sha256(secret.encode("utf-8")).hexdigest()[:8]
+
+
+class KeyRing:
+    """HMAC keys by kid, oldest first; the newest signs."""
+
+    __slots__ = ("_keys", "_signing_kid")
+
+    def __init__(self, keys: Sequence[AuthKey]) -> None:
+        if not keys:
+            raise ValueError("the key ring needs at least one key")
+        self._keys: dict[str, bytes] = {}
+        for key in keys:
+            if not key.kid or not key.secret:
+                raise ValueError("every auth key needs a non-empty kid and secret")
+            if key.kid in self._keys:
+                raise ValueError(f"duplicate auth key id {key.kid!r}")
+            self._keys[key.kid] = key.secret.encode("utf-8")
+        self._signing_kid = keys[-1].kid
+
+    @classmethod
+    def from_config(cls, auth_key: str | None, auth_keys: Sequence[AuthKey] = ()) -> KeyRing:
+        """``Auth_key`` (the original's field) counts as the oldest key; set it to "" to retire
+        it once ``Auth_keys`` holds its successor and its tokens have expired."""
+        legacy = [AuthKey(derive_kid(auth_key), auth_key)] if auth_key else []
+        return cls([*legacy, *auth_keys])
+
+    @property
+    def signing_kid(self) -> str:
+        return self._signing_kid
+
+    def secret(self, kid: str) -> bytes | None:
+        return self._keys.get(kid)
+
+    def __repr__(self) -> str:
+        return f"<KeyRing kids={list(self._keys)} signing={self._signing_kid!r}>"
+
+
+_encode_json = msgspec.json.Encoder().encode
+_decode_header = msgspec.json.Decoder(_Header).decode
+_decode_claims = msgspec.json.Decoder(Claims).decode
+
+
+def _b64url(raw: bytes) -> bytes:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=")
+
+
+def _unb64url(segment: str) -> bytes:
+    if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
+        raise MalformedToken("segment is not base64url")
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except binascii.Error:
+        raise MalformedToken("segment is not base64url") from None
+
+
+def _sign(secret: bytes, signing_input: bytes) -> bytes:
+    return hmac.new(secret, signing_input, hashlib.sha256).digest()
+
+
+def issue_token(
+    ring: KeyRing,
+    *,
+    sub: str,
+    role: str,
+    now: float,
+    ttl_s: int,
+    issuer: str | None = None,
+    jti: str | None = None,
+) -> tuple[str, Claims]:
+    """Sign a token for ``sub`` with the newest key; returns (compact token, its claims)."""
+    iat = int(now)
+    claims = Claims(
+        sub=sub,
+        role=role,
+        iat=iat,
+        exp=iat + ttl_s,
+        jti=jti or base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="),
+        iss=issuer,
+    )
+    header = _Header(alg="HS256", typ="JWT", kid=ring.signing_kid)
+    payload = msgspec.structs.asdict(claims)
+    payload = {k: v for k, v in payload.items() if v is not None}
+    signing_input = _b64url(_encode_json(header)) + b"." + _b64url(_encode_json(payload))
+    secret = ring.secret(ring.signing_kid)
+    assert secret is not None
+    token = signing_input + b"." + _b64url(_sign(secret, signing_input))
+    return token.decode("ascii"), claims
+
+
+def verify_token(ring: KeyRing, token: str, *, now: float, leeway_s: int = 0) -> Claims:
+    """Return the token's claims or raise a ``TokenError`` subclass.
+
+    Order matters: structure, then algorithm and key, then the signature, and only then do we
+    read the claims, so nothing an attacker wrote is trusted before the MAC checks out.
+    """
+    if len(token) > MAX_TOKEN_BYTES or not token.isascii():
+        raise MalformedToken("token too long or not ASCII")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise MalformedToken("a JWT has three dot-separated parts")
+    header_b64, payload_b64, signature_b64 = parts
+    try:
+        header = _decode_header(_unb64url(header_b64))
+    except msgspec.DecodeError:
+        raise MalformedToken("header is not a JSON object with an alg") from None
+    signature = _unb64url(signature_b64)
+    payload = _unb64url(payload_b64)
+    if header.alg != "HS256":
+        raise UnsupportedAlgorithm(f"alg {header.alg!r} is not accepted")
+    if header.kid is None:
+        raise UnknownKey("token has no kid")
+    secret = ring.secret(header.kid)
+    if secret is None:
+        raise UnknownKey(f"key {header.kid!r} is not in the ring")
+    expected = _sign(secret, f"{header_b64}.{payload_b64}".encode("ascii"))
+    if not hmac.compare_digest(expected, signature):
+        raise BadSignature("signature does not match")
+    try:
+        claims = _decode_claims(payload)
+    except msgspec.DecodeError as exc:
+        # Signed by us yet unreadable can only be a token from another issuer sharing the key.
+        raise MalformedToken(f"claims: {exc}") from None
+    if now >= claims.exp + leeway_s:
+        raise TokenExpired("token has expired")
+    if claims.nbf is not None and now + leeway_s < claims.nbf:
+        raise TokenNotYetValid("token is not valid yet")
+    return claims

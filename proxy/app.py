@@ -1,0 +1,356 @@
+"""The regional gateway: route, check, balance, forward, stream back.
+
+Per request: resolve the region and service (`proxy.routing`); forward to another region's
+ELB untouched by auth (the serving region checks the token in full); else check the token
+(`proxy.auth_client`), answer from the cache when the service allows it (`proxy.cache`),
+and otherwise pick an instance (`httpio.balance.ServicePool`) and stream the exchange
+through the upstream pool in both directions.
+
+Retries (RFC 9110 9.2.2): a connect failure is retried on another instance for any method,
+since nothing was sent; a reset before the response head only for idempotent methods whose
+body we still hold (bodies up to ``REPLAYABLE_BODY_BYTES`` are read first for that reason);
+every retry spends from a budget so retries cannot multiply an outage's load by more than
+~20 %. A request never waits in a queue for a slot: past a service's in-flight limit it is
+answered 503 with ``Retry-After`` at once.
+
+Config (`proxy.state.ProxyConfig`) is an immutable snapshot read once per request; a reload
+swaps the reference, and pools keep the health and counters of unchanged instances.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from httpio.balance import Endpoint, ServicePool
+from httpio.errors import (
+    GatewayError,
+    Overloaded,
+    RouteNotFound,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from httpio.health import Outcome
+from httpio.limits import RETRY_AFTER, ConcurrencyLimit
+from httpio.protocol import Headers
+from httpio.retry_budget import RetryBudget
+from httpio.server import Request, Response, json_response
+from httpio.upstream import IDEMPOTENT, UpstreamPool, UpstreamResponse
+from proxy import forwarding, routing
+from proxy.state import ProxyConfig
+
+log = structlog.get_logger()
+
+REPLAYABLE_BODY_BYTES = 65536
+_NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+
+Authorize = Callable[[Request, Any], Awaitable[Headers]]
+
+
+class TrackedBody:
+    """The upstream's response body on its way to the client; tells the service pool how
+    the exchange ended (for least-conn counts, latency EWMA and outlier detection)."""
+
+    __slots__ = ("_ended", "_endpoint", "_outcome", "_pool", "_response", "_slot", "_started")
+
+    def __init__(
+        self,
+        response: UpstreamResponse,
+        pool: ServicePool,
+        endpoint: Endpoint,
+        started: float,
+        slot: ConcurrencyLimit,
+    ) -> None:
+        self._response = response
+        self._pool = pool
+        self._endpoint = endpoint
+        self._started = started
+        self._slot = slot
+        self._outcome = Outcome.SERVER_ERROR if response.status >= 500 else Outcome.SUCCESS
+        self._ended = False
+
+    async def read(self) -> bytes:
+        try:
+            chunk = await self._response.read()
+        except UpstreamError:
+            self._outcome = Outcome.RESET
+            self._end()
+            raise
+        if not chunk:
+            self._end()
+        return chunk
+
+    async def aclose(self) -> None:
+        if not self._ended:
+            self._outcome = Outcome.CANCELLED if self._outcome is Outcome.SUCCESS else self._outcome
+            self._end()
+        await self._response.aclose()
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._slot.release()
+            self._pool.end(self._endpoint, self._outcome, time.monotonic() - self._started)
+
+
+class ProxyApp:
+    def __init__(self, config: ProxyConfig, upstream: UpstreamPool, *, name: str) -> None:
+        self.name = name
+        self.via = b"1.1 " + name.encode()
+        self.upstream = upstream
+        self.config = config
+        self.pools: dict[str, ServicePool] = {}
+        self.in_flight: dict[str, ConcurrencyLimit] = {}
+        self.elb_pools: dict[str, ServicePool] = {}
+        self.retry_budget = RetryBudget(clock=time.monotonic)
+        self.authorize: Authorize | None = None
+        self.cache: Any = None
+        self.started_at = time.time()
+        self.on_reload: list[Callable[[ProxyConfig], None]] = []
+        self.apply(config)
+
+    def __repr__(self) -> str:
+        return f"<ProxyApp {self.name} region={self.config.region} services={len(self.pools)}>"
+
+    # -- config ------------------------------------------------------------------------------
+    def apply(self, config: ProxyConfig) -> None:
+        """Take a new config: new services get pools, removed ones are dropped, kept ones
+        keep their health state and counters."""
+        policy = config.gateway.load_balancer_policy
+        pools: dict[str, ServicePool] = {}
+        limits: dict[str, ConcurrencyLimit] = {}
+        for name, spec in config.services.items():
+            endpoints = [Endpoint.parse(i.url, i.weight) for i in spec.instances()]
+            pool = self.pools.get(name)
+            if pool is None:
+                pool = ServicePool(
+                    name,
+                    endpoints,
+                    policy=spec.policy or policy,
+                    health=spec.health,
+                    clock=time.monotonic,
+                )
+            else:
+                pool.swap_endpoints(endpoints)
+                pool.set_policy(spec.policy or policy)
+            pools[name] = pool
+            old = self.in_flight.get(name)
+            limit = ConcurrencyLimit("in-flight", spec.limits.max_in_flight)
+            if old is not None:
+                limit.in_use = old.in_use
+            limits[name] = limit
+        elbs: dict[str, ServicePool] = {}
+        for code, urls in config.regions.items():
+            if code == config.region:
+                continue
+            endpoints = [Endpoint.parse(u) for u in urls]
+            pool = self.elb_pools.get(code)
+            if pool is None:
+                pool = ServicePool(f"elb:{code}", endpoints, clock=time.monotonic)
+            else:
+                pool.swap_endpoints(endpoints)
+            elbs[code] = pool
+        self.pools, self.in_flight, self.elb_pools, self.config = pools, limits, elbs, config
+        for hook in self.on_reload:
+            hook(config)
+
+    # -- requests ----------------------------------------------------------------------------
+    async def handle(self, request: Request) -> Response:
+        path = request.path
+        if path == "/health":
+            return json_response(
+                200, {"status": "ok", "name": self.name, "region": self.config.region}
+            )
+        if path.startswith("/admin/"):
+            return await self.admin(request)
+        config = self.config
+        decision = routing.route(
+            path,
+            request.query,
+            request.headers,
+            local_region=config.region,
+            regions=config.regions,
+            services=config.services,
+        )
+        request_id = forwarding.request_id_of(request.headers)
+        if type(decision) is routing.Remote:
+            return await self.forward_to_region(request, decision.region, request_id)
+        assert isinstance(decision, routing.Local)
+        service = config.services[decision.service]
+        identity: Headers = []
+        if self.authorize is not None:
+            identity = await self.authorize(request, service)
+        cache = self.cache
+        if cache is not None and cache.enabled_for(service):
+
+            async def fetch() -> Response:
+                return await self.fetch(request, decision, identity, request_id)
+
+            return await cache.handle(  # type: ignore[no-any-return]
+                request,
+                region=config.region,
+                service=decision.service,
+                upstream_path_and_query=decision.target,
+                settings=service.cache,
+                fetch=fetch,
+            )
+        return await self.fetch(request, decision, identity, request_id)
+
+    async def _request_body(self, request: Request) -> tuple[bytes | Any, bool]:
+        """The body to send upstream, and whether it can be sent twice."""
+        if request.body.done:
+            return b"", True
+        length = request.header(b"content-length")
+        if length is None and request.header(b"transfer-encoding") is None:
+            return b"", True
+        if length is not None and length.isdigit() and int(length) <= REPLAYABLE_BODY_BYTES:
+            return await request.body.read_all(), True
+        return request.body, False
+
+    async def fetch(
+        self,
+        request: Request,
+        decision: routing.Local,
+        identity: Headers,
+        request_id: bytes,
+    ) -> Response:
+        service = self.config.services[decision.service]
+        pool = self.pools[decision.service]
+        slot = self.in_flight[decision.service]
+        limits = service.limits
+        client_ip = request.client[0]
+        headers = forwarding.upstream_request_headers(
+            request.headers,
+            client_ip=client_ip,
+            via=self.via,
+            request_id=request_id,
+            from_our_hop=request.via_elb,
+            drop=_IDENTITY_HEADERS,
+        )
+        headers.extend(identity)
+        body, replayable = await self._request_body(request)
+        method = request.method
+        idempotent = method in IDEMPOTENT and replayable
+        head_timeout = limits.per_try_timeout_s or limits.response_timeout_s
+        tried: list[Endpoint] = []
+        self.retry_budget.record_request()
+        if not slot.try_acquire():
+            raise _overloaded(decision.service, slot)
+        try:
+            while True:
+                endpoint = pool.pick(client_ip=client_ip, url=decision.target, exclude=tried)
+                pool.begin(endpoint)
+                started = time.monotonic()
+                try:
+                    response = await self.upstream.request(
+                        endpoint.url,
+                        method,
+                        decision.target,
+                        headers,
+                        body,
+                        connect_timeout_s=limits.connect_timeout_s,
+                        response_head_timeout_s=head_timeout,
+                    )
+                except UpstreamError as err:
+                    outcome = _outcome_of(err)
+                    transition = pool.end(endpoint, outcome, time.monotonic() - started)
+                    if transition is not None:
+                        log.warning(
+                            "instance_state", service=decision.service, change=str(transition)
+                        )
+                    retry = len(tried) < limits.retries and (not err.bytes_sent or idempotent)
+                    if retry and len(pool.endpoints) > 1 and self.retry_budget.try_retry():
+                        tried.append(endpoint)
+                        continue
+                    raise
+                except BaseException:
+                    pool.end(endpoint, Outcome.CANCELLED, time.monotonic() - started)
+                    raise
+                break
+        except BaseException:
+            slot.release()
+            raise
+        return Response(
+            response.status,
+            forwarding.client_response_headers(
+                response.headers, via=self.via, request_id=request_id
+            ),
+            TrackedBody(response, pool, endpoint, started, slot),
+        )
+
+    async def forward_to_region(self, request: Request, region: str, request_id: bytes) -> Response:
+        pool = self.elb_pools.get(region)
+        if pool is None or not pool.endpoints:
+            raise RouteNotFound(f"region {region!r} has no ELB")
+        headers = forwarding.upstream_request_headers(
+            request.headers,
+            client_ip=request.client[0],
+            via=self.via,
+            request_id=request_id,
+            from_our_hop=request.via_elb,
+        )
+        headers.append((routing.HOP_HEADER, self.config.region.encode()))
+        body, _ = await self._request_body(request)
+        endpoint = pool.pick()
+        started = time.monotonic()
+        pool.begin(endpoint)
+        slot = ConcurrencyLimit("region", 1 << 30)
+        slot.try_acquire()
+        try:
+            response = await self.upstream.request(
+                endpoint.url, request.method, request.target, headers, body
+            )
+        except UpstreamError as err:
+            pool.end(endpoint, _outcome_of(err), time.monotonic() - started)
+            raise
+        except BaseException:
+            pool.end(endpoint, Outcome.CANCELLED, time.monotonic() - started)
+            raise
+        return Response(
+            response.status,
+            forwarding.client_response_headers(
+                response.headers, via=self.via, request_id=request_id
+            ),
+            TrackedBody(response, pool, endpoint, started, slot),
+        )
+
+    # -- admin -------------------------------------------------------------------------------
+    async def admin(self, request: Request) -> Response:
+        """Operator endpoints: only on a direct connection from this host, never through an
+        ELB (a client behind the ELB reaches us handed off or behind a PROXY header)."""
+        if request.via_elb or request.client[0] not in ("127.0.0.1", "::1"):
+            raise RouteNotFound(f"no service {request.path.split('/')[1]!r}")
+        if request.path == "/admin/backends" and request.method == "GET":
+            return json_response(
+                200,
+                {
+                    "proxy": self.name,
+                    "region": self.config.region,
+                    "services": [p.statistics() for p in self.pools.values()],
+                    "regions": [p.statistics() for p in self.elb_pools.values()],
+                    "limits": {k: v.statistics() for k, v in self.in_flight.items()},
+                    "retry_budget": self.retry_budget.statistics(),
+                    "upstream": self.upstream.statistics(),
+                },
+            )
+        if request.path == "/admin/cache/purge" and request.method in ("POST", "DELETE"):
+            if self.cache is None:
+                raise RouteNotFound("the cache is switched off")
+            return await self.cache.admin_purge(request)  # type: ignore[no-any-return]
+        raise RouteNotFound(f"no admin endpoint {request.path!r}")
+
+
+_IDENTITY_HEADERS = frozenset({b"x-user", b"x-user-role"})
+
+
+def _outcome_of(err: UpstreamError) -> Outcome:
+    if isinstance(err, UpstreamTimeout):
+        return Outcome.TIMEOUT
+    return Outcome.RESET if err.bytes_sent else Outcome.CONNECT_FAILURE
+
+
+def _overloaded(service: str, slot: ConcurrencyLimit) -> GatewayError:
+    return Overloaded(f"service {service!r}: {slot.limit} requests in flight", headers=RETRY_AFTER)

@@ -1,0 +1,253 @@
+"""The proxy's conversation with the auth servers: introspection and the revocation feed.
+
+`proxy.auth` decides; this module does the two network calls it may ask for:
+
+- ``introspect(token)``: once per new token, to learn whether it was revoked. Concurrent
+  requests carrying the same new token share one call. If no auth server answers we refuse
+  with 503 (`DependencyUnavailable`): a proxy never fails open.
+- ``poll_revocations()``: every ``poll_interval_s`` (1 s) read ``GET /revocations?since=N``
+  from any auth server that answers and evict revoked tokens from the verdict cache. With a
+  1 s poll and the cache refusing to answer after ``max_revocation_lag_s`` (5 s) of silence,
+  a signout is honoured by every proxy within ~1 s normally and 5 s at worst.
+
+Auth servers are interchangeable (one shared database), so each call starts at the next
+origin in turn and moves on to the others when one is down, slow or answers 5xx. The per-call
+budget (``request_timeout_s``, 2 s) is far below the pool's general response timeout: an auth
+server that does not answer in 2 s is better skipped than waited for.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from urllib.parse import quote
+
+import msgspec
+import structlog
+import trio
+
+from authsvc.tokens import Claims
+from httpio.errors import DependencyUnavailable, Unauthorized, UpstreamError
+from httpio.server import Request
+from httpio.upstream import UpstreamPool
+from proxy.auth import Allowed, Authorizer, AuthPolicy
+
+log = structlog.get_logger()
+
+_MAX_RESPONSE_BYTES = 1 << 20
+_PRUNE_EVERY_S = 60.0
+
+
+class _Introspection(msgspec.Struct, frozen=True):
+    active: bool
+    sub: str | None = None
+    role: str | None = None
+    iat: int = 0
+    exp: int = 0
+    jti: str | None = None
+    reason: str | None = None
+
+
+class _Revoked(msgspec.Struct, frozen=True):
+    jti: str
+    exp: int
+
+
+class _RevocationPage(msgspec.Struct, frozen=True):
+    cursor: int
+    revoked: list[_Revoked]
+
+
+_decode_introspection = msgspec.json.Decoder(_Introspection).decode
+_decode_page = msgspec.json.Decoder(_RevocationPage).decode
+_JSON = (b"content-type", b"application/json")
+
+
+class _AuthServerFailed(Exception):
+    """One auth server did not give a usable answer; try the next."""
+
+
+class _Pending:
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: Claims | None = None
+        self.error: Exception | None = None
+
+
+class AuthClient:
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        auth_origins: Sequence[str],
+        authorizer: Authorizer,
+        *,
+        clock: Callable[[], float] = time.time,
+        poll_interval_s: float = 1.0,
+        request_timeout_s: float = 2.0,
+    ) -> None:
+        self.pool = pool
+        self.authorizer = authorizer
+        self.clock = clock
+        self.poll_interval_s = poll_interval_s
+        self.request_timeout_s = request_timeout_s
+        self.cursor = 0
+        self._origins: list[str] = list(auth_origins)
+        self._next = 0
+        self._inflight: dict[str, _Pending] = {}
+        self._last_prune = 0.0
+        self.introspections = 0
+        self.coalesced = 0
+        self.polls_ok = 0
+        self.polls_failed = 0
+        self.origin_failures = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<AuthClient origins={len(self._origins)} cursor={self.cursor}"
+            f" introspections={self.introspections} polls_ok={self.polls_ok}"
+            f" polls_failed={self.polls_failed}>"
+        )
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "origins": list(self._origins),
+            "cursor": self.cursor,
+            "introspections": self.introspections,
+            "coalesced": self.coalesced,
+            "inflight": len(self._inflight),
+            "polls_ok": self.polls_ok,
+            "polls_failed": self.polls_failed,
+            "origin_failures": self.origin_failures,
+            "authorizer": self.authorizer.statistics(),
+        }
+
+    def set_origins(self, auth_origins: Sequence[str]) -> None:
+        """Replace the auth server list (config reload)."""
+        self._origins = list(auth_origins)
+
+    # -- the decision, end to end ------------------------------------------------------------
+    async def authorize(self, request: Request, policy: AuthPolicy) -> Claims | None:
+        """Claims of the caller (None on a public path), or raise the error to answer with.
+        A cached verdict, garbage and forgeries are all answered without a network call."""
+        verdict = self.authorizer.decide(request.headers, request.path, policy, self.clock())
+        if isinstance(verdict, Allowed):
+            return verdict.claims
+        claims = await self.introspect(verdict.token)
+        return self.authorizer.accept_introspection(verdict.token, claims, policy, self.clock())
+
+    # -- introspection -----------------------------------------------------------------------
+    async def introspect(self, token: str) -> Claims:
+        """The token's claims if an auth server says it is active; `Unauthorized` if inactive;
+        `DependencyUnavailable` if no auth server answers."""
+        pending = self._inflight.get(token)
+        if pending is not None:
+            self.coalesced += 1
+            await pending.done.wait()
+            if pending.error is not None:
+                raise pending.error
+            assert pending.result is not None
+            return pending.result
+        pending = self._inflight[token] = _Pending()
+        try:
+            pending.result = await self._introspect_once(token)
+            return pending.result
+        except Exception as exc:
+            pending.error = exc
+            raise
+        finally:
+            del self._inflight[token]
+            if pending.result is None and pending.error is None:  # we were cancelled
+                pending.error = DependencyUnavailable("introspection was cancelled")
+            pending.done.set()
+
+    async def _introspect_once(self, token: str) -> Claims:
+        self.introspections += 1
+        body = msgspec.json.encode({"token": token})
+        raw = await self._call_any("POST", "/introspect", body)
+        try:
+            answer = _decode_introspection(raw)
+        except msgspec.DecodeError as exc:
+            raise DependencyUnavailable(f"auth server sent an unreadable answer: {exc}") from None
+        if not answer.active:
+            raise Unauthorized(f"token refused: {answer.reason or 'inactive'}")
+        if answer.sub is None or answer.role is None or answer.jti is None:
+            raise DependencyUnavailable("auth server said active but sent no claims")
+        return Claims(
+            sub=answer.sub, role=answer.role, iat=answer.iat, exp=answer.exp, jti=answer.jti
+        )
+
+    # -- revocation feed ---------------------------------------------------------------------
+    async def poll_revocations(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run forever; reports started after the first attempt, successful or not."""
+        await self.poll_once()
+        task_status.started()
+        while True:
+            await trio.sleep(self.poll_interval_s)
+            await self.poll_once()
+
+    async def poll_once(self) -> bool:
+        """Read the feed to its end; True if the cache is now in sync."""
+        cache = self.authorizer.cache
+        try:
+            while True:
+                raw = await self._call_any("GET", f"/revocations?since={quote(str(self.cursor))}")
+                try:
+                    page = _decode_page(raw)
+                except msgspec.DecodeError as exc:
+                    raise DependencyUnavailable(f"unreadable revocation feed: {exc}") from None
+                now = self.clock()
+                cache.revoke(((r.jti, r.exp) for r in page.revoked), now)
+                moved = page.cursor != self.cursor
+                self.cursor = page.cursor
+                if not page.revoked or not moved:
+                    break
+        except DependencyUnavailable as exc:
+            self.polls_failed += 1
+            log.warning("revocation_poll_failed", error=exc.detail, cursor=self.cursor)
+            return False
+        cache.mark_synced(now)
+        if now - self._last_prune >= _PRUNE_EVERY_S:
+            cache.prune(now)
+            self._last_prune = now
+        self.polls_ok += 1
+        return True
+
+    # -- one call, any auth server -----------------------------------------------------------
+    async def _call_any(self, method: str, target: str, body: bytes = b"") -> bytes:
+        origins = self._origins
+        if not origins:
+            raise DependencyUnavailable("no auth server configured")
+        start = self._next % len(origins)
+        self._next += 1
+        problems = []
+        for i in range(len(origins)):
+            origin = origins[(start + i) % len(origins)]
+            try:
+                return await self._call(origin, method, target, body)
+            except (_AuthServerFailed, UpstreamError) as exc:
+                self.origin_failures += 1
+                problems.append(f"{origin}: {exc}")
+        raise DependencyUnavailable("no auth server answered (" + "; ".join(problems) + ")")
+
+    async def _call(self, origin: str, method: str, target: str, body: bytes) -> bytes:
+        headers = [_JSON] if body else []
+        with trio.move_on_after(self.request_timeout_s * 2) as scope:
+            response = await self.pool.request(
+                origin,
+                method,
+                target,
+                headers,
+                body,
+                connect_timeout_s=self.request_timeout_s,
+                response_head_timeout_s=self.request_timeout_s,
+            )
+            raw = await response.read_all(_MAX_RESPONSE_BYTES)
+        if scope.cancelled_caught:
+            raise _AuthServerFailed("timed out")
+        if response.status != 200:
+            raise _AuthServerFailed(f"status {response.status}")
+        return raw

@@ -1,0 +1,102 @@
+"""``proxy PORT msa.yaml region.yaml conf.json``: one regional gateway process.
+
+Besides its TCP port, the proxy accepts connections handed over by an ELB on the same host
+(`httpio.handoff`), and PROXY v2 headers only from the addresses of its own region's ELBs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import structlog
+import trio
+
+from httpio.handoff import handoff_path, serve_handoffs
+from httpio.server import Handler, HttpServer, configure_logging, serve_until_signalled
+from httpio.upstream import Origin, UpstreamPool
+from proxy.app import ProxyApp
+from proxy.health_checker import run_health_checks
+from proxy.state import ProxyConfig, ProxyPaths, load_proxy_config, watch_config
+from topology.load import ConfigError
+
+log = structlog.get_logger()
+
+
+def elb_addresses(config: ProxyConfig) -> set[str]:
+    """Addresses our own region's ELBs connect from, for PROXY protocol trust."""
+    out: set[str] = set()
+    for url in config.regions.get(config.region, []):
+        host = Origin(url).host
+        out.update({"127.0.0.1", "::1"} if host in ("localhost", "127.0.0.1", "::1") else {host})
+    return out
+
+
+async def supervise_health_checks(app: ProxyApp) -> None:
+    """One health-check task per service pool; follows reloads that add or drop services."""
+    running: dict[str, tuple[object, trio.CancelScope]] = {}
+    async with trio.open_nursery() as nursery:
+        while True:
+            for name in [n for n in running if running[n][0] is not app.pools.get(n)]:
+                running.pop(name)[1].cancel()
+            for name, pool in app.pools.items():
+                if name in running:
+                    continue
+                scope = trio.CancelScope()
+                running[name] = (pool, scope)
+
+                async def run(pool: object = pool, scope: trio.CancelScope = scope) -> None:
+                    with scope:
+                        await run_health_checks(
+                            pool,  # type: ignore[arg-type]
+                            app.upstream,
+                            default_interval_s=app.config.gateway.healthcheck_interval_s,
+                        )
+
+                nursery.start_soon(run)
+            await trio.sleep(1.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="proxy", description=__doc__.splitlines()[0])
+    parser.add_argument("port", type=int)
+    parser.add_argument("msa", type=Path, help="service map (msa*.yaml)")
+    parser.add_argument("region", type=Path, help="region structure (rs_*.yaml)")
+    parser.add_argument("config", type=Path, help="config.json")
+    parser.add_argument("--name", default=None)
+    args = parser.parse_args(argv)
+    paths = ProxyPaths(args.msa, args.region, args.config)
+    try:
+        config = load_proxy_config(paths)
+    except ConfigError as err:
+        print(f"proxy: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    name = args.name or f"proxy-{config.region}-{args.port}"
+    configure_logging(name)
+    upstream = UpstreamPool(config.gateway.upstream)
+    app = ProxyApp(config, upstream, name=name)
+
+    async def setup(nursery: trio.Nursery, server: HttpServer) -> Handler:
+        await nursery.start(
+            watch_config, paths, app.apply, lambda: app.config.gateway.config_check_interval_s
+        )
+        nursery.start_soon(supervise_health_checks, app)
+        from proxy.wiring import attach_services
+
+        await attach_services(app, nursery)
+        return app.handle
+
+    async def extra(nursery: trio.Nursery, server: HttpServer) -> None:
+        await nursery.start(serve_handoffs, server, handoff_path(args.port))
+
+    trio.run(
+        lambda: serve_until_signalled(
+            setup,
+            args.port,
+            name=name,
+            limits=config.gateway.server,
+            trusted_proxies=elb_addresses(config),
+            extra=extra,
+        )
+    )

@@ -1,0 +1,365 @@
+"""The auth app served for real on 127.0.0.1:0, talked to through httpio.upstream; also the
+proxy's AuthClient against it (introspection, revocation feed, failover, fail-closed)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+
+from authsvc.app import AuthApp, AuthSettings, ConfigError, load_auth_settings
+from authsvc.passwords import ScryptParams
+from authsvc.store import UserStore
+from authsvc.tokens import AuthKey, Claims, KeyRing, issue_token, verify_token
+from httpio.errors import DependencyUnavailable, Forbidden, Unauthorized
+from httpio.server import Request, serve_tcp
+from httpio.upstream import UpstreamPool
+from proxy.auth import Authorizer, AuthPolicy, VerdictCache
+from proxy.auth_client import AuthClient
+
+SECRET = "test-secret-" * 4
+SETTINGS = AuthSettings(Auth_key=SECRET, Token_ttl_s=600, Scrypt=ScryptParams(n=16))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Server:
+    def __init__(self, app: AuthApp, origin: str, pool: UpstreamPool) -> None:
+        self.app = app
+        self.origin = origin
+        self.pool = pool
+
+    async def call(
+        self,
+        method: str,
+        target: str,
+        body: object = None,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> tuple[int, dict[bytes, bytes], Any]:
+        raw = (
+            b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+        )
+        resp = await self.pool.request(self.origin, method, target, list(headers), raw)
+        data = await resp.read_all()
+        return resp.status, dict(resp.headers), (json.loads(data) if data else None)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery, tmp_path: Path, clock: Clock) -> AsyncIterator[Server]:
+    store = UserStore(tmp_path / "auth.db", clock=clock)
+    app = AuthApp(SETTINGS, store, clock=clock)
+    port = await nursery.start(serve_tcp, app.handle, 0)
+    pool = UpstreamPool()
+    yield Server(app, f"http://127.0.0.1:{port}", pool)
+    await pool.aclose()
+    store.close()
+
+
+def bearer(token: str) -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", f"Bearer {token}".encode())]
+
+
+async def signup_and_signin(
+    server: Server, username: str = "alice", password: str = "pw", role: str = "user"
+) -> dict[str, Any]:
+    body = {"username": username, "password": password, "role": role}
+    assert (await server.call("POST", "/signup", body))[0] == 201
+    status, _, answer = await server.call(
+        "POST", "/signin", {"username": username, "password": password}
+    )
+    assert status == 200 and isinstance(answer, dict)
+    return answer
+
+
+# -- the auth server --------------------------------------------------------------------------
+async def test_health(server: Server) -> None:
+    status, _, body = await server.call("GET", "/health")
+    assert (status, body) == (200, {"status": "ok"})
+
+
+async def test_signup_signin(server: Server) -> None:
+    answer = await signup_and_signin(server, "lilpump", "guccigang", "admin")
+    assert answer["token_type"] == "Bearer" and answer["expires_in"] == 600
+    assert (answer["username"], answer["role"]) == ("lilpump", "admin")
+    claims = KeyRing.from_config(SECRET)
+    got = verify_token(claims, answer["token"], now=1_700_000_000.0)
+    assert (got.sub, got.role, got.iss) == ("lilpump", "admin", "authsvc")
+
+
+async def test_role_defaults_to_user(server: Server) -> None:
+    assert (await server.call("POST", "/signup", {"username": "a", "password": "b"}))[0] == 201
+    _, _, answer = await server.call("POST", "/signin", {"username": "a", "password": "b"})
+    assert answer["role"] == "user"
+
+
+async def test_duplicate_signup_is_409(server: Server) -> None:
+    body = {"username": "alice", "password": "pw"}
+    assert (await server.call("POST", "/signup", body))[0] == 201
+    status, _, error = await server.call("POST", "/signup", body)
+    assert status == 409 and error["error"] == "username_taken"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        {"password": "x"},
+        {"username": "alice"},
+        {"username": "", "password": "x"},
+        {"username": "alice", "password": ""},
+        {"username": "al ice", "password": "x"},
+        {"username": "alice", "password": "x", "role": "bad role!"},
+        {"username": 5, "password": "x"},
+    ],
+)
+async def test_bad_signup_is_400(server: Server, body: Any) -> None:
+    status, _, error = await server.call("POST", "/signup", body)
+    assert status == 400 and error["error"] == "bad_request"
+
+
+async def test_oversized_body_is_413(server: Server) -> None:
+    body = {"username": "a", "password": "x" * 20000}
+    assert (await server.call("POST", "/signup", body))[0] == 413
+
+
+async def test_wrong_credentials_look_the_same(server: Server) -> None:
+    await signup_and_signin(server)
+    wrong_pw = await server.call("POST", "/signin", {"username": "alice", "password": "nope"})
+    wrong_user = await server.call("POST", "/signin", {"username": "bob", "password": "pw"})
+    assert wrong_pw[0] == wrong_user[0] == 401
+    assert wrong_pw[2] == wrong_user[2]
+    assert wrong_pw[1][b"www-authenticate"].startswith(b"Bearer")
+    assert server.app.counters["signin_failures"] == 2
+
+
+async def test_signin_upgrades_old_hash(server: Server) -> None:
+    await signup_and_signin(server)
+    server.app.settings = AuthSettings(Auth_key=SECRET, Scrypt=ScryptParams(n=32))
+    await server.call("POST", "/signin", {"username": "alice", "password": "pw"})
+    user = server.app.store.get_user("alice")
+    assert user is not None and user.password_hash.startswith("$scrypt$ln=5,")
+    assert (await server.call("POST", "/signin", {"username": "alice", "password": "pw"}))[0] == 200
+
+
+async def test_introspect_signout_revocations(server: Server, clock: Clock) -> None:
+    token = (await signup_and_signin(server))["token"]
+    status, _, answer = await server.call("POST", "/introspect", {"token": token})
+    assert status == 200 and answer["active"] and answer["sub"] == "alice"
+    jti = answer["jti"]
+
+    status, _, answer = await server.call("GET", "/revocations?since=0")
+    assert (status, answer) == (200, {"cursor": 0, "revoked": []})
+
+    status, _, answer = await server.call("POST", "/signout", headers=bearer(token))
+    assert status == 200 and answer == {"revoked": True, "jti": jti}
+    # The original's AuthToken header form works too, and revoking twice is harmless.
+    signin_json = json.dumps({"token": token}).encode()
+    assert (await server.call("POST", "/signout", headers=[(b"authtoken", signin_json)]))[0] == 200
+
+    _, _, answer = await server.call("POST", "/introspect", {"token": token})
+    assert answer == {"active": False, "reason": "revoked"}
+    _, _, feed = await server.call("GET", "/revocations?since=0")
+    assert feed["revoked"] == [{"jti": jti, "exp": int(clock.now) + 600}]
+    _, _, later = await server.call("GET", f"/revocations?since={feed['cursor']}")
+    assert later == {"cursor": feed["cursor"], "revoked": []}
+
+
+async def test_introspect_refusals(server: Server, clock: Clock) -> None:
+    token = (await signup_and_signin(server))["token"]
+    clock.now += 600
+    _, _, answer = await server.call("POST", "/introspect", {"token": token})
+    assert answer == {"active": False, "reason": "expired"}
+    _, _, answer = await server.call("POST", "/introspect", {"token": "garbage"})
+    assert answer == {"active": False, "reason": "malformed"}
+    assert (await server.call("POST", "/introspect", {"nope": 1}))[0] == 400
+
+
+async def test_signout_errors(server: Server, clock: Clock) -> None:
+    assert (await server.call("POST", "/signout"))[0] == 401
+    assert (await server.call("POST", "/signout", headers=bearer("garbage")))[0] == 400
+    forged, _ = issue_token(
+        KeyRing([AuthKey(KeyRing.from_config(SECRET).signing_kid, "x")]),
+        sub="a",
+        role="admin",
+        now=clock.now,
+        ttl_s=60,
+    )
+    assert (await server.call("POST", "/signout", headers=bearer(forged)))[0] == 401
+    token = (await signup_and_signin(server))["token"]
+    clock.now += 601
+    _, _, answer = await server.call("POST", "/signout", headers=bearer(token))
+    assert answer == {"revoked": False, "reason": "expired"}
+
+
+async def test_routing_errors(server: Server) -> None:
+    assert (await server.call("GET", "/nope"))[0] == 404
+    status, headers, _ = await server.call("GET", "/signup")
+    assert status == 405 and headers[b"allow"] == b"POST"
+    assert (await server.call("GET", "/revocations?since=-1"))[0] == 400
+    assert (await server.call("GET", "/revocations?since=abc"))[0] == 400
+    status, _, stats = await server.call("GET", "/stats")
+    assert status == 200 and "store" in stats
+
+
+async def test_concurrent_signups_in_one_process(server: Server) -> None:
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(
+                server.call, "POST", "/signup", {"username": f"u{i}", "password": "p"}
+            )
+    assert server.app.store.count_users() == 20
+
+
+def test_load_auth_settings(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(
+        json.dumps(
+            {
+                "Cache_or_not": True,
+                "Auth_key": "private_key",
+                "Auth_keys": [{"kid": "k2", "secret": "s2"}],
+                "Scrypt": {"n": 1024},
+            }
+        )
+    )
+    settings = load_auth_settings(path)
+    assert settings.key_ring().signing_kid == "k2" and settings.Scrypt.n == 1024
+    assert settings.Token_ttl_s == 3600
+    path.write_text(json.dumps({"Auth_key": "", "Scrypt": {"n": 1000}}))
+    with pytest.raises(ConfigError, match=r"config\.json"):
+        load_auth_settings(path)
+    with pytest.raises(ConfigError):
+        load_auth_settings(tmp_path / "missing.json")
+
+
+# -- the proxy's client against it --------------------------------------------------------------
+def dead_origin() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def make_request(headers: list[tuple[bytes, bytes]], path: str = "/api") -> Request:
+    return Request("GET", path, path, "", list(headers), "1.1", ("127.0.0.1", 1), None)  # type: ignore[arg-type]
+
+
+def make_client(server: Server, clock: Clock, origins: list[str] | None = None) -> AuthClient:
+    authorizer = Authorizer(KeyRing.from_config(SECRET), VerdictCache(max_revocation_lag_s=5))
+    return AuthClient(server.pool, origins or [server.origin], authorizer, clock=clock)
+
+
+async def test_client_introspects_once_then_uses_cache(server: Server, clock: Clock) -> None:
+    token = (await signup_and_signin(server))["token"]
+    client = make_client(server, clock, [dead_origin(), server.origin])
+    assert await client.poll_once()
+    policy = AuthPolicy()
+    for _ in range(3):
+        claims = await client.authorize(make_request(bearer(token)), policy)
+        assert claims is not None and claims.sub == "alice"
+    assert client.introspections == 1
+    assert server.app.counters["introspections"] == 1
+    assert await client.authorize(make_request([], "/x"), AuthPolicy(public=True)) is None
+
+
+async def test_client_refuses_garbage_without_calling(server: Server, clock: Clock) -> None:
+    client = make_client(server, clock)
+    await client.poll_once()
+    with pytest.raises(Exception) as info:
+        await client.authorize(make_request(bearer("garbage")), AuthPolicy())
+    assert getattr(info.value, "status", None) == 400
+    token = (await signup_and_signin(server, role="user"))["token"]
+    with pytest.raises(Forbidden):
+        await client.authorize(
+            make_request(bearer(token)), AuthPolicy(allowed_roles=frozenset({"admin"}))
+        )
+    assert client.introspections == 0
+
+
+async def test_client_sees_revocation_through_feed(server: Server, clock: Clock) -> None:
+    token = (await signup_and_signin(server))["token"]
+    client = make_client(server, clock)
+    await client.poll_once()
+    await client.authorize(make_request(bearer(token)), AuthPolicy())
+    await server.call("POST", "/signout", headers=bearer(token))
+    assert await client.poll_once()
+    with pytest.raises(Unauthorized):
+        await client.authorize(make_request(bearer(token)), AuthPolicy())
+    assert client.introspections == 1  # refused from the revoked set, no second call
+
+
+async def test_client_revoked_before_first_sight_is_refused_by_introspection(
+    server: Server, clock: Clock
+) -> None:
+    token = (await signup_and_signin(server))["token"]
+    await server.call("POST", "/signout", headers=bearer(token))
+    client = make_client(server, clock)
+    with pytest.raises(Unauthorized):
+        await client.authorize(make_request(bearer(token)), AuthPolicy())
+
+
+async def test_client_fails_closed_when_no_auth_server(server: Server, clock: Clock) -> None:
+    token = (await signup_and_signin(server))["token"]
+    client = make_client(server, clock, [dead_origin(), dead_origin()])
+    assert not await client.poll_once()
+    with pytest.raises(DependencyUnavailable):
+        await client.authorize(make_request(bearer(token)), AuthPolicy())
+    assert client.polls_failed == 1 and client.origin_failures == 4
+
+
+async def test_client_stops_trusting_cache_when_feed_goes_silent(
+    server: Server, clock: Clock
+) -> None:
+    token = (await signup_and_signin(server))["token"]
+    client = make_client(server, clock)
+    await client.poll_once()
+    await client.authorize(make_request(bearer(token)), AuthPolicy())
+    client.set_origins([dead_origin()])
+    clock.now += 6
+    assert not await client.poll_once()
+    with pytest.raises(DependencyUnavailable):
+        await client.authorize(make_request(bearer(token)), AuthPolicy())
+
+
+async def test_client_coalesces_concurrent_introspections(server: Server, clock: Clock) -> None:
+    token = (await signup_and_signin(server))["token"]
+    client = make_client(server, clock)
+    await client.poll_once()
+    results: list[Claims | None] = []
+
+    async def one() -> None:
+        results.append(await client.authorize(make_request(bearer(token)), AuthPolicy()))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(one)
+    assert len(results) == 5 and all(r is not None and r.sub == "alice" for r in results)
+    assert client.introspections == 1 and client.coalesced == 4
+
+
+async def test_poll_revocations_task_reports_started(
+    server: Server, clock: Clock, nursery: trio.Nursery
+) -> None:
+    client = make_client(server, clock)
+    await nursery.start(client.poll_revocations)
+    assert client.polls_ok == 1 and client.authorizer.cache.is_fresh(clock.now)
+    assert "cursor=0" in repr(client)
+    assert msgspec.json.encode(client.statistics())

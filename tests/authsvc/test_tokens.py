@@ -1,0 +1,216 @@
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import jwt
+import pytest
+
+from authsvc.tokens import (
+    MAX_TOKEN_BYTES,
+    AuthKey,
+    BadSignature,
+    Claims,
+    KeyRing,
+    MalformedToken,
+    TokenExpired,
+    TokenNotYetValid,
+    UnknownKey,
+    UnsupportedAlgorithm,
+    derive_kid,
+    issue_token,
+    verify_token,
+)
+
+NOW = 1_700_000_000.0
+# PyJWT warns (an error under filterwarnings=error) about HMAC keys under 32 bytes.
+SECRET = "s" * 32
+RING = KeyRing.from_config(SECRET)
+
+
+def b64(obj: object) -> str:
+    raw = json.dumps(obj).encode() if not isinstance(obj, bytes) else obj
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def issue(ring: KeyRing = RING, **kw: Any) -> str:
+    token, _ = issue_token(ring, sub="alice", role="user", now=NOW, ttl_s=3600, **kw)
+    return token
+
+
+def test_round_trip() -> None:
+    token, claims = issue_token(RING, sub="alice", role="admin", now=NOW, ttl_s=60)
+    got = verify_token(RING, token, now=NOW + 59)
+    assert got == claims
+    assert got == Claims(sub="alice", role="admin", iat=int(NOW), exp=int(NOW) + 60, jti=got.jti)
+    assert len(got.jti) >= 20
+
+
+def test_jti_is_unique() -> None:
+    assert verify_token(RING, issue(), now=NOW).jti != verify_token(RING, issue(), now=NOW).jti
+
+
+def test_pyjwt_decodes_our_token() -> None:
+    token = issue(issuer="authsvc")
+    decoded = jwt.decode(token, SECRET, algorithms=["HS256"], options={"verify_exp": False})
+    assert decoded["sub"] == "alice" and decoded["role"] == "user" and decoded["iss"] == "authsvc"
+    assert jwt.get_unverified_header(token) == {
+        "alg": "HS256",
+        "typ": "JWT",
+        "kid": derive_kid(SECRET),
+    }
+
+
+def test_we_decode_pyjwt_token() -> None:
+    claims = {"sub": "bob", "role": "user", "iat": int(NOW), "exp": int(NOW) + 10, "jti": "j1"}
+    token = jwt.encode(claims, SECRET, algorithm="HS256", headers={"kid": RING.signing_kid})
+    assert verify_token(RING, token, now=NOW).sub == "bob"
+
+
+def test_expired_by_clock() -> None:
+    token = issue()
+    verify_token(RING, token, now=NOW + 3599)
+    with pytest.raises(TokenExpired):
+        verify_token(RING, token, now=NOW + 3600)
+    verify_token(RING, token, now=NOW + 3605, leeway_s=10)
+
+
+def test_nbf_in_future_refused() -> None:
+    claims = {
+        "sub": "b",
+        "role": "r",
+        "iat": 0,
+        "exp": int(NOW) + 100,
+        "jti": "j",
+        "nbf": int(NOW) + 50,
+    }
+    token = jwt.encode(claims, SECRET, algorithm="HS256", headers={"kid": RING.signing_kid})
+    with pytest.raises(TokenNotYetValid):
+        verify_token(RING, token, now=NOW)
+    assert verify_token(RING, token, now=NOW + 50).nbf == int(NOW) + 50
+
+
+def test_tampered_payload_refused() -> None:
+    header, _, signature = issue().split(".")
+    forged = b64({"sub": "alice", "role": "admin", "iat": 0, "exp": 2**40, "jti": "x"})
+    with pytest.raises(BadSignature):
+        verify_token(RING, f"{header}.{forged}.{signature}", now=NOW)
+
+
+def test_tampered_signature_refused() -> None:
+    header, payload, signature = issue().split(".")
+    flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
+    with pytest.raises(BadSignature):
+        verify_token(RING, f"{header}.{payload}.{flipped}", now=NOW)
+
+
+def test_other_secret_refused() -> None:
+    other = KeyRing([AuthKey(RING.signing_kid, "t" * 32)])
+    with pytest.raises(BadSignature):
+        verify_token(RING, issue(other), now=NOW)
+
+
+def test_alg_none_refused() -> None:
+    _, payload, _ = issue().split(".")
+    for alg in ("none", "None", "NONE"):
+        header = b64({"alg": alg, "typ": "JWT", "kid": RING.signing_kid})
+        for token in (f"{header}.{payload}.", f"{header}.{payload}"):
+            with pytest.raises((UnsupportedAlgorithm, MalformedToken)):
+                verify_token(RING, token, now=NOW)
+    with pytest.raises(UnsupportedAlgorithm):
+        verify_token(RING, f"{b64({'alg': 'none', 'kid': RING.signing_kid})}.{payload}.", now=NOW)
+
+
+@pytest.mark.parametrize("alg", ["HS512", "HS384", "RS256", "ES256", "hs256"])
+def test_other_algorithms_refused(alg: str) -> None:
+    _, payload, signature = issue().split(".")
+    header = b64({"alg": alg, "typ": "JWT", "kid": RING.signing_kid})
+    with pytest.raises(UnsupportedAlgorithm):
+        verify_token(RING, f"{header}.{payload}.{signature}", now=NOW)
+
+
+def test_pyjwt_hs512_with_our_key_refused() -> None:
+    claims = {"sub": "b", "role": "r", "iat": 0, "exp": 2**40, "jti": "j"}
+    token = jwt.encode(claims, SECRET * 2, algorithm="HS512", headers={"kid": RING.signing_kid})
+    with pytest.raises(UnsupportedAlgorithm):
+        verify_token(KeyRing.from_config(SECRET * 2), token, now=NOW)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "abc",
+        "a.b",
+        "a.b.c.d",
+        "!!!.###.$$$",
+        "eyJhbGciOiJIUzI1NiJ9",
+        f"{b64(b'not json')}.{b64({})}.AAAA",
+        f"{b64([1, 2])}.{b64({})}.AAAA",
+        f"{b64({'typ': 'JWT'})}.{b64({})}.AAAA",
+        "é.é.é",
+        "a" * (MAX_TOKEN_BYTES + 1),
+    ],
+)
+def test_malformed(token: str) -> None:
+    with pytest.raises(MalformedToken):
+        verify_token(RING, token, now=NOW)
+
+
+def test_signed_but_unreadable_claims_is_malformed() -> None:
+    token = jwt.encode({"sub": 1}, SECRET, algorithm="HS256", headers={"kid": RING.signing_kid})
+    with pytest.raises(MalformedToken):
+        verify_token(RING, token, now=NOW)
+
+
+def test_missing_or_unknown_kid_refused() -> None:
+    token = jwt.encode(
+        {"sub": "b", "role": "r", "iat": 0, "exp": 2**40, "jti": "j"}, SECRET, algorithm="HS256"
+    )
+    with pytest.raises(UnknownKey):
+        verify_token(RING, token, now=NOW)
+    token = jwt.encode(
+        {"sub": "b", "role": "r", "iat": 0, "exp": 2**40, "jti": "j"},
+        SECRET,
+        algorithm="HS256",
+        headers={"kid": "k-elsewhere"},
+    )
+    with pytest.raises(UnknownKey):
+        verify_token(RING, token, now=NOW)
+
+
+def test_rotation_newest_signs_all_listed_verify() -> None:
+    old = KeyRing.from_config("legacy-" * 5)
+    legacy_kid = derive_kid("legacy-" * 5)
+    old_token = issue(old)
+
+    rotated = KeyRing.from_config("legacy-" * 5, [AuthKey("k2", "new-secret-" * 3)])
+    assert rotated.signing_kid == "k2"
+    assert verify_token(rotated, old_token, now=NOW).sub == "alice"
+    new_token = issue(rotated)
+    assert jwt.get_unverified_header(new_token)["kid"] == "k2"
+
+    # Old processes that do not know k2 yet refuse the new token rather than guessing.
+    with pytest.raises(UnknownKey):
+        verify_token(old, new_token, now=NOW)
+
+    retired = KeyRing.from_config("", [AuthKey("k2", "new-secret-" * 3)])
+    with pytest.raises(UnknownKey):
+        verify_token(retired, old_token, now=NOW)
+    assert verify_token(retired, new_token, now=NOW).sub == "alice"
+    assert legacy_kid in repr(rotated) and "secret" not in repr(rotated)
+
+
+def test_ring_refuses_bad_config() -> None:
+    with pytest.raises(ValueError):
+        KeyRing.from_config("")
+    with pytest.raises(ValueError):
+        KeyRing([AuthKey("a", "x"), AuthKey("a", "y")])
+    with pytest.raises(ValueError):
+        KeyRing([AuthKey("", "x")])
+
+
+def test_derive_kid_is_stable() -> None:
+    assert derive_kid("private_key") == derive_kid("private_key")
+    assert derive_kid("private_key").startswith("k-") and len(derive_kid("x")) == 10

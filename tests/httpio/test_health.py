@@ -1,0 +1,214 @@
+"""The health state machine, driven by hand with a fake clock: no event loop, no sockets."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from httpio.health import (
+    TRANSITIONS,
+    Event,
+    HealthSettings,
+    HealthTracker,
+    Outcome,
+    State,
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def tracker(n: int = 1, **settings: object) -> tuple[HealthTracker, FakeClock]:
+    clock = FakeClock()
+    t = HealthTracker(msgspec.convert(settings, HealthSettings), clock, [f"i{k}" for k in range(n)])
+    return t, clock
+
+
+def fail_requests(t: HealthTracker, key: str, times: int) -> None:
+    for _ in range(times):
+        t.record_outcome(key, Outcome.SERVER_ERROR)
+
+
+def test_table_targets_and_sources_are_states() -> None:
+    for (state, event), rules in TRANSITIONS.items():
+        assert isinstance(state, State) and isinstance(event, Event)
+        assert rules and all(isinstance(new, State) for _, new, _ in rules)
+    reached = {new for rules in TRANSITIONS.values() for _, new, _ in rules}
+    assert reached == set(State)
+
+
+def test_fall_then_rise_with_active_checks() -> None:
+    t, _ = tracker()
+    assert t.record_check("i0", False) is not None
+    assert t.state("i0") is State.SUSPECT and t.usable("i0")
+    t.record_check("i0", False)
+    assert t.state("i0") is State.SUSPECT
+    tr = t.record_check("i0", False)
+    assert tr is not None and tr.new is State.EJECTED and tr.ejected_for_s is None
+    assert not t.usable("i0")
+    t.record_check("i0", True)
+    assert t.state("i0") is State.EJECTED  # rise=2: one success is not enough
+    t.record_check("i0", True)
+    assert t.state("i0") is State.HEALTHY and t.usable("i0")
+
+
+def test_flapping_neither_ejects_nor_restores() -> None:
+    t, _ = tracker()
+    for _ in range(10):
+        t.record_check("i0", False)
+        t.record_check("i0", True)
+    assert t.state("i0") is State.HEALTHY
+    for _ in range(3):
+        t.record_check("i0", False)
+    assert t.state("i0") is State.EJECTED
+    for _ in range(10):
+        t.record_check("i0", True)
+        t.record_check("i0", False)
+    assert t.state("i0") is State.EJECTED
+
+
+def test_suspect_clears_only_when_both_streaks_clear() -> None:
+    t, _ = tracker()
+    t.record_outcome("i0", Outcome.RESET)
+    assert t.state("i0") is State.SUSPECT
+    t.record_check("i0", True)  # the request streak is still open
+    assert t.state("i0") is State.SUSPECT
+    t.record_outcome("i0", Outcome.SUCCESS)
+    assert t.state("i0") is State.HEALTHY
+
+
+def test_passive_ejection_backoff_grows_and_is_capped() -> None:
+    t, clock = tracker(consecutive_failures=5, base_ejection_s=10.0, max_ejection_s=25.0)
+    fail_requests(t, "i0", 4)
+    assert t.state("i0") is State.SUSPECT
+    tr = t.record_outcome("i0", Outcome.CONNECT_FAILURE)
+    assert tr is not None and tr.new is State.EJECTED and tr.ejected_for_s == 10.0
+    for expected_s in (20.0, 25.0, 25.0):  # base * count, up to the cap
+        clock.now += tr.ejected_for_s - 0.001
+        assert t.poll() == [] and t.state("i0") is State.EJECTED
+        clock.now += 0.001
+        [probing] = t.poll()
+        assert probing.new is State.PROBING and t.usable("i0")
+        tr = t.record_outcome("i0", Outcome.TIMEOUT)
+        assert tr is not None and tr.ejected_for_s is not None
+        assert tr.new is State.EJECTED and tr.ejected_for_s == pytest.approx(expected_s)
+    assert t.statistics()["i0"]["ejections"] == 4
+
+
+def test_probing_takes_one_trial_and_its_success_restores() -> None:
+    t, clock = tracker(consecutive_failures=1)
+    t.record_outcome("i0", Outcome.SERVER_ERROR)
+    clock.now += 10.0
+    t.poll()
+    assert t.state("i0") is State.PROBING and t.usable("i0")
+    t.start_trial("i0")
+    assert not t.usable("i0")  # one trial at a time
+    t.record_outcome("i0", Outcome.CANCELLED)  # says nothing about the instance
+    assert t.state("i0") is State.PROBING and t.usable("i0")
+    t.start_trial("i0")
+    tr = t.record_outcome("i0", Outcome.SUCCESS)
+    assert tr is not None and tr.old is State.PROBING and tr.new is State.HEALTHY
+
+
+def test_a_trial_that_never_reports_back_does_not_block_forever() -> None:
+    t, clock = tracker(consecutive_failures=1, base_ejection_s=10.0)
+    t.record_outcome("i0", Outcome.SERVER_ERROR)
+    clock.now += 10.0
+    t.poll()
+    t.start_trial("i0")
+    clock.now += 9.0
+    assert not t.usable("i0")
+    clock.now += 1.0
+    assert t.usable("i0")
+
+
+def test_probing_decided_by_next_active_check() -> None:
+    t, clock = tracker(consecutive_failures=1)
+    t.record_outcome("i0", Outcome.SERVER_ERROR)
+    clock.now += 10.0
+    t.record_check("i0", True)  # record_check polls first: the back-off is over
+    assert t.state("i0") is State.HEALTHY
+
+
+def test_failed_check_while_probing_reejects_for_longer() -> None:
+    t, clock = tracker(consecutive_failures=1)
+    t.record_outcome("i0", Outcome.SERVER_ERROR)
+    clock.now += 10.0
+    tr = t.record_check("i0", False)
+    assert tr is not None and tr.new is State.EJECTED and tr.ejected_for_s == 20.0
+
+
+def test_ejection_count_decays_while_healthy() -> None:
+    t, clock = tracker(consecutive_failures=1, base_ejection_s=10.0, max_ejection_s=100.0)
+    t.record_outcome("i0", Outcome.SERVER_ERROR)  # count 1: 10 s
+    clock.now += 10.0
+    t.record_outcome("i0", Outcome.SUCCESS)  # trial passes
+    tr = t.record_outcome("i0", Outcome.SERVER_ERROR)  # soon again: count 2
+    assert tr is not None and tr.ejected_for_s == 20.0
+    clock.now += 20.0
+    t.record_outcome("i0", Outcome.SUCCESS)
+    clock.now += 200.0  # two max_ejection_s of good behaviour: count 2 -> 0
+    tr = t.record_outcome("i0", Outcome.SERVER_ERROR)
+    assert tr is not None and tr.ejected_for_s == 10.0
+
+
+def test_max_ejection_percent() -> None:
+    t, _ = tracker(4, consecutive_failures=1, max_ejection_percent=50)
+    for key in ("i0", "i1", "i2", "i3"):
+        t.record_outcome(key, Outcome.SERVER_ERROR)
+    assert [t.state(k) for k in ("i0", "i1", "i2", "i3")] == [
+        State.EJECTED,
+        State.EJECTED,
+        State.SUSPECT,
+        State.SUSPECT,
+    ]
+    assert t.counts() == {"healthy": 0, "suspect": 2, "ejected": 2, "probing": 0}
+
+
+def test_at_least_one_may_be_ejected_even_at_zero_percent() -> None:
+    t, _ = tracker(3, consecutive_failures=1, max_ejection_percent=0)
+    t.record_outcome("i0", Outcome.SERVER_ERROR)
+    t.record_outcome("i1", Outcome.SERVER_ERROR)
+    assert t.state("i0") is State.EJECTED and t.state("i1") is State.SUSPECT
+
+
+def test_active_check_ejection_ignores_max_percent() -> None:
+    t, _ = tracker(2, max_ejection_percent=0)
+    for _ in range(3):
+        t.record_check("i0", False)
+        t.record_check("i1", False)
+    assert t.counts()["ejected"] == 2
+
+
+def test_outcomes_of_removed_instances_are_ignored() -> None:
+    t, _ = tracker(1)
+    t.remove("i0")
+    assert t.record_outcome("i0", Outcome.SERVER_ERROR) is None
+    assert t.record_check("i0", False) is None
+    assert t.keys() == []
+
+
+def test_repr_and_statistics() -> None:
+    t, _ = tracker(2, consecutive_failures=1)
+    t.record_outcome("i1", Outcome.SERVER_ERROR)
+    assert repr(t) == "<HealthTracker healthy=1 ejected=1>"
+    stats = t.statistics()
+    assert stats["i1"]["state"] == "ejected" and stats["i1"]["ejected_for_s"] == 10.0
+    assert stats["i0"]["ejected_for_s"] is None
+
+
+def test_settings_schema() -> None:
+    s = msgspec.json.decode(b'{"path": "/healthz", "rise": 1}', type=HealthSettings)
+    assert s.path == "/healthz" and s.fall == 3 and s.effective_interval_s(10.0) == 10.0
+    assert HealthSettings(interval_s=2.5).effective_interval_s(10.0) == 2.5
+    with pytest.raises(msgspec.ValidationError, match="unknown field"):
+        msgspec.json.decode(b'{"bogus": 1}', type=HealthSettings)
+    with pytest.raises(msgspec.ValidationError, match=r"max_ejection_percent"):
+        msgspec.json.decode(b'{"max_ejection_percent": 101}', type=HealthSettings)
+    with pytest.raises(msgspec.ValidationError, match=r"\$.rise"):
+        msgspec.json.decode(b'{"rise": 0}', type=HealthSettings)

@@ -1,0 +1,235 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from authsvc.tokens import AuthKey, Claims, KeyRing, issue_token
+from httpio.errors import ClientError, Forbidden, Unauthorized
+from proxy.auth import (
+    Allowed,
+    Authorizer,
+    AuthPolicy,
+    NeedsIntrospection,
+    VerdictCache,
+    extract_token,
+    rewrite_identity_headers,
+)
+
+NOW = 1_700_000_000.0
+RING = KeyRing.from_config("private_key")
+ANY_USER = AuthPolicy()
+ADMINS = AuthPolicy(allowed_roles=frozenset({"admin"}))
+
+
+def token_for(role: str = "user", ttl_s: int = 3600, ring: KeyRing = RING) -> tuple[str, Claims]:
+    return issue_token(ring, sub="alice", role=role, now=NOW, ttl_s=ttl_s)
+
+
+def challenge(err: Exception) -> bytes:
+    assert isinstance(err, ClientError)
+    return dict(err.headers)[b"www-authenticate"]
+
+
+# -- extraction -------------------------------------------------------------------------------
+def test_extract_bearer() -> None:
+    assert extract_token([(b"authorization", b"Bearer abc.def.ghi")]) == "abc.def.ghi"
+    assert extract_token([(b"authorization", b"bearer   abc")]) == "abc"
+
+
+def test_extract_authtoken_raw_and_json() -> None:
+    assert extract_token([(b"authtoken", b"abc.def.ghi")]) == "abc.def.ghi"
+    signin_body = b'{"token":"abc.def.ghi","token_type":"Bearer","expires_in":3600,"username":"a"}'
+    assert extract_token([(b"authtoken", signin_body)]) == "abc.def.ghi"
+    assert extract_token([(b"authtoken", b'  {"token": "t1"}  ')]) == "t1"
+
+
+def test_extract_missing() -> None:
+    assert extract_token([]) is None
+    assert extract_token([(b"host", b"x")]) is None
+    assert extract_token([(b"authorization", b"Basic YWxhZGRpbjpvcGVuc2VzYW1l")]) is None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"authtoken", b'{"username": "a"}')],
+        [(b"authtoken", b'{"token": 5}')],
+        [(b"authtoken", b"{not json")],
+        [(b"authorization", b"Bearer ")],
+        [(b"authorization", b"Bearer a b")],
+        [(b"authtoken", "tökén".encode())],
+        [(b"authorization", b"Bearer one"), (b"authtoken", b"two")],
+    ],
+)
+def test_extract_unreadable_is_400(headers: Any) -> None:
+    with pytest.raises(ClientError) as info:
+        extract_token(headers)
+    assert info.value.status == 400
+    assert b'error="invalid_request"' in challenge(info.value)
+
+
+def test_same_token_twice_is_fine() -> None:
+    assert extract_token([(b"authorization", b"Bearer t"), (b"authtoken", b"t")]) == "t"
+
+
+# -- identity headers -------------------------------------------------------------------------
+def test_rewrite_identity_headers_strips_client_claims() -> None:
+    _, claims = token_for("admin")
+    headers = [(b"host", b"x"), (b"x-user", b"mallory"), (b"x-user-role", b"root")]
+    assert rewrite_identity_headers(headers, claims) == [
+        (b"host", b"x"),
+        (b"x-user", b"alice"),
+        (b"x-user-role", b"admin"),
+    ]
+    assert rewrite_identity_headers(headers, None) == [(b"host", b"x")]
+
+
+# -- the cache --------------------------------------------------------------------------------
+def test_cache_needs_a_fresh_revocation_feed() -> None:
+    cache = VerdictCache(max_revocation_lag_s=5)
+    token, claims = token_for()
+    cache.store(token, claims, NOW)
+    assert cache.lookup(token, NOW) is None  # never synced: no fast path
+    cache.mark_synced(NOW)
+    assert cache.lookup(token, NOW + 5) == claims
+    assert cache.lookup(token, NOW + 5.1) is None  # feed silent too long
+    assert cache.statistics()["stale_misses"] == 2
+
+
+def test_cache_expires_at_token_exp_or_max_age() -> None:
+    cache = VerdictCache(max_age_s=60, max_revocation_lag_s=1e9)
+    cache.mark_synced(NOW)
+    short, short_claims = token_for(ttl_s=10)
+    long, long_claims = token_for(ttl_s=3600)
+    cache.store(short, short_claims, NOW)
+    cache.store(long, long_claims, NOW)
+    assert cache.lookup(short, NOW + 9) == short_claims
+    assert cache.lookup(short, NOW + 10) is None
+    assert cache.lookup(long, NOW + 59) == long_claims
+    assert cache.lookup(long, NOW + 60) is None
+    assert len(cache) == 0 and cache.statistics()["expired"] == 2
+
+
+def test_cache_is_bounded_lru() -> None:
+    cache = VerdictCache(max_entries=2, max_revocation_lag_s=1e9)
+    cache.mark_synced(NOW)
+    (a, ca), (b, cb), (c, cc) = token_for(), token_for(), token_for()
+    cache.store(a, ca, NOW)
+    cache.store(b, cb, NOW)
+    assert cache.lookup(a, NOW) == ca  # a is now most recent
+    cache.store(c, cc, NOW)
+    assert cache.lookup(b, NOW) is None
+    assert cache.lookup(a, NOW) == ca and cache.lookup(c, NOW) == cc
+    assert cache.statistics()["evicted"] == 1
+    assert "entries=2/2" in repr(cache)
+
+
+def test_revocation_evicts_by_jti_and_blocks_late_store() -> None:
+    cache = VerdictCache(max_revocation_lag_s=1e9)
+    cache.mark_synced(NOW)
+    token, claims = token_for()
+    other, other_claims = token_for()
+    cache.store(token, claims, NOW)
+    cache.store(other, other_claims, NOW)
+    assert cache.revoke([(claims.jti, claims.exp), ("unknown", claims.exp)], NOW) == 1
+    assert cache.lookup(token, NOW) is None
+    assert cache.lookup(other, NOW) == other_claims
+    # An introspection that started before the revocation cannot re-admit the token.
+    assert cache.store(token, claims, NOW) is False
+    assert cache.is_revoked(claims.jti)
+    cache.prune(claims.exp + 1)
+    assert not cache.is_revoked(claims.jti)
+
+
+def test_revocations_of_expired_tokens_are_not_kept() -> None:
+    cache = VerdictCache()
+    cache.revoke([("old", int(NOW) - 1)], NOW)
+    assert not cache.is_revoked("old")
+
+
+# -- the decision -----------------------------------------------------------------------------
+def authorizer() -> Authorizer:
+    cache = VerdictCache(max_revocation_lag_s=5)
+    cache.mark_synced(NOW)
+    return Authorizer(RING, cache)
+
+
+def bearer(token: str) -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", b"Bearer " + token.encode())]
+
+
+def test_public_needs_no_token() -> None:
+    auth = authorizer()
+    assert auth.decide([], "/x", AuthPolicy(public=True), NOW) == Allowed(None)
+    policy = AuthPolicy(public_prefixes=("/signin", "/signup"))
+    assert auth.decide([], "/signin", policy, NOW) == Allowed(None)
+    with pytest.raises(Unauthorized):
+        auth.decide([], "/signout", policy, NOW)
+
+
+def test_missing_token_is_bare_401() -> None:
+    with pytest.raises(Unauthorized) as info:
+        authorizer().decide([], "/x", ANY_USER, NOW)
+    assert challenge(info.value) == b'Bearer realm="gateway"'
+
+
+def test_first_sight_needs_introspection_then_cached() -> None:
+    auth = authorizer()
+    token, claims = token_for()
+    verdict = auth.decide(bearer(token), "/x", ANY_USER, NOW)
+    assert verdict == NeedsIntrospection(token, claims)
+    assert auth.accept_introspection(token, claims, ANY_USER, NOW) == claims
+    assert auth.decide(bearer(token), "/x", ANY_USER, NOW + 1) == Allowed(claims)
+    # The same token in the original's AuthToken JSON form hits the same cache entry.
+    signin = b'{"token":"' + token.encode() + b'","username":"alice"}'
+    assert auth.decide([(b"authtoken", signin)], "/x", ANY_USER, NOW + 1) == Allowed(claims)
+
+
+def test_garbage_is_400_and_forgeries_are_401_locally() -> None:
+    auth = authorizer()
+    with pytest.raises(ClientError) as info:
+        auth.decide(bearer("garbage"), "/x", ANY_USER, NOW)
+    assert info.value.status == 400
+    forged, _ = token_for(ring=KeyRing([AuthKey(RING.signing_kid, "not-the-key")]))
+    with pytest.raises(Unauthorized) as info:
+        auth.decide(bearer(forged), "/x", ANY_USER, NOW)
+    assert b'error="invalid_token"' in challenge(info.value)
+    retired, _ = token_for(ring=KeyRing([AuthKey("k-retired", "old")]))
+    with pytest.raises(Unauthorized):
+        auth.decide(bearer(retired), "/x", ANY_USER, NOW)
+    assert auth.statistics()["local_refusals"] == 3
+
+
+def test_expired_is_401() -> None:
+    auth = authorizer()
+    token, _ = token_for(ttl_s=10)
+    with pytest.raises(Unauthorized) as info:
+        auth.decide(bearer(token), "/x", ANY_USER, NOW + 10)
+    assert "expired" in info.value.detail
+
+
+def test_role_not_allowed_is_403_with_or_without_cache() -> None:
+    auth = authorizer()
+    token, claims = token_for("user")
+    with pytest.raises(Forbidden) as info:
+        auth.decide(bearer(token), "/x", ADMINS, NOW)
+    assert b'error="insufficient_scope"' in challenge(info.value)
+    auth.accept_introspection(token, claims, ANY_USER, NOW)
+    with pytest.raises(Forbidden):
+        auth.decide(bearer(token), "/x", ADMINS, NOW)
+    admin_token, admin_claims = token_for("admin")
+    auth.accept_introspection(admin_token, admin_claims, ADMINS, NOW)
+    assert auth.decide(bearer(admin_token), "/x", ADMINS, NOW) == Allowed(admin_claims)
+
+
+def test_revoked_token_refused_without_introspection() -> None:
+    auth = authorizer()
+    token, claims = token_for()
+    auth.accept_introspection(token, claims, ANY_USER, NOW)
+    auth.cache.revoke([(claims.jti, claims.exp)], NOW)
+    with pytest.raises(Unauthorized) as info:
+        auth.decide(bearer(token), "/x", ANY_USER, NOW)
+    assert "revoked" in info.value.detail
+    with pytest.raises(Unauthorized):
+        auth.accept_introspection(token, claims, ANY_USER, NOW)
