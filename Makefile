@@ -7,7 +7,7 @@ TOPOLOGY ?= topology/fleet.yaml
 ELB ?= http://127.0.0.1:9000
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: fleet test check system-deps install regular region concurrent image large signin wrk bench clean
+.PHONY: fleet test check system-deps install regular region concurrent image large signin wrk bench bench-caddy clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -38,7 +38,12 @@ check: $(STAMP)
 regular region concurrent image large signin wrk: $(STAMP)
 	$(PY) -m bench.run $@ --elb $(ELB)
 
-bench: regular region concurrent image large signin wrk
+bench: $(STAMP)
+	$(PY) -m bench.run all --elb $(ELB)
+
+# one proxy hop vs Caddy (GOMAXPROCS=1) in front of the same backend, same run
+bench-caddy: $(STAMP)
+	$(PY) -m bench.caddy --backend http://127.0.0.1:5002 --path /index.html --proxy-url http://127.0.0.1:6000/video/index.html $(if $(TOKEN),--token $(TOKEN))
 
 clean:
 	rm -rf $(VENV) run build *.egg-info

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the system programs the fleet, the tests and the benchmarks use, from Debian's
-# packages, when they are missing: redis-server, ab (apache2-utils), wrk.
+# packages, when they are missing: redis-server, ab (apache2-utils), wrk, caddy (for `make bench-caddy`).
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v ab >/dev/null || missing+=(apache2-utils)
 command -v wrk >/dev/null || missing+=(wrk)
+command -v caddy >/dev/null || missing+=(caddy)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then

@@ -29,6 +29,7 @@ from authsvc.tokens import AuthKey
 from httpio.health import HealthSettings
 from httpio.limits import ServiceLimits
 from httpio.server import ServerLimits
+from proxy.cache.policy import CacheSettings, ServiceCacheSettings
 from httpio.upstream import UpstreamTimeouts
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
@@ -54,6 +55,7 @@ class ServiceSpec(Struct, frozen=True, forbid_unknown_fields=True):
     roles: list[str] | None = None  # roles allowed; None: any authenticated caller
     health: HealthSettings = field(default_factory=HealthSettings)
     limits: ServiceLimits = field(default_factory=ServiceLimits)
+    cache: ServiceCacheSettings = field(default_factory=ServiceCacheSettings)
 
     def instances(self) -> list[InstanceSpec]:
         return [i if isinstance(i, InstanceSpec) else InstanceSpec(url=i) for i in self.instance]
@@ -104,6 +106,7 @@ class GatewayConfig(Struct, frozen=True, forbid_unknown_fields=True):
     server: ServerLimits = field(default_factory=ServerLimits, name="Server")
     upstream: UpstreamTimeouts = field(default_factory=UpstreamTimeouts, name="Upstream")
     access_log: bool = field(default=False, name="Access_log")
+    cache: CacheSettings = field(default_factory=CacheSettings, name="Cache")
 
 
 # -- the fleet topology (topology/fleet.yaml) --------------------------------------------------
