@@ -431,6 +431,16 @@ class HttpServer:
                     deadline = trio.current_time() + limits.head_timeout_s
                 continue
             if type(event) is h11.Request:
+                # h11 bounds only a head that arrives incomplete; one that arrives whole in
+                # a single read is measured here so that the limit does not depend on timing.
+                size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
+                if size > limits.max_head_bytes:
+                    await self._send_error_and_close(
+                        stream,
+                        conn,
+                        RequestHeadTooLarge(f"request head exceeds {limits.max_head_bytes} bytes"),
+                    )
+                    return None
                 return event
             return None  # ConnectionClosed or PAUSED oddities: nothing more to serve
 

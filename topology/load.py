@@ -25,6 +25,9 @@ from topology.schema import (
 
 T = TypeVar("T")
 
+# /health and /admin/... are answered by the proxy itself.
+RESERVED_SERVICE_NAMES = frozenset({"health", "admin"})
+
 
 class ConfigError(Exception):
     """A config file we refuse: ``str(err)`` is ``file: $.path: what was expected``."""
@@ -71,6 +74,10 @@ def load_msa(path: str | Path) -> MsaFile:
         where = f"$.service[{i}]"
         if not service.name or "/" in service.name:
             raise ConfigError(path, f"{where}.name", "expected a non-empty name without '/'")
+        if service.name in RESERVED_SERVICE_NAMES:
+            raise ConfigError(
+                path, f"{where}.name", f"{service.name!r} is reserved for the proxy's own endpoints"
+            )
         if service.name in seen:
             raise ConfigError(path, f"{where}.name", f"service {service.name!r} is listed twice")
         seen.add(service.name)

@@ -1,0 +1,100 @@
+"""Tokens through the real fleet: enforcement, forms, roles, revocation, a dead auth server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+
+import jwt
+
+from conftest import RunningFleet, request, sign_in, wait_for
+
+
+def test_missing_token_is_401_with_bearer_challenge(fleet: RunningFleet) -> None:
+    r = request(fleet.kr_elb, "/video/echo")
+    assert r.status == 401
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert r.json()["error"] == "unauthorized"
+
+
+def test_malformed_token_is_400_and_tampered_is_401(fleet: RunningFleet, token: str) -> None:
+    r = request(fleet.kr_elb, "/video/echo", headers={"authorization": "Bearer not-a-jwt"})
+    assert r.status == 400
+    head, payload, sig = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["role"] = "admin"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    r = request(fleet.kr_elb, "/video/echo", headers={"authorization": f"Bearer {head}.{forged}.{sig}"})
+    assert r.status == 401
+
+
+def test_alg_none_is_refused(fleet: RunningFleet, token: str) -> None:
+    claims = jwt.decode(token, options={"verify_signature": False})
+    unsigned = jwt.encode(claims, key=None, algorithm="none", headers={"kid": "x"})
+    r = request(fleet.kr_elb, "/video/echo", headers={"authorization": f"Bearer {unsigned}"})
+    assert r.status in (400, 401)
+
+
+def test_original_authtoken_header_forms(fleet: RunningFleet, token: str) -> None:
+    assert request(fleet.kr_elb, "/video/echo", headers={"authtoken": token}).status == 200
+    signin_body = json.dumps({"token": token, "token_type": "Bearer", "username": "e2e-user"})
+    assert request(fleet.kr_elb, "/video/echo", headers={"authtoken": signin_body}).status == 200
+
+
+def test_token_is_a_standard_jwt(fleet: RunningFleet, token: str) -> None:
+    claims = jwt.decode(token, "e2e-secret-key-that-is-long-enough-for-hs256", algorithms=["HS256"])
+    assert claims["sub"] == "e2e-user" and claims["role"] == "user"
+    assert {"iat", "exp", "jti"} <= set(claims)
+    assert jwt.get_unverified_header(token)["kid"]
+
+
+def test_roles_and_public_services(fleet: RunningFleet, token: str) -> None:
+    assert request(fleet.kr_elb, "/staff/echo", headers={"authorization": f"Bearer {token}"}).status == 403
+    admin = sign_in(fleet, "e2e-admin", "pw-admin", "admin")
+    assert request(fleet.kr_elb, "/staff/echo", headers={"authorization": f"Bearer {admin}"}).status == 200
+    assert request(fleet.kr_elb, "/open/echo").status == 200
+
+
+def test_cross_region_request_is_checked_by_serving_region(fleet: RunningFleet) -> None:
+    r = request(fleet.kr_elb, "/sound/echo", headers={"x-region": "en_US"})
+    assert r.status == 401
+
+
+def test_signout_revokes_fleet_wide(fleet: RunningFleet) -> None:
+    t = sign_in(fleet, "e2e-leaver", "pw-leaver", "user")
+    auth = {"authorization": f"Bearer {t}"}
+    for proxy in fleet.kr_proxies + fleet.en_proxies:
+        path = "/sound/echo" if proxy in fleet.en_proxies else "/video/echo"
+        assert request(proxy, path, headers=auth).status == 200
+    assert request(fleet.kr_elb, "/auth/signout", method="POST", headers=auth).status in (200, 204)
+
+    def refused_everywhere() -> bool:
+        return all(
+            request(p, "/sound/echo" if p in fleet.en_proxies else "/video/echo", headers=auth).status == 401
+            for p in fleet.kr_proxies + fleet.en_proxies
+        )
+
+    wait_for(refused_everywhere, timeout_s=5.0, what="revocation on every proxy")
+
+
+def test_dead_auth_server_keeps_cached_verdicts_and_refuses_new_tokens(fleet: RunningFleet) -> None:
+    known = sign_in(fleet, "e2e-known", "pw-known", "user")
+    fresh = sign_in(fleet, "e2e-fresh", "pw-fresh", "user")
+    proxy = fleet.kr_proxies[0]
+    assert request(proxy, "/video/echo", headers={"authorization": f"Bearer {known}"}).status == 200
+    name = f"authsvc-{fleet.auth_ports[0]}"
+    old_pid = fleet.pid(name)
+    fleet.call(fleet.fleet.kill, name, signal.SIGSTOP)  # stopped, not dead: no restart races
+    try:
+        assert request(proxy, "/video/echo", headers={"authorization": f"Bearer {known}"}).status == 200
+        r = request(proxy, "/video/echo", headers={"authorization": f"Bearer {fresh}"})
+        assert r.status == 503, r
+        assert r.json()["error"] == "dependency_unavailable"
+    finally:
+        fleet.call(fleet.fleet.kill, name, signal.SIGCONT)
+    wait_for(
+        lambda: request(proxy, "/video/echo", headers={"authorization": f"Bearer {fresh}"}).status == 200,
+        what="new tokens accepted again once the auth server answers",
+    )
+    assert fleet.pid(name) == old_pid
