@@ -176,6 +176,8 @@ class Elb:
         while True:
             try:
                 stream = await listener.accept()
+            except trio.ClosedResourceError:
+                return
             except OSError as exc:
                 log.warning("accept_failed", error=str(exc))
                 await trio.sleep(0.05)

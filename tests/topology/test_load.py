@@ -1,0 +1,219 @@
+"""The original's config files load unchanged; broken ones fail with file, field path and
+expectation; fleet topologies refuse port clashes. No event loop, no sockets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from topology.load import (
+    ConfigError,
+    load_config,
+    load_fleet,
+    load_msa,
+    load_proxy_list,
+    load_region_structure,
+)
+from topology.schema import InstanceSpec
+
+DATA = Path(__file__).resolve().parent / "data"  # copies of shared/seed-resources
+TOPOLOGY = Path(__file__).resolve().parents[2] / "topology"
+
+
+# -- the original's files ----------------------------------------------------------------------
+def test_seed_msa_files_load():
+    msa = load_msa(DATA / "msa.yaml")
+    assert msa.name == "api-gateway-msa"
+    assert [s.name for s in msa.service] == ["image", "video", "auth"]
+    assert msa.service[0].instances() == [
+        InstanceSpec("http://localhost:5000"),
+        InstanceSpec("http://localhost:5001"),
+    ]
+    assert len(msa.service[1].instances()) == 5
+    assert [s.name for s in load_msa(DATA / "msa_kr.yaml").service] == ["image", "video", "auth"]
+    assert [s.name for s in load_msa(DATA / "msa_en.yaml").service] == ["sound", "video", "auth"]
+
+
+def test_seed_region_structures_load():
+    kr = load_region_structure(DATA / "rs_kr.yaml")
+    assert kr.cur_region_code == "ko_KR"
+    assert [(r.region_code, r.available_zone) for r in kr.regions] == [
+        ("ko_KR", ["http://localhost:9000"]),
+        ("en_US", ["http://localhost:9001"]),
+    ]
+    assert load_region_structure(DATA / "rs_en.yaml").cur_region_code == "en_US"
+
+
+def test_seed_proxy_lists_load():
+    kr = load_proxy_list(DATA / "r_kr.yaml")
+    assert kr.region_code == "ko_KR"
+    assert kr.available_zone == ["http://localhost:6000", "http://localhost:6001"]
+    assert load_proxy_list(DATA / "r_en.yaml").region_code == "en_US"
+
+
+def test_seed_config_loads_with_capitalised_keys():
+    config = load_config(DATA / "config.json")
+    assert config.cache_enabled is True
+    assert config.redis_address == "localhost:6379"
+    assert config.healthcheck_interval_s == 10
+    assert config.config_check_interval_s == 5
+    assert config.load_balancer_policy == "random"
+    assert config.auth_key == "private_key"
+
+
+def test_default_fleet_topology_loads():
+    fleet = load_fleet(TOPOLOGY / "fleet.yaml")
+    assert [(r.code, r.elb_port, r.proxy_ports) for r in fleet.regions] == [
+        ("ko_KR", 9000, [6000, 6001]),
+        ("en_US", 9001, [6002, 6003]),
+    ]
+    assert fleet.backends.ports == list(range(5000, 5007))
+    assert fleet.auth.ports == [8000, 8001, 8002, 8003]
+    assert fleet.redis.port == 6379
+
+
+# -- broken files ------------------------------------------------------------------------------
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def refusal(loader, path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        loader(path)
+    return str(info.value)
+
+
+def test_wrong_type_names_file_path_and_expectation(tmp_path):
+    path = write(
+        tmp_path, "msa.yaml", 'service:\n  - name: "image"\n    instance: ["http://h:1", 5000]\n'
+    )
+    message = refusal(load_msa, path)
+    assert message.startswith("msa.yaml: $.service[0].instance[1]: ")
+    assert "Expected" in message
+
+
+def test_unknown_field_is_an_error(tmp_path):
+    path = write(tmp_path, "msa.yaml", 'service:\n  - name: "image"\n    instanse: []\n')
+    message = refusal(load_msa, path)
+    assert message.startswith("msa.yaml: $.service[0]: ")
+    assert "instanse" in message
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+    raw = json.loads((DATA / "config.json").read_text())
+    raw["Cache_or_nott"] = True
+    path = write(tmp_path, "config.json", json.dumps(raw))
+    message = refusal(load_config, path)
+    assert message.startswith("config.json: $: ")
+    assert "Cache_or_nott" in message
+
+
+def test_missing_required_field(tmp_path):
+    path = write(tmp_path, "r_kr.yaml", 'region_code: "ko_KR"\n')
+    message = refusal(load_proxy_list, path)
+    assert message.startswith("r_kr.yaml: $: ")
+    assert "available_zone" in message
+
+
+def test_bad_url_names_its_place(tmp_path):
+    path = write(tmp_path, "r_kr.yaml", 'region_code: "ko_KR"\navailable_zone: ["ftp://h:1"]\n')
+    message = refusal(load_proxy_list, path)
+    assert message.startswith("r_kr.yaml: $.available_zone[0]: ")
+
+
+def test_current_region_must_exist(tmp_path):
+    path = write(
+        tmp_path,
+        "rs.yaml",
+        'cur_region_code: "xx"\nregions:\n  - region_code: "ko_KR"\n    available_zone: []\n',
+    )
+    assert refusal(load_region_structure, path).startswith("rs.yaml: $.cur_region_code: ")
+
+
+def test_duplicate_service_is_an_error(tmp_path):
+    path = write(tmp_path, "msa.yaml", "service:\n  - name: a\n  - name: a\n")
+    assert refusal(load_msa, path).startswith("msa.yaml: $.service[1].name: ")
+
+
+def test_bad_redis_address(tmp_path):
+    path = write(tmp_path, "config.json", '{"Redis_address": "localhost"}')
+    assert refusal(load_config, path).startswith("config.json: $.Redis_address: ")
+
+
+def test_not_yaml_at_all(tmp_path):
+    path = write(tmp_path, "msa.yaml", "service: [unclosed\n")
+    assert "not valid yaml" in refusal(load_msa, path)
+
+
+def test_unreadable_file_names_it(tmp_path):
+    message = refusal(load_msa, tmp_path / "absent.yaml")
+    assert "absent.yaml" in message and "cannot read" in message
+
+
+# -- fleet topologies --------------------------------------------------------------------------
+MSA = 'service:\n  - name: "image"\n    instance: ["http://127.0.0.1:5000"]\n'
+
+
+def fleet_file(tmp_path: Path, body: str) -> Path:
+    write(tmp_path, "msa.yaml", MSA)
+    return write(tmp_path, "fleet.yaml", body)
+
+
+def test_port_clash_is_refused(tmp_path):
+    path = fleet_file(
+        tmp_path,
+        "regions:\n  - {code: kr, elb_port: 9000, proxy_ports: [6000], msa: msa.yaml}\n"
+        "backends: {ports: [5000, 6000]}\n",
+    )
+    message = refusal(load_fleet, path)
+    assert message.startswith("fleet.yaml: $.backends.ports[1]: ")
+    assert "6000" in message and "proxy of kr" in message
+
+
+def test_redis_port_clash_is_refused(tmp_path):
+    path = fleet_file(
+        tmp_path,
+        "regions:\n  - {code: kr, elb_port: 6379, proxy_ports: [6000], msa: msa.yaml}\n",
+    )
+    assert refusal(load_fleet, path).startswith("fleet.yaml: $.redis.port: ")
+
+
+def test_disabled_redis_frees_its_port(tmp_path):
+    path = fleet_file(
+        tmp_path,
+        "regions:\n  - {code: kr, elb_port: 6379, proxy_ports: [6000], msa: msa.yaml}\n"
+        "redis: {enabled: false}\n",
+    )
+    assert load_fleet(path).redis.enabled is False
+
+
+def test_unknown_fleet_field(tmp_path):
+    path = fleet_file(
+        tmp_path,
+        "regions:\n  - {code: kr, elb_port: 9000, proxy_ports: [6000], msa: msa.yaml}\n"
+        "backend: {ports: [5000]}\n",
+    )
+    message = refusal(load_fleet, path)
+    assert message.startswith("fleet.yaml: $: ") and "backend" in message
+
+
+def test_broken_region_msa_is_reported_under_its_own_name(tmp_path):
+    write(tmp_path, "kr.yaml", "service:\n  - name: a\n    instance: [1]\n")
+    path = write(
+        tmp_path,
+        "fleet.yaml",
+        "regions:\n  - {code: kr, elb_port: 9000, proxy_ports: [6000], msa: kr.yaml}\n",
+    )
+    assert refusal(load_fleet, path).startswith("kr.yaml: $.service[0].instance[0]: ")
+
+
+def test_port_out_of_range(tmp_path):
+    path = fleet_file(
+        tmp_path,
+        "regions:\n  - {code: kr, elb_port: 70000, proxy_ports: [6000], msa: msa.yaml}\n",
+    )
+    assert refusal(load_fleet, path).startswith("fleet.yaml: $.regions[0].elb_port: ")

@@ -1,0 +1,206 @@
+"""Supervision: backoff arithmetic (pure), readiness probes against in-process servers, and
+real child processes (tiny Python one-liners) started, restarted and stopped. Nothing waits
+on a clock: tests wait on the supervisor's state with a deadline."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from httpio.server import Request, Response, json_response, serve_tcp
+from topology.supervisor import (
+    Backoff,
+    ChildSpec,
+    State,
+    Supervisor,
+    describe_exit,
+    probe_once,
+    read_log_tail,
+)
+
+
+# -- backoff -----------------------------------------------------------------------------------
+def test_backoff_doubles_up_to_the_cap():
+    backoff = Backoff()
+    delays = [backoff.next_delay(uptime_s=1.0) for _ in range(9)]
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+
+
+def test_backoff_is_forgiven_after_a_long_uptime():
+    backoff = Backoff()
+    for _ in range(5):
+        backoff.next_delay(uptime_s=59.9)
+    assert backoff.peek() == 16.0
+    assert backoff.next_delay(uptime_s=60.0) == 0.5
+    assert backoff.next_delay(uptime_s=0.1) == 1.0
+
+
+def test_backoff_survives_many_failures_and_explains_itself():
+    backoff = Backoff(initial_s=1, max_s=10, reset_after_s=5)
+    for _ in range(2000):
+        backoff.next_delay(uptime_s=0)
+    assert backoff.peek() == 10
+    assert repr(backoff) == "<Backoff failures=2000 next=10s>"
+
+
+def test_describe_exit():
+    assert describe_exit(0) == "status 0"
+    assert describe_exit(3) == "status 3"
+    assert describe_exit(-signal.SIGKILL) == "signal SIGKILL"
+
+
+def test_read_log_tail(tmp_path):
+    log = tmp_path / "x.log"
+    log.write_text("".join(f"line {i}\n" for i in range(100)))
+    assert read_log_tail(log, lines=2) == "line 98\nline 99"
+    assert read_log_tail(tmp_path / "absent.log") == ""
+
+
+# -- probes ------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spec(port: int, probe: str = "http", argv=None, log: Path | None = None) -> ChildSpec:
+    return ChildSpec("x", "test", port, argv, log or Path("/dev/null"), probe)  # type: ignore[arg-type]
+
+
+async def test_http_probe_wants_200_from_health(nursery):
+    healthy = True
+
+    async def handler(request: Request) -> Response:
+        ok = request.path == "/health" and healthy
+        return json_response(200 if ok else 503, {"ok": ok})
+
+    port = await nursery.start(serve_tcp, handler, 0)
+    assert await probe_once(spec(port))
+    healthy = False
+    assert not await probe_once(spec(port))
+
+
+async def test_probes_fail_on_a_closed_port():
+    port = free_port()
+    for probe in ("http", "redis", "tcp"):
+        assert not await probe_once(spec(port, probe))
+
+
+async def test_redis_probe_wants_pong(nursery):
+    async def fake_redis(stream: trio.SocketStream) -> None:
+        async with stream:
+            if await stream.receive_some(100) == b"PING\r\n":
+                await stream.send_all(b"+PONG\r\n")
+
+    listeners = await nursery.start(trio.serve_tcp, fake_redis, 0)
+    port = listeners[0].socket.getsockname()[1]
+    assert await probe_once(spec(port, "redis"))
+    assert not await probe_once(spec(port, "http"))  # "+PONG" is no status line
+
+
+# -- real children -----------------------------------------------------------------------------
+LISTEN = (
+    "import signal, socket, sys, time\n"
+    "if sys.argv[2] == 'ignore-term': signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen()\n"
+    "print('listening', flush=True)\n"
+    "time.sleep(3600)\n"
+)
+
+
+def listener(tmp_path: Path, name: str, mode: str = "normal") -> ChildSpec:
+    port = free_port()
+    argv = (sys.executable, "-c", LISTEN, str(port), mode)
+    return ChildSpec(name, "test", port, argv, tmp_path / f"{name}.log", "tcp")
+
+
+def fast_backoff() -> Backoff:
+    return Backoff(initial_s=0.01, max_s=0.05)
+
+
+async def test_children_start_restart_and_stop(tmp_path):
+    lines: list[str] = []
+    first, second = listener(tmp_path, "first"), listener(tmp_path, "second")
+    sup = Supervisor([[first], [second]], out=lines.append, backoff=fast_backoff)
+    async with trio.open_nursery() as nursery:
+        await sup.start(nursery)
+        assert sup.problems() == []
+        assert [c.state for c in sup.children] == [State.RUNNING, State.RUNNING]
+        assert "running=2" in repr(sup)
+        pid = sup.child("first").pid
+        assert pid is not None
+        sup.send_signal("first", signal.SIGKILL)
+        new_pid = await sup.wait_running("first", not_pid=pid, timeout_s=10)
+        assert new_pid != pid
+        assert sup.statistics()["first"] == {"state": "running", "pid": new_pid, "restarts": 1}
+        assert any("first: exited with signal SIGKILL" in line for line in lines)
+        processes = [c.process for c in sup.children]
+        await sup.stop()
+    assert [c.state for c in sup.children] == [State.STOPPED, State.STOPPED]
+    assert all(p is not None and p.returncode is not None for p in processes)
+    log = (tmp_path / "first.log").read_text().splitlines()
+    assert sum(line.startswith("--- fleet: starting") for line in log) == 2
+    assert log.count("listening") == 2
+
+
+async def test_a_child_that_dies_at_start_is_reported_with_its_log(tmp_path):
+    lines: list[str] = []
+    argv = (sys.executable, "-c", "import sys; print('no config here'); sys.exit(3)")
+    broken = ChildSpec("broken", "test", free_port(), argv, tmp_path / "broken.log", "tcp")
+    healthy = listener(tmp_path, "healthy")
+    missing = ChildSpec("missing", "test", 1, None, tmp_path / "m.log", missing="not built")
+    sup = Supervisor([[broken, missing], [healthy]], out=lines.append)
+    async with trio.open_nursery() as nursery:
+        await sup.start(nursery)
+        assert {c.spec.name: c.state for c in sup.children} == {
+            "broken": State.FAILED,
+            "missing": State.MISSING,
+            "healthy": State.RUNNING,
+        }
+        assert sup.child("broken").error == "exited with status 3 before it was ready"
+        assert sup.child("missing").error == "not built"
+        await sup.stop()
+    text = "\n".join(lines)
+    assert "broken: FAILED: exited with status 3" in text
+    assert "    no config here" in text
+    assert "missing: not started: not built" in text
+
+
+async def test_a_child_that_never_gets_ready_is_stopped(tmp_path):
+    lines: list[str] = []
+    argv = (sys.executable, "-c", "import time; time.sleep(3600)")
+    silent = ChildSpec("silent", "test", free_port(), argv, tmp_path / "s.log", "tcp")
+    sup = Supervisor([[silent]], out=lines.append, ready_timeout_s=0.3)
+    async with trio.open_nursery() as nursery:
+        await sup.start(nursery)
+        child = sup.child("silent")
+        assert child.state is State.FAILED and child.pid is None
+        assert child.error.startswith("not ready after 0.3s")
+        await sup.stop()
+
+
+async def test_sigkill_after_the_grace_period(tmp_path):
+    lines: list[str] = []
+    stubborn = listener(tmp_path, "stubborn", mode="ignore-term")
+    sup = Supervisor([[stubborn]], out=lines.append, grace_s=0.2)
+    async with trio.open_nursery() as nursery:
+        await sup.start(nursery)
+        process = sup.child("stubborn").process
+        await sup.stop()
+    assert process is not None and process.returncode == -signal.SIGKILL
+    assert any("SIGKILL" in line for line in lines)
+
+
+async def test_wait_running_gives_up_at_its_deadline(tmp_path):
+    sup = Supervisor([[spec(1, argv=None)]], out=lambda line: None)
+    async with trio.open_nursery() as nursery:
+        await sup.start(nursery)
+        with pytest.raises(trio.TooSlowError):
+            await sup.wait_running("x", timeout_s=0.05)
+        await sup.stop()

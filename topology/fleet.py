@@ -1,0 +1,459 @@
+"""``fleet [TOPOLOGY]``: run a whole gateway fleet on one machine, like ``docker compose up``.
+
+From one topology file (default: the original's benchmark topology, ``topology/fleet.yaml``)
+this writes, into a fresh run directory, the files each process reads *in the original's
+formats* (``msa_<code>.yaml``, ``rs_<code>.yaml``, ``r_<code>.yaml``, ``config.json``), so
+that a process started by hand with those files behaves exactly as under the launcher.
+Every address in them is derived from the topology's ports; nothing here knows 9000 or 6379.
+
+Then it starts Redis, backends, auth servers, proxies and ELBs in that order (each group
+ready before the next: a proxy that starts before its Redis and auth servers would fail its
+first requests), prints what runs where, supervises, and stops everything on Ctrl-C or
+SIGTERM (`topology.supervisor` holds the rules). A child whose program is not installed yet
+is reported in the table as ``missing`` and the others run anyway: a half-built fleet is
+still worth running.
+
+Tests and benchmarks use `open_fleet` (an async context manager yielding a `Fleet`), which
+is strict by default: anything missing or failed raises `FleetStartError`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import msgspec
+import trio
+
+from topology.load import ConfigError, load_config, load_fleet
+from topology.schema import (
+    FleetTopology,
+    GatewayConfig,
+    ProxyList,
+    RegionSpec,
+    RegionStructure,
+    encode_json,
+    encode_yaml,
+)
+from topology.supervisor import (
+    ChildSpec,
+    Output,
+    Probe,
+    Supervisor,
+)
+from topology.supervisor import FleetStartError as FleetStartError
+
+DEFAULT_TOPOLOGY = Path(__file__).resolve().parent / "fleet.yaml"
+
+# kind -> (console script, module with main()); `plan_fleet` decides the start order.
+PROGRAMS: dict[str, tuple[str, str]] = {
+    "backend": ("backend", "backends.main"),
+    "authsvc": ("authsvc", "authsvc.main"),
+    "proxy": ("proxy", "proxy.main"),
+    "elb": ("elb", "elb.main"),
+}
+REDIS_INSTALL_HINT = (
+    "redis-server not found on PATH: install it (Debian/Ubuntu: `apt-get install redis-server`; "
+    "macOS: `brew install redis`) or set `redis: {enabled: false}` in the topology"
+)
+
+# A launcher is the argv prefix that runs a program, or a string saying why it cannot run.
+Launchers = Mapping[str, tuple[str, ...] | str]
+
+
+def find_launchers() -> dict[str, tuple[str, ...] | str]:
+    """How to run each kind of child from this interpreter's virtualenv."""
+    found: dict[str, tuple[str, ...] | str] = {}
+    redis = shutil.which("redis-server")
+    found["redis"] = (redis,) if redis else REDIS_INSTALL_HINT
+    bin_dir = Path(sys.executable).parent
+    for kind, (script, module) in PROGRAMS.items():
+        try:
+            present = importlib.util.find_spec(module) is not None
+        except ImportError:
+            present = False
+        if not present:
+            found[kind] = f"module {module} is not there yet (console script `{script}`)"
+        elif (bin_dir / script).is_file():
+            found[kind] = (str(bin_dir / script),)
+        else:
+            found[kind] = (sys.executable, "-m", module)
+    return found
+
+
+# -- the plan: files to write, processes to run ------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class FleetPlan:
+    topology: FleetTopology
+    run_dir: Path
+    files: dict[Path, bytes]
+    groups: tuple[tuple[ChildSpec, ...], ...]  # in start order
+
+    @property
+    def children(self) -> list[ChildSpec]:
+        return [c for g in self.groups for c in g]
+
+
+def gateway_config(topology: FleetTopology, topology_path: Path) -> GatewayConfig:
+    """The topology's config.json with ``Redis_address`` pointing at the fleet's Redis."""
+    config = (
+        load_config(topology_path.parent / topology.config)
+        if topology.config is not None
+        else GatewayConfig()
+    )
+    if topology.redis.enabled:
+        config = msgspec.structs.replace(
+            config, redis_address=f"{topology.host}:{topology.redis.port}"
+        )
+    return config
+
+
+def plan_fleet(
+    topology: FleetTopology, topology_path: str | Path, run_dir: str | Path, launchers: Launchers
+) -> FleetPlan:
+    """Everything `open_fleet` will do, decided without touching a process. Reads the
+    region msa files and config.json; writes nothing."""
+    topology_path = Path(topology_path)
+    run = Path(run_dir).resolve()
+    logs = run / "logs"
+    host = topology.host
+
+    def url(port: int) -> str:
+        return f"http://{host}:{port}"
+
+    def child(
+        kind: str,
+        name: str,
+        port: int,
+        args: Sequence[str],
+        *,
+        region: str = "",
+        probe: Probe = "http",
+    ) -> ChildSpec:
+        launcher = launchers.get(kind, f"no launcher for {kind}")
+        argv = None if isinstance(launcher, str) else (*launcher, *args)
+        missing = launcher if isinstance(launcher, str) else ""
+        log = logs / f"{name}.log"
+        return ChildSpec(name, kind, port, argv, log, probe, region, host, missing)
+
+    files: dict[Path, bytes] = {}
+    config_path = run / "config.json"
+    files[config_path] = encode_json(gateway_config(topology, topology_path)) + b"\n"
+    every_elb = [RegionSpec(r.code, [url(r.elb_port)]) for r in topology.regions]
+    for region in topology.regions:
+        code = region.code
+        files[run / f"msa_{code}.yaml"] = (topology_path.parent / region.msa).read_bytes()
+        files[run / f"rs_{code}.yaml"] = encode_yaml(RegionStructure(code, every_elb))
+        files[run / f"r_{code}.yaml"] = encode_yaml(
+            ProxyList(code, [url(p) for p in region.proxy_ports])
+        )
+
+    groups: list[tuple[ChildSpec, ...]] = []
+    if topology.redis.enabled:
+        p = topology.redis.port
+        redis_args = ["--port", str(p), "--bind", host, "--save", ""]
+        redis_args += ["--appendonly", "no", "--dir", str(run)]
+        groups.append((child("redis", "redis", p, redis_args, probe="redis"),))
+    groups.append(
+        tuple(
+            child("backend", f"backend-{p}", p, [str(p), "--name", f"backend-{p}"])
+            for p in topology.backends.ports
+        )
+    )
+    auth_args = ["--config", str(config_path), "--db", str(run / topology.auth.db)]
+    groups.append(
+        tuple(
+            child("authsvc", f"authsvc-{p}", p, [str(p), *auth_args]) for p in topology.auth.ports
+        )
+    )
+    groups.append(
+        tuple(
+            child(
+                "proxy",
+                f"proxy-{r.code}-{p}",
+                p,
+                [
+                    str(p),
+                    str(run / f"msa_{r.code}.yaml"),
+                    str(run / f"rs_{r.code}.yaml"),
+                    str(config_path),
+                ],
+                region=r.code,
+            )
+            for r in topology.regions
+            for p in r.proxy_ports
+        )
+    )
+    groups.append(
+        tuple(
+            child(
+                "elb",
+                f"elb-{r.code}-{r.elb_port}",
+                r.elb_port,
+                [str(r.elb_port), str(run / f"r_{r.code}.yaml")],
+                region=r.code,
+            )
+            for r in topology.regions
+        )
+    )
+    return FleetPlan(topology, run, files, tuple(g for g in groups if g))
+
+
+def write_run_files(plan: FleetPlan) -> None:
+    (plan.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    for path, content in plan.files.items():
+        path.write_bytes(content)
+
+
+def make_run_dir(base: str | Path, now: datetime) -> Path:
+    """``base/<YYYYmmdd-HHMMSS>`` (a suffix if taken), with ``base/latest`` pointing at it."""
+    base = Path(base)
+    base.mkdir(parents=True, exist_ok=True)
+    stamp = now.strftime("%Y%m%d-%H%M%S")
+    run, n = base / stamp, 1
+    while True:
+        try:
+            run.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+            run = base / f"{stamp}-{n}"
+    latest = base / "latest"
+    tmp = base / f".latest-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run.name)
+    os.replace(tmp, latest)
+    return run
+
+
+# -- the table ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TableRow:
+    name: str
+    kind: str
+    region: str
+    port: int
+    pid: int | None
+    status: str
+    log: str
+
+
+def format_table(rows: Sequence[TableRow]) -> str:
+    header = ("NAME", "KIND", "REGION", "PORT", "PID", "STATUS", "LOG")
+    cells = [header] + [
+        (r.name, r.kind, r.region or "-", str(r.port), str(r.pid or "-"), r.status, r.log)
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        for row in cells
+    )
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+# -- the running fleet -------------------------------------------------------------------------
+@dataclass(slots=True)
+class Fleet:
+    """A running fleet: ``ports`` and ``pids`` by child name (``redis``, ``backend-5000``,
+    ``authsvc-8000``, ``proxy-ko_KR-6000``, ``elb-ko_KR-9000``)."""
+
+    plan: FleetPlan
+    supervisor: Supervisor
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"<Fleet {self.plan.run_dir} {self.supervisor!r}>"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.plan.run_dir
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {c.spec.name: pid for c in self.supervisor.children if (pid := c.pid) is not None}
+
+    def url(self, name: str) -> str:
+        return f"http://{self.plan.topology.host}:{self.ports[name]}"
+
+    def statistics(self) -> dict[str, object]:
+        return self.supervisor.statistics()
+
+    def table(self) -> str:
+        return format_table(
+            [
+                TableRow(
+                    c.spec.name,
+                    c.spec.kind,
+                    c.spec.region,
+                    c.spec.port,
+                    c.pid,
+                    c.state.value,
+                    _relative(c.spec.log),
+                )
+                for c in self.supervisor.children
+            ]
+        )
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal one child; the supervisor restarts it (see `wait_running`)."""
+        self.supervisor.send_signal(name, sig)
+
+    async def wait_running(
+        self, name: str, *, not_pid: int | None = None, timeout_s: float = 15.0
+    ) -> int:
+        return await self.supervisor.wait_running(name, not_pid=not_pid, timeout_s=timeout_s)
+
+    async def stop(self) -> None:
+        await self.supervisor.stop()
+
+
+def prepare_fleet(
+    topology_path: str | Path, run_dir: str | Path, launchers: Launchers | None = None
+) -> FleetPlan:
+    """Load the topology, plan, and write the run files. Raises `ConfigError`."""
+    topology = load_fleet(topology_path)
+    plan = plan_fleet(topology, topology_path, run_dir, launchers or find_launchers())
+    write_run_files(plan)
+    return plan
+
+
+def _problems_report(supervisor: Supervisor) -> str:
+    return "; ".join(f"{c.spec.name}: {c.error}" for c in supervisor.problems())
+
+
+@asynccontextmanager
+async def open_fleet(
+    topology_path: str | Path,
+    run_dir: str | Path,
+    *,
+    strict: bool = True,
+    out: Output = print,
+    ready_timeout_s: float = 15.0,
+    grace_s: float = 10.0,
+    launchers: Launchers | None = None,
+) -> AsyncIterator[Fleet]:
+    """Bring the fleet up in ``run_dir`` (used as is, created if needed), yield it, and
+    stop every child on exit, also on error or cancellation. With ``strict``, a child that
+    is missing or fails to start raises `FleetStartError` (after stopping the rest)."""
+    plan = prepare_fleet(topology_path, run_dir, launchers)
+    supervisor = Supervisor(plan.groups, out=out, ready_timeout_s=ready_timeout_s, grace_s=grace_s)
+    # Errors are raised after the nursery, not inside it, so that the caller sees its own
+    # exception (or FleetStartError) rather than an ExceptionGroup wrapping it.
+    error: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        try:
+            await supervisor.start(nursery)
+            if strict and supervisor.problems():
+                error = FleetStartError(_problems_report(supervisor))
+            else:
+                try:
+                    yield Fleet(plan, supervisor, {c.name: c.port for c in plan.children})
+                except BaseException as exc:
+                    error = exc
+        finally:
+            await supervisor.stop()
+    if error is not None:
+        raise error
+
+
+async def start_fleet(
+    topology_path: str | Path,
+    run_dir: str | Path,
+    *,
+    strict: bool = True,
+    out: Output = print,
+    task_status: trio.TaskStatus[Fleet] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """``fleet = await nursery.start(start_fleet, path, run_dir)``; runs until cancelled."""
+    async with open_fleet(topology_path, run_dir, strict=strict, out=out) as fleet:
+        task_status.started(fleet)
+        await trio.sleep_forever()
+
+
+# -- the command line --------------------------------------------------------------------------
+async def run_until_signalled(plan: FleetPlan, out: Output) -> None:
+    """The foreground fleet: start, print the table, supervise; the first SIGINT/SIGTERM
+    stops everything in order, a second one SIGKILLs whatever is left."""
+    supervisor = Supervisor(plan.groups, out=out)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope() as running:
+
+                async def on_signals() -> None:
+                    async for signum in signals:
+                        name = signal.Signals(signum).name
+                        if not running.cancel_called:
+                            out(f"fleet: {name}: stopping (again to kill at once)")
+                            running.cancel()
+                        else:
+                            out(f"fleet: {name} again: killing every child")
+                            supervisor.kill_all()
+
+                nursery.start_soon(on_signals)
+                try:
+                    await supervisor.start(nursery)
+                    fleet = Fleet(plan, supervisor)
+                    out(fleet.table())
+                    if supervisor.problems():
+                        out(f"fleet: running without: {_problems_report(supervisor)}")
+                    out("fleet: up; Ctrl-C to stop")
+                    await trio.sleep_forever()
+                finally:
+                    await supervisor.stop()
+                    out("fleet: stopped")
+            nursery.cancel_scope.cancel()
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="fleet", description="run the gateway fleet of a topology in the foreground"
+    )
+    parser.add_argument(
+        "topology", nargs="?", default=str(DEFAULT_TOPOLOGY), help="default: %(default)s"
+    )
+    parser.add_argument(
+        "--run-dir", help="use this directory as is (default: <run_dir>/<timestamp>)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        topology = load_fleet(args.topology)
+    except ConfigError as exc:
+        print(f"fleet: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    launchers = find_launchers()
+    redis = launchers["redis"]
+    if topology.redis.enabled and isinstance(redis, str):
+        print(f"fleet: {redis}", file=sys.stderr)
+        raise SystemExit(2)
+    run = Path(args.run_dir) if args.run_dir else make_run_dir(topology.run_dir, datetime.now())
+    try:
+        plan = prepare_fleet(args.topology, run, launchers)
+    except (ConfigError, OSError) as exc:
+        print(f"fleet: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    _print(f"fleet: run directory {_relative(plan.run_dir)}")
+    trio.run(run_until_signalled, plan, _print)
+
+
+if __name__ == "__main__":
+    main()
