@@ -29,8 +29,8 @@ from authsvc.tokens import AuthKey
 from httpio.health import HealthSettings
 from httpio.limits import ServiceLimits
 from httpio.server import ServerLimits
-from proxy.cache.policy import CacheSettings, ServiceCacheSettings
 from httpio.upstream import UpstreamTimeouts
+from proxy.cache.policy import CacheSettings, ServiceCacheSettings
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
 PositiveInt = Annotated[int, Meta(ge=1)]

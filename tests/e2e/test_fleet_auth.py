@@ -8,7 +8,7 @@ import signal
 
 import jwt
 
-from conftest import RunningFleet, request, sign_in, wait_for
+from tests.e2e.harness import RunningFleet, request, sign_in, wait_for
 
 
 def test_missing_token_is_401_with_bearer_challenge(fleet: RunningFleet) -> None:
@@ -25,7 +25,9 @@ def test_malformed_token_is_400_and_tampered_is_401(fleet: RunningFleet, token: 
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     claims["role"] = "admin"
     forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
-    r = request(fleet.kr_elb, "/video/echo", headers={"authorization": f"Bearer {head}.{forged}.{sig}"})
+    r = request(
+        fleet.kr_elb, "/video/echo", headers={"authorization": f"Bearer {head}.{forged}.{sig}"}
+    )
     assert r.status == 401
 
 
@@ -50,9 +52,15 @@ def test_token_is_a_standard_jwt(fleet: RunningFleet, token: str) -> None:
 
 
 def test_roles_and_public_services(fleet: RunningFleet, token: str) -> None:
-    assert request(fleet.kr_elb, "/staff/echo", headers={"authorization": f"Bearer {token}"}).status == 403
+    assert (
+        request(fleet.kr_elb, "/staff/echo", headers={"authorization": f"Bearer {token}"}).status
+        == 403
+    )
     admin = sign_in(fleet, "e2e-admin", "pw-admin", "admin")
-    assert request(fleet.kr_elb, "/staff/echo", headers={"authorization": f"Bearer {admin}"}).status == 200
+    assert (
+        request(fleet.kr_elb, "/staff/echo", headers={"authorization": f"Bearer {admin}"}).status
+        == 200
+    )
     assert request(fleet.kr_elb, "/open/echo").status == 200
 
 
@@ -71,7 +79,10 @@ def test_signout_revokes_fleet_wide(fleet: RunningFleet) -> None:
 
     def refused_everywhere() -> bool:
         return all(
-            request(p, "/sound/echo" if p in fleet.en_proxies else "/video/echo", headers=auth).status == 401
+            request(
+                p, "/sound/echo" if p in fleet.en_proxies else "/video/echo", headers=auth
+            ).status
+            == 401
             for p in fleet.kr_proxies + fleet.en_proxies
         )
 
@@ -87,14 +98,20 @@ def test_dead_auth_server_keeps_cached_verdicts_and_refuses_new_tokens(fleet: Ru
     old_pid = fleet.pid(name)
     fleet.call(fleet.fleet.kill, name, signal.SIGSTOP)  # stopped, not dead: no restart races
     try:
-        assert request(proxy, "/video/echo", headers={"authorization": f"Bearer {known}"}).status == 200
+        assert (
+            request(proxy, "/video/echo", headers={"authorization": f"Bearer {known}"}).status
+            == 200
+        )
         r = request(proxy, "/video/echo", headers={"authorization": f"Bearer {fresh}"})
         assert r.status == 503, r
         assert r.json()["error"] == "dependency_unavailable"
     finally:
         fleet.call(fleet.fleet.kill, name, signal.SIGCONT)
     wait_for(
-        lambda: request(proxy, "/video/echo", headers={"authorization": f"Bearer {fresh}"}).status == 200,
+        lambda: (
+            request(proxy, "/video/echo", headers={"authorization": f"Bearer {fresh}"}).status
+            == 200
+        ),
         what="new tokens accepted again once the auth server answers",
     )
     assert fleet.pid(name) == old_pid

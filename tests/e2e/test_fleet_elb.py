@@ -6,7 +6,7 @@ import signal
 import threading
 import time
 
-from conftest import RunningFleet, request
+from tests.e2e.harness import RunningFleet, request
 
 
 def test_proxy_killed_under_load_elb_routes_around_it(fleet: RunningFleet, token: str) -> None:
@@ -25,7 +25,9 @@ def test_proxy_killed_under_load_elb_routes_around_it(fleet: RunningFleet, token
             if stop.is_set() or time.monotonic() > deadline:
                 return
             try:
-                statuses.append(request(fleet.kr_elb, "/video/echo", headers=auth, timeout=10).status)
+                statuses.append(
+                    request(fleet.kr_elb, "/video/echo", headers=auth, timeout=10).status
+                )
             except OSError as exc:
                 errors.append(repr(exc))
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from conftest import RunningFleet, request
+from tests.e2e.harness import RunningFleet, request
 
 
 def bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
 
-def test_request_routes_to_service_with_query_and_rewritten_headers(fleet: RunningFleet, token: str) -> None:
+def test_request_routes_to_service_with_query_and_rewritten_headers(
+    fleet: RunningFleet, token: str
+) -> None:
     r = request(
         fleet.kr_elb,
         "/video/echo/a/b?x=1&y=%20z",
@@ -47,7 +49,10 @@ def test_request_id_is_generated_when_missing(fleet: RunningFleet, token: str) -
 
 
 def test_round_robin_spreads_over_instances(fleet: RunningFleet, token: str) -> None:
-    names = {request(fleet.kr_proxies[0], "/video/echo", headers=bearer(token)).json()["name"] for _ in range(6)}
+    names = {
+        request(fleet.kr_proxies[0], "/video/echo", headers=bearer(token)).json()["name"]
+        for _ in range(6)
+    }
     assert names == {f"backend-{fleet.backends[0]}", f"backend-{fleet.backends[1]}"}
 
 
@@ -72,11 +77,15 @@ def test_original_clients_region_code_in_accept_language(fleet: RunningFleet, to
     r = request(fleet.kr_elb, "/sound/echo", headers={**bearer(token), "accept-language": "en_US"})
     assert r.status == 200
     # A browser's language list is not a region request: served locally, where sound is unknown.
-    r = request(fleet.kr_elb, "/sound/echo", headers={**bearer(token), "accept-language": "en-US,en;q=0.9"})
+    r = request(
+        fleet.kr_elb, "/sound/echo", headers={**bearer(token), "accept-language": "en-US,en;q=0.9"}
+    )
     assert r.status == 404
 
 
-def test_unknown_region_is_404_and_service_missing_in_region_is_404(fleet: RunningFleet, token: str) -> None:
+def test_unknown_region_is_404_and_service_missing_in_region_is_404(
+    fleet: RunningFleet, token: str
+) -> None:
     r = request(fleet.kr_elb, "/video/echo", headers={**bearer(token), "x-region": "fr_FR"})
     assert r.status == 404 and "fr_FR" in r.json()["detail"]
     r = request(fleet.en_elb, "/image/image.png", headers=bearer(token))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 
-from conftest import RunningFleet
+from tests.e2e.harness import RunningFleet
 
 MiB = 1 << 20
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_ports, request, wait_for
+from tests.e2e.harness import free_ports, request, wait_for
 
 BIN = Path(sys.executable).parent
 
@@ -44,11 +44,19 @@ regions:
     available_zone: ["http://127.0.0.1:{elb}"]
 """
     )
-    (tmp_path / "config.json").write_text(json.dumps({"Auth_key": "k" * 32, "MSA_healthcheck_interval": 60}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"Auth_key": "k" * 32, "MSA_healthcheck_interval": 60})
+    )
     procs = [spawn([str(BIN / "backend"), str(backend)], tmp_path / "backend.log")]
     wait_for(lambda: _up(backend), what="backend up")
     p = spawn(
-        [str(BIN / "proxy"), str(proxy), str(tmp_path / "msa.yaml"), str(tmp_path / "rs.yaml"), str(tmp_path / "config.json")],
+        [
+            str(BIN / "proxy"),
+            str(proxy),
+            str(tmp_path / "msa.yaml"),
+            str(tmp_path / "rs.yaml"),
+            str(tmp_path / "config.json"),
+        ],
         tmp_path / "proxy.log",
     )
     procs.append(p)

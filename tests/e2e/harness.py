@@ -1,0 +1,257 @@
+"""A real fleet for the end-to-end tests: Redis, backends, an auth server, two regions of
+proxies behind their ELBs, all as real processes on free ports of 127.0.0.1.
+
+One fleet serves the whole session (starting a dozen Python processes takes seconds). It
+runs in `topology.fleet.open_fleet` on a trio loop in a background thread, so tests are
+plain functions making plain HTTP requests, and can still reach the `Fleet` handle to
+kill or await a child (`RunningFleet.call`).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from topology.fleet import Fleet, open_fleet
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def request(
+    url: str,
+    path: str,
+    *,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float = 30.0,
+) -> Reply:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+    finally:
+        conn.close()
+
+
+def wait_for(predicate: Callable[[], bool], *, timeout_s: float = 15.0, what: str = "") -> None:
+    """Poll a condition until it holds; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}")
+
+
+@dataclass
+class RunningFleet:
+    fleet: Fleet
+    token: trio.lowlevel.TrioToken
+    ports: dict[str, int]
+    kr_elb: str
+    en_elb: str
+    kr_proxies: list[str]
+    en_proxies: list[str]
+    backends: list[int]
+    redis_port: int
+    auth_ports: list[int]
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return trio.from_thread.run_sync(fn, *args, trio_token=self.token)
+
+    def acall(self, afn: Callable[..., Any], *args: Any) -> Any:
+        return trio.from_thread.run(afn, *args, trio_token=self.token)
+
+    def pid(self, name: str) -> int:
+        return int(self.call(lambda: self.fleet.pids[name]))
+
+
+def write_topology(base: Path) -> dict[str, Any]:
+    ports = free_ports(14)
+    kr_elb, en_elb, p0, p1, p2, redis, auth = ports[:7]
+    backends = ports[7:12]
+    spare = ports[12:]
+    b = [f"http://127.0.0.1:{p}" for p in backends]
+    (base / "msa_kr.yaml").write_text(
+        f"""name: e2e-kr
+service:
+  - name: video
+    instance: ["{b[0]}", "{b[1]}"]
+  - name: image
+    instance: ["{b[2]}"]
+    cache: {{enabled: true, default_ttl_s: 30}}
+  - name: staff
+    instance: ["{b[3]}"]
+    roles: [admin]
+  - name: open
+    instance: ["{b[3]}"]
+    public: true
+  - name: auth
+    instance: ["http://127.0.0.1:{auth}"]
+"""
+    )
+    (base / "msa_en.yaml").write_text(
+        f"""name: e2e-en
+service:
+  - name: sound
+    instance: ["{b[4]}"]
+  - name: auth
+    instance: ["http://127.0.0.1:{auth}"]
+"""
+    )
+    (base / "config.json").write_text(
+        json.dumps(
+            {
+                "Cache_or_not": True,
+                "Redis_address": f"localhost:{redis}",
+                "MSA_healthcheck_interval": 1,
+                "Config_check_interval": 1,
+                "Load_balancer_policy": "round_robin",
+                "Auth_key": "e2e-secret-key-that-is-long-enough-for-hs256",
+                "Scrypt": {"n": 1024, "r": 8, "p": 1},
+            }
+        )
+    )
+    (base / "fleet.yaml").write_text(
+        f"""regions:
+  - code: ko_KR
+    elb_port: {kr_elb}
+    proxy_ports: [{p0}, {p1}]
+    msa: msa_kr.yaml
+  - code: en_US
+    elb_port: {en_elb}
+    proxy_ports: [{p2}]
+    msa: msa_en.yaml
+backends:
+  ports: {backends}
+auth:
+  ports: [{auth}]
+redis:
+  port: {redis}
+config: config.json
+"""
+    )
+    return {
+        "kr_elb": f"http://127.0.0.1:{kr_elb}",
+        "en_elb": f"http://127.0.0.1:{en_elb}",
+        "kr_proxies": [f"http://127.0.0.1:{p0}", f"http://127.0.0.1:{p1}"],
+        "en_proxies": [f"http://127.0.0.1:{p2}"],
+        "backends": backends,
+        "redis_port": redis,
+        "auth_ports": [auth],
+        "spare": spare,
+    }
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFleet]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed: run `make install` (scripts/system-deps.sh)")
+    base = tmp_path_factory.mktemp("fleet")
+    layout = write_topology(base)
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+
+    async def run() -> None:
+        stop = trio.Event()
+        box["stop"] = stop
+        async with open_fleet(base / "fleet.yaml", base / "run", out=lambda line: None) as fleet:
+            box["fleet"] = fleet
+            box["token"] = trio.lowlevel.current_trio_token()
+            ready.set()
+            await stop.wait()
+
+    def runner() -> None:
+        try:
+            trio.run(run)
+        except BaseException as exc:
+            box["error"] = exc
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=runner, name="fleet", daemon=True)
+    thread.start()
+    ready.wait(120)
+    if "fleet" not in box:
+        raise RuntimeError(f"the fleet did not start: {box.get('error')!r}")
+    running = RunningFleet(
+        box["fleet"],
+        box["token"],
+        box["fleet"].ports,
+        layout["kr_elb"],
+        layout["en_elb"],
+        layout["kr_proxies"],
+        layout["en_proxies"],
+        layout["backends"],
+        layout["redis_port"],
+        layout["auth_ports"],
+    )
+    try:
+        yield running
+    finally:
+        if "error" not in box:
+            trio.from_thread.run_sync(box["stop"].set, trio_token=box["token"])
+        thread.join(60)
+
+
+@pytest.fixture(scope="session")
+def token(fleet: RunningFleet) -> str:
+    """A signed-in user of the fleet (role ``user``)."""
+    return sign_in(fleet, "e2e-user", "correct horse", "user")
+
+
+def sign_in(fleet: RunningFleet, username: str, password: str, role: str) -> str:
+    body = json.dumps({"username": username, "password": password, "role": role}).encode()
+    r = request(
+        fleet.kr_elb,
+        "/auth/signup",
+        method="POST",
+        body=body,
+        headers={"content-type": "application/json"},
+    )
+    assert r.status in (201, 409), r
+    r = request(
+        fleet.kr_elb,
+        "/auth/signin",
+        method="POST",
+        body=body,
+        headers={"content-type": "application/json"},
+    )
+    assert r.status == 200, r
+    return str(r.json()["token"])
