@@ -334,6 +334,7 @@ class ProxyApp:
                     "limits": {k: v.statistics() for k, v in self.in_flight.items()},
                     "retry_budget": self.retry_budget.statistics(),
                     "upstream": self.upstream.statistics(),
+                    "cache": self.cache.statistics() if self.cache is not None else None,
                 },
             )
         if request.path == "/admin/cache/purge" and request.method in ("POST", "DELETE"):

@@ -14,6 +14,7 @@ from httpio.server import Request
 from proxy.app import ProxyApp
 from proxy.auth import Authorizer, AuthPolicy, VerdictCache
 from proxy.auth_client import AuthClient
+from proxy.cache import HttpCache, redis_pool_for
 from proxy.state import ProxyConfig
 from topology.schema import ServiceSpec
 
@@ -64,5 +65,19 @@ async def attach_auth(app: ProxyApp, nursery: trio.Nursery) -> AuthClient:
     return client
 
 
+async def attach_cache(app: ProxyApp, nursery: trio.Nursery) -> None:
+    """``Cache_or_not`` switches the cache on for the services whose msa.yaml entry says
+    ``cache: {enabled: true}``; one Redis shared by the fleet behind a per-process tier."""
+    gateway = app.config.gateway
+    if not gateway.cache_enabled:
+        return
+    pool = redis_pool_for(
+        gateway.cache, gateway.redis_address, gateway.redis_password, gateway.redis_db
+    )
+    app.cache = HttpCache(gateway.cache, pool)
+    await nursery.start(app.cache.run)
+
+
 async def attach_services(app: ProxyApp, nursery: trio.Nursery) -> None:
     await attach_auth(app, nursery)
+    await attach_cache(app, nursery)

@@ -1,0 +1,422 @@
+"""The response cache as the proxy sees it: one `HttpCache.handle` call per request.
+
+The proxy calls `handle` only after the token check passed (the original served cached
+entries before checking the token, so a cached page leaked to anyone). ``handle`` decides
+with `proxy.cache.policy`, reads and writes through `proxy.cache.store`, and labels every
+response of a cache-enabled service with ``X-Cache: HIT | MISS | BYPASS``:
+
+- HIT: fresh entry from memory or Redis, with ``Age``; a conditional request that matches
+  gets a 304 instead; a HEAD gets the GET entry's head.
+- MISS: fetched from the backend; stored when `policy.decide_storage` allows and the body
+  fits ``max_body_bytes``. A streamed body is teed: chunks go to the client as they come and
+  a copy is kept until the body ends, then stored; past the limit the copy is dropped and
+  the rest only streams, so a large body never sits in memory.
+- BYPASS: the request may not use the cache (method, ``no-store``, ``Range``), or Redis is
+  down or slow (the breaker is open): the backend answers, nothing is stored anywhere, so
+  proxies do not drift apart while purges cannot reach them.
+
+Concurrent misses on one key send one request upstream: the first GET becomes the leader,
+later ones wait (at most ``coalesce_timeout_s``) for its entry to be stored and then read
+it; if the leader's answer was not storable they fetch for themselves. A HEAD that misses
+is fetched as a HEAD and not stored: it has no body to fill a GET entry with.
+
+Successful unsafe requests (POST, PUT, DELETE, PATCH) invalidate the stored entry for
+their URI fleet-wide (RFC 9111 4.4). Operators purge through `HttpCache.admin_purge`
+(``POST /admin/cache/purge``); keys and prefixes must lie in the cache's namespace, so no
+purge can reach other data in a shared Redis.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import Protocol
+from urllib.parse import parse_qsl
+
+import msgspec
+import trio
+
+from httpio.breaker import CircuitBreaker
+from httpio.errors import ClientError
+from httpio.server import Request, Response, ResponseBody, json_response
+from proxy.cache.memory import MemoryTier
+from proxy.cache.policy import (
+    CachedResponse,
+    CacheSettings,
+    Lookup,
+    ServiceCacheSettings,
+    StoreVerdict,
+    VaryIndex,
+    cache_key,
+    classify_request,
+    decide_storage,
+    encode_stored,
+    is_not_modified,
+    make_entry,
+    new_vary_index,
+    not_modified_headers,
+    request_accepts,
+    variant_key,
+)
+from proxy.cache.store import TieredStore
+from proxy.redis_client import RedisPool, RedisSettings
+
+HIT, MISS, BYPASS = b"HIT", b"MISS", b"BYPASS"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+Fetch = Callable[[], Awaitable[Response]]
+
+
+class HasCacheSettings(Protocol):
+    @property
+    def cache(self) -> ServiceCacheSettings: ...
+
+
+class PurgeRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    key: str | None = None
+    prefix: str | None = None
+
+
+def redis_pool_for(
+    settings: CacheSettings, address: str, password: str = "", db: int = 0
+) -> RedisPool:
+    """The pool for config.json's ``Redis_address``/``Redis_password``/``Redis_db``."""
+    return RedisPool(
+        RedisSettings.from_address(
+            address,
+            password=password,
+            db=db,
+            connect_timeout_s=settings.redis_connect_timeout_s,
+            command_timeout_s=settings.redis_command_timeout_s,
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    entry: CachedResponse | None
+    index: VaryIndex | None
+    degraded: bool
+
+
+def _label(response: Response, label: bytes) -> Response:
+    response.headers = [(n, v) for n, v in response.headers if n.lower() != b"x-cache"]
+    response.headers.append((b"x-cache", label))
+    return response
+
+
+class _TeeBody:
+    """Streams ``inner`` to the client and keeps a copy of up to ``limit`` bytes; at the end
+    of a complete body calls ``on_complete(body)``. ``on_finish`` runs exactly once, whether
+    the body completed, broke, or was abandoned."""
+
+    def __init__(
+        self,
+        inner: ResponseBody,
+        *,
+        limit: int,
+        declared: int | None,
+        on_complete: Callable[[bytes], Awaitable[None]],
+        on_finish: Callable[[], None],
+    ) -> None:
+        self._inner = inner
+        self._limit = limit
+        self._declared = declared
+        self._parts: list[bytes] | None = []
+        self._size = 0
+        self._on_complete = on_complete
+        self._on_finish: Callable[[], None] | None = on_finish
+
+    def _finish(self) -> None:
+        on_finish, self._on_finish = self._on_finish, None
+        if on_finish is not None:
+            on_finish()
+
+    async def read(self) -> bytes:
+        chunk = await self._inner.read()
+        if chunk:
+            self._size += len(chunk)
+            if self._parts is not None:
+                if self._size > self._limit:
+                    self._parts = None
+                else:
+                    self._parts.append(chunk)
+            return chunk
+        if self._on_finish is not None:
+            parts, self._parts = self._parts, None
+            try:
+                if parts is not None and self._declared in (None, self._size):
+                    await self._on_complete(b"".join(parts))
+            finally:
+                self._finish()
+        return b""
+
+    async def aclose(self) -> None:
+        self._parts = None
+        self._finish()
+        await self._inner.aclose()
+
+
+class HttpCache:
+    def __init__(
+        self,
+        settings: CacheSettings,
+        redis: RedisPool | None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        memory = MemoryTier(
+            max_bytes=settings.memory_max_bytes,
+            max_object_bytes=settings.memory_max_object_bytes,
+            clock=clock,
+        )
+        breaker = CircuitBreaker(
+            "cache-redis", failures=settings.breaker_failures, open_s=settings.breaker_open_s
+        )
+        self.store = TieredStore(memory, redis, breaker, namespace=settings.namespace, clock=clock)
+        self._inflight: dict[str, trio.Event] = {}
+        self._waiting = 0
+        self._stats: Counter[str] = Counter()
+        self._not_storable: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        s = self._stats
+        return (
+            f"<HttpCache {self.settings.namespace} hits={s['hits']} misses={s['misses']} "
+            f"bypasses={s['bypasses']} inflight={len(self._inflight)} {self.store!r}>"
+        )
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            **{k: self._stats[k] for k in ("hits", "misses", "bypasses", "not_modified")},
+            **{k: self._stats[k] for k in ("coalesced", "stored", "store_failed", "too_large")},
+            "inflight": len(self._inflight),
+            "waiting": self._waiting,
+            "not_storable": dict(self._not_storable),
+            "store": self.store.statistics(),
+        }
+
+    def key_for(self, region: str, service: str, path_and_query: str) -> str:
+        return cache_key(self.settings.namespace, region, service, path_and_query)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The purge subscriber; runs until cancelled (returns at once without Redis)."""
+        await self.store.run_subscriber(
+            retry_s=self.settings.breaker_open_s, task_status=task_status
+        )
+
+    def enabled_for(self, service: HasCacheSettings) -> bool:
+        return service.cache.enabled
+
+    async def purge(self, *, key: str | None = None, prefix: str | None = None) -> int:
+        """Fleet-wide purge of one key (with its Vary variants) or of a key prefix; both must
+        lie in this cache's namespace, so a purge can never touch other data in Redis."""
+        own = self.settings.namespace + ":"
+        for value in (key, prefix):
+            if value is not None and not value.startswith(own):
+                raise ClientError(f"cache keys start with {own!r}, not {value[:60]!r}")
+        return await self.store.purge(key=key, prefix=prefix)
+
+    async def admin_purge(self, request: Request) -> Response:
+        """``POST /admin/cache/purge`` with ``{"key": ...}`` or ``{"prefix": ...}`` as JSON,
+        or the same as a query string. 200 ``{"deleted": n}``; 400 on a bad request, 503 when
+        Redis cannot be reached (the purge did not happen fleet-wide)."""
+        raw = await request.body.read_all()
+        try:
+            if raw.strip():
+                order = msgspec.json.decode(raw, type=PurgeRequest)
+            else:
+                query = dict(parse_qsl(request.query))
+                order = msgspec.convert(query, PurgeRequest)
+        except msgspec.MsgspecError as exc:
+            raise ClientError(f"purge request: {exc}") from exc
+        if (order.key is None) == (order.prefix is None):
+            raise ClientError("purge request needs exactly one of key or prefix")
+        deleted = await self.purge(key=order.key, prefix=order.prefix)
+        return json_response(200, {"deleted": deleted, "key": order.key, "prefix": order.prefix})
+
+    # -- the request path --------------------------------------------------------------------
+    async def handle(
+        self,
+        request: Request,
+        *,
+        region: str,
+        service: str,
+        upstream_path_and_query: str,
+        settings: ServiceCacheSettings,
+        fetch: Fetch,
+    ) -> Response:
+        if not settings.enabled:
+            return await fetch()
+        key = self.key_for(region, service, upstream_path_and_query)
+        mode, _ = classify_request(request.method, request.headers)
+        if mode is Lookup.BYPASS:
+            response = await fetch()
+            if request.method not in SAFE_METHODS and 200 <= response.status < 400:
+                await self.store.invalidate(key)
+            return self._bypass(response)
+
+        if mode is Lookup.LOOKUP:
+            leader = self._inflight.get(key)
+            if leader is not None:
+                await self._wait_for(key, leader)
+            found = await self._lookup(key, request)
+            if found.entry is not None:
+                return self._serve(found.entry, request)
+            if found.degraded:
+                return self._bypass(await fetch())
+            leader = self._inflight.get(key)
+            if leader is not None:
+                await self._wait_for(key, leader)
+                found = await self._lookup(key, request)
+                if found.entry is not None:
+                    return self._serve(found.entry, request)
+        else:  # REFRESH: skip the entry, but learn the Vary index to store under
+            found = await self._lookup(key, request)
+            if found.degraded:
+                return self._bypass(await fetch())
+
+        if request.method == "HEAD":
+            self._stats["misses"] += 1
+            return _label(await fetch(), MISS)
+        return await self._fetch_and_fill(request, key, found.index, settings, fetch)
+
+    async def _wait_for(self, key: str, leader: trio.Event) -> None:
+        self._stats["coalesced"] += 1
+        self._waiting += 1
+        try:
+            with trio.move_on_after(self.settings.coalesce_timeout_s) as scope:
+                await leader.wait()
+        finally:
+            self._waiting -= 1
+        if scope.cancelled_caught and self._inflight.get(key) is leader:
+            del self._inflight[key]  # a leader that never finished must not block the key
+
+    async def _lookup(self, key: str, request: Request) -> _Found:
+        loaded = await self.store.load(key)
+        value = loaded.value
+        now = self._clock()
+        if isinstance(value, VaryIndex):
+            if value.expires_at <= now:
+                return _Found(None, None, loaded.degraded)
+            loaded = await self.store.load(variant_key(key, value, request.headers))
+            entry = loaded.value if isinstance(loaded.value, CachedResponse) else None
+            index: VaryIndex | None = value
+        else:
+            entry, index = value, None
+        if entry is not None and not request_accepts(request.headers, entry, now):
+            entry = None
+        return _Found(entry, index, loaded.degraded)
+
+    def _serve(self, entry: CachedResponse, request: Request) -> Response:
+        age = (b"age", b"%d" % int(entry.age(self._clock())))
+        self._stats["hits"] += 1
+        if is_not_modified(request.headers, entry.headers):
+            self._stats["not_modified"] += 1
+            return Response(304, [*not_modified_headers(entry.headers), age, (b"x-cache", HIT)])
+        headers = [*entry.headers, age, (b"x-cache", HIT)]
+        if request.method == "HEAD":
+            headers.append((b"content-length", b"%d" % len(entry.body)))
+            return Response(entry.status, headers, b"")
+        return Response(entry.status, headers, entry.body)
+
+    def _bypass(self, response: Response) -> Response:
+        self._stats["bypasses"] += 1
+        return _label(response, BYPASS)
+
+    async def _fetch_and_fill(
+        self,
+        request: Request,
+        key: str,
+        index: VaryIndex | None,
+        settings: ServiceCacheSettings,
+        fetch: Fetch,
+    ) -> Response:
+        self._stats["misses"] += 1
+        done = trio.Event()
+        leading = key not in self._inflight
+        if leading:
+            self._inflight[key] = done
+
+        def release() -> None:
+            done.set()
+            if self._inflight.get(key) is done:
+                del self._inflight[key]
+
+        try:
+            response = await fetch()
+        except BaseException:
+            release()
+            raise
+        verdict = decide_storage(response.status, response.headers, settings, self._clock())
+        if not verdict.storable:
+            self._not_storable[verdict.reason] += 1
+            release()
+            return _label(response, MISS)
+
+        async def store(body: bytes) -> None:
+            await self._store(key, index, request, verdict, response, body)
+
+        body = response.body
+        if isinstance(body, bytes):
+            try:
+                if len(body) <= settings.max_body_bytes:
+                    await store(body)
+                else:
+                    self._stats["too_large"] += 1
+            finally:
+                release()
+            return _label(response, MISS)
+        length = response_length(response)
+        if length is not None and length > settings.max_body_bytes:
+            self._stats["too_large"] += 1
+            release()
+            return _label(response, MISS)
+        response.body = _TeeBody(
+            body,
+            limit=settings.max_body_bytes,
+            declared=length,
+            on_complete=store,
+            on_finish=release,
+        )
+        return _label(response, MISS)
+
+    async def _store(
+        self,
+        key: str,
+        index: VaryIndex | None,
+        request: Request,
+        verdict: StoreVerdict,
+        response: Response,
+        body: bytes,
+    ) -> None:
+        now = self._clock()
+        date = formatdate(now, usegmt=True).encode()
+        entry = make_entry(response.status, response.headers, body, verdict, now, date)
+        items: list[tuple[str, CachedResponse | VaryIndex, bytes]]
+        if verdict.vary:
+            until = now + verdict.ttl_s
+            if index is None or index.names != verdict.vary or index.expires_at <= now:
+                index = new_vary_index(verdict.vary, until)
+            elif index.expires_at < until:
+                index = VaryIndex(index.names, index.generation, until)
+            variant = variant_key(key, index, request.headers)
+            items = [(key, index, encode_stored(index)), (variant, entry, encode_stored(entry))]
+        else:
+            items = [(key, entry, encode_stored(entry))]
+        if await self.store.save(items):
+            self._stats["stored"] += 1
+        else:
+            self._stats["store_failed"] += 1
+
+
+def response_length(response: Response) -> int | None:
+    for name, value in response.headers:
+        if name.lower() == b"content-length" and value.strip().isdigit():
+            return int(value)
+    return None

@@ -1,0 +1,311 @@
+"""A small Redis client for trio: hiredis parses, trio moves bytes, a pool reuses connections.
+
+redis-py speaks asyncio and threads, not trio. Its own fast path is hiredis, a sans-IO RESP
+parser (``hiredis.pack_command`` encodes, ``Reader.feed``/``Reader.gets`` decode, ``gets``
+returns a sentinel while a reply is incomplete), so the protocol is not ours to write: this
+module only owns connections, timeouts and the pool, as httpcore does for HTTP.
+
+Redis is an optional dependency of the cache, so every failure is fast and named:
+
+- `RedisUnavailable`: could not connect, AUTH/SELECT refused, no reply within
+  ``command_timeout_s``, or the connection broke. Callers (the cache's breaker) bypass Redis.
+- `RedisReplyError`: Redis answered ``-ERR ...``: the command was wrong; the connection is
+  still in step and goes back to the pool.
+
+The defaults are short (0.2 s connect, 0.2 s per command): a local Redis answers a GET in
+well under a millisecond, and a cache that is slower than the backend it shields is worse
+than no cache. A connection whose reply was not read to the end (timeout, cancellation,
+broken stream) is closed, never reused: the next reply on it would answer the wrong command.
+
+A connection taken from the idle list may have died while idle (Redis restarted). A command
+that fails that way on a *reused* connection is retried once on a fresh one, after dropping
+the whole idle list (a restart kills all of them). The commands the cache sends (GET, SET PX,
+UNLINK, SCAN, PUBLISH of an idempotent purge) are safe to repeat.
+
+Pub/sub takes a dedicated connection (`RedisPool.subscribe`): once subscribed, RESP2 allows
+nothing but (un)subscribe commands on it, and its reads wait without a timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import hiredis
+import msgspec
+import trio
+
+Arg = bytes | str | int | float
+Reply = Any  # bytes | int | None | list[Reply] | RedisReplyError
+
+RECEIVE_SIZE = 65536
+_INCOMPLETE = object()
+
+
+class RedisError(Exception):
+    pass
+
+
+class RedisUnavailable(RedisError):
+    """Redis could not be reached, was too slow, or broke the connection."""
+
+
+class RedisReplyError(RedisError):
+    """Redis answered with an error reply: the command (ours) was at fault."""
+
+
+class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 6379
+    password: str = ""
+    db: int = 0
+    connect_timeout_s: float = 0.2
+    command_timeout_s: float = 0.2
+    max_connections: int = 64
+
+    @classmethod
+    def from_address(cls, address: str, **fields: Any) -> RedisSettings:
+        """``"host:port"`` as config.json writes ``Redis_address``."""
+        host, port = parse_redis_address(address)
+        return cls(host=host, port=port, **fields)
+
+
+def parse_redis_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"Redis address must be host:port, not {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def _new_reader() -> Any:
+    return hiredis.Reader(notEnoughData=_INCOMPLETE, replyError=RedisReplyError)
+
+
+class RedisConnection:
+    """One TCP connection. ``in_step`` is False once a reply may be left unread on it."""
+
+    __slots__ = ("_reader", "_stream", "in_step")
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self._reader = _new_reader()
+        self.in_step = True
+
+    async def send(self, payload: bytes) -> None:
+        self.in_step = False
+        try:
+            await self._stream.send_all(payload)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise RedisUnavailable(f"connection to redis broke: {exc!r}") from exc
+
+    async def receive(self, count: int) -> list[Reply]:
+        replies: list[Reply] = []
+        reader = self._reader
+        try:
+            while len(replies) < count:
+                reply = reader.gets()
+                if reply is _INCOMPLETE:
+                    data = await self._stream.receive_some(RECEIVE_SIZE)
+                    if not data:
+                        raise RedisUnavailable("redis closed the connection")
+                    reader.feed(data)
+                    continue
+                replies.append(reply)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise RedisUnavailable(f"connection to redis broke: {exc!r}") from exc
+        except hiredis.ProtocolError as exc:
+            raise RedisUnavailable(f"redis protocol error: {exc}") from exc
+        return replies
+
+    async def roundtrip(self, payload: bytes, count: int) -> list[Reply]:
+        await self.send(payload)
+        replies = await self.receive(count)
+        self.in_step = True
+        return replies
+
+    async def aclose(self) -> None:
+        self.in_step = False
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self._stream)
+
+
+def pack_commands(commands: Sequence[Sequence[Arg]]) -> bytes:
+    return b"".join(hiredis.pack_command(cast(Any, tuple(command))) for command in commands)
+
+
+class RedisPool:
+    """Connections to one Redis, opened on demand, at most ``max_connections`` at once."""
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self.settings = settings
+        self._idle: list[RedisConnection] = []
+        self._slots = trio.Semaphore(settings.max_connections)
+        self._in_use = 0
+        self._closed = False
+        self._stats = {
+            "connections_opened": 0,
+            "connections_closed": 0,
+            "commands": 0,
+            "round_trips": 0,
+            "timeouts": 0,
+            "unavailable": 0,
+            "reply_errors": 0,
+            "retries": 0,
+        }
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return (
+            f"<RedisPool {s.host}:{s.port}/{s.db} idle={len(self._idle)} "
+            f"in_use={self._in_use} opened={self._stats['connections_opened']} "
+            f"timeouts={self._stats['timeouts']}>"
+        )
+
+    def statistics(self) -> dict[str, object]:
+        return {"idle": len(self._idle), "in_use": self._in_use, **self._stats}
+
+    # -- connections -------------------------------------------------------------------------
+    async def _connect(self) -> RedisConnection:
+        s = self.settings
+        handshake: list[list[Arg]] = []
+        if s.password:
+            handshake.append(["AUTH", s.password])
+        if s.db:
+            handshake.append(["SELECT", s.db])
+        try:
+            with trio.fail_after(s.connect_timeout_s):
+                stream = await trio.open_tcp_stream(s.host, s.port)
+                conn = RedisConnection(stream)
+                try:
+                    if handshake:
+                        replies = await conn.roundtrip(pack_commands(handshake), len(handshake))
+                        for reply in replies:
+                            if isinstance(reply, RedisReplyError):
+                                raise RedisUnavailable(f"redis refused the handshake: {reply}")
+                except BaseException:
+                    await conn.aclose()
+                    raise
+        except trio.TooSlowError as exc:
+            raise RedisUnavailable(
+                f"no connection to redis {s.host}:{s.port} within {s.connect_timeout_s}s"
+            ) from exc
+        except OSError as exc:
+            raise RedisUnavailable(f"cannot connect to redis {s.host}:{s.port}: {exc}") from exc
+        self._stats["connections_opened"] += 1
+        return conn
+
+    async def _discard(self, conn: RedisConnection) -> None:
+        self._stats["connections_closed"] += 1
+        await conn.aclose()
+
+    async def _drop_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await self._discard(conn)
+
+    # -- commands ----------------------------------------------------------------------------
+    async def execute(self, *command: Arg) -> Reply:
+        """One command; an error reply is raised as `RedisReplyError`."""
+        (reply,) = await self.pipeline([command])
+        return reply
+
+    async def pipeline(
+        self, commands: Sequence[Sequence[Arg]], *, raise_on_error: bool = True
+    ) -> list[Reply]:
+        """Send all ``commands`` in one write and read their replies in order (one round
+        trip). All replies are read before an error reply is raised, so the connection
+        stays usable; with ``raise_on_error=False`` error replies are returned in place."""
+        if self._closed:
+            raise RedisUnavailable("pool is closed")
+        payload = pack_commands(commands)
+        self._stats["commands"] += len(commands)
+        replies = await self._run(payload, len(commands))
+        if raise_on_error:
+            for reply in replies:
+                if isinstance(reply, RedisReplyError):
+                    self._stats["reply_errors"] += 1
+                    raise reply
+        return replies
+
+    async def _run(self, payload: bytes, count: int) -> list[Reply]:
+        timeout = self.settings.command_timeout_s
+        try:
+            with trio.fail_after(timeout + self.settings.connect_timeout_s):
+                async with self._slots:
+                    self._in_use += 1
+                    try:
+                        return await self._run_on_a_connection(payload, count)
+                    finally:
+                        self._in_use -= 1
+        except trio.TooSlowError as exc:
+            self._stats["timeouts"] += 1
+            self._stats["unavailable"] += 1
+            raise RedisUnavailable(f"no reply from redis within {timeout}s") from exc
+        except RedisUnavailable:
+            self._stats["unavailable"] += 1
+            raise
+
+    async def _run_on_a_connection(self, payload: bytes, count: int) -> list[Reply]:
+        timeout = self.settings.command_timeout_s
+        for attempt in (1, 2):
+            reused = bool(self._idle)
+            conn = self._idle.pop() if reused else await self._connect()
+            try:
+                with trio.fail_after(timeout):
+                    replies = await conn.roundtrip(payload, count)
+                self._stats["round_trips"] += 1
+                return replies
+            except RedisUnavailable:
+                if not (reused and attempt == 1):
+                    raise
+                self._stats["retries"] += 1
+                await self._drop_idle()
+            finally:
+                if conn.in_step and not self._closed:
+                    self._idle.append(conn)
+                else:
+                    await self._discard(conn)
+        raise AssertionError("unreachable")
+
+    # -- pub/sub -----------------------------------------------------------------------------
+    @asynccontextmanager
+    async def subscribe(self, *channels: str) -> AsyncIterator[RedisSubscription]:
+        """A dedicated connection subscribed to ``channels``; closed on exit."""
+        conn = await self._connect()
+        try:
+            try:
+                with trio.fail_after(self.settings.command_timeout_s):
+                    await conn.send(pack_commands([("SUBSCRIBE", *channels)]))
+                    await conn.receive(len(channels))
+            except trio.TooSlowError as exc:
+                raise RedisUnavailable("redis did not confirm the subscription") from exc
+            yield RedisSubscription(conn)
+        finally:
+            await self._discard(conn)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self._drop_idle()
+
+
+class RedisSubscription:
+    """Messages of a subscribed connection, as ``(channel, data)``; waits without a timeout
+    and raises `RedisUnavailable` when the connection breaks."""
+
+    def __init__(self, conn: RedisConnection) -> None:
+        self._conn = conn
+        self.received = 0
+
+    def __repr__(self) -> str:
+        return f"<RedisSubscription received={self.received}>"
+
+    def __aiter__(self) -> RedisSubscription:
+        return self
+
+    async def __anext__(self) -> tuple[bytes, bytes]:
+        while True:
+            (reply,) = await self._conn.receive(1)
+            if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+                self.received += 1
+                return bytes(reply[1]), bytes(reply[2])

@@ -1,0 +1,242 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from email.utils import formatdate
+
+import msgspec
+import pytest
+
+from proxy.cache.policy import (
+    MAX_KEY_CHARS,
+    CachedResponse,
+    CacheSettings,
+    Lookup,
+    ServiceCacheSettings,
+    StoreVerdict,
+    VaryIndex,
+    cache_key,
+    classify_request,
+    decide_storage,
+    decode_stored,
+    encode_stored,
+    headers_to_store,
+    is_not_modified,
+    make_entry,
+    not_modified_headers,
+    parse_cache_control,
+    request_accepts,
+    variant_key,
+)
+
+NOW = 1_700_000_000.0
+ON = ServiceCacheSettings(enabled=True, default_ttl_s=30.0)
+
+
+def http_date(t: float) -> bytes:
+    return formatdate(t, usegmt=True).encode()
+
+
+def verdict(
+    status: int = 200,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    settings: ServiceCacheSettings = ON,
+    now: float = NOW,
+) -> StoreVerdict:
+    return decide_storage(status, list(headers), settings, now)
+
+
+# -- settings ---------------------------------------------------------------------------------
+def test_settings_reject_unknown_fields_and_bad_values():
+    assert msgspec.convert({"enabled": True}, ServiceCacheSettings).default_ttl_s == 30.0
+    with pytest.raises(msgspec.ValidationError, match="ttl"):
+        msgspec.convert({"enabled": True, "ttl": 5}, ServiceCacheSettings)
+    with pytest.raises(msgspec.ValidationError, match="breaker_failures"):
+        msgspec.convert({"breaker_failures": 0}, CacheSettings)
+    assert CacheSettings().namespace == "gw:v1"
+
+
+# -- requests ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("method", "headers", "expected"),
+    [
+        ("GET", [], Lookup.LOOKUP),
+        ("HEAD", [], Lookup.LOOKUP),
+        ("POST", [], Lookup.BYPASS),
+        ("GET", [(b"cache-control", b"no-store")], Lookup.BYPASS),
+        ("GET", [(b"range", b"bytes=0-10")], Lookup.BYPASS),
+        ("GET", [(b"cache-control", b"no-cache")], Lookup.REFRESH),
+        ("GET", [(b"cache-control", b"max-age=0")], Lookup.REFRESH),
+        ("GET", [(b"pragma", b"no-cache")], Lookup.REFRESH),
+        ("GET", [(b"cache-control", b"max-age=5")], Lookup.LOOKUP),
+    ],
+)
+def test_classify_request(method, headers, expected):
+    assert classify_request(method, headers)[0] is expected
+
+
+def test_cache_control_parsing_joins_fields_and_unquotes():
+    cc = parse_cache_control(
+        [(b"cache-control", b'Public, Max-Age="60"'), (b"cache-control", b"s-maxage=10")]
+    )
+    assert cc == {"public": None, "max-age": "60", "s-maxage": "10"}
+
+
+def test_request_max_age_and_min_fresh_limit_what_a_hit_may_be():
+    entry = CachedResponse(200, [], b"x", NOW, 0.0, 60.0)
+    later = NOW + 20
+    assert request_accepts([], entry, later)
+    assert not request_accepts([(b"cache-control", b"max-age=10")], entry, later)
+    assert request_accepts([(b"cache-control", b"max-age=30")], entry, later)
+    assert not request_accepts([(b"cache-control", b"min-fresh=50")], entry, later)
+    assert not request_accepts([], entry, NOW + 60)  # never stale
+
+
+# -- storability ------------------------------------------------------------------------------
+def test_plain_200_gets_the_service_default_ttl():
+    v = verdict()
+    assert v.storable and v.ttl_s == 30.0 and v.vary == ()
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ([(b"cache-control", b"no-store")], "response no-store"),
+        ([(b"cache-control", b"private, max-age=60")], "response private"),
+        ([(b"cache-control", b"no-cache")], "response no-cache"),
+        ([(b"set-cookie", b"sid=1")], "set-cookie"),
+        ([(b"vary", b"Accept, *")], "vary *"),
+        ([(b"expires", b"0")], "stale on arrival"),
+        ([(b"cache-control", b"max-age=0")], "stale on arrival"),
+    ],
+)
+def test_unstorable_responses(headers, reason):
+    v = verdict(headers=headers)
+    assert not v.storable
+    assert v.reason == reason
+
+
+def test_errors_are_stored_only_when_the_operator_opts_in():
+    assert verdict(404).reason == "error status 404"
+    assert verdict(503).reason == "error status 503"
+    errors_ok = ServiceCacheSettings(enabled=True, cache_errors=True)
+    assert verdict(404, settings=errors_ok).storable
+    # 503 is not heuristically cacheable: only with explicit freshness
+    assert not verdict(503, settings=errors_ok).storable
+    assert verdict(503, [(b"cache-control", b"max-age=5")], settings=errors_ok).storable
+
+
+def test_statuses_outside_the_heuristic_set_need_explicit_freshness():
+    assert not verdict(302).storable
+    assert verdict(302, [(b"cache-control", b"max-age=60")]).ttl_s == 60
+    assert verdict(302, [(b"cache-control", b"public")]).ttl_s == 30
+    assert not verdict(206, [(b"cache-control", b"max-age=60")]).storable
+    assert not verdict(304).storable
+
+
+def test_s_maxage_beats_max_age_beats_expires():
+    both = [(b"cache-control", b"max-age=100, s-maxage=7"), (b"expires", http_date(NOW + 500))]
+    assert verdict(headers=both).ttl_s == 7
+    assert verdict(headers=[(b"cache-control", b"max-age=100")]).ttl_s == 100
+    expires = [(b"date", http_date(NOW)), (b"expires", http_date(NOW + 500))]
+    assert verdict(headers=expires).ttl_s == 500
+
+
+def test_expires_is_measured_from_date_and_age_from_the_age_header():
+    # Expires - Date, not Expires - now: the origin's clock need not match ours
+    slow_origin = [(b"date", http_date(NOW - 10)), (b"expires", http_date(NOW + 110))]
+    v = verdict(headers=slow_origin)
+    assert (v.lifetime_s, v.initial_age_s, v.ttl_s) == (120, 10, 110)
+    # a response dated 1000 s ago with 120 s of life arrives stale (RFC 9111 4.2.3)
+    old = [(b"date", http_date(NOW - 1000)), (b"expires", http_date(NOW - 880))]
+    assert verdict(headers=old).reason == "stale on arrival"
+    aged = [(b"cache-control", b"max-age=60"), (b"age", b"45"), (b"date", http_date(NOW))]
+    v = verdict(headers=aged)
+    assert v.initial_age_s == 45 and v.ttl_s == 15
+
+
+def test_vary_names_are_normalised():
+    v = verdict(headers=[(b"vary", b"Accept-Encoding, accept-language"), (b"vary", b"Accept")])
+    assert v.vary == ("accept", "accept-encoding", "accept-language")
+
+
+def test_stored_headers_drop_hop_by_hop_and_recomputed_fields_and_add_date():
+    stored = headers_to_store(
+        [
+            (b"Content-Type", b"text/plain"),
+            (b"connection", b"x-trace"),
+            (b"x-trace", b"1"),
+            (b"transfer-encoding", b"chunked"),
+            (b"content-length", b"5"),
+            (b"age", b"3"),
+            (b"x-cache", b"MISS"),
+        ],
+        http_date(NOW),
+    )
+    assert stored == [(b"content-type", b"text/plain"), (b"date", http_date(NOW))]
+
+
+def test_entries_round_trip_through_msgpack_and_report_their_age():
+    entry = make_entry(200, [(b"etag", b'"a"')], b"body", verdict(), NOW, http_date(NOW))
+    index = VaryIndex(("accept",), "0a1b", NOW + 30)
+    assert decode_stored(encode_stored(entry)) == entry
+    assert decode_stored(encode_stored(index)) == index
+    assert decode_stored(b"not msgpack \xc1") is None
+    assert entry.age(NOW + 12) == 12 and entry.remaining_s(NOW + 12) == 18
+
+
+# -- conditional requests ---------------------------------------------------------------------
+ENTRY_HEADERS = [
+    (b"etag", b'W/"v1"'),
+    (b"last-modified", http_date(NOW - 3600)),
+    (b"content-type", b"image/png"),
+    (b"cache-control", b"max-age=60"),
+    (b"date", http_date(NOW)),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_headers", "expected"),
+    [
+        ([(b"if-none-match", b'"v1"')], True),  # weak comparison ignores W/
+        ([(b"if-none-match", b'"v0", W/"v1"')], True),
+        ([(b"if-none-match", b'"v2"')], False),
+        ([(b"if-none-match", b"*")], True),
+        ([(b"if-modified-since", http_date(NOW - 3600))], True),
+        ([(b"if-modified-since", http_date(NOW - 7200))], False),
+        ([(b"if-modified-since", b"garbage")], False),
+        # If-None-Match decides alone when present (RFC 9110 13.2.2)
+        ([(b"if-none-match", b'"v2"'), (b"if-modified-since", http_date(NOW))], False),
+        ([], False),
+    ],
+)
+def test_is_not_modified(request_headers, expected):
+    assert is_not_modified(request_headers, ENTRY_HEADERS) is expected
+
+
+def test_304_keeps_the_validators_and_cache_fields_only():
+    names = [n for n, _ in not_modified_headers(ENTRY_HEADERS)]
+    assert names == [b"etag", b"cache-control", b"date"]
+    without_etag = [h for h in ENTRY_HEADERS if h[0] != b"etag"]
+    assert b"last-modified" in [n for n, _ in not_modified_headers(without_etag)]
+
+
+# -- keys -------------------------------------------------------------------------------------
+def test_keys_are_readable_and_long_ones_hashed_behind_a_readable_prefix():
+    assert cache_key("gw:v1", "ko_KR", "image", "/a.png?s=1") == "gw:v1:ko_KR:image:/a.png?s=1"
+    long_path = "/thumbs/" + "x" * 1000
+    key = cache_key("gw:v1", "ko_KR", "image", long_path)
+    assert len(key) < MAX_KEY_CHARS
+    assert key.startswith("gw:v1:ko_KR:image:/thumbs/xxx")
+    assert key != cache_key("gw:v1", "ko_KR", "image", long_path + "y")
+
+
+def test_variant_keys_follow_the_varied_request_headers_only():
+    index = VaryIndex(("accept-language",), "g1", NOW + 30)
+    base = "gw:v1:ko_KR:image:/a"
+    ko = variant_key(base, index, [(b"accept-language", b"ko"), (b"x-other", b"1")])
+    ko_again = variant_key(base, index, [(b"accept-language", b"ko"), (b"x-other", b"2")])
+    en = variant_key(base, index, [(b"accept-language", b"en")])
+    assert ko == ko_again != en
+    assert ko.startswith(base + "|v=g1:")
+    other_generation = VaryIndex(("accept-language",), "g2", NOW + 30)
+    assert variant_key(base, other_generation, [(b"accept-language", b"ko")]) != ko
