@@ -54,7 +54,9 @@ async def run(url: str, pid: int, n: int, token: str, limit_s: float) -> None:
     await trio.sleep(1.0)
     after = rss_mib(pid)
     print(f"idle keep-alive connections held: {len(streams)}")
-    print(f"proxy RSS before: {before:.1f} MiB  after: {after:.1f} MiB  (+{after - before:.1f} MiB)")
+    print(
+        f"proxy RSS before: {before:.1f} MiB  after: {after:.1f} MiB  (+{after - before:.1f} MiB)"
+    )
     print(f"per connection: {(after - before) * 1024 / max(1, len(streams)):.2f} KiB")
     for s in streams:
         await s.aclose()
