@@ -184,7 +184,7 @@ class ProxyApp:
         if self.authorize is not None:
             identity = await self.authorize(request, service)
         cache = self.cache
-        if cache is not None and cache.enabled_for(service):
+        if cache is not None and config.gateway.cache_enabled and cache.enabled_for(service):
 
             async def fetch() -> Response:
                 return await self.fetch(request, decision, identity, request_id)
