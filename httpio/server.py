@@ -496,8 +496,10 @@ class HttpServer:
             response = error_response(GatewayError("internal error while serving the request"))
         if self.draining:
             response.headers.append((b"connection", b"close"))
-        with trio.fail_after(limits.send_timeout_s):
+        with trio.CancelScope(deadline=trio.current_time() + limits.send_timeout_s) as scope:
             await self._send(stream, conn, request, response)
+        if scope.cancelled_caught:
+            raise _Closed  # the client stopped reading: nothing more to say to it
         return conn.our_state is not h11.MUST_CLOSE
 
     async def _send(
