@@ -1,0 +1,93 @@
+"""What the ELB hop costs: one proxy hit directly vs the same proxy behind an ELB, same run.
+
+``python -m bench.elb_cost [--proxy http://127.0.0.1:6000] [--rounds 2]`` needs a running
+fleet (for the proxy, its backends and a token). It starts its own ELB on a free port in
+front of that one proxy (an ``r_*.yaml`` with one entry), then alternates the same load
+against the proxy and against the ELB, ``--rounds`` times each, so that drift on a shared
+2-core machine affects both sides alike. Both ab (a new connection per request, as the
+original's benchmarks) and wrk (keep-alive) are run; the ELB is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.run import SCENARIOS, Overrides, acquire_token, request_headers, run_scenario
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"the ELB on :{port} did not start")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.elb_cost", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--proxy", default="http://127.0.0.1:6000")
+    parser.add_argument("--elb", default="http://127.0.0.1:9000", help="fleet ELB, for a token")
+    parser.add_argument("--path", default="/video/index.html")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("-n", "--requests", type=int, default=20000)
+    args = parser.parse_args(argv)
+    token = acquire_token(args.elb)
+    region_code = "bench"
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        r_file = Path(tmp) / "r_bench.yaml"
+        r_file.write_text(f'region_code: "{region_code}"\navailable_zone: ["{args.proxy}"]\n')
+        elb_bin = Path(sys.executable).parent / "elb"
+        with open(Path(tmp) / "elb.log", "wb") as log:
+            elb = subprocess.Popen([str(elb_bin), str(port), str(r_file)], stdout=log, stderr=log)
+        try:
+            wait_listening(port)
+            time.sleep(1.0)  # first health check passes and the hand-off link is up
+            rows = []
+            for scenario_name, overrides in (
+                ("regular", Overrides(requests=args.requests)),
+                ("wrk", Overrides(duration="8s")),
+            ):
+                scenario = SCENARIOS[scenario_name]
+                headers = request_headers(scenario, token)
+                for side, origin in (
+                    ("direct", args.proxy),
+                    ("elb", f"http://127.0.0.1:{port}"),
+                ) * args.rounds:
+                    run = run_scenario(scenario, origin + args.path, headers, overrides)
+                    rows.append((scenario_name, side, run.result))
+                    print(
+                        f"{scenario_name:8} {side:7} {run.result.requests_per_s:9.1f} req/s"
+                        f"  failures={run.result.failures}  p99={run.result.p99_ms} ms",
+                        flush=True,
+                    )
+            for name in ("regular", "wrk"):
+                direct = [r.requests_per_s for n, s, r in rows if n == name and s == "direct"]
+                via = [r.requests_per_s for n, s, r in rows if n == name and s == "elb"]
+                ratio = (sum(via) / len(via)) / (sum(direct) / len(direct))
+                print(f"{name}: ELB keeps {100 * ratio:.1f} % of the direct throughput")
+        finally:
+            elb.terminate()
+            elb.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
