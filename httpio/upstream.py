@@ -228,6 +228,10 @@ class UpstreamPool:
                 n == b"content-length" for n, _ in headers
             ):
                 headers = [*headers, (b"content-length", b"%d" % len(body))]
+        elif not any(n in (b"content-length", b"transfer-encoding") for n, _ in headers):
+            # A streamed body of unknown length (the client's was chunked, and
+            # Transfer-Encoding is hop-by-hop): without framing h11 would send no body.
+            headers = [*headers, (b"transfer-encoding", b"chunked")]
         replayable = isinstance(body, bytes) and method in IDEMPOTENT
         attempt = 0
         while True:
@@ -313,6 +317,9 @@ class UpstreamPool:
             # A bare CancelScope rather than fail_after: this sits on every request, and
             # fail_after's generator-based context manager cost ~2 % of the proxy's CPU.
             with trio.CancelScope(deadline=trio.current_time() + timeout):
+                # The answer cannot be there yet: wait for readiness before the first
+                # recv rather than let it fail with EAGAIN (one syscall per request).
+                await trio.lowlevel.wait_readable(c.stream.socket)
                 got_bytes = False
                 while True:
                     event = conn.next_event()

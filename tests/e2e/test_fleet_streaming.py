@@ -55,3 +55,24 @@ def test_100_mb_upload_and_download_stream_through(fleet: RunningFleet, token: s
     conn.close()
     grown_mib = (rss_kib(pid) - before) / 1024
     assert grown_mib < 32, f"proxy RSS grew {grown_mib:.1f} MiB while streaming 200 MB"
+
+
+def test_chunked_upload_is_forwarded_chunked(fleet: RunningFleet, token: str) -> None:
+    host, port = fleet.kr_elb.removeprefix("http://").split(":")
+    parts = [b"x" * 70_000, b"y" * 5, b"z" * 123_456]
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.request(
+        "POST",
+        "/video/upload",
+        body=iter(parts),
+        headers={"authorization": f"Bearer {token}", "transfer-encoding": "chunked"},
+        encode_chunked=True,
+    )
+    resp = conn.getresponse()
+    import json
+
+    info = json.loads(resp.read())
+    conn.close()
+    assert resp.status == 200, info
+    assert info["body_length"] == sum(map(len, parts))
+    assert info["body_sha256"] == hashlib.sha256(b"".join(parts)).hexdigest()
