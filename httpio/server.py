@@ -37,7 +37,7 @@ import msgspec
 import structlog
 import trio
 
-from httpio import proxyproto
+from httpio import proxyproto, sockio
 from httpio.errors import (
     ClientError,
     GatewayError,
@@ -419,7 +419,7 @@ class HttpServer:
                             # Park on readiness alone: an idle connection then holds a
                             # shallower stack (10,000 idle connections: -1 KiB each).
                             await trio.lowlevel.wait_readable(stream.socket)
-                        data = await stream.receive_some(RECEIVE_SIZE)
+                        data = await sockio.receive(stream.socket)
                 finally:
                     if waiting_idle:
                         self._idle.discard(scope)
@@ -529,7 +529,7 @@ class HttpServer:
             if body and not no_body:
                 out += conn.send(h11.Data(data=body))
             out += conn.send(h11.EndOfMessage())
-            await stream.send_all(out)
+            await sockio.send_all(stream.socket, out)
             return
         try:
             try:
@@ -545,10 +545,10 @@ class HttpServer:
             pending = head
             while chunk:
                 pending += conn.send(h11.Data(data=chunk))
-                await stream.send_all(pending)
+                await sockio.send_all(stream.socket, pending)
                 pending = b""
                 chunk = await body.read()
-            await stream.send_all(pending + conn.send(h11.EndOfMessage()))
+            await sockio.send_all(stream.socket, pending + conn.send(h11.EndOfMessage()))
         except GatewayError as err:
             # The head is out: the only honest signal left is a truncated message.
             log.warning(

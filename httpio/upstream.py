@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import msgspec
 import trio
 
+from httpio import sockio
 from httpio.errors import (
     GatewayError,
     UpstreamProtocolError,
@@ -125,7 +126,7 @@ class UpstreamResponse:
             if event is h11.NEED_DATA:
                 try:
                     with trio.fail_after(self._pool.timeouts.body_timeout_s):
-                        data = await c.stream.receive_some(RECEIVE_SIZE)
+                        data = await sockio.receive(c.stream.socket)
                 except trio.TooSlowError:
                     await self._discard()
                     raise UpstreamTimeout(
@@ -301,7 +302,7 @@ class UpstreamPool:
                 if body:
                     out += conn.send(h11.Data(data=body))
                 out += conn.send(h11.EndOfMessage())
-                await c.stream.send_all(out)
+                await sockio.send_all(c.stream.socket, out)
             else:
                 await c.stream.send_all(out)
                 sent_any = True
@@ -324,7 +325,7 @@ class UpstreamPool:
                 while True:
                     event = conn.next_event()
                     if event is h11.NEED_DATA:
-                        data = await c.stream.receive_some(RECEIVE_SIZE)
+                        data = await sockio.receive(c.stream.socket)
                         if not data and not got_bytes and c.reused:
                             raise _DeadOnReuse(
                                 UpstreamUnreachable(
