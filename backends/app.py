@@ -17,6 +17,10 @@ Endpoints
 - ``GET /stats`` -> the counters of `BackendApp.statistics`.
 - anything else -> a static file (see `backends.static_files`): GET and HEAD only.
 
+A process-wide ``delay_s`` (``backend --delay-ms MS``) delays every answer except ``/health``:
+a slow instance for the load-balancing benchmarks (`bench.policies`) that the health checks
+still see as up, as a real overloaded or far-away instance would be.
+
 Misbehaviour, driven by query parameters on any path (other parameters are ignored, so the
 echo endpoint can still show them):
 - ``delay=SECONDS``: sleep before answering (at most ``MAX_DELAY_S``).
@@ -29,7 +33,7 @@ echo endpoint can still show them):
   `trio.ClosedResourceError`, which the server loop takes as "this connection is finished".
 - ``set-cookie=1`` (or any value), ``cache-control=VALUE``, ``vary=VALUE``: add (or, for
   Cache-Control, replace) that header, for the proxy cache's storability tests.
-The delay comes first, then the drop, then the answer.
+The process-wide delay comes first, then the per-request delay, then the drop, then the answer.
 """
 
 from __future__ import annotations
@@ -159,7 +163,8 @@ def _method_not_allowed(method: str) -> Response:
 
 
 class BackendApp:
-    """The request handler of one backend process. ``sleep`` is injectable for tests."""
+    """The request handler of one backend process. ``sleep`` is injectable for tests;
+    ``delay_s`` is added before every answer but ``/health``'s."""
 
     def __init__(
         self,
@@ -168,11 +173,15 @@ class BackendApp:
         name: str,
         port: int = 0,
         sleep: Callable[[float], Awaitable[None]] = trio.sleep,
+        delay_s: float = 0.0,
     ) -> None:
+        if not 0.0 <= delay_s <= MAX_DELAY_S:
+            raise ValueError(f"delay must be within 0..{MAX_DELAY_S:g} seconds, not {delay_s}")
         self.site = site
         self.name = name
         self.port = port
         self._sleep = sleep
+        self.delay_s = delay_s
         self.requests = 0
         self.static_hits = 0
         self.not_modified = 0
@@ -183,12 +192,17 @@ class BackendApp:
         self.body_bytes_received = 0
 
     def __repr__(self) -> str:
-        return f"<BackendApp {self.name}:{self.port} requests={self.requests} site={self.site!r}>"
+        delay = f" delay={self.delay_s * 1000:g}ms" if self.delay_s else ""
+        return (
+            f"<BackendApp {self.name}:{self.port}{delay} requests={self.requests}"
+            f" site={self.site!r}>"
+        )
 
     def statistics(self) -> dict[str, object]:
         return {
             "name": self.name,
             "port": self.port,
+            "delay_s": self.delay_s,
             "requests": self.requests,
             "static_hits": self.static_hits,
             "not_modified": self.not_modified,
@@ -203,6 +217,8 @@ class BackendApp:
     async def __call__(self, request: Request) -> Response:
         self.requests += 1
         serial = self.requests
+        if self.delay_s > 0 and request.path != "/health":
+            await self._sleep(self.delay_s)
         plan = parse_misbehaviour(request.query)
         if plan.delay_s > 0:
             await self._sleep(plan.delay_s)

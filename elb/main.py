@@ -189,8 +189,15 @@ class Elb:
             self.accepted += 1
             await self._dispatch(client, nursery)
 
-    async def _dispatch(self, client: trio.socket.SocketType, nursery: trio.Nursery) -> None:
-        tried: list[Endpoint] = []
+    async def _dispatch(
+        self,
+        client: trio.socket.SocketType,
+        nursery: trio.Nursery,
+        tried: list[Endpoint] | None = None,
+    ) -> None:
+        """Give ``client`` to a proxy: hand it off, or relay to it; a proxy that fails is
+        marked down and the next one is tried, so the client never sees a dead proxy."""
+        tried = tried or []
         while True:
             try:
                 endpoint = self.pool.pick(exclude=tried)
@@ -204,7 +211,7 @@ class Elb:
             link = target.link
             if link is None:
                 self.pool.begin(endpoint)
-                nursery.start_soon(self._relay, trio.SocketStream(client), target)
+                nursery.start_soon(self._relay, client, target, nursery, tried)
                 return
             try:
                 await link.send(client)
@@ -219,24 +226,30 @@ class Elb:
             client.close()
             return
 
-    async def _relay(self, client: trio.SocketStream, target: Target) -> None:
+    async def _relay(
+        self,
+        client_sock: trio.socket.SocketType,
+        target: Target,
+        nursery: trio.Nursery,
+        tried: list[Endpoint],
+    ) -> None:
         endpoint = target.endpoint
-        outcome = Outcome.SUCCESS
         started = time.monotonic()
         try:
-            try:
-                with trio.fail_after(CONNECT_TIMEOUT_S):
-                    upstream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
-            except (OSError, trio.TooSlowError) as exc:
-                outcome = Outcome.CONNECT_FAILURE
-                self._record(target, False)
-                log.warning("relay_connect_failed", proxy=endpoint.url, error=str(exc))
-                await _refuse(client)
-                return
-            self.relayed += 1
+            with trio.fail_after(CONNECT_TIMEOUT_S):
+                upstream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+        except (OSError, trio.TooSlowError) as exc:
+            self.pool.end(endpoint, Outcome.CONNECT_FAILURE, time.monotonic() - started)
+            self._record(target, False)
+            log.warning("relay_connect_failed", proxy=endpoint.url, error=str(exc))
+            await self._dispatch(client_sock, nursery, [*tried, endpoint])
+            return
+        client = trio.SocketStream(client_sock)
+        self.relayed += 1
+        try:
             async with upstream:
-                src = client.socket.getpeername()
-                dst = client.socket.getsockname()
+                src = client_sock.getpeername()
+                dst = client_sock.getsockname()
                 await upstream.send_all(build_v2((src[0], src[1]), (dst[0], dst[1])))
                 async with trio.open_nursery() as pair:
                     pair.start_soon(_copy, client, upstream)
@@ -244,7 +257,7 @@ class Elb:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
-            self.pool.end(endpoint, outcome, time.monotonic() - started)
+            self.pool.end(endpoint, Outcome.SUCCESS, time.monotonic() - started)
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(client)
 

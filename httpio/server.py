@@ -49,8 +49,11 @@ from httpio.errors import (
 from httpio.protocol import Headers, h11, reason_for
 
 log = structlog.get_logger()
+access_log = structlog.get_logger("access")
 
 RECEIVE_SIZE = 65536
+LINGER_S = 2.0
+LINGER_BYTES = 1 << 20
 
 
 class ServerLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -103,7 +106,7 @@ class RequestBody:
     the connection unusable; the server then closes it rather than reuse it.
     """
 
-    __slots__ = ("_conn", "_done", "_limits", "_received", "_stream")
+    __slots__ = ("_conn", "_done", "_limits", "_received", "_stream", "failed")
 
     def __init__(self, conn: Any, stream: trio.abc.Stream, limits: ServerLimits) -> None:
         self._conn = conn
@@ -111,12 +114,20 @@ class RequestBody:
         self._limits = limits
         self._received = 0
         self._done = False
+        self.failed = False  # a read raised: the connection's framing is no longer known
 
     @property
     def done(self) -> bool:
         return self._done
 
     async def read(self) -> bytes:
+        try:
+            return await self._read()
+        except BaseException:
+            self.failed = True
+            raise
+
+    async def _read(self) -> bytes:
         if self._done:
             return b""
         conn = self._conn
@@ -128,7 +139,11 @@ class RequestBody:
             if event is h11.NEED_DATA:
                 if conn.they_are_waiting_for_100_continue:
                     await self._stream.send_all(
-                        conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+                        conn.send(
+                            h11.InformationalResponse(
+                                status_code=100, headers=[], reason=b"Continue"
+                            )
+                        )
                     )
                 with trio.move_on_after(self._limits.body_timeout_s) as scope:
                     data = await self._stream.receive_some(RECEIVE_SIZE)
@@ -237,6 +252,7 @@ class HttpServer:
         self._all_closed = trio.Event()
         self._all_closed.set()
         self.drain_started = trio.Event()
+        self.access_log = False  # one JSON line per response, logger "access"
         self._nursery: trio.Nursery | None = None
 
     def __repr__(self) -> str:
@@ -357,6 +373,8 @@ class HttpServer:
             keep = await self._respond(stream, conn, request)
             self.requests_served += 1
             if not keep:
+                if not request.body.done:
+                    await self._linger(stream)
                 return
             if not request.body.done and not await self._discard_body(request.body):
                 return
@@ -386,7 +404,9 @@ class HttpServer:
             conn.receive_data(buffer)
             return peer, False
         assert isinstance(parsed, proxyproto.ProxyHeader)
-        conn.receive_data(buffer[parsed.length :])
+        rest = buffer[parsed.length :]
+        if rest:  # b"" would tell h11 that the peer closed
+            conn.receive_data(rest)
         return parsed.source or peer, True
 
     async def _read_head(self, stream: trio.SocketStream, conn: Any, first: bool) -> Any:
@@ -408,10 +428,12 @@ class HttpServer:
                 await self._send_error_and_close(stream, conn, err)
                 return None
             if event is h11.NEED_DATA:
-                if self.draining and waiting_idle:
+                # Nothing of a request has arrived yet: a drain may close this connection.
+                unstarted = waiting_idle or (first and not conn.trailing_data[0])
+                if self.draining and unstarted:
                     return None
                 scope = trio.CancelScope(deadline=deadline)
-                if waiting_idle:
+                if unstarted:
                     self._idle.add(scope)
                 try:
                     with scope:
@@ -421,10 +443,10 @@ class HttpServer:
                             await trio.lowlevel.wait_readable(stream.socket)
                         data = await sockio.receive(stream.socket)
                 finally:
-                    if waiting_idle:
+                    if unstarted:
                         self._idle.discard(scope)
                 if scope.cancelled_caught:
-                    if waiting_idle:
+                    if waiting_idle or self.draining:
                         return None
                     await self._send_error_and_close(
                         stream, conn, RequestTimeout("request head not received in time")
@@ -478,6 +500,7 @@ class HttpServer:
         another request."""
         limits = self.limits
         response: Response
+        started = time.monotonic() if self.access_log else 0.0
         try:
             length = request.header(b"content-length")
             if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
@@ -485,7 +508,9 @@ class HttpServer:
             response = await self.handler(request)
         except GatewayError as err:
             response = error_response(err)
-            if isinstance(err, ClientError) and not request.body.done:
+            if request.body.failed or isinstance(err, RequestBodyTooLarge):
+                # The body's framing is lost (or it is too large to skip): close after
+                # this answer. Refusals of bodiless requests (401, 403) keep the connection.
                 response.headers.append((b"connection", b"close"))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise _Closed from None
@@ -494,13 +519,39 @@ class HttpServer:
                 "handler_failed", server=self.name, method=request.method, target=request.target
             )
             response = error_response(GatewayError("internal error while serving the request"))
-        if self.draining:
+        if self.draining or conn.they_are_waiting_for_100_continue:
+            # A client still waiting for 100 Continue may or may not send its body now
+            # (RFC 9110 10.1.1): the next bytes cannot be trusted to be a request.
             response.headers.append((b"connection", b"close"))
-        with trio.CancelScope(deadline=trio.current_time() + limits.send_timeout_s) as scope:
-            await self._send(stream, conn, request, response)
+        await self._send(stream, conn, request, response)
+        if self.access_log:
+            self._log_access(request, response, started)
+        return conn.our_state is not h11.MUST_CLOSE
+
+    async def _write(self, stream: trio.SocketStream, data: bytes) -> None:
+        """One write under ``send_timeout_s``: a client that stops reading is dropped, but a
+        long download that keeps moving is never cut."""
+        with trio.CancelScope(deadline=trio.current_time() + self.limits.send_timeout_s) as scope:
+            await sockio.send_all(stream.socket, data)
         if scope.cancelled_caught:
             raise _Closed  # the client stopped reading: nothing more to say to it
-        return conn.our_state is not h11.MUST_CLOSE
+
+    def _log_access(self, request: Request, response: Response, started: float) -> None:
+        request_id = None
+        for name, value in response.headers:
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")
+                break
+        access_log.info(
+            "access",
+            client=request.client[0],
+            method=request.method,
+            target=request.target,
+            status=response.status,
+            duration_ms=round((time.monotonic() - started) * 1000, 3),
+            request_id=request_id,
+            via_elb=request.via_elb,
+        )
 
     async def _send(
         self, stream: trio.SocketStream, conn: Any, request: Request, response: Response
@@ -529,7 +580,7 @@ class HttpServer:
             if body and not no_body:
                 out += conn.send(h11.Data(data=body))
             out += conn.send(h11.EndOfMessage())
-            await sockio.send_all(stream.socket, out)
+            await self._write(stream, out)
             return
         try:
             try:
@@ -545,10 +596,10 @@ class HttpServer:
             pending = head
             while chunk:
                 pending += conn.send(h11.Data(data=chunk))
-                await sockio.send_all(stream.socket, pending)
+                await self._write(stream, pending)
                 pending = b""
                 chunk = await body.read()
-            await sockio.send_all(stream.socket, pending + conn.send(h11.EndOfMessage()))
+            await self._write(stream, pending + conn.send(h11.EndOfMessage()))
         except GatewayError as err:
             # The head is out: the only honest signal left is a truncated message.
             log.warning(
@@ -562,6 +613,21 @@ class HttpServer:
         finally:
             with trio.CancelScope(shield=True):
                 await body.aclose()
+
+    async def _linger(self, stream: trio.SocketStream) -> None:
+        """Close after an answer sent while the client may still be sending (a refused or
+        unread body, an ``Expect: 100-continue`` it gave up waiting on): stop writing, read
+        and drop what comes for a moment, then close. Closing with unread bytes makes the
+        kernel send RST, which can destroy the answer before the client reads it (nginx's
+        lingering_close exists for this)."""
+        try:
+            stream.socket.shutdown(socket.SHUT_WR)
+            budget = LINGER_BYTES
+            with trio.move_on_after(LINGER_S):
+                while budget > 0 and (data := await sockio.receive(stream.socket)):
+                    budget -= len(data)
+        except OSError:
+            pass
 
     async def _discard_body(self, body: RequestBody, budget: int = 65536) -> bool:
         """Read and drop what the handler left of the body, so the connection can be reused;

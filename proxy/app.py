@@ -40,6 +40,7 @@ from httpio.retry_budget import RetryBudget
 from httpio.server import Request, Response, json_response
 from httpio.upstream import IDEMPOTENT, UpstreamPool, UpstreamResponse
 from proxy import forwarding, routing
+from proxy.hop import HOP_HEADER, sign_hop, verified_hop
 from proxy.state import ProxyConfig
 
 log = structlog.get_logger()
@@ -137,10 +138,11 @@ class ProxyApp:
                 pool.swap_endpoints(endpoints)
                 pool.set_policy(spec.policy or policy)
             pools[name] = pool
-            old = self.in_flight.get(name)
-            limit = ConcurrencyLimit("in-flight", spec.limits.max_in_flight)
-            if old is not None:
-                limit.in_use = old.in_use
+            # The same object across reloads: requests in flight release what they took.
+            limit = self.in_flight.get(name) or ConcurrencyLimit(
+                "in-flight", spec.limits.max_in_flight
+            )
+            limit.limit = spec.limits.max_in_flight
             limits[name] = limit
         elbs: dict[str, ServicePool] = {}
         for code, urls in config.regions.items():
@@ -153,6 +155,8 @@ class ProxyApp:
             else:
                 pool.swap_endpoints(endpoints)
             elbs[code] = pool
+        secrets = [config.gateway.auth_key, *(k.secret for k in config.gateway.auth_keys)]
+        self.hop_keys = [k.encode() for k in secrets if k]
         self.pools, self.in_flight, self.elb_pools, self.config = pools, limits, elbs, config
         for hook in self.on_reload:
             hook(config)
@@ -166,18 +170,27 @@ class ProxyApp:
             )
         if path.startswith("/admin/"):
             return await self.admin(request)
+        request_id = forwarding.request_id_of(request.headers)
+        try:
+            return await self.serve(request, request_id)
+        except GatewayError as err:
+            # Errors carry the id too, so a client's report can be found in every log.
+            err.headers = (*err.headers, (b"x-request-id", request_id))
+            raise
+
+    async def serve(self, request: Request, request_id: bytes) -> Response:
         config = self.config
         decision = routing.route(
-            path,
+            request.path,
             request.query,
             request.headers,
             local_region=config.region,
             regions=config.regions,
             services=config.services,
         )
-        request_id = forwarding.request_id_of(request.headers)
+        from_hop = self._from_our_hop(request, request_id)
         if type(decision) is routing.Remote:
-            return await self.forward_to_region(request, decision.region, request_id)
+            return await self.forward_to_region(request, decision.region, request_id, from_hop)
         assert isinstance(decision, routing.Local)
         service = config.services[decision.service]
         identity: Headers = []
@@ -187,7 +200,7 @@ class ProxyApp:
         if cache is not None and config.gateway.cache_enabled and cache.enabled_for(service):
 
             async def fetch() -> Response:
-                return await self.fetch(request, decision, identity, request_id)
+                return await self.fetch(request, decision, identity, request_id, from_hop, config)
 
             return await cache.handle(  # type: ignore[no-any-return]
                 request,
@@ -197,7 +210,14 @@ class ProxyApp:
                 settings=service.cache,
                 fetch=fetch,
             )
-        return await self.fetch(request, decision, identity, request_id)
+        return await self.fetch(request, decision, identity, request_id, from_hop, config)
+
+    def _from_our_hop(self, request: Request, request_id: bytes) -> bool:
+        """Whether another region's proxy (not a client) forwarded this request."""
+        value = request.header(HOP_HEADER)
+        if value is None or not self.hop_keys:
+            return False
+        return verified_hop(self.hop_keys, value, request_id, time.time())
 
     async def _request_body(self, request: Request) -> tuple[bytes | Any, bool]:
         """The body to send upstream, and whether it can be sent twice."""
@@ -216,10 +236,14 @@ class ProxyApp:
         decision: routing.Local,
         identity: Headers,
         request_id: bytes,
+        from_hop: bool,
+        config: ProxyConfig,
     ) -> Response:
-        service = self.config.services[decision.service]
-        pool = self.pools[decision.service]
-        slot = self.in_flight[decision.service]
+        service = config.services[decision.service]
+        pool = self.pools.get(decision.service)
+        slot = self.in_flight.get(decision.service)
+        if pool is None or slot is None:  # removed by a reload while the token was checked
+            raise RouteNotFound(f"no service {decision.service!r} in region {config.region!r}")
         limits = service.limits
         client_ip = request.client[0]
         headers = forwarding.upstream_request_headers(
@@ -227,7 +251,7 @@ class ProxyApp:
             client_ip=client_ip,
             via=self.via,
             request_id=request_id,
-            from_our_hop=request.via_elb,
+            from_our_hop=from_hop,
             drop=_IDENTITY_HEADERS,
         )
         headers.extend(identity)
@@ -281,7 +305,9 @@ class ProxyApp:
             TrackedBody(response, pool, endpoint, started, slot),
         )
 
-    async def forward_to_region(self, request: Request, region: str, request_id: bytes) -> Response:
+    async def forward_to_region(
+        self, request: Request, region: str, request_id: bytes, from_hop: bool
+    ) -> Response:
         pool = self.elb_pools.get(region)
         if pool is None or not pool.endpoints:
             raise RouteNotFound(f"region {region!r} has no ELB")
@@ -290,9 +316,16 @@ class ProxyApp:
             client_ip=request.client[0],
             via=self.via,
             request_id=request_id,
-            from_our_hop=request.via_elb,
+            from_our_hop=from_hop,
+            drop=_HOP_HEADERS,
         )
-        headers.append((routing.HOP_HEADER, self.config.region.encode()))
+        region = self.config.region
+        mark = (
+            sign_hop(self.hop_keys[-1], region, request_id, time.time())
+            if self.hop_keys
+            else region.encode()  # still marks the hop for loop detection; proves nothing
+        )
+        headers.append((HOP_HEADER, mark))
         body, _ = await self._request_body(request)
         endpoint = pool.pick()
         started = time.monotonic()
@@ -344,7 +377,8 @@ class ProxyApp:
         raise RouteNotFound(f"no admin endpoint {request.path!r}")
 
 
-_IDENTITY_HEADERS = frozenset({b"x-user", b"x-user-role"})
+_HOP_HEADERS = frozenset({HOP_HEADER})
+_IDENTITY_HEADERS = frozenset({b"x-user", b"x-user-role", HOP_HEADER})
 
 
 def _outcome_of(err: UpstreamError) -> Outcome:

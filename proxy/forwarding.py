@@ -82,13 +82,16 @@ def upstream_request_headers(
 
 
 def client_response_headers(headers: Headers, *, via: bytes, request_id: bytes) -> Headers:
-    out = strip_hop_by_hop(headers)
-    for i, (name, value) in enumerate(out):
-        if name == b"via":
-            out[i] = (name, value + b", " + via)
-            break
-    else:
-        out.append((b"via", via))
-    if not any(name == b"x-request-id" for name, _ in out):
+    out: Headers = []
+    prior_via: bytes | None = None
+    has_id = False
+    for name, value in strip_hop_by_hop(headers):
+        if name == b"via":  # several Via lines are one list, in order (RFC 9110 5.3)
+            prior_via = value if prior_via is None else prior_via + b", " + value
+            continue
+        has_id = has_id or name == b"x-request-id"
+        out.append((name, value))
+    out.append((b"via", prior_via + b", " + via if prior_via else via))
+    if not has_id:
         out.append((b"x-request-id", request_id))
     return out

@@ -27,11 +27,14 @@ from httpio.health import HealthSettings
 log = structlog.get_logger("proxy.health_checker")
 
 USER_AGENT = b"pygateway-health-check/1"
+PROBE_BODY_LIMIT = 65536
 
 
 class ProbeResponse(Protocol):
     @property
     def status(self) -> int: ...
+
+    async def read(self) -> bytes: ...
 
     async def aclose(self) -> None: ...
 
@@ -62,7 +65,16 @@ async def probe(upstream: ProbeClient, endpoint: Endpoint, settings: HealthSetti
             log.debug("health_probe_failed", instance=endpoint.url, error=repr(exc))
             return False
         try:
-            return 200 <= resp.status < 400
+            passed = 200 <= resp.status < 400
+            # Read the (small) body to its end so that the connection goes back to the
+            # pool: a probe per instance per interval should not cost a TCP handshake.
+            remaining = PROBE_BODY_LIMIT
+            try:
+                while remaining > 0 and (chunk := await resp.read()):
+                    remaining -= len(chunk)
+            except Exception:  # a body that breaks off: the status already answered
+                pass
+            return passed
         finally:
             with trio.CancelScope(shield=True, deadline=trio.current_time() + settings.timeout_s):
                 await resp.aclose()

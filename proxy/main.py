@@ -77,7 +77,20 @@ def main(argv: list[str] | None = None) -> None:
     upstream = UpstreamPool(config.gateway.upstream)
     app = ProxyApp(config, upstream, name=name)
 
+    def show(config: ProxyConfig) -> None:
+        """The original's RS_print_or_not / MSA_print_or_not, and the access log switch."""
+        if config.gateway.print_region_structure:
+            log.info("region_structure", region=config.region, regions=config.regions)
+        if config.gateway.print_service_map:
+            log.info("service_map", services=config.summary()["services"])
+
     async def setup(nursery: trio.Nursery, server: HttpServer) -> Handler:
+        def follow(config: ProxyConfig) -> None:
+            server.access_log = config.gateway.access_log
+            show(config)
+
+        follow(app.config)
+        app.on_reload.append(follow)
         await nursery.start(
             watch_config, paths, app.apply, lambda: app.config.gateway.config_check_interval_s
         )

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from httpio.errors import LoopDetected, RouteNotFound
 from httpio.protocol import Headers
+from proxy.hop import HOP_HEADER
 
-HOP_HEADER = b"x-gateway-hop"
 _REGION_SHAPE = re.compile(rb"^[a-z]{2,3}_[A-Z]{2}$")
 
 

@@ -45,7 +45,7 @@ regions:
 """
     )
     (tmp_path / "config.json").write_text(
-        json.dumps({"Auth_key": "k" * 32, "MSA_healthcheck_interval": 60})
+        json.dumps({"Auth_key": "k" * 32, "MSA_healthcheck_interval": 60, "Access_log": True})
     )
     procs = [spawn([str(BIN / "backend"), str(backend)], tmp_path / "backend.log")]
     wait_for(lambda: _up(backend), what="backend up")
@@ -84,6 +84,27 @@ def test_dead_upstream_is_502_and_slow_upstream_is_504(lone_proxy: dict[str, obj
     r = request(url, "/web/echo?delay=3")
     assert r.status == 504 and r.json()["error"] == "upstream_timeout"
     assert request(url, "/web/echo").status == 200  # the proxy is still fine
+
+
+def test_access_log_has_one_line_per_response(lone_proxy: dict[str, object]) -> None:
+    url = str(lone_proxy["url"])
+    r = request(url, "/gone/x?q=1", headers={"x-request-id": "trace-me-1"})
+    assert r.status == 502
+    log_path = lone_proxy["log"]
+    assert isinstance(log_path, Path)
+
+    def logged() -> list[dict[str, object]]:
+        lines = [
+            json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")
+        ]
+        return [
+            e for e in lines if e.get("event") == "access" and e.get("request_id") == "trace-me-1"
+        ]
+
+    wait_for(lambda: bool(logged()), what="the access log line")
+    entry = logged()[0]
+    assert entry["status"] == 502 and entry["method"] == "GET" and entry["target"] == "/gone/x?q=1"
+    assert entry["client"] == "127.0.0.1" and isinstance(entry["duration_ms"], float)
 
 
 def test_upstream_error_status_passes_through(lone_proxy: dict[str, object]) -> None:

@@ -1,0 +1,353 @@
+"""`elb.main`: which proxies an ELB serves, and an `Elb` in-process in front of proxy-like
+servers on port 0 of 127.0.0.1: hand-off over a Unix socket, TCP relay with a PROXY v2
+header, refusal when no proxy is healthy, and failing over when a hand-off link dies.
+
+Hand-off sockets live in a short temporary directory (a Unix socket path has ~100 bytes);
+``GATEWAY_RUNTIME_DIR`` points there so that `httpio.handoff.handoff_path` does too. No test
+sleeps for a fixed time: waits poll a condition under a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from elb.main import Elb, load_targets
+from httpio.handoff import handoff_path, serve_handoffs
+from httpio.health import State
+from httpio.protocol import h11
+from httpio.server import (
+    HttpServer,
+    Request,
+    Response,
+    json_response,
+    listener_port,
+    open_listeners,
+)
+from topology.load import ConfigError
+
+DEADLINE_S = 10
+DATA = Path(__file__).parent.parent / "topology" / "data"
+REPO = Path(__file__).parent.parent.parent
+
+
+# -- which proxies ----------------------------------------------------------------------------
+def write_fleet(base: Path) -> Path:
+    for name in ("msa_kr.yaml", "msa_en.yaml"):
+        shutil.copy(DATA / name, base / name)
+    path = base / "fleet.yaml"
+    path.write_text(
+        """\
+regions:
+  - {code: ko_KR, elb_port: 19000, proxy_ports: [16000, 16001], msa: msa_kr.yaml}
+  - {code: en_US, elb_port: 19001, proxy_ports: [16002], msa: msa_en.yaml}
+backends: {ports: [15000]}
+redis: {enabled: false}
+"""
+    )
+    return path
+
+
+def test_load_targets_from_a_fleet_topology_by_elb_port(tmp_path: Path) -> None:
+    fleet = write_fleet(tmp_path)
+    assert load_targets(fleet, 19000) == (
+        "ko_KR",
+        ["http://127.0.0.1:16000", "http://127.0.0.1:16001"],
+    )
+    assert load_targets(fleet, 19001) == ("en_US", ["http://127.0.0.1:16002"])
+
+
+def test_load_targets_from_a_fleet_topology_with_no_region_on_the_port(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_targets(write_fleet(tmp_path), 19002)
+    assert info.value.where == "$.regions"
+    assert "19002" in str(info.value)
+
+
+def test_load_targets_from_the_default_fleet() -> None:
+    assert load_targets(REPO / "topology" / "fleet.yaml", 9001) == (
+        "en_US",
+        ["http://127.0.0.1:6002", "http://127.0.0.1:6003"],
+    )
+
+
+def test_load_targets_from_the_originals_proxy_list() -> None:
+    # the port does not matter for an r_*.yaml: the file names one region
+    assert load_targets(DATA / "r_kr.yaml", 9000) == (
+        "ko_KR",
+        ["http://localhost:6000", "http://localhost:6001"],
+    )
+    assert load_targets(DATA / "r_en.yaml", 1234)[0] == "en_US"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "region_code: ko_KR\navailable_zone: [5]\n",
+        "region_code: ko_KR\navailable_zone: ['ftp://x:1']\n",
+        "available_zone: []\n",
+        "regions: [{code: ko_KR}]\n",
+    ],
+)
+def test_load_targets_refuses_a_broken_file(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError):
+        load_targets(path, 9000)
+
+
+def test_only_proxies_on_this_host_get_a_hand_off_path(runtime_dir: Path) -> None:
+    elb = Elb(
+        "ko_KR",
+        ["http://127.0.0.1:6000", "http://localhost:6001", "http://10.0.0.9:6002"],
+        name="elb",
+    )
+    paths = {url: t.handoff_path for url, t in elb.targets.items()}
+    assert paths == {
+        "http://127.0.0.1:6000": runtime_dir / "proxy-6000.sock",
+        "http://localhost:6001": runtime_dir / "proxy-6001.sock",
+        "http://10.0.0.9:6002": None,
+    }
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+@pytest.fixture
+def runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="gw-elb-", dir="/tmp"))
+    monkeypatch.setenv("GATEWAY_RUNTIME_DIR", str(path))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    """A proxy with nothing listening: a port held bound for the test, never listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+class ProxyLike:
+    """An `HttpServer` that answers ``/health`` and, for anything else, says who it is and
+    whom it sees; optionally accepting hand-offs like a real proxy does."""
+
+    def __init__(self, name: str, *, handoff: bool, trusted_proxies: tuple[str, ...] = ()):
+        self.name = name
+        self.handoff = handoff
+        self.server = HttpServer(self.handle, name=name, trusted_proxies=trusted_proxies)
+        self.seen: list[Request] = []
+        self.url = ""
+        self._scope = trio.CancelScope()
+        self._stopped = trio.Event()
+
+    async def handle(self, request: Request) -> Response:
+        if request.path == "/health":
+            return json_response(200, {"status": "ok"})
+        self.seen.append(request)
+        return json_response(
+            200, {"proxy": self.name, "client": list(request.client), "via_elb": request.via_elb}
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await open_listeners(0)
+        port = listener_port(listeners)
+        self.url = f"http://127.0.0.1:{port}"
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.server.serve_listeners, listeners)
+                    if self.handoff:
+                        await nursery.start(serve_handoffs, self.server, handoff_path(port))
+                    task_status.started()
+                    await trio.sleep_forever()
+        finally:
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        """Go away at once: listener, hand-off socket and links closed."""
+        self._scope.cancel()
+        await self._stopped.wait()
+
+
+@asynccontextmanager
+async def proxies(*proxy_likes: ProxyLike) -> AsyncIterator[None]:
+    async with trio.open_nursery() as nursery:
+        for p in proxy_likes:
+            await nursery.start(p.run)
+        yield
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def running_elb(
+    urls: list[str], *, health_checks: bool = True
+) -> AsyncIterator[tuple[Elb, int]]:
+    """An ELB in front of ``urls``, and the port it listens on."""
+    elb = Elb("ko_KR", urls, name="elb-test")
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    try:
+        async with trio.open_nursery() as nursery:
+            if health_checks:
+                nursery.start_soon(elb.watch_health, nursery)
+            nursery.start_soon(elb.serve, listeners, nursery)
+            yield elb, listeners[0].socket.getsockname()[1]
+            nursery.cancel_scope.cancel()
+    finally:
+        for listener in listeners:
+            await listener.aclose()
+        for target in elb.targets.values():
+            if target.link is not None:
+                target.link.close()
+        await elb.checker.aclose()
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    """Wait for state the ELB keeps without an event to wait on (a link connected, a
+    health state reached): re-check it every 10 ms under a deadline."""
+    with trio.fail_after(DEADLINE_S):
+        while not predicate():  # noqa: ASYNC110
+            await trio.sleep(0.01)
+
+
+class Reply:
+    def __init__(self, status: int, headers: dict[bytes, bytes], body: bytes, local_port: int):
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.local_port = local_port  # the client socket's own port
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def get(port: int, target: str = "/who", *, settle_first: bool = False) -> Reply:
+    """One request on a fresh connection to the ELB, read to the end. ``settle_first``:
+    send the request only once the ELB and the proxy have done all they can with the bare
+    connection (accepted, relayed, written and read a PROXY header)."""
+    with trio.fail_after(DEADLINE_S):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            local_port = stream.socket.getsockname()[1]
+            if settle_first:
+                await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+            conn = h11.Connection(h11.CLIENT)
+            request = h11.Request(
+                method="GET", target=target, headers=[(b"host", b"elb"), (b"connection", b"close")]
+            )
+            await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+            status, headers, body = 0, {}, b""
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65536))
+                    continue
+                if type(event) is h11.Response:
+                    status = event.status_code
+                    headers = dict(event.headers)
+                elif type(event) is h11.Data:
+                    body += bytes(event.data)
+                elif type(event) is h11.EndOfMessage:
+                    return Reply(status, headers, body, local_port)
+                else:
+                    raise AssertionError(f"unexpected {event!r}")
+
+
+# -- serving ----------------------------------------------------------------------------------
+async def test_a_local_proxy_is_handed_the_connection_with_the_real_client_address(
+    runtime_dir: Path,
+) -> None:
+    proxy = ProxyLike("a", handoff=True)
+    async with proxies(proxy), running_elb([proxy.url]) as (elb, port):
+        target = elb.targets[proxy.url]
+        await wait_until(lambda: target.link is not None)
+        reply = await get(port)
+        assert reply.status == 200
+        assert reply.json() == {
+            "proxy": "a",
+            "client": ["127.0.0.1", reply.local_port],
+            "via_elb": True,
+        }
+        assert (elb.handed_off, elb.relayed, elb.refused) == (1, 0, 0)
+        # the proxy reports the closed connection back: least-conn counts come down
+        state = elb.pool.balancer.states[0]
+        await wait_until(lambda: state.in_flight == 0)
+
+
+async def test_a_proxy_without_hand_off_gets_a_relay_with_a_proxy_header(
+    runtime_dir: Path,
+) -> None:
+    proxy = ProxyLike("b", handoff=False, trusted_proxies=("127.0.0.1",))
+    async with proxies(proxy), running_elb([proxy.url], health_checks=False) as (elb, port):
+        first, second = await get(port, settle_first=True), await get(port, settle_first=True)
+        for reply in (first, second):
+            assert reply.status == 200
+            assert reply.json() == {
+                "proxy": "b",
+                "client": ["127.0.0.1", reply.local_port],
+                "via_elb": True,
+            }
+        assert first.local_port != second.local_port
+        assert (elb.handed_off, elb.relayed) == (0, 2)
+        assert elb.targets[proxy.url].link is None
+        state = elb.pool.balancer.states[0]
+        await wait_until(lambda: state.in_flight == 0)
+
+
+async def test_no_healthy_proxy_is_a_503_with_a_json_body(refused_url: str) -> None:
+    async with running_elb([refused_url]) as (elb, port):
+        await wait_until(lambda: elb.pool.health.state(refused_url) is State.EJECTED)
+        reply = await get(port)
+        assert reply.status == 503
+        assert reply.headers[b"content-type"] == b"application/json"
+        assert reply.headers[b"retry-after"] == b"1"
+        assert reply.json() == {
+            "status": 503,
+            "error": "no_healthy_proxy",
+            "detail": "no proxy of this region is available",
+        }
+        assert elb.refused == 1
+
+
+async def test_a_dead_hand_off_link_sends_the_next_connection_to_the_other_proxy(
+    runtime_dir: Path,
+) -> None:
+    a, b = ProxyLike("a", handoff=True), ProxyLike("b", handoff=True)
+    async with proxies(a, b), running_elb([a.url, b.url]) as (elb, port):
+        await wait_until(lambda: all(t.link is not None for t in elb.targets.values()))
+        served = {(await get(port)).json()["proxy"] for _ in range(4)}
+        assert served == {"a", "b"}
+
+        await a.stop()  # its listener, hand-off socket and link are gone at once
+        for _ in range(4):
+            reply = await get(port)
+            assert reply.status == 200
+            assert reply.json()["proxy"] == "b"
+            assert reply.json()["client"] == ["127.0.0.1", reply.local_port]
+        assert not elb.pool.health.usable(a.url)
+        assert elb.targets[a.url].link is None
+        assert elb.refused == 0
+
+
+async def test_a_refused_relay_connect_goes_to_another_proxy(
+    runtime_dir: Path, refused_url: str
+) -> None:
+    # No health checks: the dead proxy is still believed healthy and is picked first.
+    live = ProxyLike("live", handoff=False, trusted_proxies=("127.0.0.1",))
+    async with (
+        proxies(live),
+        running_elb([refused_url, live.url], health_checks=False) as (elb, port),
+    ):
+        reply = await get(port, settle_first=True)
+        assert reply.status == 200
+        assert reply.json()["proxy"] == "live"
+        assert elb.refused == 0

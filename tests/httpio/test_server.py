@@ -1,0 +1,777 @@
+"""The server loop, from the outside: an in-process `HttpServer` on a free port and raw trio
+socket clients that send exact bytes and check the exact answer.
+
+Timeouts run on trio's `MockClock` (the pytest-trio ``autojump_clock`` fixture), so a 5 s
+head timeout takes no wall time; every read has a deadline, so a server that never answers
+fails the test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+
+from httpio.errors import ClientError, RouteNotFound, Unauthorized, UpstreamTimeout
+from httpio.proxyproto import SIGNATURE, build_v2
+from httpio.server import (
+    Handler,
+    HttpServer,
+    Request,
+    Response,
+    ServerLimits,
+    json_response,
+    listener_port,
+    open_listeners,
+    serve_tcp,
+)
+
+DEADLINE_S = 10.0  # per client read; the server timeouts under test are all shorter
+DATE = re.compile(rb"\r\ndate: ([^\r]*)\r\n")
+
+
+# -- a raw client ----------------------------------------------------------------------------
+@dataclass
+class Reply:
+    status_line: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    raw: bytes  # head and body as they came off the wire (chunked framing included)
+
+    @property
+    def status(self) -> int:
+        return int(self.status_line.split(b" ")[1])
+
+    def header(self, name: bytes) -> bytes | None:
+        values = self.all(name)
+        assert len(values) <= 1, f"{name!r} appears {len(values)} times"
+        return values[0] if values else None
+
+    def all(self, name: bytes) -> list[bytes]:
+        return [v for n, v in self.headers if n == name]
+
+    def json(self) -> Any:
+        return msgspec.json.decode(self.body)
+
+
+def masked(raw: bytes) -> bytes:
+    """``raw`` with the Date value replaced, after checking that it is an RFC 9110 date."""
+    found = DATE.search(raw)
+    assert found is not None, raw
+    assert parsedate_to_datetime(found.group(1).decode()).tzname() == "UTC"
+    return DATE.sub(b"\r\ndate: <date>\r\n", raw)
+
+
+class RawClient:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def _fill(self) -> bool:
+        with trio.fail_after(DEADLINE_S):
+            data = await self.stream.receive_some(65536)
+        self.buffer += data
+        return bool(data)
+
+    async def _take_line(self) -> bytes:
+        while (end := self.buffer.find(b"\r\n")) < 0:
+            assert await self._fill(), f"EOF inside a line: {bytes(self.buffer)!r}"
+        line = bytes(self.buffer[: end + 2])
+        del self.buffer[: end + 2]
+        return line
+
+    async def _take(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            assert await self._fill(), f"EOF with {len(self.buffer)} of {n} bytes"
+        data = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        return data
+
+    async def read_head(self) -> bytes:
+        while (end := self.buffer.find(b"\r\n\r\n")) < 0:
+            assert await self._fill(), f"EOF inside a head: {bytes(self.buffer)!r}"
+        head = bytes(self.buffer[: end + 4])
+        del self.buffer[: end + 4]
+        return head
+
+    async def read_response(self, *, method: bytes = b"GET") -> Reply:
+        head = await self.read_head()
+        status_line, *lines = head[:-4].split(b"\r\n")
+        headers = [
+            (name.lower(), value.strip())
+            for name, _, value in (line.partition(b":") for line in lines)
+        ]
+        reply = Reply(status_line, headers, b"", head)
+        if method == b"HEAD" or reply.status in (204, 304) or reply.status < 200:
+            return reply
+        if reply.header(b"transfer-encoding") == b"chunked":
+            parts = []
+            while True:
+                size_line = await self._take_line()
+                size = int(size_line.split(b";")[0], 16)
+                data = await self._take(size + 2)
+                reply.raw += size_line + data
+                if size == 0:
+                    break
+                parts.append(data[:-2])
+            reply.body = b"".join(parts)
+        elif (length := reply.header(b"content-length")) is not None:
+            reply.body = await self._take(int(length))
+            reply.raw += reply.body
+        else:
+            reply.body = await self.read_to_eof()
+            reply.raw += reply.body
+        return reply
+
+    async def read_to_eof(self) -> bytes:
+        while await self._fill():
+            pass
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        return data
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+@asynccontextmanager
+async def connect(port: int) -> AsyncIterator[RawClient]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    client = RawClient(stream)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def get(path: str, *extra: str, method: str = "GET", version: str = "1.1") -> bytes:
+    lines = [f"{method} {path} HTTP/{version}", "host: test", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Poll the server's counters, which it updates after the bytes a client waits for."""
+    with trio.fail_after(DEADLINE_S):
+        while not condition():  # noqa: ASYNC110
+            await trio.sleep(0.001)
+
+
+# -- the application under the server ---------------------------------------------------------
+class Chunks:
+    """A streaming `ResponseBody` that records whether the server closed it."""
+
+    def __init__(self, chunks: list[bytes], fail_after: int | None = None) -> None:
+        self.chunks = list(chunks)
+        self.fail_after = fail_after
+        self.closed = False
+
+    async def read(self) -> bytes:
+        if self.fail_after is not None and len(self.chunks) == self.fail_after:
+            raise UpstreamTimeout("upstream stalled mid-body")
+        return self.chunks.pop(0) if self.chunks else b""
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class App:
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+        self.bodies: list[Chunks] = []
+        self.entered = trio.Event()
+        self.release = trio.Event()
+
+    def _chunks(self, chunks: list[bytes], fail_after: int | None = None) -> Chunks:
+        body = Chunks(chunks, fail_after)
+        self.bodies.append(body)
+        return body
+
+    async def __call__(self, request: Request) -> Response:
+        self.requests.append(request)
+        path = request.path
+        if path == "/hello":
+            return Response(200, [(b"content-type", b"text/plain")], b"hello")
+        if path == "/echo":
+            return Response(200, [], await request.body.read_all())
+        if path == "/whoami":
+            return json_response(
+                200,
+                {
+                    "client": list(request.client),
+                    "via_elb": request.via_elb,
+                    "method": request.method,
+                    "query": request.query,
+                    "version": request.http_version,
+                },
+            )
+        if path == "/stream":
+            return Response(200, [], self._chunks([b"one", b"two", b"three"]))
+        if path == "/stream-sized":
+            return Response(200, [(b"content-length", b"6")], self._chunks([b"one", b"two"]))
+        if path == "/stream-broken":
+            return Response(200, [], self._chunks([b"one", b"two"], fail_after=1))
+        if path == "/missing":
+            raise RouteNotFound("no service 'missing'")
+        if path == "/secret":
+            raise Unauthorized("no token", error="")
+        if path == "/boom":
+            raise RuntimeError("a bug in the handler")
+        if path == "/dated":
+            return Response(200, [(b"date", b"Mon, 01 Jan 2024 00:00:00 GMT")], b"")
+        if path == "/slow":
+            self.entered.set()
+            await self.release.wait()
+            return Response(200, [], b"finally")
+        if path.startswith("/status/"):
+            return Response(int(path.removeprefix("/status/")), [], b"")
+        raise ClientError(f"the test app has no {path}")
+
+
+@asynccontextmanager
+async def serving(
+    app: Handler | None = None, limits: ServerLimits | None = None, **kwargs: Any
+) -> AsyncIterator[tuple[HttpServer, int]]:
+    server = HttpServer(app or App(), limits, name="test", **kwargs)
+    listeners = await open_listeners(0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve_listeners, listeners)
+        yield server, listener_port(listeners)
+        nursery.cancel_scope.cancel()
+
+
+# -- keep-alive, pipelining, HTTP/1.0 --------------------------------------------------------
+async def test_exact_response_bytes() -> None:
+    async with serving() as (_, port), connect(port) as client:
+        await client.send(get("/hello"))
+        reply = await client.read_response()
+    assert masked(reply.raw) == (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ndate: <date>\r\n"
+        b"content-length: 5\r\n\r\nhello"
+    )
+
+
+async def test_keep_alive_serves_two_requests_on_one_connection() -> None:
+    app = App()
+    async with serving(app) as (server, port), connect(port) as client:
+        await client.send(get("/hello"))
+        first = await client.read_response()
+        await client.send(get("/whoami?x=1"))
+        second = await client.read_response()
+        await wait_until(lambda: server.requests_served == 2)  # counted after the send
+        assert server.statistics() == {
+            "open_connections": 1,
+            "requests_served": 2,
+            "refused_connections": 0,
+            "draining": False,
+        }
+    assert (first.status, first.body, first.header(b"connection")) == (200, b"hello", None)
+    assert second.json()["query"] == "x=1"
+    assert app.requests[0].client == app.requests[1].client
+
+
+async def test_pipelined_requests_are_answered_in_order() -> None:
+    async with serving() as (_, port), connect(port) as client:
+        await client.send(
+            get("/whoami?n=1")
+            + get("/echo", "content-length: 4", method="POST")
+            + b"ping"
+            + get("/hello")
+            + get("/whoami?n=2")
+        )
+        replies = [await client.read_response() for _ in range(4)]
+    assert [r.body for r in replies[1:3]] == [b"ping", b"hello"]
+    assert [replies[0].json()["query"], replies[3].json()["query"]] == ["n=1", "n=2"]
+
+
+async def test_unread_request_body_is_skipped_before_the_next_request() -> None:
+    async with serving() as (_, port), connect(port) as client:
+        await client.send(get("/hello", "content-length: 5", method="POST") + b"12345")
+        await client.send(get("/hello"))
+        assert [(await client.read_response()).body for _ in range(2)] == [b"hello", b"hello"]
+
+
+async def test_http_1_0_client_gets_the_whole_response_then_close() -> None:
+    async with serving() as (_, port), connect(port) as client:
+        await client.send(b"GET /hello HTTP/1.0\r\n\r\n")
+        raw = await client.read_to_eof()
+    assert masked(raw) == (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ndate: <date>\r\n"
+        b"content-length: 5\r\nConnection: close\r\n\r\nhello"
+    )
+
+
+async def test_http_1_0_streaming_body_is_delimited_by_close() -> None:
+    app = App()
+    async with serving(app) as (_, port), connect(port) as client:
+        await client.send(b"GET /stream HTTP/1.0\r\n\r\n")
+        reply = await client.read_response()
+        assert await client.read_to_eof() == b""
+    assert reply.header(b"transfer-encoding") is None and reply.body == b"onetwothree"
+    assert app.bodies[0].closed
+
+
+@pytest.mark.parametrize(
+    ("status", "line"),
+    [
+        (200, b"HTTP/1.1 200 OK"),
+        (201, b"HTTP/1.1 201 Created"),
+        (204, b"HTTP/1.1 204 No Content"),
+        (301, b"HTTP/1.1 301 Moved Permanently"),
+        (404, b"HTTP/1.1 404 Not Found"),
+        (418, b"HTTP/1.1 418 I'm a Teapot"),
+        (503, b"HTTP/1.1 503 Service Unavailable"),
+        (299, b"HTTP/1.1 299 Unknown"),
+    ],
+)
+async def test_reason_phrase_on_the_status_line(status: int, line: bytes) -> None:
+    async with serving() as (_, port), connect(port) as client:
+        await client.send(get(f"/status/{status}") + get("/hello"))
+        reply = await client.read_response()
+        assert (await client.read_response()).body == b"hello"  # framing stayed right
+    assert reply.status_line == line
+    assert reply.header(b"content-length") == (None if status == 204 else b"0")
+
+
+# -- client faults: 400, 408, 413, 431 -------------------------------------------------------
+def assert_error(reply: Reply, status: int, code: str, detail: str = "") -> None:
+    assert reply.status == status
+    assert reply.header(b"content-type") == b"application/json"
+    assert reply.header(b"connection") == b"close"
+    body = reply.json()
+    assert list(body) == ["status", "error", "detail"]
+    assert (body["status"], body["error"]) == (status, code)
+    assert detail in body["detail"]
+
+
+async def test_malformed_head_is_400_with_the_json_error_body() -> None:
+    async with serving() as (server, port), connect(port) as client:
+        await client.send(b"GARBAGE\r\n\r\n")
+        reply = await client.read_response()
+        assert await client.read_to_eof() == b""
+    assert reply.status_line == b"HTTP/1.1 400 Bad Request"
+    assert_error(reply, 400, "bad_request", "malformed request")
+    assert server.requests_served == 0
+
+
+async def test_head_too_large_in_one_piece_is_431() -> None:
+    limits = ServerLimits(max_head_bytes=1024)
+    async with serving(limits=limits) as (_, port), connect(port) as client:
+        await client.send(get("/hello", "x-big: " + "a" * 2000))
+        reply = await client.read_response()
+        assert await client.read_to_eof() == b""
+    assert reply.status_line == b"HTTP/1.1 431 Request Header Fields Too Large"
+    assert_error(reply, 431, "headers_too_large", "1024 bytes")
+
+
+async def test_head_too_large_trickled_is_431_before_it_ends() -> None:
+    limits = ServerLimits(max_head_bytes=1024)
+    async with serving(limits=limits) as (_, port), connect(port) as client:
+        await client.send(b"GET /hello HTTP/1.1\r\nhost: test\r\n")
+        sent = 0
+        while sent <= 1024:  # the head never ends: only the incomplete-head bound can fire
+            piece = b"x-fill-%04d: %s\r\n" % (sent, b"a" * 100)
+            await client.send(piece)
+            sent += len(piece)
+        reply = await client.read_response()
+        assert await client.read_to_eof() == b""
+    assert_error(reply, 431, "headers_too_large")
+
+
+async def test_content_length_over_the_limit_is_413_up_front() -> None:
+    app = App()
+    limits = ServerLimits(max_body_bytes=100)
+    async with serving(app, limits) as (_, port), connect(port) as client:
+        await client.send(get("/echo", "content-length: 101", method="POST"))
+        reply = await client.read_response()
+        assert await client.read_to_eof() == b""
+    assert reply.status_line == b"HTTP/1.1 413 Request Entity Too Large"
+    assert_error(reply, 413, "body_too_large", "100 bytes")
+    assert app.requests == []  # refused before the handler ran
+
+
+async def test_chunked_body_growing_past_the_limit_is_413() -> None:
+    limits = ServerLimits(max_body_bytes=100)
+    chunk = b"3c\r\n" + b"b" * 60 + b"\r\n"
+    async with serving(limits=limits) as (_, port), connect(port) as client:
+        await client.send(
+            get("/echo", "transfer-encoding: chunked", method="POST") + chunk + chunk + b"0\r\n\r\n"
+        )
+        reply = await client.read_response()
+        assert await client.read_to_eof() == b""
+    assert_error(reply, 413, "body_too_large")
+
+
+async def test_chunked_body_within_the_limit_is_echoed() -> None:
+    limits = ServerLimits(max_body_bytes=100)
+    async with serving(limits=limits) as (_, port), connect(port) as client:
+        await client.send(
+            get("/echo", "transfer-encoding: chunked", method="POST")
+            + b"5\r\nhello\r\n1;ext=1\r\n!\r\n0\r\n\r\n"
+            + get("/hello")
+        )
+        assert (await client.read_response()).body == b"hello!"
+        assert (await client.read_response()).body == b"hello"
+
+
+async def test_head_not_in_time_is_408(autojump_clock: trio.testing.MockClock) -> None:
+    limits = ServerLimits(head_timeout_s=5)
+    async with serving(limits=limits) as (_, port), connect(port) as client:
+        start = trio.current_time()
+        await client.send(b"GET /hello HTTP/1.1\r\nhost: te")
+        reply = await client.read_response()
+        assert trio.current_time() - start == pytest.approx(5)
+        assert await client.read_to_eof() == b""
+    assert reply.status_line == b"HTTP/1.1 408 Request Timeout"
+    assert_error(reply, 408, "request_timeout", "head")
+
+
+async def test_second_head_not_in_time_is_408(autojump_clock: trio.testing.MockClock) -> None:
+    limits = ServerLimits(head_timeout_s=5, idle_timeout_s=30)
+    async with serving(limits=limits) as (_, port), connect(port) as client:
+        await client.send(get("/hello"))
+        await client.read_response()
+        await client.send(b"GET /hello HTTP/1.1\r\n")  # the idle wait ends, the head clock starts
+        start = trio.current_time()
+        reply = await client.read_response()
+        assert trio.current_time() - start == pytest.approx(5)
+    assert_error(reply, 408, "request_timeout")
+
+
+async def test_body_not_in_time_is_408(autojump_clock: trio.testing.MockClock) -> None:
+    limits = ServerLimits(body_timeout_s=3)
+    async with serving(limits=limits) as (_, port), connect(port) as client:
+        await client.send(get("/echo", "content-length: 10", method="POST") + b"abc")
+        reply = await client.read_response()
+        assert await client.read_to_eof() == b""
+    assert_error(reply, 408, "request_timeout", "body")
+
+
+async def test_idle_keep_alive_connection_is_closed_silently(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limits = ServerLimits(idle_timeout_s=7, head_timeout_s=1)
+    async with serving(limits=limits) as (server, port), connect(port) as client:
+        await client.send(get("/hello"))
+        await client.read_response()
+        start = trio.current_time()
+        assert await client.read_to_eof() == b""
+        assert trio.current_time() - start == pytest.approx(7)
+        await wait_until(lambda: server.open_connections == 0)
+
+
+# -- limits ------------------------------------------------------------------------------------
+async def test_over_max_connections_gets_503_and_close() -> None:
+    limits = ServerLimits(max_connections=1)
+    async with serving(limits=limits) as (server, port):
+        async with connect(port) as first:
+            await first.send(get("/hello"))
+            await first.read_response()
+            async with connect(port) as second:
+                raw = await second.read_to_eof()
+            await first.send(get("/hello"))
+            assert (await first.read_response()).body == b"hello"
+        await wait_until(lambda: server.open_connections == 0)
+        async with connect(port) as third:
+            await third.send(get("/hello"))
+            assert (await third.read_response()).status == 200
+        assert server.refused_connections == 1
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n") == [
+        b"HTTP/1.1 503 Service Unavailable",
+        b"content-type: application/json",
+        b"connection: close",
+        b"retry-after: 1",
+        b"content-length: %d" % len(body),
+    ]
+    assert msgspec.json.decode(body) == {
+        "status": 503,
+        "error": "too_many_connections",
+        "detail": "server is at its connection limit",
+    }
+
+
+# -- handler outcomes --------------------------------------------------------------------------
+async def test_gateway_error_becomes_its_status_and_json_body() -> None:
+    async with serving() as (_, port), connect(port) as client:
+        await client.send(get("/missing") + get("/hello"))
+        missing = await client.read_response()
+        after = await client.read_response()
+        await client.send(get("/secret"))
+        secret = await client.read_response()
+    assert missing.status_line == b"HTTP/1.1 404 Not Found"
+    assert missing.json() == {"status": 404, "error": "not_found", "detail": "no service 'missing'"}
+    assert missing.header(b"connection") is None  # a refusal leaves the connection usable
+    assert after.body == b"hello"
+    assert secret.status_line == b"HTTP/1.1 401 Unauthorized"
+    assert secret.header(b"www-authenticate") == b'Bearer realm="gateway"'
+    assert secret.json() == {"status": 401, "error": "unauthorized", "detail": "no token"}
+
+
+async def test_client_error_with_a_small_unread_body_skips_it_and_keeps_the_connection() -> None:
+    async with serving() as (_, port), connect(port) as client:
+        await client.send(
+            get("/secret", "content-length: 3", method="POST") + b"abc" + get("/hello")
+        )
+        reply = await client.read_response()
+        after = await client.read_response()
+    assert reply.status == 401 and reply.header(b"connection") is None
+    assert after.body == b"hello"
+
+
+async def test_client_error_on_a_bodiless_request_keeps_the_connection() -> None:
+    async with serving() as (_, port), connect(port) as client:
+        await client.send(get("/secret") + get("/hello"))
+        secret = await client.read_response()
+        after = await client.read_response()
+    assert secret.header(b"connection") is None
+    assert after.body == b"hello"
+
+
+async def test_unexpected_exception_is_500_and_serving_goes_on() -> None:
+    async with serving() as (_, port):
+        async with connect(port) as client:
+            await client.send(get("/boom"))
+            reply = await client.read_response()
+            await client.send(get("/hello"))
+            assert (await client.read_response()).body == b"hello"
+        async with connect(port) as client:
+            await client.send(get("/hello"))
+            assert (await client.read_response()).status == 200
+    assert reply.status_line == b"HTTP/1.1 500 Internal Server Error"
+    assert reply.json() == {
+        "status": 500,
+        "error": "internal_error",
+        "detail": "internal error while serving the request",
+    }
+
+
+async def test_streaming_body_is_chunked_for_http_1_1() -> None:
+    app = App()
+    async with serving(app) as (_, port), connect(port) as client:
+        await client.send(get("/stream") + get("/stream-sized"))
+        chunked = await client.read_response()
+        sized = await client.read_response()
+    assert masked(chunked.raw) == (
+        b"HTTP/1.1 200 OK\r\ndate: <date>\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\none\r\n3\r\ntwo\r\n5\r\nthree\r\n0\r\n\r\n"
+    )
+    assert sized.header(b"transfer-encoding") is None and sized.body == b"onetwo"
+    assert [body.closed for body in app.bodies] == [True, True]
+
+
+async def test_streaming_body_failing_midway_truncates_and_closes() -> None:
+    app = App()
+    async with serving(app) as (_, port), connect(port) as client:
+        await client.send(get("/stream-broken"))
+        head = await client.read_head()
+        rest = await client.read_to_eof()
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert rest == b"3\r\none\r\n"  # no last chunk: the client can tell it was cut
+    assert app.bodies[0].closed
+
+
+class Trickle:
+    """A streaming body that makes steady progress: one byte a second."""
+
+    def __init__(self, seconds: int) -> None:
+        self.left = seconds
+
+    async def read(self) -> bytes:
+        if not self.left:
+            return b""
+        self.left -= 1
+        await trio.sleep(1)
+        return b"x"
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_send_timeout_does_not_cut_a_stream_that_progresses(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def trickle(request: Request) -> Response:
+        return Response(200, [(b"content-length", b"8")], Trickle(8))
+
+    async with (
+        serving(trickle, ServerLimits(send_timeout_s=5)) as (_, port),
+        connect(port) as client,
+    ):
+        await client.send(get("/"))
+        reply = await client.read_response()
+    assert reply.body == b"x" * 8
+
+
+async def test_head_request_gets_no_body() -> None:
+    app = App()
+    async with serving(app) as (_, port), connect(port) as client:
+        await client.send(get("/hello", method="HEAD") + get("/stream", method="HEAD"))
+        await client.send(get("/hello"))
+        head = await client.read_response(method=b"HEAD")
+        streamed = await client.read_response(method=b"HEAD")
+        after = await client.read_response()
+    assert masked(head.raw) == (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ndate: <date>\r\ncontent-length: 5\r\n\r\n"
+    )
+    assert streamed.status == 200 and streamed.body == b""
+    assert after.body == b"hello"  # nothing stray was sent after either HEAD answer
+    assert app.bodies[0].closed
+
+
+async def test_expect_100_continue_is_answered_before_the_body_is_read() -> None:
+    async with serving() as (_, port), connect(port) as client:
+        await client.send(get("/echo", "content-length: 5", "expect: 100-continue", method="POST"))
+        interim = await client.read_head()
+        await client.send(b"hello")
+        reply = await client.read_response()
+    assert interim.startswith(b"HTTP/1.1 100")
+    assert reply.body == b"hello"
+
+
+async def test_100_continue_has_its_reason_phrase() -> None:
+    async with serving() as (_, port), connect(port) as client:
+        await client.send(get("/echo", "content-length: 1", "expect: 100-continue", method="POST"))
+        assert await client.read_head() == b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+async def test_no_100_continue_when_the_handler_does_not_read_the_body() -> None:
+    async with serving() as (_, port), connect(port) as client:
+        await client.send(get("/hello", "content-length: 5", "expect: 100-continue", method="POST"))
+        reply = await client.read_response()
+    assert reply.status_line == b"HTTP/1.1 200 OK"
+
+
+async def test_final_response_without_100_continue_closes_the_connection() -> None:
+    async with serving() as (_, port), connect(port) as client:
+        await client.send(get("/hello", "content-length: 5", "expect: 100-continue", method="POST"))
+        reply = await client.read_response()
+        # RFC 9110 10.1.1: having seen a final status, the client need not send the body;
+        # the server cannot tell body bytes from a next request, so it must close.
+        assert reply.header(b"connection") == b"close"
+        await client.send(get("/hello"))
+        assert await client.read_to_eof() == b""
+
+
+async def test_date_header_once_and_the_handlers_own_kept() -> None:
+    async with serving() as (_, port), connect(port) as client:
+        await client.send(get("/hello") + get("/dated"))
+        ours = await client.read_response()
+        theirs = await client.read_response()
+    assert len(ours.all(b"date")) == 1
+    assert theirs.all(b"date") == [b"Mon, 01 Jan 2024 00:00:00 GMT"]
+
+
+# -- drain -------------------------------------------------------------------------------------
+async def test_drain_closes_idle_and_finishes_in_flight_with_close() -> None:
+    app = App()
+    async with serving(app) as (server, port), connect(port) as idle, connect(port) as busy:
+        await idle.send(get("/hello"))
+        await idle.read_response()
+        await busy.send(get("/slow"))
+        with trio.fail_after(DEADLINE_S):
+            await app.entered.wait()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.drain)
+            assert await idle.read_to_eof() == b""
+            assert server.open_connections == 1 and server.draining
+            app.release.set()
+            reply = await busy.read_response()
+            assert await busy.read_to_eof() == b""
+        assert server.open_connections == 0
+    assert (reply.status, reply.body) == (200, b"finally")
+    assert reply.header(b"connection") == b"close"
+    assert server.statistics()["draining"] is True
+
+
+async def test_drain_cancels_what_is_left_at_the_drain_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    app = App()
+    limits = ServerLimits(drain_timeout_s=4)
+    async with serving(app, limits) as (server, port), connect(port) as busy:
+        await busy.send(get("/slow"))
+        await app.entered.wait()
+        start = trio.current_time()
+        await server.drain()
+        assert trio.current_time() - start == pytest.approx(4)
+        assert await busy.read_to_eof() == b""
+
+
+async def test_drain_closes_a_connection_that_never_sent_a_byte(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limits = ServerLimits(head_timeout_s=10, drain_timeout_s=10)
+    async with serving(limits=limits) as (server, port), connect(port) as silent:
+        await wait_until(lambda: server.open_connections == 1)
+        start = trio.current_time()
+        await server.drain()
+        assert trio.current_time() - start < 1
+        assert await silent.read_to_eof() == b""
+
+
+# -- PROXY protocol v2 -------------------------------------------------------------------------
+async def test_proxy_header_from_a_trusted_peer_names_the_client() -> None:
+    app = App()
+    async with serving(app, trusted_proxies=["127.0.0.1"]) as (_, port), connect(port) as client:
+        header = build_v2(("203.0.113.7", 40000), ("127.0.0.1", port))
+        await client.send(header[:10])  # a header split across reads is reassembled
+        await client.send(header[10:] + get("/whoami") + get("/whoami"))
+        first = await client.read_response()
+        second = await client.read_response()
+    assert first.json()["client"] == ["203.0.113.7", 40000]
+    assert first.json()["via_elb"] is True
+    assert second.json() == first.json()
+
+
+async def test_plain_http_from_a_trusted_peer_is_served_as_is() -> None:
+    app = App()
+    async with serving(app, trusted_proxies=["127.0.0.1"]) as (_, port), connect(port) as client:
+        await client.send(get("/whoami"))
+        body = (await client.read_response()).json()
+        assert body["client"] == ["127.0.0.1", client.stream.socket.getsockname()[1]]
+    assert body["via_elb"] is False
+
+
+async def test_local_proxy_header_keeps_the_transport_address() -> None:
+    async with serving(trusted_proxies=["127.0.0.1"]) as (_, port), connect(port) as client:
+        await client.send(SIGNATURE + b"\x20\x00\x00\x00" + get("/whoami"))
+        body = (await client.read_response()).json()
+        assert body["client"] == ["127.0.0.1", client.stream.socket.getsockname()[1]]
+    assert body["via_elb"] is True
+
+
+async def test_broken_proxy_header_from_a_trusted_peer_is_dropped() -> None:
+    async with serving(trusted_proxies=["127.0.0.1"]) as (_, port), connect(port) as client:
+        await client.send(SIGNATURE + b"\x13\x11\x00\x00" + get("/whoami"))
+        assert await client.read_to_eof() == b""
+
+
+async def test_proxy_header_from_an_untrusted_peer_is_400() -> None:
+    app = App()
+    async with serving(app, trusted_proxies=["192.0.2.1"]) as (_, port), connect(port) as client:
+        await client.send(build_v2(("203.0.113.7", 40000), ("127.0.0.1", port)) + get("/whoami"))
+        reply = await client.read_response()
+        assert await client.read_to_eof() == b""
+    assert_error(reply, 400, "bad_request")
+    assert app.requests == []
+
+
+# -- entry point -------------------------------------------------------------------------------
+async def test_serve_tcp_reports_its_port() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_tcp, App(), 0)
+        async with connect(port) as client:
+            await client.send(get("/whoami"))
+            assert (await client.read_response()).json()["method"] == "GET"
+        nursery.cancel_scope.cancel()

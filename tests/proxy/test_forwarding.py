@@ -1,0 +1,231 @@
+"""`proxy.forwarding`: the headers on each side of the proxy, as pure functions."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from httpio.protocol import Headers
+from proxy.forwarding import (
+    client_response_headers,
+    new_request_id,
+    request_id_of,
+    upstream_request_headers,
+)
+
+VIA = b"1.1 proxy-a"
+RID = b"rid-1"
+
+
+def upstream(
+    headers: Headers,
+    *,
+    client_ip: str = "10.0.0.7",
+    from_our_hop: bool = False,
+    drop: frozenset[bytes] = frozenset(),
+) -> Headers:
+    return upstream_request_headers(
+        headers,
+        client_ip=client_ip,
+        via=VIA,
+        request_id=RID,
+        from_our_hop=from_our_hop,
+        drop=drop,
+    )
+
+
+def values(headers: Headers, name: bytes) -> list[bytes]:
+    return [v for n, v in headers if n == name]
+
+
+def is_generated(request_id: bytes) -> bool:
+    return re.fullmatch(rb"[0-9a-f]{16,64}", request_id) is not None
+
+
+def only(headers: Headers, name: bytes) -> bytes:
+    found = values(headers, name)
+    assert len(found) == 1, f"{name!r}: {found}"
+    return found[0]
+
+
+# -- towards the upstream ---------------------------------------------------------------------
+def test_plain_request_gains_forwarding_headers_and_loses_host() -> None:
+    out = upstream([(b"host", b"gw.example"), (b"accept", b"*/*")])
+    assert out == [
+        (b"accept", b"*/*"),
+        (b"x-forwarded-for", b"10.0.0.7"),
+        (b"x-forwarded-proto", b"http"),
+        (b"x-forwarded-host", b"gw.example"),
+        (b"via", VIA),
+        (b"x-request-id", RID),
+    ]
+
+
+def test_hop_by_hop_headers_go_including_those_named_in_connection() -> None:
+    out = upstream(
+        [
+            (b"host", b"gw"),
+            (b"connection", b"keep-alive, X-Secret ,x-other"),
+            (b"keep-alive", b"timeout=5"),
+            (b"proxy-connection", b"keep-alive"),
+            (b"proxy-authorization", b"Basic Zm9v"),
+            (b"te", b"trailers"),
+            (b"trailer", b"x-checksum"),
+            (b"transfer-encoding", b"chunked"),
+            (b"upgrade", b"websocket"),
+            (b"x-secret", b"1"),
+            (b"x-other", b"2"),
+            (b"accept", b"text/html"),
+            (b"authorization", b"Bearer t"),
+        ]
+    )
+    names = [n for n, _ in out]
+    assert names[:2] == [b"accept", b"authorization"]
+    for gone in (
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"x-secret",
+        b"x-other",
+        b"host",
+    ):
+        assert gone not in names
+
+
+def test_end_to_end_headers_keep_their_order_and_repeats() -> None:
+    out = upstream([(b"accept", b"a"), (b"cookie", b"x=1"), (b"accept", b"b")])
+    assert out[:3] == [(b"accept", b"a"), (b"cookie", b"x=1"), (b"accept", b"b")]
+
+
+def test_x_forwarded_for_is_appended_to() -> None:
+    assert only(upstream([(b"x-forwarded-for", b"1.2.3.4")]), b"x-forwarded-for") == (
+        b"1.2.3.4, 10.0.0.7"
+    )
+    two_lines = [(b"x-forwarded-for", b"1.1.1.1"), (b"x-forwarded-for", b"2.2.2.2, 3.3.3.3")]
+    assert only(upstream(two_lines), b"x-forwarded-for") == b"1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.7"
+
+
+def test_via_is_chained() -> None:
+    assert only(upstream([(b"via", b"1.0 fred")]), b"via") == b"1.0 fred, 1.1 proxy-a"
+    two_lines = [(b"via", b"1.0 fred"), (b"via", b"1.1 elb")]
+    assert only(upstream(two_lines), b"via") == b"1.0 fred, 1.1 elb, 1.1 proxy-a"
+
+
+def test_forwarded_proto_and_host_from_a_client_are_not_trusted() -> None:
+    headers = [
+        (b"host", b"gw.example"),
+        (b"x-forwarded-proto", b"https"),
+        (b"x-forwarded-host", b"evil.example"),
+    ]
+    out = upstream(headers, from_our_hop=False)
+    assert only(out, b"x-forwarded-proto") == b"http"
+    assert only(out, b"x-forwarded-host") == b"gw.example"
+
+
+def test_forwarded_proto_and_host_from_our_hop_are_kept() -> None:
+    headers = [
+        (b"host", b"elb-en.internal:9001"),
+        (b"x-forwarded-proto", b"https"),
+        (b"x-forwarded-host", b"gw.example"),
+    ]
+    out = upstream(headers, from_our_hop=True)
+    assert only(out, b"x-forwarded-proto") == b"https"
+    assert only(out, b"x-forwarded-host") == b"gw.example"
+
+
+def test_our_hop_without_forwarded_headers_falls_back_to_host() -> None:
+    out = upstream([(b"host", b"gw.example")], from_our_hop=True)
+    assert only(out, b"x-forwarded-proto") == b"http"
+    assert only(out, b"x-forwarded-host") == b"gw.example"
+
+
+def test_no_host_no_forwarded_host() -> None:
+    assert values(upstream([]), b"x-forwarded-host") == []
+
+
+def test_drop_removes_identity_headers_a_client_sent() -> None:
+    headers = [(b"x-user", b"mallory"), (b"x-user-role", b"admin"), (b"accept", b"*/*")]
+    out = upstream(headers, drop=frozenset({b"x-user", b"x-user-role"}))
+    assert values(out, b"x-user") == []
+    assert values(out, b"x-user-role") == []
+    assert values(out, b"accept") == [b"*/*"]
+    # without `drop` they pass (the caller decides which headers it owns)
+    assert values(upstream(headers), b"x-user") == [b"mallory"]
+
+
+def test_request_id_header_is_the_one_given_exactly_once() -> None:
+    out = upstream([(b"x-request-id", b"from-client"), (b"x-request-id", b"again")])
+    assert values(out, b"x-request-id") == [RID]
+
+
+# -- the request id ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "value", [b"abc", b"A-b_c.d:e", b"0" * 128, b"550e8400-e29b-41d4-a716-446655440000"]
+)
+def test_sane_request_id_is_kept(value: bytes) -> None:
+    assert request_id_of([(b"x-request-id", value)]) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"has space", b"x" * 200, b"0" * 129, b"", b"semi;colon", b"new\tline", "é".encode()],
+)
+def test_malformed_request_id_is_replaced(value: bytes) -> None:
+    replaced = request_id_of([(b"x-request-id", value)])
+    assert replaced != value
+    assert is_generated(replaced)
+
+
+def test_missing_request_id_is_generated_fresh_each_time() -> None:
+    ids = {request_id_of([]), request_id_of([(b"host", b"x")]), new_request_id()}
+    assert len(ids) == 3
+    for generated in ids:
+        assert is_generated(generated)
+        # a generated id is one the next hop keeps
+        assert request_id_of([(b"x-request-id", generated)]) == generated
+
+
+def test_first_sane_request_id_wins() -> None:
+    headers = [(b"x-request-id", b"bad id"), (b"x-request-id", b"good-id")]
+    assert request_id_of(headers) == b"good-id"
+
+
+# -- back to the client -----------------------------------------------------------------------
+def test_response_gains_via_and_request_id() -> None:
+    out = client_response_headers([(b"content-type", b"text/plain")], via=VIA, request_id=RID)
+    assert out == [(b"content-type", b"text/plain"), (b"via", VIA), (b"x-request-id", RID)]
+
+
+def test_response_via_is_chained_and_upstream_request_id_kept() -> None:
+    out = client_response_headers(
+        [(b"via", b"1.1 backend"), (b"x-request-id", b"upstream-id")], via=VIA, request_id=RID
+    )
+    assert only(out, b"via") == b"1.1 backend, 1.1 proxy-a"
+    assert only(out, b"x-request-id") == b"upstream-id"
+
+
+def test_response_hop_by_hop_headers_go() -> None:
+    out = client_response_headers(
+        [
+            (b"connection", b"close, x-internal"),
+            (b"keep-alive", b"timeout=5"),
+            (b"transfer-encoding", b"chunked"),
+            (b"x-internal", b"1"),
+            (b"content-length", b"3"),
+        ],
+        via=VIA,
+        request_id=RID,
+    )
+    assert [n for n, _ in out] == [b"content-length", b"via", b"x-request-id"]
+
+
+def test_response_via_on_two_lines_ends_with_our_hop() -> None:
+    out = client_response_headers([(b"via", b"1.0 a"), (b"via", b"1.1 b")], via=VIA, request_id=RID)
+    combined = b", ".join(values(out, b"via"))
+    assert combined == b"1.0 a, 1.1 b, 1.1 proxy-a"
