@@ -7,7 +7,7 @@ TOPOLOGY ?= topology/fleet.yaml
 ELB ?= http://127.0.0.1:9000
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: fleet test check system-deps install regular region concurrent image large signin wrk bench bench-caddy clean
+.PHONY: fleet test check system-deps install regular region concurrent image large signin wrk bench bench-caddy elb-cost idle policies policy-cost clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -44,6 +44,22 @@ bench: $(STAMP)
 # one proxy hop vs Caddy (GOMAXPROCS=1) in front of the same backend, same run
 bench-caddy: $(STAMP)
 	$(PY) -m bench.caddy --backend http://127.0.0.1:5002 --path /index.html --proxy-url http://127.0.0.1:6000/video/index.html $(if $(TOKEN),--token $(TOKEN))
+
+# the ELB hop: one proxy of the running fleet, directly and behind a fresh ELB, same run
+elb-cost: $(STAMP)
+	$(PY) -m bench.elb_cost
+
+# memory of 10,000 idle keep-alive connections on one proxy of the running fleet
+idle: $(STAMP)
+	$(PY) -m bench.idle --url http://127.0.0.1:6001/video/index.html --pid $$(pgrep -f 'bin/proxy 6001 ') -n 10000 --token $$($(PY) -c 'from bench.run import acquire_token; print(acquire_token("$(ELB)"))')
+
+# load-balancing policies against a slow instance (starts its own backends and proxies)
+policies: $(STAMP)
+	$(PY) -m bench.policies
+
+# what the policy layer costs: one proxy per policy in front of one backend, same run
+policy-cost: $(STAMP)
+	$(PY) -m bench.policies --cost
 
 clean:
 	rm -rf $(VENV) run build *.egg-info

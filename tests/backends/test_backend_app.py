@@ -497,3 +497,11 @@ def test_build_app_from_arguments(tmp_path: Path) -> None:
     assert default.name == "backend-5003" and "/large.pdf" in default.site
     with pytest.raises(SystemExit):
         build_app(parse_args(["5004", "--root", str(tmp_path / "missing")]))
+
+
+def test_delay_ms_option_is_parsed_and_bounded() -> None:
+    from backends.main import build_app, parse_args
+
+    assert build_app(parse_args(["5000", "--delay-ms", "20"])).delay_s == 0.02
+    with pytest.raises(SystemExit):
+        parse_args(["5000", "--delay-ms", "-1"])
