@@ -596,10 +596,15 @@ class HttpServer:
             pending = head
             while chunk:
                 pending += conn.send(h11.Data(data=chunk))
-                await self._write(stream, pending)
-                pending = b""
+                # A body that says it is finished has nothing more to wait for: its last
+                # chunk goes out with the end of the message (one write for a small answer).
+                if not getattr(body, "finished", False):
+                    await self._write(stream, pending)
+                    pending = b""
                 chunk = await body.read()
-            await self._write(stream, pending + conn.send(h11.EndOfMessage()))
+            pending += conn.send(h11.EndOfMessage())
+            if pending:
+                await self._write(stream, pending)
         except GatewayError as err:
             # The head is out: the only honest signal left is a truncated message.
             log.warning(
@@ -745,6 +750,7 @@ def configure_logging(name: str) -> None:
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(level),
         processors=[
+            structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.JSONRenderer(),

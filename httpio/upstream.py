@@ -98,12 +98,26 @@ class UpstreamResponse:
     ``b""`` at the end). ``aclose()`` must be called; it returns the connection to the pool
     only if the body was read to the end."""
 
-    __slots__ = ("_c", "_done", "_pool", "headers", "http_version", "reason", "status")
+    __slots__ = (
+        "_ahead",
+        "_c",
+        "_done",
+        "_pool",
+        "finished",
+        "headers",
+        "http_version",
+        "reason",
+        "status",
+    )
 
     def __init__(self, pool: UpstreamPool, c: _Connection, event: Any) -> None:
         self._pool = pool
         self._c: _Connection | None = c
         self._done = False
+        self._ahead: Any = None
+        # True once the end of the body is known to be buffered: the next read() returns
+        # b"" without I/O, so a server can send the last chunk and the end in one write.
+        self.finished = False
         self.status: int = event.status_code
         self.headers: Headers = list(event.headers)
         self.reason: bytes = bytes(event.reason)
@@ -119,7 +133,7 @@ class UpstreamResponse:
         conn = c.conn
         while True:
             try:
-                event = conn.next_event()
+                event, self._ahead = self._ahead or conn.next_event(), None
             except h11.RemoteProtocolError as exc:
                 await self._discard()
                 raise UpstreamProtocolError(f"{c.origin.url}: {exc}", bytes_sent=True) from exc
@@ -141,9 +155,23 @@ class UpstreamResponse:
                 continue
             kind = type(event)
             if kind is h11.Data:
+                # Look one event ahead without I/O: a body that is complete in the buffer
+                # ends now, so its connection goes back to the pool before the client is
+                # even written to.
+                try:
+                    ahead = conn.next_event()
+                except h11.RemoteProtocolError:
+                    ahead = None  # reported by the next read
+                if ahead is not None and type(ahead) is h11.EndOfMessage:
+                    self.finished = self._done = True
+                    self._c = None
+                    self._pool._release(c)
+                elif ahead is not None and ahead is not h11.NEED_DATA:
+                    self._ahead = ahead  # another chunk already buffered: next read's
                 return bytes(event.data)
             if kind is h11.EndOfMessage:
                 self._done = True
+                self.finished = True
                 self._c = None
                 self._pool._release(c)
                 return b""

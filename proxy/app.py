@@ -73,6 +73,10 @@ class TrackedBody:
         self._outcome = Outcome.SERVER_ERROR if response.status >= 500 else Outcome.SUCCESS
         self._ended = False
 
+    @property
+    def finished(self) -> bool:
+        return self._response.finished
+
     async def read(self) -> bytes:
         try:
             chunk = await self._response.read()
