@@ -531,8 +531,11 @@ class HttpServer:
     async def _write(self, stream: trio.SocketStream, data: bytes) -> None:
         """One write under ``send_timeout_s``: a client that stops reading is dropped, but a
         long download that keeps moving is never cut."""
+        sent = sockio.try_send(stream.socket, data)
+        if sent == len(data):
+            return  # the usual case: no timeout needed for what the kernel took at once
         with trio.CancelScope(deadline=trio.current_time() + self.limits.send_timeout_s) as scope:
-            await sockio.send_all(stream.socket, data)
+            await sockio.send_all(stream.socket, data, sent)
         if scope.cancelled_caught:
             raise _Closed  # the client stopped reading: nothing more to say to it
 

@@ -21,12 +21,19 @@ import trio
 RECEIVE_SIZE = 65536
 
 
-async def send_all(sock: trio.socket.SocketType, data: bytes) -> None:
-    fd = sock.fileno()
+def try_send(sock: trio.socket.SocketType, data: bytes) -> int:
+    """Write what the kernel takes now, without waiting; the number of bytes sent."""
     try:
-        sent = os.write(fd, data)
+        return os.write(sock.fileno(), data)
     except BlockingIOError:
-        sent = 0
+        return 0
+
+
+async def send_all(sock: trio.socket.SocketType, data: bytes, sent: int = 0) -> None:
+    """Send ``data[sent:]``, waiting for the socket to drain as needed."""
+    fd = sock.fileno()
+    if not sent:
+        sent = try_send(sock, data)
     if sent == len(data):
         return
     with memoryview(data) as view:
