@@ -51,7 +51,7 @@ elb-cost: $(STAMP)
 
 # memory of 10,000 idle keep-alive connections on one proxy of the running fleet
 idle: $(STAMP)
-	$(PY) -m bench.idle --url http://127.0.0.1:6001/video/index.html --pid $$(pgrep -f 'bin/proxy 6001 ') -n 10000 --token $$($(PY) -c 'from bench.run import acquire_token; print(acquire_token("$(ELB)"))')
+	$(PY) -m bench.idle --url http://127.0.0.1:6001/video/index.html -n 10000 --token $$($(PY) -c 'from bench.run import acquire_token; print(acquire_token("$(ELB)"))')
 
 # load-balancing policies against a slow instance (starts its own backends and proxies)
 policies: $(STAMP)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+from pathlib import Path
 
 import trio
 
@@ -21,6 +22,21 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def proxy_pid(port: int) -> int:
+    """The PID of the ``proxy PORT ...`` process, read from /proc."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for i, arg in enumerate(argv[:-1]):
+            if arg.endswith(b"/proxy") and argv[i + 1] == str(port).encode():
+                return int(entry.name)
+    raise SystemExit(f"no proxy process listening on port {port} was found")
 
 
 async def hold(host: str, port: int, request: bytes, streams: list[trio.SocketStream]) -> None:
@@ -65,12 +81,13 @@ async def run(url: str, pid: int, n: int, token: str, limit_s: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True)
-    parser.add_argument("--pid", type=int, required=True)
+    parser.add_argument("--pid", type=int, help="default: the proxy process of --url's port")
     parser.add_argument("-n", type=int, default=10000)
     parser.add_argument("--token", default="")
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args()
-    trio.run(run, args.url, args.pid, args.n, args.token, args.timeout)
+    pid = args.pid or proxy_pid(int(args.url.removeprefix("http://").split("/")[0].split(":")[1]))
+    trio.run(run, args.url, pid, args.n, args.token, args.timeout)
 
 
 if __name__ == "__main__":
