@@ -32,10 +32,19 @@ import trio
 from authsvc import passwords
 from authsvc.passwords import ScryptParams
 from authsvc.store import StoreBusy, UsernameTaken, UserStore
-from authsvc.tokens import AuthKey, KeyRing, TokenError, TokenExpired, issue_token, verify_token
+from authsvc.tokens import (
+    INTERNAL_HEADER,
+    AuthKey,
+    KeyRing,
+    TokenError,
+    TokenExpired,
+    issue_token,
+    verify_token,
+)
 from httpio.errors import (
     ClientError,
     DependencyUnavailable,
+    Forbidden,
     Overloaded,
     RequestBodyTooLarge,
     RouteNotFound,
@@ -61,6 +70,9 @@ class AuthSettings(msgspec.Struct, frozen=True):
 
     def key_ring(self) -> KeyRing:
         return KeyRing.from_config(self.Auth_key, self.Auth_keys)
+
+
+_INTERNAL_PATHS = frozenset({"/introspect", "/revocations"})
 
 
 class ConfigError(Exception):
@@ -178,6 +190,12 @@ class AuthApp:
         }
 
     async def handle(self, request: Request) -> Response:
+        if request.path in _INTERNAL_PATHS and not self.ring.is_internal(
+            request.header(INTERNAL_HEADER)
+        ):
+            # Token validity and the revocation list are for the fleet's proxies only: a
+            # client reaching /auth/introspect through a proxy must not get an oracle.
+            raise Forbidden(f"{request.path} is for the gateway's proxies only")
         route = self._routes.get((request.method, request.path))
         if route is None:
             allowed = [m for m, p in self._routes if p == request.path]

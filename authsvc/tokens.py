@@ -98,6 +98,13 @@ def derive_kid(secret: str) -> str:
     return "k-" + hashlib.sha256(secret.encode("utf-8")).hexdigest()[:8]
 
 
+INTERNAL_HEADER = b"x-gateway-internal"
+
+
+def _internal_mac(secret: bytes) -> bytes:
+    return hmac.new(secret, b"pygateway internal call", hashlib.sha256).hexdigest().encode()
+
+
 class KeyRing:
     """HMAC keys by kid, oldest first; the newest signs."""
 
@@ -125,6 +132,16 @@ class KeyRing:
     @property
     def signing_kid(self) -> str:
         return self._signing_kid
+
+    def internal_proof(self) -> bytes:
+        """What a proxy presents in ``X-Gateway-Internal`` to use the auth server's
+        internal endpoints (introspection, revocation feed), made with the newest key."""
+        return _internal_mac(self._keys[self._signing_kid])
+
+    def is_internal(self, proof: bytes | None) -> bool:
+        return proof is not None and any(
+            hmac.compare_digest(_internal_mac(k), proof) for k in self._keys.values()
+        )
 
     def secret(self, kid: str) -> bytes | None:
         return self._keys.get(kid)

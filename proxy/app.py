@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from authsvc.tokens import INTERNAL_HEADER
 from httpio.balance import Endpoint, ServicePool
 from httpio.errors import (
     GatewayError,
@@ -382,7 +383,9 @@ class ProxyApp:
 
 
 _HOP_HEADERS = frozenset({HOP_HEADER})
-_IDENTITY_HEADERS = frozenset({b"x-user", b"x-user-role", HOP_HEADER})
+# Headers only the gateway may set: never taken from a client (x-gateway-internal is the
+# proxies' proof to the auth server, see authsvc.tokens.KeyRing.internal_proof).
+_IDENTITY_HEADERS = frozenset({b"x-user", b"x-user-role", HOP_HEADER, INTERNAL_HEADER})
 
 
 def _outcome_of(err: UpstreamError) -> Outcome:

@@ -26,7 +26,7 @@ import msgspec
 import structlog
 import trio
 
-from authsvc.tokens import Claims
+from authsvc.tokens import INTERNAL_HEADER, Claims
 from httpio.errors import DependencyUnavailable, Unauthorized, UpstreamError
 from httpio.server import Request
 from httpio.upstream import UpstreamPool
@@ -234,7 +234,9 @@ class AuthClient:
         raise DependencyUnavailable("no auth server answered (" + "; ".join(problems) + ")")
 
     async def _call(self, origin: str, method: str, target: str, body: bytes) -> bytes:
-        headers = [_JSON] if body else []
+        headers = [(INTERNAL_HEADER, self.authorizer.ring.internal_proof())]
+        if body:
+            headers.append(_JSON)
         with trio.move_on_after(self.request_timeout_s * 2) as scope:
             response = await self.pool.request(
                 origin,

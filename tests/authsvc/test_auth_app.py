@@ -16,7 +16,7 @@ import trio
 from authsvc.app import AuthApp, AuthSettings, ConfigError, load_auth_settings
 from authsvc.passwords import ScryptParams
 from authsvc.store import UserStore
-from authsvc.tokens import AuthKey, Claims, KeyRing, issue_token, verify_token
+from authsvc.tokens import INTERNAL_HEADER, AuthKey, Claims, KeyRing, issue_token, verify_token
 from httpio.errors import DependencyUnavailable, Forbidden, Unauthorized
 from httpio.server import Request, serve_tcp
 from httpio.upstream import UpstreamPool
@@ -51,6 +51,8 @@ class Server:
         raw = (
             b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
         )
+        if target.startswith(("/introspect", "/revocations")) and not headers:
+            headers = [(INTERNAL_HEADER, self.app.ring.internal_proof())]  # as a proxy does
         resp = await self.pool.request(self.origin, method, target, list(headers), raw)
         data = await resp.read_all()
         return resp.status, dict(resp.headers), (json.loads(data) if data else None)
@@ -363,3 +365,16 @@ async def test_poll_revocations_task_reports_started(
     assert client.polls_ok == 1 and client.authorizer.cache.is_fresh(clock.now)
     assert "cursor=0" in repr(client)
     assert msgspec.json.encode(client.statistics())
+
+
+async def test_internal_endpoints_need_the_fleet_proof(server: Server) -> None:
+    """A client reaching the auth service through a proxy gets no token oracle."""
+    for method, target, body in (
+        ("POST", "/introspect", {"token": "x"}),
+        ("GET", "/revocations?since=0", None),
+    ):
+        denied = await server.call(
+            method, target, body, headers=[(b"x-gateway-internal", b"guess")]
+        )
+        assert denied[0] == 403
+    assert (await server.call("GET", "/revocations?since=0"))[0] == 200

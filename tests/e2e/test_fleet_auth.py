@@ -115,3 +115,18 @@ def test_dead_auth_server_keeps_cached_verdicts_and_refuses_new_tokens(fleet: Ru
         what="new tokens accepted again once the auth server answers",
     )
     assert fleet.pid(name) == old_pid
+
+
+def test_auth_servers_internal_endpoints_are_not_open_through_the_gateway(
+    fleet: RunningFleet, token: str
+) -> None:
+    r = request(
+        fleet.kr_elb,
+        "/auth/introspect",
+        method="POST",
+        body=json.dumps({"token": token}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    assert r.status == 403
+    r = request(fleet.kr_elb, "/auth/revocations?since=0", headers={"x-gateway-internal": "forged"})
+    assert r.status == 403
