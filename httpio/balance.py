@@ -329,21 +329,24 @@ class Balancer:
         self._picks += 1
         return self._picker(self, c, client_ip, url)
 
+    def instance_rows(self) -> list[dict[str, object]]:
+        return [
+            {
+                "url": s.endpoint.url,
+                "weight": s.endpoint.weight,
+                "in_flight": s.in_flight,
+                "requests": s.requests,
+                "failures": s.failures,
+                "latency_ewma_s": s.ewma_s,
+            }
+            for s in self.states
+        ]
+
     def statistics(self) -> dict[str, object]:
         return {
             "policy": self.policy,
             "picks": self._picks,
-            "instances": [
-                {
-                    "url": s.endpoint.url,
-                    "weight": s.endpoint.weight,
-                    "in_flight": s.in_flight,
-                    "requests": s.requests,
-                    "failures": s.failures,
-                    "latency_ewma_s": s.ewma_s,
-                }
-                for s in self.states
-            ],
+            "instances": self.instance_rows(),
         }
 
     def __repr__(self) -> str:
@@ -444,16 +447,7 @@ class ServicePool:
             "policy": self.balancer.policy,
             "panics": self.panics,
             "instances": [
-                {
-                    "url": s.endpoint.url,
-                    "weight": s.endpoint.weight,
-                    "in_flight": s.in_flight,
-                    "requests": s.requests,
-                    "failures": s.failures,
-                    "latency_ewma_s": s.ewma_s,
-                    **health[s.endpoint.url],
-                }
-                for s in self.balancer.states
+                {**row, **health[str(row["url"])]} for row in self.balancer.instance_rows()
             ],
         }
 

@@ -671,6 +671,9 @@ class HttpServer:
             return
         with trio.move_on_after(1.0):
             await stream.send_all(out)
+        # The client may still be sending the rest of what we refused (a head too large):
+        # without a lingering close the kernel's RST could destroy this answer.
+        await self._linger(stream)
 
 
 # -- entry points ------------------------------------------------------------------------------

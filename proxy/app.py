@@ -64,7 +64,7 @@ class TrackedBody:
         pool: ServicePool,
         endpoint: Endpoint,
         started: float,
-        slot: ConcurrencyLimit,
+        slot: ConcurrencyLimit | None,
     ) -> None:
         self._response = response
         self._pool = pool
@@ -98,7 +98,8 @@ class TrackedBody:
     def _end(self) -> None:
         if not self._ended:
             self._ended = True
-            self._slot.release()
+            if self._slot is not None:
+                self._slot.release()
             self._pool.end(self._endpoint, self._outcome, time.monotonic() - self._started)
 
 
@@ -302,13 +303,18 @@ class ProxyApp:
         except BaseException:
             slot.release()
             raise
-        return Response(
-            response.status,
-            forwarding.client_response_headers(
-                response.headers, via=self.via, request_id=request_id
-            ),
-            TrackedBody(response, pool, endpoint, started, slot),
+        return self._relayed(
+            response, request_id, TrackedBody(response, pool, endpoint, started, slot)
         )
+
+    def _relayed(
+        self, response: UpstreamResponse, request_id: bytes, body: TrackedBody
+    ) -> Response:
+        """The upstream's answer as ours: its headers rewritten, its body streamed."""
+        headers = forwarding.client_response_headers(
+            response.headers, via=self.via, request_id=request_id
+        )
+        return Response(response.status, headers, body)
 
     async def forward_to_region(
         self, request: Request, region: str, request_id: bytes, from_hop: bool
@@ -335,8 +341,6 @@ class ProxyApp:
         endpoint = pool.pick()
         started = time.monotonic()
         pool.begin(endpoint)
-        slot = ConcurrencyLimit("region", 1 << 30)
-        slot.try_acquire()
         try:
             response = await self.upstream.request(
                 endpoint.url, request.method, request.target, headers, body
@@ -347,12 +351,8 @@ class ProxyApp:
         except BaseException:
             pool.end(endpoint, Outcome.CANCELLED, time.monotonic() - started)
             raise
-        return Response(
-            response.status,
-            forwarding.client_response_headers(
-                response.headers, via=self.via, request_id=request_id
-            ),
-            TrackedBody(response, pool, endpoint, started, slot),
+        return self._relayed(
+            response, request_id, TrackedBody(response, pool, endpoint, started, None)
         )
 
     # -- admin -------------------------------------------------------------------------------
