@@ -30,10 +30,12 @@ import trio
 from httpio import sockio
 from httpio.errors import (
     GatewayError,
+    Overloaded,
     UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from httpio.limits import RETRY_AFTER, ConcurrencyLimit
 from httpio.protocol import Headers, h11
 
 RECEIVE_SIZE = 65536
@@ -248,6 +250,7 @@ class UpstreamPool:
         *,
         connect_timeout_s: float | None = None,
         response_head_timeout_s: float | None = None,
+        connect_slots: ConcurrencyLimit | None = None,
     ) -> UpstreamResponse:
         """Send one request; return once the response head is in. ``headers`` must not hold
         hop-by-hop headers; ``Host`` is added when missing. Raises `UpstreamUnreachable`
@@ -268,7 +271,7 @@ class UpstreamPool:
         replayable = isinstance(body, bytes) and method in IDEMPOTENT
         attempt = 0
         while True:
-            c = await self._acquire(o, connect_timeout_s)
+            c = await self._acquire(o, connect_timeout_s, connect_slots)
             try:
                 return await self._exchange(
                     c, method, target, headers, body, response_head_timeout_s
@@ -280,7 +283,15 @@ class UpstreamPool:
                     continue
                 raise dead.error from None
 
-    async def _acquire(self, o: Origin, connect_timeout_s: float | None) -> _Connection:
+    async def _acquire(
+        self,
+        o: Origin,
+        connect_timeout_s: float | None,
+        connect_slots: ConcurrencyLimit | None = None,
+    ) -> _Connection:
+        """An idle pooled connection, or a new one; ``connect_slots`` bounds the connects in
+        progress at once (a service's ``max_pending``): past it `Overloaded` (503 with
+        Retry-After) rather than one more connect piling onto a stalled upstream."""
         idle = self._idle.get(o.key)
         now = trio.current_time()
         while idle:
@@ -295,6 +306,11 @@ class UpstreamPool:
         timeout = (
             self.timeouts.connect_timeout_s if connect_timeout_s is None else connect_timeout_s
         )
+        if connect_slots is not None and not connect_slots.try_acquire():
+            raise Overloaded(
+                f"{o.url}: {connect_slots.limit} connections already being opened",
+                headers=RETRY_AFTER,
+            )
         try:
             with trio.fail_after(timeout):
                 stream = await trio.open_tcp_stream(address, o.port)
@@ -302,6 +318,9 @@ class UpstreamPool:
             raise UpstreamTimeout(f"{o.url}: connect timed out after {timeout}s") from None
         except OSError as exc:
             raise UpstreamUnreachable(f"{o.url}: connect failed: {exc.strerror or exc}") from None
+        finally:
+            if connect_slots is not None:
+                connect_slots.release()
         self.opened += 1
         self.in_use += 1
         return _Connection(stream, o)

@@ -10,8 +10,9 @@ Retries (RFC 9110 9.2.2): a connect failure is retried on another instance for a
 since nothing was sent; a reset before the response head only for idempotent methods whose
 body we still hold (bodies up to ``REPLAYABLE_BODY_BYTES`` are read first for that reason);
 every retry spends from a budget so retries cannot multiply an outage's load by more than
-~20 %. A request never waits in a queue for a slot: past a service's in-flight limit it is
-answered 503 with ``Retry-After`` at once.
+~20 %. A request never waits in a queue for a slot: past a service's in-flight limit, or
+its limit of connections being opened at once (``max_pending``), it is answered 503 with
+``Retry-After`` at once.
 
 Config (`proxy.state.ProxyConfig`) is an immutable snapshot read once per request; a reload
 swaps the reference, and pools keep the health and counters of unchanged instances.
@@ -35,7 +36,7 @@ from httpio.errors import (
     UpstreamTimeout,
 )
 from httpio.health import Outcome
-from httpio.limits import RETRY_AFTER, ConcurrencyLimit
+from httpio.limits import RETRY_AFTER, ConcurrencyLimit, ServiceLimiter
 from httpio.protocol import Headers
 from httpio.retry_budget import RetryBudget
 from httpio.server import Request, Response, json_response
@@ -110,7 +111,7 @@ class ProxyApp:
         self.upstream = upstream
         self.config = config
         self.pools: dict[str, ServicePool] = {}
-        self.in_flight: dict[str, ConcurrencyLimit] = {}
+        self.limiters: dict[str, ServiceLimiter] = {}
         self.elb_pools: dict[str, ServicePool] = {}
         self.retry_budget = RetryBudget(clock=time.monotonic)
         self.authorize: Authorize | None = None
@@ -128,7 +129,7 @@ class ProxyApp:
         keep their health state and counters."""
         policy = config.gateway.load_balancer_policy
         pools: dict[str, ServicePool] = {}
-        limits: dict[str, ConcurrencyLimit] = {}
+        limiters: dict[str, ServiceLimiter] = {}
         for name, spec in config.services.items():
             endpoints = [Endpoint.parse(i.url, i.weight) for i in spec.instances()]
             pool = self.pools.get(name)
@@ -145,11 +146,12 @@ class ProxyApp:
                 pool.set_policy(spec.policy or policy)
             pools[name] = pool
             # The same object across reloads: requests in flight release what they took.
-            limit = self.in_flight.get(name) or ConcurrencyLimit(
-                "in-flight", spec.limits.max_in_flight
-            )
-            limit.limit = spec.limits.max_in_flight
-            limits[name] = limit
+            limiter = self.limiters.get(name)
+            if limiter is None:
+                limiter = ServiceLimiter(name, spec.limits)
+            else:
+                limiter.resize(spec.limits)
+            limiters[name] = limiter
         elbs: dict[str, ServicePool] = {}
         for code, urls in config.regions.items():
             if code == config.region:
@@ -163,7 +165,7 @@ class ProxyApp:
             elbs[code] = pool
         secrets = [config.gateway.auth_key, *(k.secret for k in config.gateway.auth_keys)]
         self.hop_keys = [k.encode() for k in secrets if k]
-        self.pools, self.in_flight, self.elb_pools, self.config = pools, limits, elbs, config
+        self.pools, self.limiters, self.elb_pools, self.config = pools, limiters, elbs, config
         for hook in self.on_reload:
             hook(config)
 
@@ -247,8 +249,8 @@ class ProxyApp:
     ) -> Response:
         service = config.services[decision.service]
         pool = self.pools.get(decision.service)
-        slot = self.in_flight.get(decision.service)
-        if pool is None or slot is None:  # removed by a reload while the token was checked
+        limiter = self.limiters.get(decision.service)
+        if pool is None or limiter is None:  # removed by a reload while the token was checked
             raise RouteNotFound(f"no service {decision.service!r} in region {config.region!r}")
         limits = service.limits
         client_ip = request.client[0]
@@ -267,6 +269,7 @@ class ProxyApp:
         head_timeout = limits.per_try_timeout_s or limits.response_timeout_s
         tried: list[Endpoint] = []
         self.retry_budget.record_request()
+        slot = limiter.in_flight
         if not slot.try_acquire():
             raise _overloaded(decision.service, slot)
         try:
@@ -283,6 +286,7 @@ class ProxyApp:
                         body,
                         connect_timeout_s=limits.connect_timeout_s,
                         response_head_timeout_s=head_timeout,
+                        connect_slots=limiter.pending,
                     )
                 except UpstreamError as err:
                     outcome = _outcome_of(err)
@@ -369,7 +373,7 @@ class ProxyApp:
                     "region": self.config.region,
                     "services": [p.statistics() for p in self.pools.values()],
                     "regions": [p.statistics() for p in self.elb_pools.values()],
-                    "limits": {k: v.statistics() for k, v in self.in_flight.items()},
+                    "limits": {k: v.statistics() for k, v in self.limiters.items()},
                     "retry_budget": self.retry_budget.statistics(),
                     "upstream": self.upstream.statistics(),
                     "cache": self.cache.statistics() if self.cache is not None else None,

@@ -127,7 +127,7 @@ def test_drain_finishes_requests_in_flight_then_exits_zero(lone_proxy: dict[str,
 
     def all_in_flight() -> bool:
         stats = request(url, "/admin/backends").json()
-        return bool(stats["limits"]["web"]["in_use"] == 5)
+        return bool(stats["limits"]["web"]["in_flight"]["in_use"] == 5)
 
     wait_for(all_in_flight, what="5 requests in flight")
     os.kill(process.pid, signal.SIGTERM)

@@ -387,3 +387,17 @@ async def test_streaming_request_body_without_a_length_is_sent_chunked() -> None
         await pool.aclose()
     assert seen["body"] == "hello world"
     assert ["transfer-encoding", "chunked"] in seen["headers"]
+
+
+async def test_connects_in_progress_past_the_limit_are_refused_at_once() -> None:
+    from httpio.errors import Overloaded
+    from httpio.limits import ConcurrencyLimit
+
+    slots = ConcurrencyLimit("max_pending", 1)
+    assert slots.try_acquire()  # one connect already under way
+    pool = UpstreamPool()
+    with pytest.raises(Overloaded) as info:
+        await pool.request("http://127.0.0.1:9", "GET", "/", [], connect_slots=slots)
+    assert info.value.status == 503 and (b"retry-after", b"1") in info.value.headers
+    assert slots.refused == 1 and counts(pool)["opened"] == 0
+    slots.release()

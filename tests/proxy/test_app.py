@@ -363,7 +363,7 @@ async def test_no_instances_is_503() -> None:
         status, _, body = await proxy.call("GET", "/svc/x")
     assert status == 503
     assert error_of(body) == (503, "no_healthy_instance")
-    assert proxy.app.in_flight["svc"].in_use == 0
+    assert proxy.app.limiters["svc"].in_flight.in_use == 0
 
 
 async def test_every_instance_ejected_without_panic_is_503(refused_url: str) -> None:
@@ -378,7 +378,7 @@ async def test_every_instance_ejected_without_panic_is_503(refused_url: str) -> 
 async def test_unreachable_single_instance_is_502(refused_url: str) -> None:
     async with proxy_for(make_config(service("svc", refused_url))) as proxy:
         status, _, body = await proxy.call("GET", "/svc/x")
-        assert proxy.app.in_flight["svc"].in_use == 0
+        assert proxy.app.limiters["svc"].in_flight.in_use == 0
     assert status == 502
     assert error_of(body) == (502, "upstream_unreachable")
 
@@ -408,7 +408,7 @@ async def test_max_in_flight_exceeded_is_503_with_retry_after() -> None:
 
             status, _, _ = await proxy.call("GET", "/svc/fast")  # the slot came back
             assert status == 200
-            stats = proxy.app.in_flight["svc"].statistics()
+            stats = proxy.app.limiters["svc"].in_flight.statistics()
     assert stats == {"in_use": 0, "limit": 1, "peak": 1, "refused": 1}
     assert [r.path for r, _ in a.seen] == ["/slow", "/fast"]  # the refused one never left
 
@@ -433,7 +433,7 @@ async def test_admin_backends_on_a_direct_loopback_connection(client: tuple[str,
         "http://127.0.0.1:1",
         "http://127.0.0.1:2",
     ]
-    assert doc["limits"]["svc"]["limit"] == 1024
+    assert doc["limits"]["svc"]["in_flight"]["limit"] == 1024
 
 
 @pytest.mark.parametrize(
@@ -504,6 +504,6 @@ async def test_a_reload_during_a_request_does_not_leak_its_in_flight_slot() -> N
                     await a.entered.wait()
                 proxy.app.apply(config)  # e.g. config.json touched: same services
                 a.release.set()
-            assert proxy.app.in_flight["svc"].in_use == 0
+            assert proxy.app.limiters["svc"].in_flight.in_use == 0
             status, _, _ = await proxy.call("GET", "/svc/fast")
             assert status == 200
