@@ -117,6 +117,33 @@ def test_dead_auth_server_keeps_cached_verdicts_and_refuses_new_tokens(fleet: Ru
     assert fleet.pid(name) == old_pid
 
 
+def test_auth_server_killed_and_restarted_loses_no_user(fleet: RunningFleet) -> None:
+    sign_in(fleet, "e2e-durable", "pw-durable", "user")
+    name = f"authsvc-{fleet.auth_ports[0]}"
+    old_pid = fleet.pid(name)
+    fleet.call(fleet.fleet.kill, name, signal.SIGKILL)
+    fleet.acall(lambda: fleet.fleet.wait_running(name, not_pid=old_pid))
+    body = json.dumps({"username": "e2e-durable", "password": "pw-durable"}).encode()
+    r = request(
+        fleet.kr_elb,
+        "/auth/signin",
+        method="POST",
+        body=body,
+        headers={"content-type": "application/json"},
+    )
+    assert r.status == 200, r
+    fresh = r.json()["token"]
+    wait_for(
+        lambda: (
+            request(
+                fleet.kr_elb, "/video/echo", headers={"authorization": f"Bearer {fresh}"}
+            ).status
+            == 200
+        ),
+        what="a token issued by the restarted auth server accepted",
+    )
+
+
 def test_auth_servers_internal_endpoints_are_not_open_through_the_gateway(
     fleet: RunningFleet, token: str
 ) -> None:
