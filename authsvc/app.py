@@ -50,7 +50,7 @@ from httpio.errors import (
     RouteNotFound,
     Unauthorized,
 )
-from httpio.server import Request, Response, json_response
+from httpio.messages import Request, Response, json_response
 from proxy.auth import extract_token, refusal_for
 
 # A signup body is a few hundred bytes; refusing more up front keeps a flood cheap.

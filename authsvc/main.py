@@ -17,7 +17,9 @@ import trio
 
 from authsvc.app import AuthApp, ConfigError, load_auth_settings
 from authsvc.store import UserStore
-from httpio.server import Handler, HttpServer, run_server
+from httpio.messages import Handler
+from httpio.run import run_server
+from httpio.server import HttpServer
 
 log = structlog.get_logger()
 

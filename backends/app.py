@@ -47,7 +47,7 @@ import trio
 
 from backends.static_files import StaticFile, StaticSite, is_not_modified
 from httpio.errors import ClientError, encode_error
-from httpio.server import Request, Response, json_response
+from httpio.messages import Request, Response, json_response
 
 ECHO_TEXT_LIMIT = 64 * 1024
 MAX_DELAY_S = 600.0

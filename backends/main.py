@@ -12,7 +12,7 @@ import argparse
 
 from backends.app import MAX_DELAY_S, BackendApp
 from backends.static_files import StaticSite
-from httpio.server import run_server
+from httpio.run import run_server
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -35,7 +35,7 @@ from httpio.errors import encode_error
 from httpio.handoff import HandoffLink, handoff_path
 from httpio.health import HealthSettings, Outcome
 from httpio.proxyproto import build_v2
-from httpio.server import configure_logging
+from httpio.run import configure_logging
 from httpio.upstream import UpstreamPool, UpstreamTimeouts
 from proxy.health_checker import probe
 from topology.load import ConfigError, load_fleet, load_proxy_list

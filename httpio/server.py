@@ -23,15 +23,11 @@ out with its head in one write.
 
 from __future__ import annotations
 
-import logging
-import os
-import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from email.utils import formatdate
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 import structlog
@@ -46,7 +42,8 @@ from httpio.errors import (
     RequestTimeout,
     encode_error,
 )
-from httpio.protocol import Headers, h11, reason_for
+from httpio.messages import Handler, Request, Response, error_response
+from httpio.protocol import h11, reason_for
 
 log = structlog.get_logger()
 access_log = structlog.get_logger("access")
@@ -69,34 +66,6 @@ class ServerLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     send_timeout_s: float = 30.0
     max_connections: int = 20000
     drain_timeout_s: float = 10.0
-
-
-class ResponseBody(Protocol):
-    async def read(self) -> bytes: ...
-
-    async def aclose(self) -> None: ...
-
-
-@dataclass(slots=True)
-class Response:
-    status: int
-    headers: Headers = field(default_factory=list)
-    body: bytes | ResponseBody = b""
-
-
-_json_encode = msgspec.json.Encoder().encode
-_JSON = (b"content-type", b"application/json")
-
-
-def json_response(status: int, obj: object, headers: Headers | None = None) -> Response:
-    hs = [_JSON]
-    if headers:
-        hs.extend(headers)
-    return Response(status, hs, _json_encode(obj))
-
-
-def error_response(err: GatewayError) -> Response:
-    return Response(err.status, [_JSON, *err.headers], err.body())
 
 
 class RequestBody:
@@ -169,28 +138,6 @@ class RequestBody:
         while chunk := await self.read():
             parts.append(chunk)
         return b"".join(parts)
-
-
-@dataclass(slots=True)
-class Request:
-    method: str
-    target: str
-    path: str
-    query: str
-    headers: Headers
-    http_version: str
-    client: tuple[str, int]
-    body: RequestBody
-    via_elb: bool = False  # arrived through an ELB (handed off, or behind a PROXY header)
-
-    def header(self, name: bytes) -> bytes | None:
-        for n, v in self.headers:
-            if n == name:
-                return v
-        return None
-
-
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 class _Clock:
@@ -674,118 +621,3 @@ class HttpServer:
         # The client may still be sending the rest of what we refused (a head too large):
         # without a lingering close the kernel's RST could destroy this answer.
         await self._linger(stream)
-
-
-# -- entry points ------------------------------------------------------------------------------
-async def open_listeners(port: int, host: str = "127.0.0.1") -> list[trio.SocketListener]:
-    listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
-    return listeners
-
-
-def listener_port(listeners: list[trio.SocketListener]) -> int:
-    return int(listeners[0].socket.getsockname()[1])
-
-
-async def serve_tcp(
-    handler: Handler,
-    port: int,
-    *,
-    host: str = "127.0.0.1",
-    limits: ServerLimits | None = None,
-    name: str = "server",
-    trusted_proxies: Iterable[str] = (),
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve until cancelled; reports the bound port (useful with ``port=0``)."""
-    server = HttpServer(handler, limits, name=name, trusted_proxies=trusted_proxies)
-    listeners = await open_listeners(port, host)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.serve_listeners, listeners)
-        task_status.started(listener_port(listeners))
-
-
-Setup = Callable[[trio.Nursery, HttpServer], Awaitable[Handler]]
-
-
-async def serve_until_signalled(
-    setup: Setup,
-    port: int,
-    *,
-    name: str,
-    limits: ServerLimits | None = None,
-    host: str = "127.0.0.1",
-    trusted_proxies: Iterable[str] = (),
-    extra: Callable[[trio.Nursery, HttpServer], Awaitable[None]] | None = None,
-) -> None:
-    """Run a process's server: ``setup(nursery, server)`` starts background tasks (health
-    checks, config reload) in ``nursery`` and returns the handler. SIGTERM/SIGINT drain."""
-    limits = limits or ServerLimits()
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as background:
-            server = HttpServer(_not_ready, limits, name=name, trusted_proxies=trusted_proxies)
-            server.handler = await setup(background, server)
-            try:
-                listeners = await open_listeners(port, host)
-            except OSError as exc:
-                log.error("listen_failed", server=name, port=port, error=str(exc))
-                raise SystemExit(2) from exc
-            for listener in listeners:
-                listener.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            async with trio.open_nursery() as serving:
-                await serving.start(server.serve_listeners, listeners)
-                if extra is not None:
-                    await extra(serving, server)
-                log.info("listening", server=name, port=listener_port(listeners), h11=h11.__name__)
-                async for signum in signals:
-                    log.info("draining", server=name, signal=signal.Signals(signum).name)
-                    for listener in listeners:
-                        await listener.aclose()
-                    await server.drain()
-                    serving.cancel_scope.cancel()
-                    break
-            background.cancel_scope.cancel()
-    log.info("stopped", server=name)
-
-
-async def _not_ready(request: Request) -> Response:
-    raise GatewayError("server is starting")
-
-
-def configure_logging(name: str) -> None:
-    level = logging.DEBUG if os.environ.get("GATEWAY_DEBUG") else logging.INFO
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(),
-        ],
-        logger_factory=structlog.PrintLoggerFactory(),
-        cache_logger_on_first_use=True,
-    )
-    structlog.contextvars.bind_contextvars(process=name)
-
-
-def run_server(
-    setup: Setup | Handler,
-    port: int,
-    *,
-    name: str,
-    limits: ServerLimits | None = None,
-    host: str = "127.0.0.1",
-) -> None:
-    """Console-script entry: logging, the trio loop, drain on a signal, exit status 0.
-
-    ``setup`` is either a plain handler or an ``async def setup(nursery, server) -> handler``.
-    """
-    configure_logging(name)
-
-    async def _plain(nursery: trio.Nursery, server: HttpServer) -> Handler:
-        return setup  # type: ignore[return-value]
-
-    import inspect
-
-    is_setup = len(inspect.signature(setup).parameters) == 2
-    chosen: Setup = setup if is_setup else _plain  # type: ignore[assignment]
-    trio.run(lambda: serve_until_signalled(chosen, port, name=name, limits=limits, host=host))

@@ -37,9 +37,9 @@ from httpio.errors import (
 )
 from httpio.health import Outcome
 from httpio.limits import RETRY_AFTER, ConcurrencyLimit, ServiceLimiter
+from httpio.messages import Request, Response, json_response
 from httpio.protocol import Headers
 from httpio.retry_budget import RetryBudget
-from httpio.server import Request, Response, json_response
 from httpio.upstream import IDEMPOTENT, UpstreamPool, UpstreamResponse
 from proxy import forwarding, routing
 from proxy.hop import HOP_HEADER, sign_hop, verified_hop

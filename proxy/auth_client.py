@@ -28,7 +28,7 @@ import trio
 
 from authsvc.tokens import INTERNAL_HEADER, Claims
 from httpio.errors import DependencyUnavailable, Unauthorized, UpstreamError
-from httpio.server import Request
+from httpio.messages import Request
 from httpio.upstream import UpstreamPool
 from proxy.auth import Allowed, Authorizer, AuthPolicy
 

@@ -14,7 +14,9 @@ import structlog
 import trio
 
 from httpio.handoff import handoff_path, serve_handoffs
-from httpio.server import Handler, HttpServer, configure_logging, serve_until_signalled
+from httpio.messages import Handler
+from httpio.run import configure_logging, serve_until_signalled
+from httpio.server import HttpServer
 from httpio.upstream import Origin, UpstreamPool
 from proxy.app import ProxyApp
 from proxy.health_checker import run_health_checks

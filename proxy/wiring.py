@@ -9,8 +9,8 @@ from __future__ import annotations
 import trio
 
 from authsvc.tokens import KeyRing
+from httpio.messages import Request
 from httpio.protocol import Headers
-from httpio.server import Request
 from proxy.app import ProxyApp
 from proxy.auth import Authorizer, AuthPolicy, VerdictCache
 from proxy.auth_client import AuthClient

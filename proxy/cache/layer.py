@@ -41,7 +41,7 @@ import trio
 
 from httpio.breaker import CircuitBreaker
 from httpio.errors import ClientError
-from httpio.server import Request, Response, ResponseBody, json_response
+from httpio.messages import Request, Response, ResponseBody, json_response
 from proxy.cache.memory import MemoryTier
 from proxy.cache.policy import (
     CachedResponse,

@@ -18,7 +18,8 @@ from authsvc.passwords import ScryptParams
 from authsvc.store import UserStore
 from authsvc.tokens import INTERNAL_HEADER, AuthKey, Claims, KeyRing, issue_token, verify_token
 from httpio.errors import DependencyUnavailable, Forbidden, Unauthorized
-from httpio.server import Request, serve_tcp
+from httpio.messages import Request
+from httpio.run import serve_tcp
 from httpio.upstream import UpstreamPool
 from proxy.auth import Authorizer, AuthPolicy, VerdictCache
 from proxy.auth_client import AuthClient

@@ -40,7 +40,7 @@ from backends.static_files import (
     render_pdf,
 )
 from httpio.errors import ClientError, RouteNotFound
-from httpio.server import serve_tcp
+from httpio.run import serve_tcp
 
 # -- static assets ------------------------------------------------------------------------------
 

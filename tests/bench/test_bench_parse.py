@@ -19,7 +19,8 @@ from bench import run
 from bench.caddy import caddy_config, running_caddy
 from bench.parse import BenchOutputError, format_table, parse_ab, parse_wrk
 from httpio.errors import Unauthorized
-from httpio.server import Request, Response, json_response, serve_tcp
+from httpio.messages import Request, Response, json_response
+from httpio.run import serve_tcp
 
 # -- outputs captured from ab 2.3 and wrk 4 against `backend` (trailing spaces stripped) ------
 

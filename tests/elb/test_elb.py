@@ -25,15 +25,10 @@ import trio.testing
 from elb.main import Elb, load_targets
 from httpio.handoff import handoff_path, serve_handoffs
 from httpio.health import State
+from httpio.messages import Request, Response, json_response
 from httpio.protocol import h11
-from httpio.server import (
-    HttpServer,
-    Request,
-    Response,
-    json_response,
-    listener_port,
-    open_listeners,
-)
+from httpio.run import listener_port, open_listeners
+from httpio.server import HttpServer
 from topology.load import ConfigError
 
 DEADLINE_S = 10

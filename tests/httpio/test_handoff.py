@@ -14,7 +14,9 @@ import pytest
 import trio
 
 from httpio.handoff import HandoffLink, handoff_path, runtime_dir, serve_handoffs
-from httpio.server import HttpServer, Request, Response, json_response, open_listeners
+from httpio.messages import Request, Response, json_response
+from httpio.run import open_listeners
+from httpio.server import HttpServer
 
 DEADLINE_S = 10.0
 

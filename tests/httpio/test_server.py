@@ -21,18 +21,10 @@ import trio
 import trio.testing
 
 from httpio.errors import ClientError, RouteNotFound, Unauthorized, UpstreamTimeout
+from httpio.messages import Handler, Request, Response, json_response
 from httpio.proxyproto import SIGNATURE, build_v2
-from httpio.server import (
-    Handler,
-    HttpServer,
-    Request,
-    Response,
-    ServerLimits,
-    json_response,
-    listener_port,
-    open_listeners,
-    serve_tcp,
-)
+from httpio.run import listener_port, open_listeners, serve_tcp
+from httpio.server import HttpServer, ServerLimits
 
 DEADLINE_S = 10.0  # per client read; the server timeouts under test are all shorter
 DATE = re.compile(rb"\r\ndate: ([^\r]*)\r\n")

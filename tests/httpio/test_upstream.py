@@ -20,7 +20,8 @@ import trio
 import trio.testing
 
 from httpio.errors import UpstreamTimeout, UpstreamUnreachable
-from httpio.server import Request, Response, json_response, serve_tcp
+from httpio.messages import Request, Response, json_response
+from httpio.run import serve_tcp
 from httpio.upstream import Origin, UpstreamPool, UpstreamTimeouts
 
 DEADLINE_S = 10.0

@@ -22,8 +22,10 @@ from httpio.balance import Endpoint
 from httpio.errors import RouteNotFound
 from httpio.health import HealthSettings, Outcome, State
 from httpio.limits import ServiceLimits
+from httpio.messages import Request, Response, json_response
 from httpio.protocol import Headers, h11
-from httpio.server import Request, RequestBody, Response, ServerLimits, json_response, serve_tcp
+from httpio.run import serve_tcp
+from httpio.server import RequestBody, ServerLimits
 from httpio.upstream import UpstreamPool
 from proxy.app import ProxyApp
 from proxy.state import ProxyConfig

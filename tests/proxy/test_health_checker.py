@@ -16,7 +16,8 @@ import trio
 from httpio.balance import Endpoint, ServicePool
 from httpio.errors import UpstreamTimeout, UpstreamUnreachable
 from httpio.health import HealthSettings, State
-from httpio.server import Request, Response, json_response, serve_tcp
+from httpio.messages import Request, Response, json_response
+from httpio.run import serve_tcp
 from httpio.upstream import UpstreamPool
 from proxy.health_checker import USER_AGENT, check_round, probe, run_health_checks
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from httpio.server import Request, Response, json_response, serve_tcp
+from httpio.messages import Request, Response, json_response
+from httpio.run import serve_tcp
 from topology.supervisor import (
     Backoff,
     ChildSpec,

@@ -12,7 +12,7 @@ import trio
 
 from httpio.breaker import BreakerState
 from httpio.errors import ClientError, DependencyUnavailable, UpstreamUnreachable
-from httpio.server import Request, Response
+from httpio.messages import Request, Response
 from proxy.cache.layer import HttpCache
 from proxy.cache.policy import CacheSettings, ServiceCacheSettings
 from proxy.redis_client import RedisPool, RedisSettings

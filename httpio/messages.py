@@ -1,0 +1,72 @@
+"""What a handler receives and returns: `Request`, `Response`, and the JSON helpers.
+
+Kept apart from the server loop so that applications (proxy, auth server, backends) depend
+on the shape of a request and a response, not on how connections are served. The request
+body is read straight off the connection by `httpio.server.RequestBody`; a response body is
+bytes (sent with its head in one write) or any object with ``read()``/``aclose()``, which
+the server streams and always closes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import msgspec
+
+from httpio.errors import GatewayError
+from httpio.protocol import Headers
+
+if TYPE_CHECKING:
+    from httpio.server import RequestBody
+
+
+class ResponseBody(Protocol):
+    async def read(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    headers: Headers = field(default_factory=list)
+    body: bytes | ResponseBody = b""
+
+
+_json_encode = msgspec.json.Encoder().encode
+_JSON = (b"content-type", b"application/json")
+
+
+def json_response(status: int, obj: object, headers: Headers | None = None) -> Response:
+    hs = [_JSON]
+    if headers:
+        hs.extend(headers)
+    return Response(status, hs, _json_encode(obj))
+
+
+def error_response(err: GatewayError) -> Response:
+    return Response(err.status, [_JSON, *err.headers], err.body())
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    target: str
+    path: str
+    query: str
+    headers: Headers
+    http_version: str
+    client: tuple[str, int]
+    body: RequestBody
+    via_elb: bool = False  # arrived through an ELB (handed off, or behind a PROXY header)
+
+    def header(self, name: bytes) -> bytes | None:
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return None
+
+
+Handler = Callable[[Request], Awaitable[Response]]
