@@ -69,8 +69,13 @@ class Misbehaviour:
     vary: str | None = None
 
 
+_WELL_BEHAVED = Misbehaviour()
+
+
 def parse_misbehaviour(query: str) -> Misbehaviour:
     """Read the misbehaviour parameters out of a query string; ClientError on bad values."""
+    if not query:
+        return _WELL_BEHAVED
     params = dict(parse_qsl(query, keep_blank_values=True))
     delay_s = 0.0
     if "delay" in params:

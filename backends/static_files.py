@@ -27,6 +27,7 @@ over ``If-Modified-Since``, which is only looked at when there is no ``If-None-M
 from __future__ import annotations
 
 import email.utils
+import functools
 import hashlib
 import os
 import struct
@@ -81,9 +82,19 @@ class StaticFile:
         """The headers a 200 and a 304 share (RFC 9110 15.4.5: a 304 repeats them)."""
         return [
             (b"etag", self.etag),
-            (b"last-modified", email.utils.formatdate(self.last_modified, usegmt=True).encode()),
+            (b"last-modified", self.last_modified_http),
             (b"cache-control", CACHE_CONTROL),
         ]
+
+    @property
+    def last_modified_http(self) -> bytes:
+        return _http_date(self.last_modified)
+
+
+@functools.lru_cache(maxsize=256)
+def _http_date(seconds: int) -> bytes:
+    # Cached: formatdate per response was 6 % of a backend's CPU under wrk.
+    return email.utils.formatdate(seconds, usegmt=True).encode()
 
 
 def etag_matches(if_none_match: bytes, etag: bytes) -> bool:
