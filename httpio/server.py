@@ -133,6 +133,24 @@ class RequestBody:
                 return b""
             raise ClientError("connection closed during request body")
 
+    def complete_in_buffer(self) -> bool:
+        """Whether the rest of the body (often none: a GET) is already here, read without
+        waiting. False means the client may still be sending."""
+        if self._done or self.failed:
+            return self._done
+        try:
+            while True:
+                event = self._conn.next_event()
+                if event is h11.NEED_DATA or event is h11.PAUSED:
+                    return False
+                if type(event) is h11.EndOfMessage:
+                    self._done = True
+                    return True
+                if type(event) is not h11.Data:
+                    return False
+        except h11.RemoteProtocolError:
+            return False
+
     async def read_all(self) -> bytes:
         parts = []
         while chunk := await self.read():
@@ -320,7 +338,7 @@ class HttpServer:
             keep = await self._respond(stream, conn, request)
             self.requests_served += 1
             if not keep:
-                if not request.body.done:
+                if not request.body.complete_in_buffer():
                     await self._linger(stream)
                 return
             if not request.body.done and not await self._discard_body(request.body):
