@@ -28,7 +28,9 @@ RETRY_AFTER: tuple[tuple[bytes, bytes], ...] = ((b"retry-after", b"1"),)
 
 class ServiceLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_in_flight: Annotated[int, Meta(ge=1)] = 1024
-    max_pending: Annotated[int, Meta(ge=0)] = 256
+    # Connects in progress at once; as high as max_in_flight by default (Envoy's 1024): a
+    # burst of 1,000 new clients (make concurrent) must not be refused by this one.
+    max_pending: Annotated[int, Meta(ge=0)] = 1024
     connect_timeout_s: Annotated[float, Meta(gt=0)] = 1.0
     response_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
     retries: Annotated[int, Meta(ge=0)] = 1

@@ -65,7 +65,7 @@ def test_resize_keeps_current_counts() -> None:
 
 def test_service_limits_schema() -> None:
     limits = msgspec.convert({"retries": 2, "per_try_timeout_s": 0.5}, ServiceLimits)
-    assert limits.max_in_flight == 1024 and limits.max_pending == 256
+    assert limits.max_in_flight == 1024 and limits.max_pending == 1024
     assert limits.connect_timeout_s == 1.0 and limits.response_timeout_s == 30.0
     assert (limits.retries, limits.per_try_timeout_s) == (2, 0.5)
     with pytest.raises(msgspec.ValidationError, match="unknown field"):
