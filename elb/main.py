@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -173,25 +174,35 @@ class Elb:
                 accepting.start_soon(self._accept_loop, listener, nursery)
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        # The raw socket's accept: a SocketStream would set TCP_NODELAY on a socket that is
-        # about to be handed off anyway (the proxy's SocketStream sets it), one syscall more
-        # per connection on the ELB's hottest path.
-        sock = listener.socket
-        while True:
-            try:
-                client, _ = await sock.accept()
-            except trio.ClosedResourceError:
-                return
-            except OSError as exc:
-                log.warning("accept_failed", error=str(exc))
-                await trio.sleep(0.05)
-                continue
-            self.accepted += 1
-            await self._dispatch(client, nursery)
+        # Accepting on a plain socket (a duplicate of the listener's descriptor) and waiting
+        # through trio only when the backlog is empty: per connection the ELB then makes
+        # its accept, sendmsg and close syscalls and little else, with no SocketStream and
+        # no scheduler checkpoint. Under ab this is most of what the ELB does.
+        raw = socket.socket(fileno=os.dup(listener.socket.fileno()))
+        try:
+            while True:
+                try:
+                    client, _ = raw.accept()
+                except BlockingIOError:
+                    try:
+                        await trio.lowlevel.wait_readable(raw)
+                    except trio.ClosedResourceError:
+                        return
+                    continue
+                except OSError as exc:
+                    if raw.fileno() == -1 or listener.socket.fileno() == -1:
+                        return
+                    log.warning("accept_failed", error=str(exc))
+                    await trio.sleep(0.05)
+                    continue
+                self.accepted += 1
+                await self._dispatch(client, nursery)
+        finally:
+            raw.close()
 
     async def _dispatch(
         self,
-        client: trio.socket.SocketType,
+        client: socket.socket,
         nursery: trio.Nursery,
         tried: list[Endpoint] | None = None,
     ) -> None:
@@ -205,7 +216,7 @@ class Elb:
                 endpoint = None
             if endpoint is None or endpoint in tried:
                 self.refused += 1
-                nursery.start_soon(_refuse, trio.SocketStream(client))
+                nursery.start_soon(_refuse, _stream(client))
                 return
             target = self.targets[endpoint.url]
             link = target.link
@@ -214,7 +225,7 @@ class Elb:
                 nursery.start_soon(self._relay, client, target, nursery, tried)
                 return
             try:
-                await link.send(client)
+                await link.send(client.fileno())
             except OSError:
                 link.close()
                 target.link = None
@@ -228,7 +239,7 @@ class Elb:
 
     async def _relay(
         self,
-        client_sock: trio.socket.SocketType,
+        plain_client: socket.socket,
         target: Target,
         nursery: trio.Nursery,
         tried: list[Endpoint],
@@ -242,9 +253,10 @@ class Elb:
             self.pool.end(endpoint, Outcome.CONNECT_FAILURE, time.monotonic() - started)
             self._record(target, False)
             log.warning("relay_connect_failed", proxy=endpoint.url, error=str(exc))
-            await self._dispatch(client_sock, nursery, [*tried, endpoint])
+            await self._dispatch(plain_client, nursery, [*tried, endpoint])
             return
-        client = trio.SocketStream(client_sock)
+        client = _stream(plain_client)
+        client_sock = client.socket
         self.relayed += 1
         try:
             async with upstream:
@@ -260,6 +272,11 @@ class Elb:
             self.pool.end(endpoint, Outcome.SUCCESS, time.monotonic() - started)
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(client)
+
+
+def _stream(client: socket.socket) -> trio.SocketStream:
+    client.setblocking(False)
+    return trio.SocketStream(trio.socket.from_stdlib_socket(client))
 
 
 async def _copy(src: trio.SocketStream, dst: trio.SocketStream) -> None:

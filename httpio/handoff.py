@@ -140,6 +140,9 @@ class HandoffLink:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock: trio.socket.SocketType | None = None
+        # A plain duplicate for sending: sendmsg is tried directly and trio is asked to
+        # wait only when the link's buffer is full.
+        self._plain: socket.socket | None = None
 
     def __repr__(self) -> str:
         return f"<HandoffLink {self.path} connected={self.sock is not None}>"
@@ -152,12 +155,20 @@ class HandoffLink:
             sock.close()
             raise
         self.sock = sock
+        self._plain = socket.socket(
+            socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=os.dup(sock.fileno())
+        )
 
-    async def send(self, client: trio.socket.SocketType) -> None:
-        """Pass ``client`` over; raises OSError if the proxy's end is gone."""
-        assert self.sock is not None
-        fds = array.array("i", [client.fileno()])
-        await self.sock.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+    async def send(self, client_fd: int) -> None:
+        """Pass the connection ``client_fd`` over; OSError if the proxy's end is gone."""
+        assert self.sock is not None and self._plain is not None
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [client_fd]).tobytes())]
+        while True:
+            try:
+                self._plain.sendmsg([b"x"], rights)
+                return
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self.sock)
 
     async def closed_connections(self) -> int:
         """Wait for the proxy's next report; the number of handed-off connections that
@@ -170,6 +181,9 @@ class HandoffLink:
         return len(data) if data else -1
 
     def close(self) -> None:
+        if self._plain is not None:
+            self._plain.close()
+            self._plain = None
         if self.sock is not None:
             self.sock.close()
             self.sock = None

@@ -73,7 +73,7 @@ async def test_handed_off_connection_is_served_with_the_real_peer(tmp_path: Path
         await link.connect()
         assert repr(link) == f"<HandoffLink {path} connected=True>"
         async with elb_accepts() as (client, accepted):
-            await link.send(accepted)
+            await link.send(accepted.fileno())
             accepted.close()  # the ELB forgets it: from now on only the proxy holds it
             response = await exchange(client, GET_AND_CLOSE)
             peer = client.socket.getsockname()
@@ -91,7 +91,7 @@ async def test_connections_outlive_the_link_that_brought_them(tmp_path: Path) ->
         link = HandoffLink(path)
         await link.connect()
         async with elb_accepts() as (client, accepted):
-            await link.send(accepted)
+            await link.send(accepted.fileno())
             accepted.close()
             link.close()  # the ELB restarts
             assert body_of(await exchange(client, GET_AND_CLOSE)) == {
