@@ -27,7 +27,7 @@ fleet: install
 
 test: install
 	$(PY) -m pytest
-	GATEWAY_H11=pure $(PY) -m pytest tests/httpio tests/e2e
+	GATEWAY_H11=pure $(PY) -m pytest
 
 check: $(STAMP)
 	$(VENV)/bin/ruff check .
