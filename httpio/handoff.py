@@ -176,7 +176,9 @@ class HandoffLink:
         assert self.sock is not None
         try:
             data = await self.sock.recv(4096)
-        except OSError:
+        except (OSError, trio.ClosedResourceError):
+            # ClosedResourceError: the dispatcher closed this link after a failed send while
+            # we were waiting on it; either way the link is gone.
             return -1
         return len(data) if data else -1
 

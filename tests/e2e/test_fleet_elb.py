@@ -6,7 +6,7 @@ import signal
 import threading
 import time
 
-from tests.e2e.harness import RunningFleet, request
+from tests.e2e.harness import RunningFleet, request, wait_for
 
 
 def test_proxy_killed_under_load_elb_routes_around_it(fleet: RunningFleet, token: str) -> None:
@@ -35,12 +35,13 @@ def test_proxy_killed_under_load_elb_routes_around_it(fleet: RunningFleet, token
     try:
         for t in threads:
             t.start()
-        while len(statuses) < 200:
-            time.sleep(0.01)
+        wait_for(lambda: len(statuses) >= 200, what="200 requests answered before the kill")
         fleet.call(fleet.fleet.kill, victim, signal.SIGKILL)
-        killed_at = len(statuses)
-        while len(statuses) < killed_at + 300:
-            time.sleep(0.01)
+        done_at = len(statuses) + len(errors)
+        wait_for(
+            lambda: len(statuses) + len(errors) >= done_at + 300,
+            what="300 more requests after the kill",
+        )
         stop.set()
         for t in threads:
             t.join(30)

@@ -12,6 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 import trio
+import trio.testing
 
 from httpio.handoff import HandoffLink, handoff_path, runtime_dir, serve_handoffs
 from httpio.messages import Request, Response, json_response
@@ -113,6 +114,25 @@ async def test_drain_closes_the_handoff_socket(tmp_path: Path) -> None:
         with pytest.raises(OSError):
             await HandoffLink(path).connect()
         link.close()
+
+
+async def test_closing_the_link_while_its_reports_are_awaited_ends_them(tmp_path: Path) -> None:
+    """The ELB's dispatcher closes a link after a failed send while another task waits for
+    that link's close reports; the waiter must see "gone", not crash the ELB."""
+    path = tmp_path / "proxy.sock"
+    async with proxy_with_handoffs(path):
+        link = HandoffLink(path)
+        await link.connect()
+        results: list[int] = []
+
+        async def follow() -> None:
+            results.append(await link.closed_connections())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow)
+            await trio.testing.wait_all_tasks_blocked()
+            link.close()
+    assert results == [-1]
 
 
 async def test_link_to_a_missing_proxy_fails_to_connect(tmp_path: Path) -> None:
