@@ -13,7 +13,7 @@ import json
 import shutil
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from httpio.messages import Request, Response, json_response
 from httpio.protocol import h11
 from httpio.run import listener_port, open_listeners
 from httpio.server import HttpServer
+from tests.polling import wait_until
 from topology.load import ConfigError
 
 DEADLINE_S = 10
@@ -204,14 +205,6 @@ async def running_elb(
             if target.link is not None:
                 target.link.close()
         await elb.checker.aclose()
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    """Wait for state the ELB keeps without an event to wait on (a link connected, a
-    health state reached): re-check it every 10 ms under a deadline."""
-    with trio.fail_after(DEADLINE_S):
-        while not predicate():  # noqa: ASYNC110
-            await trio.sleep(0.01)
 
 
 class Reply:

@@ -9,7 +9,7 @@ fails the test instead of hanging it.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -25,6 +25,7 @@ from httpio.messages import Handler, Request, Response, json_response
 from httpio.proxyproto import SIGNATURE, build_v2
 from httpio.run import listener_port, open_listeners, serve_tcp
 from httpio.server import HttpServer, ServerLimits
+from tests.polling import wait_until
 
 DEADLINE_S = 10.0  # per client read; the server timeouts under test are all shorter
 DATE = re.compile(rb"\r\ndate: ([^\r]*)\r\n")
@@ -150,13 +151,6 @@ async def connect(port: int) -> AsyncIterator[RawClient]:
 def get(path: str, *extra: str, method: str = "GET", version: str = "1.1") -> bytes:
     lines = [f"{method} {path} HTTP/{version}", "host: test", *extra]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Poll the server's counters, which it updates after the bytes a client waits for."""
-    with trio.fail_after(DEADLINE_S):
-        while not condition():  # noqa: ASYNC110
-            await trio.sleep(0.001)
 
 
 # -- the application under the server ---------------------------------------------------------

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from email.utils import formatdate
 from typing import Any
 
@@ -16,6 +16,7 @@ from httpio.messages import Request, Response
 from proxy.cache.layer import HttpCache
 from proxy.cache.policy import CacheSettings, ServiceCacheSettings
 from proxy.redis_client import RedisPool, RedisSettings
+from tests.polling import wait_until
 
 ON = ServiceCacheSettings(enabled=True, default_ttl_s=30.0, max_body_bytes=1000)
 SETTINGS = CacheSettings(namespace="gw:t", breaker_failures=1, breaker_open_s=0.05)
@@ -124,13 +125,6 @@ async def get(
         fetch=origin.fetch,
     )
     return response, await read_body(response)
-
-
-async def wait_until(condition: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    """Poll a condition outside our control (another process, Redis) with a deadline."""
-    with trio.fail_after(timeout_s):
-        while not await condition():  # noqa: ASYNC110
-            await trio.sleep(0.01)
 
 
 @pytest.fixture

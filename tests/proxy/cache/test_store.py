@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
 import pytest
 import structlog
@@ -13,6 +12,7 @@ from proxy.cache.memory import MemoryTier
 from proxy.cache.policy import CachedResponse, VaryIndex, decode_stored, encode_stored
 from proxy.cache.store import TieredStore, escape_glob
 from proxy.redis_client import RedisPool, RedisSettings
+from tests.polling import wait_until
 
 NS = "gw:test"
 
@@ -29,13 +29,6 @@ def entry(now: float, ttl_s: float = 60.0, body: bytes = b"body") -> CachedRespo
 
 def item(key: str, value):
     return (key, value, encode_stored(value))
-
-
-async def wait_until(condition: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    """Poll a condition outside our control (another process, Redis) with a deadline."""
-    with trio.fail_after(timeout_s):
-        while not await condition():  # noqa: ASYNC110
-            await trio.sleep(0.01)
 
 
 async def test_save_writes_both_tiers_and_a_second_proxy_fills_memory_from_redis(redis_pool):
