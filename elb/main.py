@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 import time
@@ -32,7 +33,7 @@ import structlog
 import trio
 
 from httpio.balance import Endpoint, ServicePool
-from httpio.errors import encode_error
+from httpio.errors import unavailable_response
 from httpio.handoff import HandoffLink, handoff_path
 from httpio.health import HealthSettings, Outcome
 from httpio.proxyproto import build_v2
@@ -289,12 +290,10 @@ async def _copy(src: trio.SocketStream, dst: trio.SocketStream) -> None:
 
 
 async def _refuse(stream: trio.SocketStream) -> None:
-    body = encode_error(503, "no_healthy_proxy", "no proxy of this region is available")
-    head = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
-    head += b"retry-after: 1\r\ncontent-length: %d\r\n\r\n" % len(body)
+    answer = unavailable_response("no_healthy_proxy", "no proxy of this region is available")
     try:
         with trio.move_on_after(1.0):
-            await stream.send_all(head + body)
+            await stream.send_all(answer)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
     finally:
@@ -302,8 +301,6 @@ async def _refuse(stream: trio.SocketStream) -> None:
 
 
 async def run_elb(elb: Elb, port: int) -> None:
-    import signal
-
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             listeners = await trio.open_tcp_listeners(port, host="127.0.0.1", backlog=4096)

@@ -32,6 +32,15 @@ def encode_error(status: int, code: str, detail: str) -> bytes:
     return _encode(ErrorBody(status, code, detail))
 
 
+def unavailable_response(code: str, detail: str) -> bytes:
+    """A whole 503 answer (``Retry-After: 1``, then close) for refusing a connection before
+    any request was parsed: at the connection cap, or with no proxy to give it to."""
+    body = encode_error(503, code, detail)
+    head = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    head += b"connection: close\r\nretry-after: 1\r\ncontent-length: %d\r\n\r\n" % len(body)
+    return head + body
+
+
 class GatewayError(Exception):
     """Base of every error that becomes a response. ``status`` and ``code`` are class-level
     defaults; an instance may override ``headers`` (e.g. ``Retry-After``)."""

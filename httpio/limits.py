@@ -60,14 +60,16 @@ class ConcurrencyLimit:
             raise RuntimeError(f"{self.name}: release() without a matching try_acquire()")
         self.in_use -= 1
 
+    def refusal(self, subject: str = "") -> Overloaded:
+        """The error for a refused ``try_acquire()``: 503 with ``Retry-After: 1``."""
+        where = f"{subject}: " if subject else ""
+        return Overloaded(f"{where}{self.name} limit of {self.limit} reached", headers=RETRY_AFTER)
+
     @contextmanager
     def hold(self, service: str = "") -> Iterator[None]:
         """Hold one slot for the block, or raise Overloaded (503, Retry-After: 1) at once."""
         if not self.try_acquire():
-            where = f"service {service!r}: " if service else ""
-            raise Overloaded(
-                f"{where}{self.name} limit of {self.limit} reached", headers=RETRY_AFTER
-            )
+            raise self.refusal(f"service {service!r}" if service else "")
         try:
             yield
         finally:

@@ -40,7 +40,7 @@ from httpio.errors import (
     RequestBodyTooLarge,
     RequestHeadTooLarge,
     RequestTimeout,
-    encode_error,
+    unavailable_response,
 )
 from httpio.messages import Handler, Request, Response, error_response
 from httpio.protocol import h11, reason_for
@@ -313,11 +313,9 @@ class HttpServer:
                 on_close()
 
     async def _refuse(self, stream: trio.SocketStream) -> None:
-        body = encode_error(503, "too_many_connections", "server is at its connection limit")
-        head = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-        head += b"connection: close\r\nretry-after: 1\r\ncontent-length: %d\r\n\r\n" % len(body)
+        answer = unavailable_response("too_many_connections", "server is at its connection limit")
         with trio.move_on_after(1.0):
-            await stream.send_all(head + body)
+            await stream.send_all(answer)
 
     async def _serve(self, stream: trio.SocketStream, via_elb: bool) -> None:
         limits = self.limits

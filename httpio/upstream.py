@@ -30,12 +30,11 @@ import trio
 from httpio import sockio
 from httpio.errors import (
     GatewayError,
-    Overloaded,
     UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from httpio.limits import RETRY_AFTER, ConcurrencyLimit
+from httpio.limits import ConcurrencyLimit
 from httpio.protocol import Headers, h11
 
 RECEIVE_SIZE = 65536
@@ -307,10 +306,7 @@ class UpstreamPool:
             self.timeouts.connect_timeout_s if connect_timeout_s is None else connect_timeout_s
         )
         if connect_slots is not None and not connect_slots.try_acquire():
-            raise Overloaded(
-                f"{o.url}: {connect_slots.limit} connections already being opened",
-                headers=RETRY_AFTER,
-            )
+            raise connect_slots.refusal(o.url)
         try:
             with trio.fail_after(timeout):
                 stream = await trio.open_tcp_stream(address, o.port)

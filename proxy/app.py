@@ -30,13 +30,12 @@ from authsvc.tokens import INTERNAL_HEADER
 from httpio.balance import Endpoint, ServicePool
 from httpio.errors import (
     GatewayError,
-    Overloaded,
     RouteNotFound,
     UpstreamError,
     UpstreamTimeout,
 )
 from httpio.health import Outcome
-from httpio.limits import RETRY_AFTER, ConcurrencyLimit, ServiceLimiter
+from httpio.limits import ConcurrencyLimit, ServiceLimiter
 from httpio.messages import Request, Response, json_response
 from httpio.protocol import Headers
 from httpio.retry_budget import RetryBudget
@@ -271,7 +270,7 @@ class ProxyApp:
         self.retry_budget.record_request()
         slot = limiter.in_flight
         if not slot.try_acquire():
-            raise _overloaded(decision.service, slot)
+            raise slot.refusal(f"service {decision.service!r}")
         try:
             while True:
                 endpoint = pool.pick(client_ip=client_ip, url=decision.target, exclude=tried)
@@ -396,7 +395,3 @@ def _outcome_of(err: UpstreamError) -> Outcome:
     if isinstance(err, UpstreamTimeout):
         return Outcome.TIMEOUT
     return Outcome.RESET if err.bytes_sent else Outcome.CONNECT_FAILURE
-
-
-def _overloaded(service: str, slot: ConcurrencyLimit) -> GatewayError:
-    return Overloaded(f"service {service!r}: {slot.limit} requests in flight", headers=RETRY_AFTER)
