@@ -236,22 +236,18 @@ def token(fleet: RunningFleet) -> str:
     return sign_in(fleet, "e2e-user", "correct horse", "user")
 
 
+def post_json(url: str, path: str, obj: object) -> Reply:
+    body = json.dumps(obj).encode()
+    return request(
+        url, path, method="POST", body=body, headers={"content-type": "application/json"}
+    )
+
+
 def sign_in(fleet: RunningFleet, username: str, password: str, role: str) -> str:
-    body = json.dumps({"username": username, "password": password, "role": role}).encode()
-    r = request(
-        fleet.kr_elb,
-        "/auth/signup",
-        method="POST",
-        body=body,
-        headers={"content-type": "application/json"},
-    )
+    """Sign up (or find the user already there), then sign in; the token."""
+    user = {"username": username, "password": password, "role": role}
+    r = post_json(fleet.kr_elb, "/auth/signup", user)
     assert r.status in (201, 409), r
-    r = request(
-        fleet.kr_elb,
-        "/auth/signin",
-        method="POST",
-        body=body,
-        headers={"content-type": "application/json"},
-    )
+    r = post_json(fleet.kr_elb, "/auth/signin", user)
     assert r.status == 200, r
     return str(r.json()["token"])

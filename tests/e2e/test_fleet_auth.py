@@ -8,7 +8,7 @@ import signal
 
 import jwt
 
-from tests.e2e.harness import RunningFleet, request, sign_in, wait_for
+from tests.e2e.harness import RunningFleet, post_json, request, sign_in, wait_for
 
 
 def test_missing_token_is_401_with_bearer_challenge(fleet: RunningFleet) -> None:
@@ -123,13 +123,8 @@ def test_auth_server_killed_and_restarted_loses_no_user(fleet: RunningFleet) -> 
     old_pid = fleet.pid(name)
     fleet.call(fleet.fleet.kill, name, signal.SIGKILL)
     fleet.acall(lambda: fleet.fleet.wait_running(name, not_pid=old_pid))
-    body = json.dumps({"username": "e2e-durable", "password": "pw-durable"}).encode()
-    r = request(
-        fleet.kr_elb,
-        "/auth/signin",
-        method="POST",
-        body=body,
-        headers={"content-type": "application/json"},
+    r = post_json(
+        fleet.kr_elb, "/auth/signin", {"username": "e2e-durable", "password": "pw-durable"}
     )
     assert r.status == 200, r
     fresh = r.json()["token"]
@@ -147,13 +142,7 @@ def test_auth_server_killed_and_restarted_loses_no_user(fleet: RunningFleet) -> 
 def test_auth_servers_internal_endpoints_are_not_open_through_the_gateway(
     fleet: RunningFleet, token: str
 ) -> None:
-    r = request(
-        fleet.kr_elb,
-        "/auth/introspect",
-        method="POST",
-        body=json.dumps({"token": token}).encode(),
-        headers={"content-type": "application/json"},
-    )
+    r = post_json(fleet.kr_elb, "/auth/introspect", {"token": token})
     assert r.status == 403
     r = request(fleet.kr_elb, "/auth/revocations?since=0", headers={"x-gateway-internal": "forged"})
     assert r.status == 403

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import uuid
 
-from tests.e2e.harness import RunningFleet, request, wait_for
+from tests.e2e.harness import RunningFleet, post_json, request, wait_for
 
 
 def test_fill_on_one_proxy_serves_the_other(fleet: RunningFleet, token: str) -> None:
@@ -50,13 +50,7 @@ def test_purge_is_fleet_wide(fleet: RunningFleet, token: str) -> None:
     for proxy in fleet.kr_proxies:
         again = request(proxy, path, headers=auth)
         assert again.headers["x-cache"] == "HIT" and again.json()["serial"] == serial
-    r = request(
-        fleet.kr_proxies[0],
-        "/admin/cache/purge",
-        method="POST",
-        body=b'{"prefix": "gw:v1:ko_KR:image:"}',
-        headers={"content-type": "application/json"},
-    )
+    r = post_json(fleet.kr_proxies[0], "/admin/cache/purge", {"prefix": "gw:v1:ko_KR:image:"})
     assert r.status == 200, r
     assert request(fleet.kr_proxies[0], path, headers=auth).json()["serial"] != serial
     wait_for(
