@@ -15,6 +15,7 @@ socket errors (connect, read, write, timeout) are the closest equivalent and are
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import msgspec
 
@@ -188,11 +189,24 @@ def _cell(value: float | int | None) -> str:
     return f"{value:.2f}"
 
 
+def format_rows(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
+    """Fixed-width columns: the first left-aligned, the numbers right-aligned."""
+    table = [tuple(header), *map(tuple, lines)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in table
+    )
+
+
 def format_table(rows: list[tuple[str, BenchResult]]) -> str:
     """A fixed-width table, one row per (name, result)."""
-    lines = [TABLE_COLUMNS]
-    for name, r in rows:
-        lines.append(
+    return format_rows(
+        TABLE_COLUMNS,
+        [
             (
                 name,
                 _cell(r.requests_per_s),
@@ -202,12 +216,6 @@ def format_table(rows: list[tuple[str, BenchResult]]) -> str:
                 _cell(r.p99_ms),
                 _cell(r.longest_ms),
             )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(TABLE_COLUMNS))]
-    return "\n".join(
-        "  ".join(
-            cell.ljust(width) if i == 0 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
-        )
-        for line in lines
+            for name, r in rows
+        ],
     )

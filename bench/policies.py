@@ -52,7 +52,7 @@ import msgspec
 
 from bench import run
 from bench.caddy import free_port
-from bench.parse import BenchOutputError, BenchResult
+from bench.parse import BenchOutputError, BenchResult, format_rows
 from httpio.balance import Endpoint, ServicePool, normalize_policy
 from httpio.health import Outcome
 
@@ -385,18 +385,6 @@ def measure_cost(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- reporting -------------------------------------------------------------------------------
-def format_rows(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
-    table = [tuple(header), *map(tuple, lines)]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(line, widths, strict=True))
-        )
-        for line in table
-    )
-
-
 def _num(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
