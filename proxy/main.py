@@ -13,6 +13,7 @@ from pathlib import Path
 import structlog
 import trio
 
+from httpio.balance import ServicePool
 from httpio.handoff import handoff_path, serve_handoffs
 from httpio.messages import Handler
 from httpio.run import configure_logging, serve_until_signalled
@@ -21,6 +22,7 @@ from httpio.upstream import Origin, UpstreamPool
 from proxy.app import ProxyApp
 from proxy.health_checker import run_health_checks
 from proxy.state import ProxyConfig, ProxyPaths, load_proxy_config, watch_config
+from proxy.wiring import attach_services
 from topology.load import ConfigError
 
 log = structlog.get_logger()
@@ -36,28 +38,31 @@ def elb_addresses(config: ProxyConfig) -> set[str]:
 
 
 async def supervise_health_checks(app: ProxyApp) -> None:
-    """One health-check task per service pool; follows reloads that add or drop services."""
-    running: dict[str, tuple[object, trio.CancelScope]] = {}
+    """One health-check task per service pool; follows reloads that add or drop services
+    (woken by the app's reload hook rather than polling)."""
+    running: dict[str, tuple[ServicePool, trio.CancelScope]] = {}
+    changed = trio.Event()
+
+    def on_reload(_: ProxyConfig) -> None:
+        changed.set()
+
+    async def check(pool: ServicePool, scope: trio.CancelScope) -> None:
+        with scope:
+            await run_health_checks(
+                pool, app.upstream, default_interval_s=app.config.gateway.healthcheck_interval_s
+            )
+
+    app.on_reload.append(on_reload)
     async with trio.open_nursery() as nursery:
         while True:
-            for name in [n for n in running if running[n][0] is not app.pools.get(n)]:
+            for name in [n for n, (pool, _) in running.items() if pool is not app.pools.get(n)]:
                 running.pop(name)[1].cancel()
             for name, pool in app.pools.items():
-                if name in running:
-                    continue
-                scope = trio.CancelScope()
-                running[name] = (pool, scope)
-
-                async def run(pool: object = pool, scope: trio.CancelScope = scope) -> None:
-                    with scope:
-                        await run_health_checks(
-                            pool,  # type: ignore[arg-type]
-                            app.upstream,
-                            default_interval_s=app.config.gateway.healthcheck_interval_s,
-                        )
-
-                nursery.start_soon(run)
-            await trio.sleep(1.0)
+                if name not in running:
+                    running[name] = (pool, trio.CancelScope())
+                    nursery.start_soon(check, *running[name])
+            await changed.wait()
+            changed = trio.Event()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,8 +102,6 @@ def main(argv: list[str] | None = None) -> None:
             watch_config, paths, app.apply, lambda: app.config.gateway.config_check_interval_s
         )
         nursery.start_soon(supervise_health_checks, app)
-        from proxy.wiring import attach_services
-
         await attach_services(app, nursery)
         return app.handle
 
