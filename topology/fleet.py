@@ -163,9 +163,10 @@ def plan_fleet(
         redis_args = ["--port", str(p), "--bind", host, "--save", ""]
         redis_args += ["--appendonly", "no", "--dir", str(run)]
         groups.append((child("redis", "redis", p, redis_args, probe="redis"),))
+    faults = ["--test-faults"] if topology.backends.test_faults else []
     groups.append(
         tuple(
-            child("backend", f"backend-{p}", p, [str(p), "--name", f"backend-{p}"])
+            child("backend", f"backend-{p}", p, [str(p), "--name", f"backend-{p}", *faults])
             for p in topology.backends.ports
         )
     )

@@ -163,6 +163,30 @@ def test_children_in_dependency_order_with_their_arguments(topology_path, tmp_pa
     assert elb.argv is None and elb.missing == "module elb.main is not there yet"
 
 
+def test_backends_obey_fault_switches_only_when_the_topology_says_so(topology_path, tmp_path):
+    def backend_argv() -> object:
+        plan = plan_for(topology_path, tmp_path / "run")
+        return next(c.argv for c in plan.children if c.name == "backend-15000")
+
+    assert backend_argv() == ("/venv/bin/backend", "15000", "--name", "backend-15000")
+    text = topology_path.read_text()
+    topology_path.write_text(
+        text.replace(
+            "backends: {ports: [15000, 15001]}",
+            "backends: {ports: [15000, 15001], test_faults: true}",
+        )
+    )
+    assert backend_argv() == (
+        *("/venv/bin/backend", "15000", "--name", "backend-15000"),
+        "--test-faults",
+    )
+
+
+def test_the_shipped_fleet_has_no_test_switch_on():
+    shipped = load_fleet(fleet_module.DEFAULT_TOPOLOGY)
+    assert not shipped.backends.test_faults
+
+
 def test_launchers_come_from_this_virtualenv():
     found = find_launchers()
     assert set(found) == {"redis", "backend", "authsvc", "proxy", "elb"}
