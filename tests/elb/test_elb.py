@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import secrets
 import shutil
+import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -24,7 +26,7 @@ import trio
 import trio.testing
 
 from elb.ejection import Verdict
-from elb.main import Elb, load_targets
+from elb.main import Elb, load_targets, run_elb
 from httpio.handoff import HandoffAddress, handoff_address, serve_handoffs
 from httpio.messages import Request, Response, json_response
 from httpio.protocol import h11
@@ -358,3 +360,40 @@ def test_the_elb_imports_no_other_server() -> None:
                 names = [node.module]
             found += [f"{path.name}: {n}" for n in names if n.split(".")[0] in servers]
     assert found == []
+
+
+# -- stopping ---------------------------------------------------------------------------------
+async def test_sigterm_stops_accepting_and_lets_relays_finish(fleet: str) -> None:
+    proxy = ProxyLike("b", handoff=False, trusted_proxies=("127.0.0.1",))
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    port = listening.getsockname()[1]
+    async with proxies(proxy):
+        elb = Elb("ko_KR", [proxy.url], name="elb-test")
+        async with trio.open_nursery() as nursery:
+            stopped = trio.Event()
+
+            async def run() -> None:
+                await run_elb(elb, port, listening)
+                stopped.set()
+
+            nursery.start_soon(run)
+            with trio.fail_after(DEADLINE_S):
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                await stream.send_all(b"GET /who HTTP/1.1\r\nhost: elb\r\n")  # half a head
+                await wait_until(lambda: elb.relays_open == 1)
+                os.kill(os.getpid(), signal.SIGTERM)
+                await wait_until(lambda: listening.fileno() == -1)  # no longer accepting
+                with pytest.raises(OSError):
+                    await trio.open_tcp_stream("127.0.0.1", port)
+                await stream.send_all(b"connection: close\r\n\r\n")
+                answer = b""
+                with trio.fail_after(DEADLINE_S):
+                    while data := await stream.receive_some(65536):
+                        answer += data
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            with trio.fail_after(DEADLINE_S):
+                await stopped.wait()
+        await elb.checker.aclose()
