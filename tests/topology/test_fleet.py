@@ -313,6 +313,21 @@ async def test_the_whole_tiny_fleet_comes_up_strictly(tmp_path):
     assert fleet.pids == {}
 
 
+async def test_every_child_gets_the_fleets_own_id(tmp_path):
+    require("backend")
+    path = tiny_topology(tmp_path)
+    launchers = {**find_launchers(), "redis": "-", "authsvc": "-", "proxy": "-", "elb": "-"}
+    ids = []
+    for run in ("run1", "run2"):
+        async with open_fleet(path, tmp_path / run, strict=False, launchers=launchers) as fleet:
+            assert len(fleet.fleet_id) == 16
+            for pid in fleet.pids.values():
+                environ = (await trio.Path(f"/proc/{pid}/environ").read_bytes()).split(b"\0")
+                assert f"GATEWAY_FLEET_ID={fleet.fleet_id}".encode() in environ
+            ids.append(fleet.fleet_id)
+    assert ids[0] != ids[1]
+
+
 async def test_strict_fleet_refuses_to_run_half_built(tmp_path):
     require("backend")
     path = tiny_topology(tmp_path)
