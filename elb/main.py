@@ -120,6 +120,7 @@ class Target:
         self.url = state.endpoint.url
         self.handoff_address = _handoff_address(state.endpoint)
         self.link: HandoffLink | None = None
+        self.linking = False  # a link is being opened
         self.refusal = ""  # why the last hand-off hand-shake failed, logged once
 
     def __repr__(self) -> str:
@@ -188,8 +189,11 @@ class Elb:
 
     async def _check(self, target: Target, nursery: trio.Nursery) -> None:
         passed = await probe_health(self.checker, target.url, ELB_HEALTH.path, ELB_HEALTH.timeout_s)
-        if passed and target.link is None and target.handoff_address is not None:
-            await self._open_link(target, target.handoff_address, nursery)
+        address = target.handoff_address
+        if passed and target.link is None and address is not None and not target.linking:
+            # in the background: a hand-shake that stalls must not delay the next probes
+            target.linking = True
+            nursery.start_soon(self._open_link, target, address, nursery)
         self.observe(target, Evidence.PROBE_PASSED if passed else Evidence.PROBE_FAILED)
 
     async def _open_link(
@@ -207,6 +211,8 @@ class Elb:
                 )
                 target.refusal = str(exc)
             return
+        finally:
+            target.linking = False
         target.link, target.refusal = link, ""
         log.info("handoff_link_up", proxy=target.url, address=str(address), peer_pid=link.peer_pid)
         nursery.start_soon(self._follow_link, target, link)
