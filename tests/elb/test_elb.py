@@ -26,7 +26,7 @@ import trio
 import trio.testing
 
 from elb.ejection import Verdict
-from elb.main import Elb, load_targets, run_elb
+from elb.main import Elb, inherited_socket, load_targets, main, run_elb
 from httpio.handoff import HandoffAddress, handoff_address, serve_handoffs
 from httpio.messages import Request, Response, json_response
 from httpio.protocol import h11
@@ -397,3 +397,50 @@ async def test_sigterm_stops_accepting_and_lets_relays_finish(fleet: str) -> Non
             with trio.fail_after(DEADLINE_S):
                 await stopped.wait()
         await elb.checker.aclose()
+
+
+# -- the inherited listener -------------------------------------------------------------------
+def test_an_inherited_listener_must_be_a_tcp_socket_listening_on_the_port() -> None:
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        taken = inherited_socket(os.dup(listening.fileno()), port)
+        assert taken.getsockname() == ("127.0.0.1", port) and not taken.get_inheritable()
+        taken.close()
+        with pytest.raises(ValueError, match=f"listening on port {port + 1}"):
+            inherited_socket(listening.fileno(), port + 1)
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        with pytest.raises(ValueError, match="not a TCP socket listening"):
+            inherited_socket(bound.fileno(), bound.getsockname()[1])
+    read_end, write_end = os.pipe()
+    try:
+        with pytest.raises(ValueError, match="not a socket"):
+            inherited_socket(read_end, 9000)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_a_bad_listen_fd_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        with pytest.raises(SystemExit) as info:
+            main(["9000", str(DATA / "r_kr.yaml"), "--listen-fd", str(read_end)])
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert info.value.code == 2
+    assert capsys.readouterr().err.startswith(f"elb: --listen-fd {read_end}: not a socket")
+
+
+def test_an_unsafe_runtime_dir_means_relays_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("GATEWAY_RUNTIME_DIR", str(shared))
+    elb = Elb("ko_KR", ["http://127.0.0.1:6000"], name="elb")
+    assert elb.targets["http://127.0.0.1:6000"].handoff_address is None
