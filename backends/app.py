@@ -21,8 +21,14 @@ A process-wide ``delay_s`` (``backend --delay-ms MS``) delays every answer excep
 a slow instance for the load-balancing benchmarks (`bench.policies`) that the health checks
 still see as up, as a real overloaded or far-away instance would be.
 
-Misbehaviour, driven by query parameters on any path (other parameters are ignored, so the
-echo endpoint can still show them):
+Misbehaviour on demand is for the gateway's tests only and is off unless the process was
+started with ``backend --test-faults`` (``BackendApp(test_faults=True)``; a fleet topology's
+``backends: {test_faults: true}``, which only the tests' topologies set). Left on in the
+shipped fleet, any client could make instances fail on purpose (``?drop=1``, ``?status=503``)
+until the proxies ejected them, hold them with ``?delay=600``, or have the gateway's own
+origin set a cookie of its choosing (``?set-cookie=``). Off, these parameters are ignored like
+any other query parameter. On, they are read from the query on any path (other parameters are
+ignored, so the echo endpoint can still show them):
 - ``delay=SECONDS``: sleep before answering (at most ``MAX_DELAY_S``).
 - ``status=N``: answer with status N (200-599) and a small JSON body instead of the route.
 - ``close=1`` or ``close=mid``: send the head with the full Content-Length, then half the
@@ -169,7 +175,8 @@ def _method_not_allowed(method: str) -> Response:
 
 class BackendApp:
     """The request handler of one backend process. ``sleep`` is injectable for tests;
-    ``delay_s`` is added before every answer but ``/health``'s."""
+    ``delay_s`` is added before every answer but ``/health``'s; ``test_faults`` turns on the
+    misbehaviour switches of the query string."""
 
     def __init__(
         self,
@@ -179,6 +186,7 @@ class BackendApp:
         port: int = 0,
         sleep: Callable[[float], Awaitable[None]] = trio.sleep,
         delay_s: float = 0.0,
+        test_faults: bool = False,
     ) -> None:
         if not 0.0 <= delay_s <= MAX_DELAY_S:
             raise ValueError(f"delay must be within 0..{MAX_DELAY_S:g} seconds, not {delay_s}")
@@ -187,6 +195,7 @@ class BackendApp:
         self.port = port
         self._sleep = sleep
         self.delay_s = delay_s
+        self.test_faults = test_faults
         self.requests = 0
         self.static_hits = 0
         self.not_modified = 0
@@ -198,8 +207,9 @@ class BackendApp:
 
     def __repr__(self) -> str:
         delay = f" delay={self.delay_s * 1000:g}ms" if self.delay_s else ""
+        faults = " test-faults" if self.test_faults else ""
         return (
-            f"<BackendApp {self.name}:{self.port}{delay} requests={self.requests}"
+            f"<BackendApp {self.name}:{self.port}{delay}{faults} requests={self.requests}"
             f" site={self.site!r}>"
         )
 
@@ -208,6 +218,7 @@ class BackendApp:
             "name": self.name,
             "port": self.port,
             "delay_s": self.delay_s,
+            "test_faults": self.test_faults,
             "requests": self.requests,
             "static_hits": self.static_hits,
             "not_modified": self.not_modified,
@@ -224,7 +235,7 @@ class BackendApp:
         serial = self.requests
         if self.delay_s > 0 and request.path != "/health":
             await self._sleep(self.delay_s)
-        plan = parse_misbehaviour(request.query)
+        plan = parse_misbehaviour(request.query) if self.test_faults else _WELL_BEHAVED
         if plan.delay_s > 0:
             await self._sleep(plan.delay_s)
         if plan.drop:

@@ -1,9 +1,12 @@
-"""``backend PORT [--root DIR] [--name NAME] [--host HOST] [--delay-ms MS]``: one demo backend.
+"""``backend PORT [--root DIR] [--name NAME] [--host HOST] [--delay-ms MS] [--test-faults]``
 
-The static set is built (or read from ``--root``) before the server starts listening, so the
+One demo backend. The static set is built (or read from ``--root``) before the server starts listening, so the
 first request never pays for it and a bad ``--root`` fails the start, not a request.
 ``--delay-ms`` makes every answer but ``/health`` that much slower: the slow instance of the
 load-balancing benchmarks (`bench.policies`), still healthy in the eyes of the health checks.
+``--test-faults`` lets clients ask for misbehaviour in the query string (``?drop=1``,
+``?status=503``, ``?delay=3`` ...; see `backends.app`): for the gateway's tests only, never in
+a fleet that serves anyone.
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="MS",
         help="delay every answer except /health by MS milliseconds (default 0)",
     )
+    parser.add_argument(
+        "--test-faults",
+        action="store_true",
+        help="obey ?drop=1, ?status=N, ?delay=S, ?close=1 ... (tests only; default off)",
+    )
     args = parser.parse_args(argv)
     if not 0.0 <= args.delay_ms <= MAX_DELAY_S * 1000:
         parser.error(f"--delay-ms must be within 0..{MAX_DELAY_S * 1000:g}")
@@ -44,6 +52,7 @@ def build_app(args: argparse.Namespace) -> BackendApp:
         name=args.name or f"backend-{args.port}",
         port=args.port,
         delay_s=args.delay_ms / 1000,
+        test_faults=args.test_faults,
     )
 
 

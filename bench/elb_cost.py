@@ -6,11 +6,16 @@ front of that one proxy (an ``r_*.yaml`` with one entry), then alternates the sa
 against the proxy and against the ELB, ``--rounds`` times each, so that drift on a shared
 2-core machine affects both sides alike. Both ab (a new connection per request, as the
 original's benchmarks) and wrk (keep-alive) are run; the ELB is stopped by its PID.
+
+Hand-offs go only to a proxy of the ELB's own fleet (`httpio.handoff`), so the ELB is given
+the running fleet's id, read from ``--run-dir``'s ``fleet.json`` (``run/``, where ``make
+fleet`` keeps it); without it the ELB would relay, and this would measure the relay.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import subprocess
 import sys
@@ -19,6 +24,8 @@ import time
 from pathlib import Path
 
 from bench.run import SCENARIOS, Overrides, acquire_token, request_headers, run_scenario
+from httpio.handoff import FLEET_ENV
+from topology.fleet_lock import FleetLock
 
 
 def free_port() -> int:
@@ -38,6 +45,16 @@ def wait_listening(port: int, timeout_s: float = 10.0) -> None:
     raise SystemExit(f"the ELB on :{port} did not start")
 
 
+def wait_linked(log: Path, timeout_s: float = 10.0) -> None:
+    """Until the ELB's hand-off link to the proxy is up (its log says so)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if b'"handoff_link_up"' in log.read_bytes():
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"the ELB opened no hand-off link (see {log}): it would only relay")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.elb_cost", description=__doc__.splitlines()[0]
@@ -47,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path", default="/video/index.html")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("-n", "--requests", type=int, default=20000)
+    parser.add_argument("--run-dir", default="run", help="the fleet's run directory base")
     args = parser.parse_args(argv)
+    state = FleetLock(Path(args.run_dir)).read_state()
+    if state is None:
+        raise SystemExit(f"no {args.run_dir}/fleet.json: is `make fleet` running from here?")
     token = acquire_token(args.elb)
     region_code = "bench"
     port = free_port()
@@ -56,10 +77,15 @@ def main(argv: list[str] | None = None) -> int:
         r_file.write_text(f'region_code: "{region_code}"\navailable_zone: ["{args.proxy}"]\n')
         elb_bin = Path(sys.executable).parent / "elb"
         with open(Path(tmp) / "elb.log", "wb") as log:
-            elb = subprocess.Popen([str(elb_bin), str(port), str(r_file)], stdout=log, stderr=log)
+            elb = subprocess.Popen(
+                [str(elb_bin), str(port), str(r_file)],
+                stdout=log,
+                stderr=log,
+                env={**os.environ, FLEET_ENV: state.fleet_id},
+            )
         try:
             wait_listening(port)
-            time.sleep(1.0)  # first health check passes and the hand-off link is up
+            wait_linked(Path(tmp) / "elb.log")
             rows = []
             for scenario_name, overrides in (
                 ("regular", Overrides(requests=args.requests)),

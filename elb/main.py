@@ -1,18 +1,29 @@
-"""``elb PORT topology.yaml``: the tier-1 load balancer of one region.
+"""``elb PORT topology.yaml [--listen-fd FD]``: the tier-1 load balancer of one region.
 
 It spreads client *connections* (not requests) over its region's proxies, least
-connections first, using the same policy and health code as the proxies
-(`httpio.balance.ServicePool`). For each proxy it prefers, in order:
+connections first (`httpio.balance.Balancer`). For each proxy it prefers, in order:
 
-1. hand-off: a proxy on this host with a hand-off socket gets the accepted socket itself
-   (`httpio.handoff`); per connection the ELB does one ``accept`` and one ``sendmsg`` and
-   no task, and the proxy sees the real client address;
+1. hand-off: a proxy on this host with a hand-off socket of this fleet gets the accepted
+   socket itself (`httpio.handoff`); per connection the ELB does one ``accept`` and one
+   ``sendmsg`` and no task, and the proxy sees the real client address;
 2. relay: otherwise the ELB connects to the proxy, writes a PROXY v2 header carrying the
    client address (`httpio.proxyproto`) and copies bytes both ways.
 
-A dead proxy stops getting connections within a second: a hand-off link that closes marks
-it down at once; a refused relay connect marks it down and the client is given to another
-proxy; active ``GET /health`` checks every ``CHECK_INTERVAL_S`` take it down or back.
+Which proxies take connections is `elb.ejection`'s decision: a hand-off link that closes or
+a refused relay connect takes a proxy out at once; missed ``GET /health`` probes (every
+``CHECK_INTERVAL_S``) take it out after ``fall`` in a row, but never more than half of the
+region on probe evidence alone, and with nothing usable the ELB tries every proxy rather
+than refuse (panic).
+
+``--listen-fd`` takes the listening socket from the launcher instead of opening one. The
+launcher keeps that socket open across the ELB's restarts (as HAProxy and Envoy hand
+listeners to their successors, and as systemd's socket activation does), so connections
+that arrive while no ELB runs wait in the kernel's backlog for the next one instead of
+being refused.
+
+On SIGTERM the ELB stops accepting and lets the connections it relays finish, for up to
+``DRAIN_TIMEOUT_S``; handed-off connections belong to their proxies and are not affected.
+The proxy list is read once at start (no reload).
 
 The topology file is either a fleet topology (the region whose ``elb_port`` is PORT) or the
 original's ``r_*.yaml`` proxy list.
@@ -32,33 +43,40 @@ import msgspec
 import structlog
 import trio
 
-from httpio.balance import Endpoint, ServicePool
+from elb.ejection import Change, Evidence, ProxyHealth
+from httpio.balance import Balancer, Endpoint, InstanceState
 from httpio.errors import unavailable_response
-from httpio.handoff import HandoffLink, handoff_path
-from httpio.health import HealthSettings, Outcome
+from httpio.handoff import (
+    HandoffAddress,
+    HandoffLink,
+    HandoffRefused,
+    UnsafeRuntimeDir,
+    handoff_address,
+)
+from httpio.health import HealthSettings
+from httpio.probe import probe_health
 from httpio.proxyproto import build_v2
 from httpio.run import configure_logging
 from httpio.upstream import UpstreamPool, UpstreamTimeouts
-from proxy.health_checker import probe
 from topology.load import ConfigError, load_fleet, load_proxy_list
 
 log = structlog.get_logger()
 
 CHECK_INTERVAL_S = 0.5
 CONNECT_TIMEOUT_S = 1.0
+DRAIN_TIMEOUT_S = 10.0
 RELAY_CHUNK = 65536
-# The ELB must react within a second: one failed check or connect takes a proxy out, one
-# passed check brings it back; all may be out at once (then the ELB refuses with 503).
+# A proxy that stops answering is out after 3 missed probes (~1.5 s) and back after 2
+# passed ones (HAProxy's fall/rise defaults); probe evidence alone takes out at most half of
+# the region, and with nothing usable every proxy is tried. Only the fields `elb.ejection`
+# reads (rise, fall, max_ejection_percent, panic) and the probe's path and timeout matter.
 ELB_HEALTH = HealthSettings(
     interval_s=CHECK_INTERVAL_S,
     timeout_s=CHECK_INTERVAL_S,
-    rise=1,
-    fall=1,
-    consecutive_failures=1,
-    base_ejection_s=CHECK_INTERVAL_S,
-    max_ejection_s=5.0,
-    max_ejection_percent=100,
-    panic=False,
+    rise=2,
+    fall=3,
+    max_ejection_percent=50,
+    panic=True,
 )
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -83,37 +101,55 @@ def load_targets(path: Path, port: int) -> tuple[str, list[str]]:
     return proxies.region_code, list(proxies.available_zone)
 
 
+def _handoff_address(endpoint: Endpoint) -> HandoffAddress | None:
+    if endpoint.host not in _LOOPBACK:
+        return None
+    try:
+        return handoff_address(endpoint.port)
+    except (UnsafeRuntimeDir, ValueError) as exc:
+        log.error("handoff_disabled", proxy=endpoint.url, error=str(exc))
+        return None
+
+
 class Target:
-    def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
-        local = endpoint.host in _LOOPBACK
-        self.handoff_path = handoff_path(endpoint.port) if local else None
+    """One proxy: its balancer state and, when it is on this host, its hand-off link."""
+
+    def __init__(self, state: InstanceState) -> None:
+        self.state = state
+        self.endpoint = state.endpoint
+        self.url = state.endpoint.url
+        self.handoff_address = _handoff_address(state.endpoint)
         self.link: HandoffLink | None = None
+        self.linking = False  # a link is being opened
+        self.refusal = ""  # why the last hand-off hand-shake failed, logged once
 
     def __repr__(self) -> str:
-        return f"<Target {self.endpoint.url} link={self.link is not None}>"
+        return f"<Target {self.url} link={self.link is not None}>"
 
 
 class Elb:
     def __init__(self, region: str, urls: list[str], *, name: str) -> None:
         self.name = name
         self.region = region
-        self.pool = ServicePool(
-            f"proxies:{region}",
-            [Endpoint.parse(u) for u in urls],
-            policy="least_conn",
-            health=ELB_HEALTH,
-            clock=time.monotonic,
-        )
-        self.targets = {e.url: Target(e) for e in self.pool.endpoints}
+        self.balancer = Balancer("least_conn", [Endpoint.parse(u) for u in urls])
+        self.health = ProxyHealth(ELB_HEALTH, [s.endpoint.url for s in self.balancer.states])
+        self._by_index = [Target(s) for s in self.balancer.states]
+        self.targets = {t.url: t for t in self._by_index}
+        self._candidates: list[InstanceState] = list(self.balancer.states)
         self.checker = UpstreamPool(UpstreamTimeouts(connect_timeout_s=CHECK_INTERVAL_S))
         self.accepted = 0
         self.handed_off = 0
         self.relayed = 0
         self.refused = 0
+        self.relays_open = 0
+        self._relays_idle = trio.Event()
+        self._accepting = trio.CancelScope()
 
     def __repr__(self) -> str:
-        return f"<Elb {self.name} accepted={self.accepted} handed_off={self.handed_off} relayed={self.relayed}>"
+        return (
+            f"<Elb {self.name} accepted={self.accepted} handed_off={self.handed_off}"
+            f" relayed={self.relayed} {self.health!r}>"
+        )
 
     def statistics(self) -> dict[str, object]:
         return {
@@ -121,42 +157,70 @@ class Elb:
             "handed_off": self.handed_off,
             "relayed": self.relayed,
             "refused": self.refused,
-            "proxies": self.pool.statistics(),
+            "relays_open": self.relays_open,
+            "proxies": self.balancer.instance_rows(),
+            "health": self.health.statistics(),
         }
 
     # -- health and links --------------------------------------------------------------------
+    def observe(self, target: Target, evidence: Evidence) -> Change | None:
+        change = self.health.observe(target.url, evidence)
+        if change is not None:
+            self._candidates = [self.targets[url].state for url in self.health.usable]
+            log.info(
+                "proxy_state",
+                proxy=target.url,
+                old=change.old.value,
+                new=change.new.value,
+                cause=change.evidence.value,
+                usable=len(self.health.usable),
+                held=list(self.health.held),
+                panic=self.health.panicking,
+            )
+        return change
+
     async def watch_health(self, nursery: trio.Nursery) -> None:
         while True:
             deadline = trio.current_time() + CHECK_INTERVAL_S
             async with trio.open_nursery() as checks:
-                for target in self.targets.values():
+                for target in self._by_index:
                     checks.start_soon(self._check, target, nursery)
             await trio.sleep_until(deadline)
 
     async def _check(self, target: Target, nursery: trio.Nursery) -> None:
-        passed = await probe(self.checker, target.endpoint, ELB_HEALTH)
-        if passed and target.link is None and target.handoff_path is not None:
-            link = HandoffLink(target.handoff_path)
-            try:
-                await link.connect()
-            except OSError:
-                pass  # no hand-off socket: that proxy gets the TCP relay
-            else:
-                target.link = link
-                nursery.start_soon(self._follow_link, target, link)
-        self._record(target, passed)
+        passed = await probe_health(self.checker, target.url, ELB_HEALTH.path, ELB_HEALTH.timeout_s)
+        address = target.handoff_address
+        if passed and target.link is None and address is not None and not target.linking:
+            # in the background: a hand-shake that stalls must not delay the next probes
+            target.linking = True
+            nursery.start_soon(self._open_link, target, address, nursery)
+        self.observe(target, Evidence.PROBE_PASSED if passed else Evidence.PROBE_FAILED)
 
-    def _record(self, target: Target, passed: bool) -> None:
-        change = self.pool.record_check(target.endpoint, passed)
-        if change is not None:
-            log.info(
-                "proxy_state", proxy=target.endpoint.url, old=change.old.value, new=change.new.value
-            )
+    async def _open_link(
+        self, target: Target, address: HandoffAddress, nursery: trio.Nursery
+    ) -> None:
+        link = HandoffLink(address)
+        try:
+            await link.connect()
+        except (OSError, trio.TooSlowError):
+            return  # no hand-off socket: that proxy gets the TCP relay
+        except HandoffRefused as exc:
+            if str(exc) != target.refusal:
+                log.warning(
+                    "handoff_refused", proxy=target.url, address=str(address), error=str(exc)
+                )
+                target.refusal = str(exc)
+            return
+        finally:
+            target.linking = False
+        target.link, target.refusal = link, ""
+        log.info("handoff_link_up", proxy=target.url, address=str(address), peer_pid=link.peer_pid)
+        nursery.start_soon(self._follow_link, target, link)
 
     async def _follow_link(self, target: Target, link: HandoffLink) -> None:
         """Count the proxy's reports of closed connections; its EOF means it is gone or
-        draining, and it gets nothing more until a health check passes again."""
-        state = self.pool.balancer.states[self.pool.endpoints.index(target.endpoint)]
+        draining, and it gets nothing more until its probes pass again."""
+        state = target.state
         while True:
             closed = await link.closed_connections()
             if closed < 0:
@@ -165,14 +229,19 @@ class Elb:
         link.close()
         if target.link is link:
             target.link = None
-        state.in_flight = 0
-        self._record(target, False)
+            log.info("handoff_link_down", proxy=target.url, peer_pid=link.peer_pid)
+            state.in_flight = 0
+            self.observe(target, Evidence.GONE)
 
     # -- connections -------------------------------------------------------------------------
     async def serve(self, listeners: list[trio.SocketListener], nursery: trio.Nursery) -> None:
-        async with trio.open_nursery() as accepting:
-            for listener in listeners:
-                accepting.start_soon(self._accept_loop, listener, nursery)
+        with self._accepting:
+            async with trio.open_nursery() as accepting:
+                for listener in listeners:
+                    accepting.start_soon(self._accept_loop, listener, nursery)
+
+    def stop_accepting(self) -> None:
+        self._accepting.cancel()
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         # Accepting on a plain socket (a duplicate of the listener's descriptor) and waiting
@@ -205,24 +274,23 @@ class Elb:
         self,
         client: socket.socket,
         nursery: trio.Nursery,
-        tried: list[Endpoint] | None = None,
+        tried: tuple[Target, ...] = (),
     ) -> None:
         """Give ``client`` to a proxy: hand it off, or relay to it; a proxy that fails is
         marked down and the next one is tried, so the client never sees a dead proxy."""
-        tried = tried or []
         while True:
-            try:
-                endpoint = self.pool.pick(exclude=tried)
-            except Exception:
-                endpoint = None
-            if endpoint is None or endpoint in tried:
+            candidates = self._candidates
+            if tried:
+                candidates = [s for s in candidates if all(s is not t.state for t in tried)]
+            state = self.balancer.pick_state(candidates) if candidates else None
+            if state is None:
                 self.refused += 1
                 nursery.start_soon(_refuse, _stream(client))
                 return
-            target = self.targets[endpoint.url]
+            target = self._by_index[state.index]
             link = target.link
             if link is None:
-                self.pool.begin(endpoint)
+                state.begin()
                 nursery.start_soon(self._relay, client, target, nursery, tried)
                 return
             try:
@@ -230,10 +298,10 @@ class Elb:
             except OSError:
                 link.close()
                 target.link = None
-                self._record(target, False)
-                tried.append(endpoint)
+                self.observe(target, Evidence.GONE)
+                tried = (*tried, target)
                 continue
-            self.pool.begin(endpoint)
+            state.begin()
             self.handed_off += 1
             client.close()
             return
@@ -243,36 +311,58 @@ class Elb:
         plain_client: socket.socket,
         target: Target,
         nursery: trio.Nursery,
-        tried: list[Endpoint],
+        tried: tuple[Target, ...],
     ) -> None:
-        endpoint = target.endpoint
+        state = target.state
         started = time.monotonic()
+        self.relays_open += 1
         try:
-            with trio.fail_after(CONNECT_TIMEOUT_S):
-                upstream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
-        except (OSError, trio.TooSlowError) as exc:
-            self.pool.end(endpoint, Outcome.CONNECT_FAILURE, time.monotonic() - started)
-            self._record(target, False)
-            log.warning("relay_connect_failed", proxy=endpoint.url, error=str(exc))
-            await self._dispatch(plain_client, nursery, [*tried, endpoint])
-            return
-        client = _stream(plain_client)
-        client_sock = client.socket
-        self.relayed += 1
-        try:
-            async with upstream:
-                src = client_sock.getpeername()
-                dst = client_sock.getsockname()
-                await upstream.send_all(build_v2((src[0], src[1]), (dst[0], dst[1])))
-                async with trio.open_nursery() as pair:
-                    pair.start_soon(_copy, client, upstream)
-                    pair.start_soon(_copy, upstream, client)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
+            try:
+                with trio.fail_after(CONNECT_TIMEOUT_S):
+                    upstream = await trio.open_tcp_stream(
+                        target.endpoint.host, target.endpoint.port
+                    )
+            except (OSError, trio.TooSlowError) as exc:
+                state.end(time.monotonic() - started, ok=False)
+                # Refused or reset: nothing listens there (hard evidence). Too slow: the
+                # proxy may only be busy, which counts as a missed probe.
+                slow = isinstance(exc, trio.TooSlowError)
+                self.observe(target, Evidence.PROBE_FAILED if slow else Evidence.GONE)
+                log.warning("relay_connect_failed", proxy=target.url, error=repr(exc))
+                await self._dispatch(plain_client, nursery, (*tried, target))
+                return
+            client = _stream(plain_client)
+            client_sock = client.socket
+            self.relayed += 1
+            try:
+                async with upstream:
+                    src = client_sock.getpeername()
+                    dst = client_sock.getsockname()
+                    await upstream.send_all(build_v2((src[0], src[1]), (dst[0], dst[1])))
+                    async with trio.open_nursery() as pair:
+                        pair.start_soon(_copy, client, upstream)
+                        pair.start_soon(_copy, upstream, client)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+            finally:
+                state.end(time.monotonic() - started, ok=True)
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(client)
         finally:
-            self.pool.end(endpoint, Outcome.SUCCESS, time.monotonic() - started)
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(client)
+            self.relays_open -= 1
+            if self.relays_open == 0:
+                self._relays_idle.set()
+                self._relays_idle = trio.Event()
+
+    async def wait_relays_done(self) -> None:
+        if self.relays_open:
+            await self._relays_idle.wait()
+
+    def close_links(self) -> None:
+        for target in self._by_index:
+            if target.link is not None:
+                target.link.close()
+                target.link = None
 
 
 def _stream(client: socket.socket) -> trio.SocketStream:
@@ -300,10 +390,29 @@ async def _refuse(stream: trio.SocketStream) -> None:
         await trio.aclose_forcefully(stream)
 
 
-async def run_elb(elb: Elb, port: int) -> None:
+def inherited_socket(fd: int, port: int) -> socket.socket:
+    """The listening TCP socket the launcher passed as ``fd``; ValueError if ``fd`` is not a
+    socket listening on ``port``."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise ValueError(f"--listen-fd {fd}: not a socket ({exc})") from None
+    listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    bound = sock.getsockname()
+    if sock.type != socket.SOCK_STREAM or not listening or bound[1] != port:
+        sock.detach()
+        raise ValueError(f"--listen-fd {fd}: not a TCP socket listening on port {port}")
+    sock.set_inheritable(False)
+    return sock
+
+
+async def run_elb(elb: Elb, port: int, inherited: socket.socket | None = None) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            listeners = await trio.open_tcp_listeners(port, host="127.0.0.1", backlog=4096)
+            if inherited is not None:
+                listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(inherited))]
+            else:
+                listeners = await trio.open_tcp_listeners(port, host="127.0.0.1", backlog=4096)
             nursery.start_soon(elb.watch_health, nursery)
             nursery.start_soon(elb.serve, listeners, nursery)
             log.info(
@@ -311,12 +420,17 @@ async def run_elb(elb: Elb, port: int) -> None:
                 port=port,
                 region=elb.region,
                 proxies=list(elb.targets),
+                inherited=inherited is not None,
                 pid=os.getpid(),
             )
             async for signum in signals:
-                log.info("stopping", signal=signal.Signals(signum).name)
+                log.info("stopping", signal=signal.Signals(signum).name, relays=elb.relays_open)
+                elb.stop_accepting()
                 for listener in listeners:
                     await listener.aclose()
+                with trio.move_on_after(DRAIN_TIMEOUT_S):
+                    await elb.wait_relays_done()
+                elb.close_links()
                 nursery.cancel_scope.cancel()
                 break
 
@@ -325,12 +439,25 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="elb", description=__doc__.splitlines()[0])
     parser.add_argument("port", type=int)
     parser.add_argument("topology", type=Path, help="fleet topology or r_*.yaml")
+    parser.add_argument(
+        "--listen-fd",
+        type=int,
+        metavar="FD",
+        help="serve on this inherited listening socket instead of opening one",
+    )
     args = parser.parse_args(argv)
     try:
         region, urls = load_targets(args.topology, args.port)
     except ConfigError as err:
         print(f"elb: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    inherited = None
+    if args.listen_fd is not None:
+        try:
+            inherited = inherited_socket(args.listen_fd, args.port)
+        except ValueError as err:
+            print(f"elb: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
     name = f"elb-{region}-{args.port}"
     configure_logging(name)
-    trio.run(run_elb, Elb(region, urls, name=name), args.port)
+    trio.run(run_elb, Elb(region, urls, name=name), args.port, inherited)

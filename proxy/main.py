@@ -1,7 +1,10 @@
 """``proxy PORT msa.yaml region.yaml conf.json``: one regional gateway process.
 
-Besides its TCP port, the proxy accepts connections handed over by an ELB on the same host
-(`httpio.handoff`), and PROXY v2 headers only from the addresses of its own region's ELBs.
+Besides its TCP port, the proxy accepts connections handed over by an ELB of its own fleet
+on the same host and in the same network namespace (`httpio.handoff`: the fleet comes from
+``GATEWAY_FLEET_ID``, set by the launcher), and PROXY v2 headers only from the addresses of
+its own region's ELBs. A hand-off address it cannot have (taken, or an unsafe
+``GATEWAY_RUNTIME_DIR``) is logged as an error; the proxy then serves TCP only.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import structlog
 import trio
 
 from httpio.balance import ServicePool
-from httpio.handoff import handoff_path, serve_handoffs
+from httpio.handoff import UnsafeRuntimeDir, handoff_address, serve_handoffs
 from httpio.messages import Handler
 from httpio.run import configure_logging, serve_until_signalled
 from httpio.server import HttpServer
@@ -106,7 +109,13 @@ def main(argv: list[str] | None = None) -> None:
         return app.handle
 
     async def extra(nursery: trio.Nursery, server: HttpServer) -> None:
-        await nursery.start(serve_handoffs, server, handoff_path(args.port))
+        try:
+            address = handoff_address(args.port)
+        except (UnsafeRuntimeDir, ValueError) as exc:
+            log.error("handoff_disabled", error=str(exc))
+            return
+        if address is not None:
+            await nursery.start(serve_handoffs, server, address)
 
     trio.run(
         lambda: serve_until_signalled(

@@ -13,6 +13,14 @@ SIGTERM (`topology.supervisor` holds the rules). A child whose program is not in
 is reported in the table as ``missing`` and the others run anyway: a half-built fleet is
 still worth running.
 
+Every fleet gets a random id (``GATEWAY_FLEET_ID`` in each child's environment), which ties
+the ELBs' hand-off sockets to this fleet's proxies (`httpio.handoff`). The ELBs' listening
+sockets are the supervisor's, kept open across ELB restarts. Before the command line starts
+anything it checks that no other launcher runs from the same run directory base, that no
+orphan of an earlier one is alive and that every port is free, and names what is in the way
+(`topology.fleet_lock`); children die with a launcher that is SIGKILLed
+(`topology.lifeline`).
+
 Tests and benchmarks use `open_fleet` (an async context manager yielding a `Fleet`), which
 is strict by default: anything missing or failed raises `FleetStartError`.
 """
@@ -22,6 +30,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -34,6 +43,8 @@ from pathlib import Path
 import msgspec
 import trio
 
+from httpio.handoff import FLEET_ENV
+from topology.fleet_lock import FleetLock, FleetState, obstacles, record_of
 from topology.load import ConfigError, load_config, load_fleet
 from topology.schema import (
     FleetTopology,
@@ -45,6 +56,7 @@ from topology.schema import (
     encode_yaml,
 )
 from topology.supervisor import (
+    Child,
     ChildSpec,
     Output,
     Probe,
@@ -138,12 +150,13 @@ def plan_fleet(
         *,
         region: str = "",
         probe: Probe = "http",
+        listen: bool = False,
     ) -> ChildSpec:
         launcher = launchers.get(kind, f"no launcher for {kind}")
         argv = None if isinstance(launcher, str) else (*launcher, *args)
         missing = launcher if isinstance(launcher, str) else ""
         log = logs / f"{name}.log"
-        return ChildSpec(name, kind, port, argv, log, probe, region, host, missing)
+        return ChildSpec(name, kind, port, argv, log, probe, region, host, missing, listen)
 
     files: dict[Path, bytes] = {}
     config_path = run / "config.json"
@@ -163,9 +176,10 @@ def plan_fleet(
         redis_args = ["--port", str(p), "--bind", host, "--save", ""]
         redis_args += ["--appendonly", "no", "--dir", str(run)]
         groups.append((child("redis", "redis", p, redis_args, probe="redis"),))
+    faults = ["--test-faults"] if topology.backends.test_faults else []
     groups.append(
         tuple(
-            child("backend", f"backend-{p}", p, [str(p), "--name", f"backend-{p}"])
+            child("backend", f"backend-{p}", p, [str(p), "--name", f"backend-{p}", *faults])
             for p in topology.backends.ports
         )
     )
@@ -201,6 +215,7 @@ def plan_fleet(
                 r.elb_port,
                 [str(r.elb_port), str(run / f"r_{r.code}.yaml")],
                 region=r.code,
+                listen=True,
             )
             for r in topology.regions
         )
@@ -276,6 +291,7 @@ class Fleet:
     plan: FleetPlan
     supervisor: Supervisor
     ports: dict[str, int] = field(default_factory=dict)
+    fleet_id: str = ""
 
     def __repr__(self) -> str:
         return f"<Fleet {self.plan.run_dir} {self.supervisor!r}>"
@@ -333,6 +349,11 @@ def prepare_fleet(
     return plan
 
 
+def new_fleet_id() -> str:
+    """A fleet's identity: random, so that no two fleets on a host share one."""
+    return secrets.token_hex(8)
+
+
 def _problems_report(supervisor: Supervisor) -> str:
     return "; ".join(f"{c.spec.name}: {c.error}" for c in supervisor.problems())
 
@@ -352,7 +373,14 @@ async def open_fleet(
     stop every child on exit, also on error or cancellation. With ``strict``, a child that
     is missing or fails to start raises `FleetStartError` (after stopping the rest)."""
     plan = prepare_fleet(topology_path, run_dir, launchers)
-    supervisor = Supervisor(plan.groups, out=out, ready_timeout_s=ready_timeout_s, grace_s=grace_s)
+    fleet_id = new_fleet_id()
+    supervisor = Supervisor(
+        plan.groups,
+        out=out,
+        ready_timeout_s=ready_timeout_s,
+        grace_s=grace_s,
+        env={FLEET_ENV: fleet_id},
+    )
     # Errors are raised after the nursery, not inside it, so that the caller sees its own
     # exception (or FleetStartError) rather than an ExceptionGroup wrapping it.
     error: BaseException | None = None
@@ -363,7 +391,7 @@ async def open_fleet(
                 error = FleetStartError(_problems_report(supervisor))
             else:
                 try:
-                    yield Fleet(plan, supervisor, {c.name: c.port for c in plan.children})
+                    yield Fleet(plan, supervisor, {c.name: c.port for c in plan.children}, fleet_id)
                 except BaseException as exc:
                     error = exc
         finally:
@@ -387,10 +415,24 @@ async def start_fleet(
 
 
 # -- the command line --------------------------------------------------------------------------
-async def run_until_signalled(plan: FleetPlan, out: Output) -> None:
+async def run_until_signalled(plan: FleetPlan, out: Output, lock: FleetLock | None = None) -> None:
     """The foreground fleet: start, print the table, supervise; the first SIGINT/SIGTERM
-    stops everything in order, a second one SIGKILLs whatever is left."""
-    supervisor = Supervisor(plan.groups, out=out)
+    stops everything in order, a second one SIGKILLs whatever is left. With ``lock``, its
+    ``fleet.json`` follows every child started."""
+    fleet_id = new_fleet_id()
+    launcher = record_of("fleet", os.getpid())
+    supervisor: Supervisor
+
+    def remember(_: Child) -> None:
+        if lock is not None:
+            children = [
+                record_of(c.spec.name, pid, c.spec.port)
+                for c in supervisor.children
+                if (pid := c.pid) is not None
+            ]
+            lock.write_state(FleetState(launcher, fleet_id, str(plan.run_dir), children))
+
+    supervisor = Supervisor(plan.groups, out=out, env={FLEET_ENV: fleet_id}, on_spawn=remember)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             with trio.CancelScope() as running:
@@ -408,7 +450,7 @@ async def run_until_signalled(plan: FleetPlan, out: Output) -> None:
                 nursery.start_soon(on_signals)
                 try:
                     await supervisor.start(nursery)
-                    fleet = Fleet(plan, supervisor)
+                    fleet = Fleet(plan, supervisor, fleet_id=fleet_id)
                     out(fleet.table())
                     if supervisor.problems():
                         out(f"fleet: running without: {_problems_report(supervisor)}")
@@ -445,6 +487,19 @@ def main(argv: list[str] | None = None) -> None:
     if topology.redis.enabled and isinstance(redis, str):
         print(f"fleet: {redis}", file=sys.stderr)
         raise SystemExit(2)
+    base = Path(args.run_dir) if args.run_dir else Path(topology.run_dir)
+    lock = FleetLock(base)
+    try:
+        ports = {
+            c.name: c.port for c in plan_fleet(topology, args.topology, base, launchers).children
+        }
+        blocked = obstacles(lock, ports, topology.host)
+    except (ConfigError, OSError) as exc:
+        print(f"fleet: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if blocked:
+        print("\n".join(blocked), file=sys.stderr)
+        raise SystemExit(2)
     run = Path(args.run_dir) if args.run_dir else make_run_dir(topology.run_dir, datetime.now())
     try:
         plan = prepare_fleet(args.topology, run, launchers)
@@ -452,7 +507,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"fleet: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     _print(f"fleet: run directory {_relative(plan.run_dir)}")
-    trio.run(run_until_signalled, plan, _print)
+    trio.run(run_until_signalled, plan, _print, lock)
 
 
 if __name__ == "__main__":

@@ -129,6 +129,8 @@ class FleetAuth(Struct, frozen=True, forbid_unknown_fields=True):
 
 class FleetBackends(Struct, frozen=True, forbid_unknown_fields=True):
     ports: list[Port] = field(default_factory=list)
+    # the demo backends obey ?drop=1, ?status=N ... (backend --test-faults): tests only
+    test_faults: bool = False
 
 
 class FleetTopology(Struct, frozen=True, forbid_unknown_fields=True):

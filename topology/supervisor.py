@@ -17,8 +17,13 @@ terminal reaches only the launcher, which then stops the groups in reverse order
 first, so no new traffic enters while the proxies and backends drain) with SIGTERM, and
 SIGKILL after ``grace_s`` (10 s, the servers' own drain deadline). The signal goes to the
 child's whole process group, so nothing a child forked is left behind. A launcher killed
-with SIGKILL cannot do this; no portable mechanism helps there (``PR_SET_PDEATHSIG`` fires
-when the *thread* that forked dies, and trio forks from short-lived worker threads).
+with SIGKILL cannot do this; the kernel then kills the children (`topology.lifeline`).
+
+A child whose spec says ``listen`` (the ELBs) gets its listening socket from the
+supervisor, which binds it before the child's first start, passes it with ``--listen-fd``
+and keeps it open across restarts: while a crashed ELB is restarted, new connections wait
+in the kernel's backlog instead of being refused (HAProxy and Envoy hand their listeners to
+their successors; systemd's socket activation does the same).
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import subprocess
-from collections.abc import Callable, Sequence
+import socket
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -35,8 +40,11 @@ from typing import Literal
 
 import trio
 
+from topology.lifeline import ChildProcess, start_child
+
 Probe = Literal["http", "redis", "tcp"]
 Output = Callable[[str], None]
+STANDBY_BACKLOG = 4096  # as the servers' own listeners
 
 
 class FleetStartError(Exception):
@@ -58,6 +66,7 @@ class ChildSpec:
     region: str = ""
     host: str = "127.0.0.1"
     missing: str = ""
+    listen: bool = False  # the supervisor holds its listening socket (``--listen-fd``)
 
 
 class Backoff:
@@ -104,7 +113,8 @@ class Child:
     spec: ChildSpec
     backoff: Backoff
     state: State = State.PENDING
-    process: trio.Process | None = None
+    process: ChildProcess | None = None
+    standby: socket.socket | None = None  # the listening socket kept across restarts
     started_at: float = 0.0
     restarts: int = 0
     error: str = ""
@@ -193,8 +203,12 @@ class Supervisor:
         grace_s: float = 10.0,
         backoff: Callable[[], Backoff] = Backoff,
         probe_interval_s: float = 0.05,
+        env: Mapping[str, str] | None = None,
+        on_spawn: Callable[[Child], None] | None = None,
     ) -> None:
         self.groups = [[Child(spec, backoff()) for spec in group] for group in groups]
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.on_spawn = on_spawn
         self.out = out
         self.ready_timeout_s = ready_timeout_s
         self.grace_s = grace_s
@@ -248,24 +262,27 @@ class Supervisor:
                         continue
                     starting.start_soon(nursery.start, self._watch, child)
 
-    async def _spawn(self, child: Child) -> None:
-        argv = child.spec.argv
-        assert argv is not None
-        fd = _open_log(child.spec.log, argv)
+    def _spawn(self, child: Child) -> None:
+        """Start the child (on this thread: see `topology.lifeline`); OSError if it cannot
+        be started or, the first time, its port cannot be listened on."""
+        spec = child.spec
+        assert spec.argv is not None
+        argv: list[str] = list(spec.argv)
+        if spec.listen and child.standby is None:
+            child.standby = _open_standby(spec)
+        pass_fds: tuple[int, ...] = ()
+        if child.standby is not None:
+            argv += ["--listen-fd", str(child.standby.fileno())]
+            pass_fds = (child.standby.fileno(),)
+        fd = _open_log(spec.log, argv)
         try:
-            with trio.CancelScope(shield=True):  # a Popen that completes must not be lost
-                child.process = await trio.lowlevel.open_process(
-                    list(argv),
-                    stdin=subprocess.DEVNULL,
-                    stdout=fd,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                )
+            child.process = start_child(argv, output=fd, env=self.env, pass_fds=pass_fds)
         finally:
             os.close(fd)
         child.started_at = trio.current_time()
         self._set(child, State.STARTING)
+        if self.on_spawn is not None:
+            self.on_spawn(child)
 
     async def _wait_ready(self, child: Child) -> str:
         """'' once the child answers its probe; otherwise why it did not."""
@@ -288,7 +305,7 @@ class Supervisor:
         try:
             with child.watch_scope:
                 try:
-                    await self._spawn(child)
+                    self._spawn(child)
                 except OSError as exc:
                     child.error = f"cannot start: {exc}"
                     self._set(child, State.FAILED)
@@ -333,7 +350,7 @@ class Supervisor:
             if self.stopping or child.stopping:
                 return
             try:
-                await self._spawn(child)
+                self._spawn(child)
             except OSError as exc:
                 self.out(f"{child.spec.name}: cannot restart: {exc}")
                 continue
@@ -381,6 +398,7 @@ class Supervisor:
             child.watch_scope.cancel()
         if child.watch_done is not None:
             await child.watch_done.wait()
+        _close_standby(child)  # no new connections wait for an ELB that is going away
         await self._terminate(child)
         if child.state not in (State.MISSING, State.FAILED):
             self._set(child, State.STOPPED)
@@ -402,11 +420,32 @@ class Supervisor:
         """SIGKILL every child at once (a second Ctrl-C while stopping)."""
         for child in self.children:
             child.stopping = True
+            _close_standby(child)
             if child.process is not None and child.process.returncode is None:
                 _signal_group(child.process, signal.SIGKILL)
 
 
-def _signal_group(process: trio.Process, sig: int) -> None:
+def _open_standby(spec: ChildSpec) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((spec.host, spec.port))
+        sock.listen(STANDBY_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise OSError(
+            exc.errno, f"cannot listen on {spec.host}:{spec.port}: {exc.strerror}"
+        ) from None
+    return sock
+
+
+def _close_standby(child: Child) -> None:
+    if child.standby is not None:
+        child.standby.close()
+        child.standby = None
+
+
+def _signal_group(process: ChildProcess, sig: int) -> None:
     # The child leads its own session, so its pid is its process group id.
     try:
         os.killpg(process.pid, sig)

@@ -297,17 +297,28 @@ class Running:
     sleeps: list[float]
 
 
-@pytest.fixture
-async def backend(nursery: trio.Nursery) -> Running:
+async def start_backend(nursery: trio.Nursery, *, test_faults: bool) -> Running:
     sleeps: list[float] = []
 
     async def fake_sleep(seconds: float) -> None:
         sleeps.append(seconds)
 
-    app = BackendApp(StaticSite.builtin(), name="demo", sleep=fake_sleep)
+    app = BackendApp(StaticSite.builtin(), name="demo", sleep=fake_sleep, test_faults=test_faults)
     port = await nursery.start(serve_tcp, app, 0)
     app.port = port
     return Running(app, port, sleeps)
+
+
+@pytest.fixture
+async def backend(nursery: trio.Nursery) -> Running:
+    """A backend as the tests start it: its fault switches on."""
+    return await start_backend(nursery, test_faults=True)
+
+
+@pytest.fixture
+async def shipped_backend(nursery: trio.Nursery) -> Running:
+    """A backend as the shipped fleet starts it: no fault switches."""
+    return await start_backend(nursery, test_faults=False)
 
 
 async def test_health(backend: Running) -> None:
@@ -477,6 +488,23 @@ async def test_drop_closes_without_a_response(backend: Running) -> None:
     assert (await fetch(backend.port, "GET", "/health")).status == 200
 
 
+@pytest.mark.parametrize(
+    "query",
+    ["drop=1", "status=503", "delay=600", "close=1", "set-cookie=sid%3Devil", "status=999"],
+)
+async def test_without_test_faults_no_client_can_make_it_misbehave(
+    shipped_backend: Running, query: str
+) -> None:
+    reply = await fetch(shipped_backend.port, "GET", f"/echo?{query}")
+    assert reply.status == 200 and reply.complete
+    assert reply.json()["query"] == query  # an ordinary query parameter, shown by /echo
+    assert b"set-cookie" not in reply.headers
+    assert shipped_backend.sleeps == []
+    app = shipped_backend.app
+    assert (app.dropped, app.truncated) == (0, 0)
+    assert not app.test_faults and "test-faults" not in repr(app)
+
+
 async def test_stats_and_repr(backend: Running) -> None:
     await fetch(backend.port, "GET", "/index.html")
     stats = (await fetch(backend.port, "GET", "/stats")).json()
@@ -497,6 +525,11 @@ def test_build_app_from_arguments(tmp_path: Path) -> None:
     assert default.name == "backend-5003" and "/large.pdf" in default.site
     with pytest.raises(SystemExit):
         build_app(parse_args(["5004", "--root", str(tmp_path / "missing")]))
+
+
+def test_fault_switches_are_off_unless_asked_for() -> None:
+    assert not build_app(parse_args(["5000"])).test_faults
+    assert build_app(parse_args(["5000", "--test-faults"])).test_faults
 
 
 def test_delay_ms_option_is_parsed_and_bounded() -> None:

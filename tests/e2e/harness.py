@@ -160,6 +160,7 @@ service:
     msa: msa_en.yaml
 backends:
   ports: {backends}
+  test_faults: true
 auth:
   ports: [{auth}]
 redis:

@@ -47,7 +47,7 @@ regions:
     (tmp_path / "config.json").write_text(
         json.dumps({"Auth_key": "k" * 32, "MSA_healthcheck_interval": 60, "Access_log": True})
     )
-    procs = [spawn([str(BIN / "backend"), str(backend)], tmp_path / "backend.log")]
+    procs = [spawn([str(BIN / "backend"), str(backend), "--test-faults"], tmp_path / "backend.log")]
     wait_for(lambda: _up(backend), what="backend up")
     p = spawn(
         [

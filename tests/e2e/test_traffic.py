@@ -105,7 +105,7 @@ regions:
     try:
         for port in backends:
             found.processes[port] = spawn(
-                [str(BIN / "backend"), str(port)], tmp_path / f"backend-{port}.log"
+                [str(BIN / "backend"), str(port), "--test-faults"], tmp_path / f"backend-{port}.log"
             )
         wait_for(lambda: all(_up(p) for p in backends), what="backends up")
         found.processes[proxy] = spawn(

@@ -2,17 +2,20 @@
 servers on port 0 of 127.0.0.1: hand-off over a Unix socket, TCP relay with a PROXY v2
 header, refusal when no proxy is healthy, and failing over when a hand-off link dies.
 
-Hand-off sockets live in a short temporary directory (a Unix socket path has ~100 bytes);
-``GATEWAY_RUNTIME_DIR`` points there so that `httpio.handoff.handoff_path` does too. No test
-sleeps for a fixed time: waits poll a condition under a deadline.
+Each test runs as a fleet of its own (a random ``GATEWAY_FLEET_ID``), so its hand-off
+sockets (abstract names, `httpio.handoff`) meet no one else's. No test sleeps for a fixed
+time: waits poll a condition under a deadline.
 """
 
 from __future__ import annotations
 
+import ast
 import json
+import os
+import secrets
 import shutil
+import signal
 import socket
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,9 +25,9 @@ import pytest
 import trio
 import trio.testing
 
-from elb.main import Elb, load_targets
-from httpio.handoff import handoff_path, serve_handoffs
-from httpio.health import State
+from elb.ejection import Verdict
+from elb.main import Elb, inherited_socket, load_targets, main, run_elb
+from httpio.handoff import HandoffAddress, handoff_address, serve_handoffs
 from httpio.messages import Request, Response, json_response
 from httpio.protocol import h11
 from httpio.run import listener_port, open_listeners
@@ -102,27 +105,31 @@ def test_load_targets_refuses_a_broken_file(tmp_path: Path, text: str) -> None:
         load_targets(path, 9000)
 
 
-def test_only_proxies_on_this_host_get_a_hand_off_path(runtime_dir: Path) -> None:
+def test_only_proxies_on_this_host_get_a_hand_off_address(fleet: str) -> None:
     elb = Elb(
         "ko_KR",
         ["http://127.0.0.1:6000", "http://localhost:6001", "http://10.0.0.9:6002"],
         name="elb",
     )
-    paths = {url: t.handoff_path for url, t in elb.targets.items()}
-    assert paths == {
-        "http://127.0.0.1:6000": runtime_dir / "proxy-6000.sock",
-        "http://localhost:6001": runtime_dir / "proxy-6001.sock",
+    addresses = {url: t.handoff_address for url, t in elb.targets.items()}
+    assert addresses == {
+        "http://127.0.0.1:6000": handoff_address(6000),
+        "http://localhost:6001": handoff_address(6001),
         "http://10.0.0.9:6002": None,
     }
+    address = addresses["http://127.0.0.1:6000"]
+    assert isinstance(address, HandoffAddress)
+    assert address.identity.fleet == fleet and address.identity.port == 6000
 
 
 # -- fixtures ---------------------------------------------------------------------------------
 @pytest.fixture
-def runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="gw-elb-", dir="/tmp"))
-    monkeypatch.setenv("GATEWAY_RUNTIME_DIR", str(path))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def fleet(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fleet id of this test's own."""
+    name = f"test-{secrets.token_hex(6)}"
+    monkeypatch.setenv("GATEWAY_FLEET_ID", name)
+    monkeypatch.delenv("GATEWAY_RUNTIME_DIR", raising=False)
+    return name
 
 
 @pytest.fixture
@@ -162,8 +169,9 @@ class ProxyLike:
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.server.serve_listeners, listeners)
-                    if self.handoff:
-                        await nursery.start(serve_handoffs, self.server, handoff_path(port))
+                    address = handoff_address(port)
+                    if self.handoff and address is not None:
+                        await nursery.start(serve_handoffs, self.server, address)
                     task_status.started()
                     await trio.sleep_forever()
         finally:
@@ -201,9 +209,7 @@ async def running_elb(
     finally:
         for listener in listeners:
             await listener.aclose()
-        for target in elb.targets.values():
-            if target.link is not None:
-                target.link.close()
+        elb.close_links()
         await elb.checker.aclose()
 
 
@@ -252,7 +258,7 @@ async def get(port: int, target: str = "/who", *, settle_first: bool = False) ->
 
 # -- serving ----------------------------------------------------------------------------------
 async def test_a_local_proxy_is_handed_the_connection_with_the_real_client_address(
-    runtime_dir: Path,
+    fleet: str,
 ) -> None:
     proxy = ProxyLike("a", handoff=True)
     async with proxies(proxy), running_elb([proxy.url]) as (elb, port):
@@ -267,12 +273,12 @@ async def test_a_local_proxy_is_handed_the_connection_with_the_real_client_addre
         }
         assert (elb.handed_off, elb.relayed, elb.refused) == (1, 0, 0)
         # the proxy reports the closed connection back: least-conn counts come down
-        state = elb.pool.balancer.states[0]
+        state = elb.balancer.states[0]
         await wait_until(lambda: state.in_flight == 0)
 
 
 async def test_a_proxy_without_hand_off_gets_a_relay_with_a_proxy_header(
-    runtime_dir: Path,
+    fleet: str,
 ) -> None:
     proxy = ProxyLike("b", handoff=False, trusted_proxies=("127.0.0.1",))
     async with proxies(proxy), running_elb([proxy.url], health_checks=False) as (elb, port):
@@ -287,13 +293,13 @@ async def test_a_proxy_without_hand_off_gets_a_relay_with_a_proxy_header(
         assert first.local_port != second.local_port
         assert (elb.handed_off, elb.relayed) == (0, 2)
         assert elb.targets[proxy.url].link is None
-        state = elb.pool.balancer.states[0]
+        state = elb.balancer.states[0]
         await wait_until(lambda: state.in_flight == 0)
 
 
 async def test_no_healthy_proxy_is_a_503_with_a_json_body(refused_url: str) -> None:
     async with running_elb([refused_url]) as (elb, port):
-        await wait_until(lambda: elb.pool.health.state(refused_url) is State.EJECTED)
+        await wait_until(lambda: elb.health.verdict(refused_url) is not Verdict.UP)
         reply = await get(port)
         assert reply.status == 503
         assert reply.headers[b"content-type"] == b"application/json"
@@ -307,7 +313,7 @@ async def test_no_healthy_proxy_is_a_503_with_a_json_body(refused_url: str) -> N
 
 
 async def test_a_dead_hand_off_link_sends_the_next_connection_to_the_other_proxy(
-    runtime_dir: Path,
+    fleet: str,
 ) -> None:
     a, b = ProxyLike("a", handoff=True), ProxyLike("b", handoff=True)
     async with proxies(a, b), running_elb([a.url, b.url]) as (elb, port):
@@ -321,14 +327,12 @@ async def test_a_dead_hand_off_link_sends_the_next_connection_to_the_other_proxy
             assert reply.status == 200
             assert reply.json()["proxy"] == "b"
             assert reply.json()["client"] == ["127.0.0.1", reply.local_port]
-        assert not elb.pool.health.usable(a.url)
+        assert a.url not in elb.health.usable
         assert elb.targets[a.url].link is None
         assert elb.refused == 0
 
 
-async def test_a_refused_relay_connect_goes_to_another_proxy(
-    runtime_dir: Path, refused_url: str
-) -> None:
+async def test_a_refused_relay_connect_goes_to_another_proxy(fleet: str, refused_url: str) -> None:
     # No health checks: the dead proxy is still believed healthy and is picked first.
     live = ProxyLike("live", handoff=False, trusted_proxies=("127.0.0.1",))
     async with (
@@ -339,3 +343,104 @@ async def test_a_refused_relay_connect_goes_to_another_proxy(
         assert reply.status == 200
         assert reply.json()["proxy"] == "live"
         assert elb.refused == 0
+
+
+# -- layering ---------------------------------------------------------------------------------
+def test_the_elb_imports_no_other_server() -> None:
+    """Imports point one way: ``httpio`` <- ``topology`` <- the servers, none importing
+    another (the health probe the ELB needs lives in `httpio.probe`)."""
+    servers = {"proxy", "authsvc", "backends"}
+    found = []
+    for path in sorted((REPO / "elb").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            found += [f"{path.name}: {n}" for n in names if n.split(".")[0] in servers]
+    assert found == []
+
+
+# -- stopping ---------------------------------------------------------------------------------
+async def test_sigterm_stops_accepting_and_lets_relays_finish(fleet: str) -> None:
+    proxy = ProxyLike("b", handoff=False, trusted_proxies=("127.0.0.1",))
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    port = listening.getsockname()[1]
+    async with proxies(proxy):
+        elb = Elb("ko_KR", [proxy.url], name="elb-test")
+        async with trio.open_nursery() as nursery:
+            stopped = trio.Event()
+
+            async def run() -> None:
+                await run_elb(elb, port, listening)
+                stopped.set()
+
+            nursery.start_soon(run)
+            with trio.fail_after(DEADLINE_S):
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                await stream.send_all(b"GET /who HTTP/1.1\r\nhost: elb\r\n")  # half a head
+                await wait_until(lambda: elb.relays_open == 1)
+                os.kill(os.getpid(), signal.SIGTERM)
+                await wait_until(lambda: listening.fileno() == -1)  # no longer accepting
+                with pytest.raises(OSError):
+                    await trio.open_tcp_stream("127.0.0.1", port)
+                await stream.send_all(b"connection: close\r\n\r\n")
+                answer = b""
+                with trio.fail_after(DEADLINE_S):
+                    while data := await stream.receive_some(65536):
+                        answer += data
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            with trio.fail_after(DEADLINE_S):
+                await stopped.wait()
+        await elb.checker.aclose()
+
+
+# -- the inherited listener -------------------------------------------------------------------
+def test_an_inherited_listener_must_be_a_tcp_socket_listening_on_the_port() -> None:
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        taken = inherited_socket(os.dup(listening.fileno()), port)
+        assert taken.getsockname() == ("127.0.0.1", port) and not taken.get_inheritable()
+        taken.close()
+        with pytest.raises(ValueError, match=f"listening on port {port + 1}"):
+            inherited_socket(listening.fileno(), port + 1)
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        with pytest.raises(ValueError, match="not a TCP socket listening"):
+            inherited_socket(bound.fileno(), bound.getsockname()[1])
+    read_end, write_end = os.pipe()
+    try:
+        with pytest.raises(ValueError, match="not a socket"):
+            inherited_socket(read_end, 9000)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_a_bad_listen_fd_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        with pytest.raises(SystemExit) as info:
+            main(["9000", str(DATA / "r_kr.yaml"), "--listen-fd", str(read_end)])
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert info.value.code == 2
+    assert capsys.readouterr().err.startswith(f"elb: --listen-fd {read_end}: not a socket")
+
+
+def test_an_unsafe_runtime_dir_means_relays_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("GATEWAY_RUNTIME_DIR", str(shared))
+    elb = Elb("ko_KR", ["http://127.0.0.1:6000"], name="elb")
+    assert elb.targets["http://127.0.0.1:6000"].handoff_address is None

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 import trio
 
+from tests.e2e.harness import wait_for
 from topology import fleet as fleet_module
 from topology.fleet import (
     FleetStartError,
@@ -25,6 +29,7 @@ from topology.fleet import (
     plan_fleet,
     write_run_files,
 )
+from topology.fleet_lock import parse_start_time, process_started
 from topology.load import load_config, load_fleet, load_msa, load_proxy_list, load_region_structure
 from topology.supervisor import probe_once
 
@@ -163,6 +168,30 @@ def test_children_in_dependency_order_with_their_arguments(topology_path, tmp_pa
     assert elb.argv is None and elb.missing == "module elb.main is not there yet"
 
 
+def test_backends_obey_fault_switches_only_when_the_topology_says_so(topology_path, tmp_path):
+    def backend_argv() -> object:
+        plan = plan_for(topology_path, tmp_path / "run")
+        return next(c.argv for c in plan.children if c.name == "backend-15000")
+
+    assert backend_argv() == ("/venv/bin/backend", "15000", "--name", "backend-15000")
+    text = topology_path.read_text()
+    topology_path.write_text(
+        text.replace(
+            "backends: {ports: [15000, 15001]}",
+            "backends: {ports: [15000, 15001], test_faults: true}",
+        )
+    )
+    assert backend_argv() == (
+        *("/venv/bin/backend", "15000", "--name", "backend-15000"),
+        "--test-faults",
+    )
+
+
+def test_the_shipped_fleet_has_no_test_switch_on():
+    shipped = load_fleet(fleet_module.DEFAULT_TOPOLOGY)
+    assert not shipped.backends.test_faults
+
+
 def test_launchers_come_from_this_virtualenv():
     found = find_launchers()
     assert set(found) == {"redis", "backend", "authsvc", "proxy", "elb"}
@@ -284,6 +313,21 @@ async def test_the_whole_tiny_fleet_comes_up_strictly(tmp_path):
     assert fleet.pids == {}
 
 
+async def test_every_child_gets_the_fleets_own_id(tmp_path):
+    require("backend")
+    path = tiny_topology(tmp_path)
+    launchers = {**find_launchers(), "redis": "-", "authsvc": "-", "proxy": "-", "elb": "-"}
+    ids = []
+    for run in ("run1", "run2"):
+        async with open_fleet(path, tmp_path / run, strict=False, launchers=launchers) as fleet:
+            assert len(fleet.fleet_id) == 16
+            for pid in fleet.pids.values():
+                environ = (await trio.Path(f"/proc/{pid}/environ").read_bytes()).split(b"\0")
+                assert f"GATEWAY_FLEET_ID={fleet.fleet_id}".encode() in environ
+            ids.append(fleet.fleet_id)
+    assert ids[0] != ids[1]
+
+
 async def test_strict_fleet_refuses_to_run_half_built(tmp_path):
     require("backend")
     path = tiny_topology(tmp_path)
@@ -309,3 +353,137 @@ async def test_errors_in_the_body_come_out_unwrapped(tmp_path):
             scope.cancel()
             await trio.sleep_forever()
     assert scope.cancelled_caught and f.pids == {}
+
+
+# -- the launcher as a process -----------------------------------------------------------------
+FLEET = Path(sys.executable).parent / "fleet"
+
+
+def small_topology(tmp_path: Path) -> tuple[Path, dict[str, int]]:
+    """A backend, a proxy and an ELB on free ports; no Redis, no auth server."""
+    backend, proxy, elb = free_ports(3)
+    (tmp_path / "msa.yaml").write_text(
+        f'service:\n  - name: web\n    public: true\n    instance: ["http://127.0.0.1:{backend}"]\n'
+    )
+    (tmp_path / "config.json").write_text(json.dumps({"Auth_key": "k" * 40}))
+    path = tmp_path / "fleet.yaml"
+    path.write_text(
+        f"regions:\n  - {{code: kr, elb_port: {elb}, proxy_ports: [{proxy}], msa: msa.yaml}}\n"
+        f"backends: {{ports: [{backend}]}}\nredis: {{enabled: false}}\nconfig: config.json\n"
+    )
+    return path, {"backend": backend, "proxy": proxy, "elb": elb}
+
+
+def children_of(pid: int) -> dict[int, int]:
+    """PID -> start time of each live child of ``pid``, from /proc."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
+            except OSError:
+                continue
+            started = parse_start_time(stat)
+            if started is not None and int(stat.rsplit(")", 1)[-1].split()[1]) == pid:
+                found[int(entry.name)] = started
+    return found
+
+
+def alive(pid: int, started: int) -> bool:
+    return process_started(pid) == started
+
+
+class Launcher:
+    """``fleet TOPOLOGY --run-dir RUN`` as a process of its own, its output in a file."""
+
+    def __init__(self, topology: Path, run: Path, out: Path) -> None:
+        self.out = out
+        with open(out, "wb") as log:
+            self.process = subprocess.Popen(
+                [str(FLEET), str(topology), "--run-dir", str(run)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.children: dict[int, int] = {}
+
+    def output(self) -> str:
+        return self.out.read_text()
+
+    def wait_up(self, n: int) -> dict[int, int]:
+        wait_for(lambda: "fleet: up" in self.output(), timeout_s=60, what="the fleet up")
+        self.children = children_of(self.process.pid)
+        assert len(self.children) == n, self.output()
+        return self.children
+
+    def stop(self) -> None:
+        """Whatever happens to the test: the launcher and any child it left, by PID."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(30)
+        for pid, started in self.children.items():
+            if alive(pid, started):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def launchers() -> Iterator[list[Launcher]]:
+    started: list[Launcher] = []
+    yield started
+    for launcher in started:
+        launcher.stop()
+
+
+def test_a_sigkilled_launcher_takes_its_children_along(
+    tmp_path: Path, launchers: list[Launcher]
+) -> None:
+    require("backend", "proxy", "elb")
+    topology, _ = small_topology(tmp_path)
+    first = Launcher(topology, tmp_path / "run", tmp_path / "first.out")
+    launchers.append(first)
+    children = first.wait_up(3)
+    first.process.kill()
+    first.process.wait(30)
+    wait_for(
+        lambda: not any(alive(pid, t) for pid, t in children.items()),
+        timeout_s=10,
+        what="every child of the killed launcher gone",
+    )
+    # ... so that the next launcher finds its ports free and its run directory unlocked
+    second = Launcher(topology, tmp_path / "run", tmp_path / "second.out")
+    launchers.append(second)
+    second.wait_up(3)
+    second.process.send_signal(signal.SIGTERM)
+    assert second.process.wait(60) == 0
+    assert "fleet: stopped" in second.output()
+
+
+def test_a_second_launcher_names_the_first_and_stops(
+    tmp_path: Path, launchers: list[Launcher]
+) -> None:
+    require("backend", "proxy", "elb")
+    topology, ports = small_topology(tmp_path)
+    first = Launcher(topology, tmp_path / "run", tmp_path / "first.out")
+    launchers.append(first)
+    children = first.wait_up(3)
+    # the same run directory: the lock says who is there
+    again = Launcher(topology, tmp_path / "run", tmp_path / "again.out")
+    launchers.append(again)
+    assert again.process.wait(60) == 2
+    said = again.output()
+    assert f"already running from {tmp_path / 'run'}: launcher pid {first.process.pid}" in said
+    for pid in children:
+        assert f"pid {pid} " in said
+    for port in ports.values():
+        assert f"port {port}" in said
+    # another run directory, the same ports: each taken port named with its holder
+    elsewhere = Launcher(topology, tmp_path / "other", tmp_path / "elsewhere.out")
+    launchers.append(elsewhere)
+    assert elsewhere.process.wait(60) == 2
+    said = elsewhere.output()
+    assert "3 port(s) of this topology are in use" in said
+    for port in ports.values():
+        assert any(str(port) in line and "held by pid" in line for line in said.splitlines())
+    assert not (tmp_path / "other" / "logs").exists()  # nothing was started
+    assert children_of(first.process.pid) == children  # the first fleet is untouched
+    first.process.send_signal(signal.SIGTERM)
+    assert first.process.wait(60) == 0

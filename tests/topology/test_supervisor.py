@@ -14,6 +14,7 @@ import trio
 
 from httpio.messages import Request, Response, json_response
 from httpio.run import serve_tcp
+from tests.polling import wait_until
 from topology.supervisor import (
     Backoff,
     ChildSpec,
@@ -205,3 +206,39 @@ async def test_wait_running_gives_up_at_its_deadline(tmp_path):
         with pytest.raises(trio.TooSlowError):
             await sup.wait_running("x", timeout_s=0.05)
         await sup.stop()
+
+
+SERVE_INHERITED = (
+    "import os, socket, sys\n"
+    "s = socket.socket(fileno=int(sys.argv[sys.argv.index('--listen-fd') + 1]))\n"
+    "while True:\n"
+    "    c, _ = s.accept()\n"
+    "    c.sendall(b'%d' % os.getpid())\n"
+    "    c.close()\n"
+)
+
+
+async def test_a_listening_child_keeps_its_socket_across_restarts(tmp_path):
+    """While it is down (a crash, then the backoff), connections wait in the backlog of the
+    socket the supervisor holds, and its next incarnation answers them."""
+    port = free_port()
+    argv = (sys.executable, "-c", SERVE_INHERITED)
+    server = ChildSpec("srv", "test", port, argv, tmp_path / "srv.log", "tcp", listen=True)
+    sup = Supervisor([[server]], out=lambda line: None, backoff=lambda: Backoff(0.3, 0.3))
+    async with trio.open_nursery() as nursery:
+        await sup.start(nursery)
+        child = sup.child("srv")
+        first = child.pid
+        assert first is not None and child.standby is not None
+        sup.send_signal("srv", signal.SIGKILL)
+        await wait_until(lambda: child.state is State.BACKOFF)
+        assert child.pid is None  # nothing runs on the port now ...
+        stream = await trio.open_tcp_stream("127.0.0.1", port)  # ... and yet it connects
+        async with stream:
+            with trio.fail_after(10):
+                answer = await stream.receive_some(100)
+        assert int(answer) == child.pid != first
+        await sup.stop()
+    assert child.standby is None
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", port)
