@@ -97,12 +97,6 @@ class Outcome(enum.Enum):
     TIMEOUT = "timeout"  # no response head within the per-try timeout
     CANCELLED = "cancelled"  # the client went away: says nothing about the instance
 
-    @property
-    def event(self) -> Event | None:
-        if self is Outcome.CANCELLED:
-            return None
-        return Event.REQUEST_OK if self is Outcome.SUCCESS else Event.REQUEST_FAILED
-
 
 # What Envoy's consecutive_gateway_failure counts: the instance gave no answer, or a gateway's.
 GATEWAY_FAILURES: Final = frozenset(
