@@ -18,9 +18,11 @@ The timeouts of one proxied request, in the order they run:
   (Envoy's ``per_try_timeout``; it is what the upstream pool calls
   ``response_head_timeout_s``). A try that runs out is a timeout: outlier evidence against
   the instance, and retried on another one when the request may be sent twice. 2 s is ten
-  times the longest response head seen under ``make concurrent`` (169 ms) and twice the
-  longest signin under ``make signin``; it is also what bounds the cost of a hung instance:
-  a request caught on one waits at most one per-try timeout plus one retry elsewhere.
+  times the longest response head seen under ``make concurrent`` (169 ms; bench/RESULTS.md);
+  it is also what bounds the cost of a hung instance: a request caught on one waits at most
+  one per-try timeout plus one retry elsewhere. A service whose answers take longer by
+  design says so (the fleet's auth service, whose scrypt signins took up to 1.1 s under
+  ``make signin``, has 5 s).
 - ``response_timeout_s``: a deadline for the response head over all tries together (Envoy's
   route ``timeout``, minus the body): a retry gets what is left of it. Unset, each try has
   its own per-try timeout and nothing more.
