@@ -32,6 +32,15 @@ plus the ``httpio.health`` state machine. It offers the balancer only usable ins
 tried by this request; if a retry has tried them all it may repeat one; if none is usable it
 enters panic mode and spreads over all of them (Envoy's panic threshold, at 0%: better a
 request to a maybe-sick instance than a certain 503), unless ``HealthSettings.panic`` is off.
+
+A retry is picked differently (`ServicePool.pick_retry`), because the balancer's next choice
+is the worst one when instances fail together: with round robin and two adjacent instances
+killed, the cursor sends the retry of a request that failed on the first straight to the
+second. A retry goes only to an instance not tried by this request and fit for it
+(``HealthTracker.fit_for_retry``: healthy, nothing failed there in the last
+``recently_failed_s``), and among those to the one that most recently answered, the only
+evidence at hand that an instance is alive now rather than when it last failed. When none is
+fit, any usable instance not yet tried will do; when none is left, there is no retry.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from urllib.parse import urlsplit
 
 from httpio.errors import NoHealthyInstance
 from httpio.health import HealthSettings, HealthTracker, Outcome, Transition
+from httpio.limits import RETRY_AFTER
 
 EWMA_ALPHA = 0.3
 UNMEASURED_LATENCY_S = 0.010
@@ -396,7 +406,9 @@ class ServicePool:
         usable = [s for s in states if self.health.usable(s.endpoint.url)]
         if not usable:
             if not states or not self.health.settings.panic:
-                raise NoHealthyInstance(f"service {self.name!r} has no healthy instance")
+                raise NoHealthyInstance(
+                    f"service {self.name!r} has no healthy instance", headers=RETRY_AFTER
+                )
             self.panics += 1
             usable = states
         candidates = usable
@@ -406,6 +418,38 @@ class ServicePool:
         chosen = self.balancer.pick_state(candidates, client_ip=client_ip, url=url)
         assert chosen is not None  # candidates is never empty here
         return chosen.endpoint
+
+    def pick_retry(
+        self, tried: Collection[Endpoint], *, client_ip: str = "", url: str = ""
+    ) -> Endpoint | None:
+        """Where a retry of a request that failed on every instance in `tried` goes, or None
+        when no other instance is usable (see the module header)."""
+        health = self.health
+        health.poll()
+        now = health.clock()
+        tried_urls = {e.url for e in tried}
+        fit: list[InstanceState] = []
+        usable: list[InstanceState] = []
+        for s in self.balancer.states:
+            key = s.endpoint.url
+            if key in tried_urls:
+                continue
+            if health.fit_for_retry(key, now):
+                fit.append(s)
+            elif health.usable(key):
+                usable.append(s)
+        if fit:
+            latest: InstanceState | None = None
+            latest_at = 0.0
+            for s in fit:
+                at = health.last_success_at(s.endpoint.url)
+                if at is not None and (latest is None or at > latest_at):
+                    latest, latest_at = s, at
+            if latest is not None:
+                return latest.endpoint
+            usable = fit
+        chosen = self.balancer.pick_state(usable, client_ip=client_ip, url=url)
+        return None if chosen is None else chosen.endpoint
 
     def begin(self, endpoint: Endpoint) -> None:
         state = self._by_url.get(endpoint.url)
@@ -439,6 +483,10 @@ class ServicePool:
 
     def set_policy(self, policy: str) -> None:
         self.balancer.set_policy(policy)
+
+    def set_health(self, settings: HealthSettings) -> None:
+        """Config reload: new thresholds apply from the next event; states are kept."""
+        self.health.settings = settings
 
     def statistics(self) -> dict[str, object]:
         health = self.health.statistics()

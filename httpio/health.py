@@ -8,13 +8,28 @@ machine per instance, as Envoy (active health checking + outlier detection) and 
 - *active* checks (``CHECK_PASSED``/``CHECK_FAILED``) from ``proxy.health_checker``: ``fall``
   consecutive failures take an instance out until ``rise`` consecutive successes bring it back,
   so one flapping probe neither ejects nor restores it (HAProxy defaults are rise=2, fall=3);
-- *passive* outcomes of real requests (``REQUEST_OK``/``REQUEST_FAILED``): ``consecutive_failures``
-  connect failures, resets, timeouts or 5xx eject the instance for a back-off of
-  ``base_ejection_s * ejection_count`` capped at ``max_ejection_s`` (Envoy's outlier detection).
-  The count decays by one per ``max_ejection_s`` spent healthy, so an instance that fails again
-  soon after returning stays out longer, and one that behaved for a while starts over.
-  At most ``max_ejection_percent`` of the instances are ejected this way at once, but always at
-  least one (Envoy's rule): a bad deploy that fails everything must not empty the service.
+- *passive* outcomes of real requests (``REQUEST_OK``/``REQUEST_FAILED``), Envoy's outlier
+  detection with its two consecutive-failure rules: ``consecutive_failures`` (Envoy's
+  ``consecutive_5xx``, default 5: any 5xx answer or no answer at all) and
+  ``consecutive_gateway_failures`` (Envoy's ``consecutive_gateway_failure``: connect failures,
+  resets, timeouts and 502/503/504 answers). Envoy ships the gateway rule with enforcement
+  off; here it is on, at 3 (HAProxy's ``fall``), because "did not answer" three times in a row
+  is the only evidence a hung instance gives: a ``kill -STOP``ped backend accepts connections
+  (the kernel completes the handshake) and never answers, so only per-try timeouts reveal it,
+  and with the proxy's 2 s per-try timeout it is out ~2 s after it stopped under load.
+  An ejection lasts ``base_ejection_s * ejection_count`` capped at ``max_ejection_s``
+  (nginx's ``fail_timeout`` is 10 s, Envoy's base 30 s; 10 s because a restarted backend is
+  back in ~1 s). The count decays by one per ``max_ejection_s`` spent healthy, so an instance
+  that fails again soon after returning stays out longer, and one that behaved for a while
+  starts over. At most ``max_ejection_percent`` of the instances are ejected this way at once,
+  but always at least one (Envoy's rule; 50 % rather than Envoy's 10 %, which with the
+  fleet's two to five instances would let only one of them go).
+
+Each record also keeps when and why its instance last failed and when it last answered, for
+two readers: the operator (``statistics()``, shown by ``/admin/backends``), and a retry,
+which should go to an instance that is ``HEALTHY`` with no failure in the last
+``recently_failed_s`` (`fit_for_retry`), preferably the one that answered last (see
+``httpio.balance.ServicePool.pick_retry``).
 
 States: ``HEALTHY`` and ``SUSPECT`` (serving, with a failure streak in progress) take traffic;
 ``EJECTED`` does not; ``PROBING`` (back-off over) takes exactly one trial request at a time, and
@@ -43,7 +58,9 @@ class HealthSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timeout_s: Seconds = 1.0
     rise: Annotated[int, Meta(ge=1)] = 2
     fall: Annotated[int, Meta(ge=1)] = 3
-    consecutive_failures: Annotated[int, Meta(ge=1)] = 5
+    consecutive_failures: Annotated[int, Meta(ge=1)] = 5  # Envoy's consecutive_5xx
+    consecutive_gateway_failures: Annotated[int, Meta(ge=1)] = 3  # ... consecutive_gateway_failure
+    recently_failed_s: Seconds = 5.0  # a retry avoids an instance that failed this recently
     base_ejection_s: Seconds = 10.0
     max_ejection_s: Seconds = 300.0
     max_ejection_percent: Annotated[int, Meta(ge=0, le=100)] = 50
@@ -72,17 +89,32 @@ class Outcome(enum.Enum):
     """How one proxied request ended, as the proxy reports it to the pool."""
 
     SUCCESS = "success"  # any response below 500 (4xx is the client's fault, not the instance's)
-    SERVER_ERROR = "server_error"  # 5xx
-    CONNECT_FAILURE = "connect_failure"
-    RESET = "reset"
-    TIMEOUT = "timeout"
+    SERVER_ERROR = "server_error"  # 500, 501, 505...: an answer, if a bad one
+    GATEWAY_ERROR = "gateway_error"  # 502, 503, 504 from the instance
+    CONNECT_FAILURE = "connect_failure"  # refused or unreachable at once: nothing was sent
+    CONNECT_TIMEOUT = "connect_timeout"  # no handshake within connect_timeout_s: nothing sent
+    RESET = "reset"  # the connection broke after the request (or part of it) went out
+    TIMEOUT = "timeout"  # no response head within the per-try timeout
     CANCELLED = "cancelled"  # the client went away: says nothing about the instance
 
-    @property
-    def event(self) -> Event | None:
-        if self is Outcome.CANCELLED:
-            return None
-        return Event.REQUEST_OK if self is Outcome.SUCCESS else Event.REQUEST_FAILED
+
+# What Envoy's consecutive_gateway_failure counts: the instance gave no answer, or a gateway's.
+GATEWAY_FAILURES: Final = frozenset(
+    {
+        Outcome.GATEWAY_ERROR,
+        Outcome.CONNECT_FAILURE,
+        Outcome.CONNECT_TIMEOUT,
+        Outcome.RESET,
+        Outcome.TIMEOUT,
+    }
+)
+
+
+def outcome_of_status(status: int) -> Outcome:
+    """How an answer with this status counts for the instance that sent it."""
+    if status < 500:
+        return Outcome.SUCCESS
+    return Outcome.GATEWAY_ERROR if 502 <= status <= 504 else Outcome.SERVER_ERROR
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +130,14 @@ class _Record:
     __slots__ = (
         "check_failures",
         "check_successes",
+        "ejected_because",
         "ejected_until",
         "ejection_count",
         "ejections",
+        "gateway_failures",
+        "last_failure_at",
+        "last_failure_reason",
+        "last_success_at",
         "recovered_at",
         "request_failures",
         "state",
@@ -111,12 +148,17 @@ class _Record:
         self.state = State.HEALTHY
         self.check_failures = 0
         self.check_successes = 0
-        self.request_failures = 0
+        self.request_failures = 0  # consecutive: any failure (the consecutive_failures rule)
+        self.gateway_failures = 0  # consecutive: GATEWAY_FAILURES only
         self.ejection_count = 0  # back-off multiplier, decays while healthy
         self.ejections = 0  # lifetime total, for statistics
         self.ejected_until: float | None = None  # None while EJECTED: only checks restore it
+        self.ejected_because = ""
         self.recovered_at = 0.0
         self.trial_started: float | None = None
+        self.last_failure_at: float | None = None
+        self.last_failure_reason = ""
+        self.last_success_at: float | None = None
 
 
 Guard = Callable[["HealthTracker", _Record], bool]
@@ -140,11 +182,21 @@ def _rise_reached_while_down(t: HealthTracker, r: _Record) -> bool:
 
 
 def _outlier(t: HealthTracker, r: _Record) -> bool:
-    return r.request_failures >= t.settings.consecutive_failures and t.may_eject()
+    s = t.settings
+    return (
+        r.request_failures >= s.consecutive_failures
+        or r.gateway_failures >= s.consecutive_gateway_failures
+    ) and t.may_eject()
 
 
 def _eject_timed(t: HealthTracker, r: _Record) -> None:
     s, now = t.settings, t.clock()
+    if r.state is State.PROBING:
+        r.ejected_because = "trial_failed"
+    elif r.gateway_failures >= s.consecutive_gateway_failures:
+        r.ejected_because = "consecutive_gateway_failures"
+    else:
+        r.ejected_because = "consecutive_failures"
     if r.state in (State.HEALTHY, State.SUSPECT):
         r.ejection_count = max(
             0, r.ejection_count - int((now - r.recovered_at) // s.max_ejection_s)
@@ -157,13 +209,14 @@ def _eject_timed(t: HealthTracker, r: _Record) -> None:
 
 
 def _eject_until_checks_pass(t: HealthTracker, r: _Record) -> None:
+    r.ejected_because = "health_checks"
     r.ejections += 1
     r.ejected_until = None
     r.check_successes = 0
 
 
 def _recover(t: HealthTracker, r: _Record) -> None:
-    r.check_failures = r.check_successes = r.request_failures = 0
+    r.check_failures = r.check_successes = r.request_failures = r.gateway_failures = 0
     r.ejected_until = None
     r.recovered_at = t.clock()
 
@@ -282,18 +335,54 @@ class HealthTracker:
                 )
         return None
 
+    def fit_for_retry(self, key: str, now: float) -> bool:
+        """Whether a retry may go to `key`: ``HEALTHY`` (not suspect, ejected or on trial)
+        and no request or check failed there in the last ``recently_failed_s``."""
+        r = self._records.get(key)
+        return (
+            r is not None
+            and r.state is H
+            and (
+                r.last_failure_at is None
+                or now - r.last_failure_at >= self.settings.recently_failed_s
+            )
+        )
+
+    def last_success_at(self, key: str) -> float | None:
+        """When a request to `key` last ended well (by the injected clock), if ever."""
+        r = self._records.get(key)
+        return None if r is None else r.last_success_at
+
     def record_check(self, key: str, passed: bool) -> Transition | None:
         self.poll()
+        r = self._records.get(key)
+        if r is not None and not passed:
+            r.last_failure_at = self.clock()
+            r.last_failure_reason = "check_failed"
         return self.observe(key, Event.CHECK_PASSED if passed else Event.CHECK_FAILED)
 
     def record_outcome(self, key: str, outcome: Outcome) -> Transition | None:
-        event = outcome.event
-        if event is None:
-            r = self._records.get(key)
-            if r is not None:
-                r.trial_started = None
+        r = self._records.get(key)
+        if r is None:  # removed by a config reload while the request was in flight
             return None
-        self.poll()
+        if outcome is Outcome.CANCELLED:
+            r.trial_started = None
+            return None
+        now = self.clock()
+        if outcome is Outcome.SUCCESS:
+            r.last_success_at = now
+            r.gateway_failures = 0
+            event = Event.REQUEST_OK
+        else:
+            r.last_failure_at = now
+            r.last_failure_reason = outcome.value
+            if outcome in GATEWAY_FAILURES:
+                r.gateway_failures += 1
+            else:  # an answer, if a bad one: the instance is not hung
+                r.gateway_failures = 0
+            event = Event.REQUEST_FAILED
+        if self.next_expiry is not None and now >= self.next_expiry:
+            self.poll()
         return self.observe(key, event)
 
     def poll(self) -> list[Transition]:
@@ -320,7 +409,12 @@ class HealthTracker:
         return counts
 
     def statistics(self) -> dict[str, dict[str, object]]:
+        """Per instance: its state and why (the streaks, the last failure, what ejected it)."""
         now = self.clock()
+
+        def age(at: float | None) -> float | None:
+            return None if at is None else round(max(0.0, now - at), 3)
+
         return {
             key: {
                 "state": r.state.value,
@@ -328,9 +422,14 @@ class HealthTracker:
                 "ejected_for_s": None
                 if r.ejected_until is None
                 else max(0.0, r.ejected_until - now),
+                "ejected_because": r.ejected_because or None,
                 "check_failures": r.check_failures,
                 "check_successes": r.check_successes,
                 "request_failures": r.request_failures,
+                "gateway_failures": r.gateway_failures,
+                "last_failure_reason": r.last_failure_reason or None,
+                "last_failure_age_s": age(r.last_failure_at),
+                "last_success_age_s": age(r.last_success_at),
             }
             for key, r in self._records.items()
         }

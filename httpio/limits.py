@@ -10,6 +10,29 @@ and requests waiting for an upstream connection. When a counter is full the prox
 The counters are pure: ``try_acquire()``/``release()``, or ``with limiter.in_flight.hold():``
 which raises ``Overloaded``. ``ServiceLimits`` holds these and the per-service timeouts and retry
 count from msa.yaml; each timeout has its unit in its name and one call site in the proxy.
+
+The timeouts of one proxied request, in the order they run:
+
+- ``connect_timeout_s`` (1 s): the TCP connect of one try.
+- ``per_try_timeout_s`` (2 s): from the end of the request to the response head, on one try
+  (Envoy's ``per_try_timeout``; it is what the upstream pool calls
+  ``response_head_timeout_s``). A try that runs out is a timeout: outlier evidence against
+  the instance, and retried on another one when the request may be sent twice. 2 s is ten
+  times the longest response head seen under ``make concurrent`` (169 ms; bench/RESULTS.md);
+  it is also what bounds the cost of a hung instance: a request caught on one waits at most
+  one per-try timeout plus one retry elsewhere. A service whose answers take longer by
+  design says so (the fleet's auth service, whose scrypt signins took up to 1.1 s under
+  ``make signin``, has 5 s).
+- ``response_timeout_s``: a deadline for the response head over all tries together (Envoy's
+  route ``timeout``, minus the body): a retry gets what is left of it. Unset, each try has
+  its own per-try timeout and nothing more.
+- the body is not under either: once the head is in, the upstream pool's
+  ``body_timeout_s`` (between two chunks from the upstream) and the server's send timeout
+  (per write to the client) only ask that it keeps moving, so a large download may take as
+  long as it takes.
+
+Files written before ``per_try_timeout_s`` existed set ``response_timeout_s`` alone, meaning
+the head timeout of each try: they keep that meaning (it is then the per-try timeout too).
 """
 
 from __future__ import annotations
@@ -24,6 +47,7 @@ from msgspec import Meta
 from httpio.errors import Overloaded
 
 RETRY_AFTER: tuple[tuple[bytes, bytes], ...] = ((b"retry-after", b"1"),)
+DEFAULT_PER_TRY_TIMEOUT_S = 2.0
 
 
 class ServiceLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -32,9 +56,18 @@ class ServiceLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # burst of 1,000 new clients (make concurrent) must not be refused by this one.
     max_pending: Annotated[int, Meta(ge=0)] = 1024
     connect_timeout_s: Annotated[float, Meta(gt=0)] = 1.0
-    response_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
+    # See the module header. None: DEFAULT_PER_TRY_TIMEOUT_S, or response_timeout_s if set.
+    per_try_timeout_s: Annotated[float, Meta(gt=0)] | None = None
+    response_timeout_s: Annotated[float, Meta(gt=0)] | None = None  # over all tries; None: none
     retries: Annotated[int, Meta(ge=0)] = 1
-    per_try_timeout_s: Annotated[float, Meta(gt=0)] | None = None  # None: response_timeout_s
+
+    def per_try_head_timeout_s(self) -> float:
+        """How long one try may wait for the response head."""
+        if self.per_try_timeout_s is not None:
+            return self.per_try_timeout_s
+        if self.response_timeout_s is not None:
+            return self.response_timeout_s
+        return DEFAULT_PER_TRY_TIMEOUT_S
 
 
 class ConcurrencyLimit:

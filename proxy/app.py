@@ -6,13 +6,17 @@ ELB untouched by auth (the serving region checks the token in full); else check 
 and otherwise pick an instance (`httpio.balance.ServicePool`) and stream the exchange
 through the upstream pool in both directions.
 
-Retries (RFC 9110 9.2.2): a connect failure is retried on another instance for any method,
-since nothing was sent; a reset before the response head only for idempotent methods whose
-body we still hold (bodies up to ``REPLAYABLE_BODY_BYTES`` are read first for that reason);
-every retry spends from a budget so retries cannot multiply an outage's load by more than
+Retries (`proxy.retry`, RFC 9110 9.2.2): a connect failure is retried on another instance for
+any method, since nothing was sent (a refused one without counting against ``retries``); a
+reset or a per-try timeout before the response head only for idempotent methods whose body we
+still hold (bodies up to ``REPLAYABLE_BODY_BYTES`` are
+read first for that reason). A retry goes to an instance not tried and not recently failed
+(`ServicePool.pick_retry`), within the request's ``response_timeout_s`` deadline if it has
+one, and spends from a budget so retries cannot multiply an outage's load by more than
 ~20 %. A request never waits in a queue for a slot: past a service's in-flight limit, or
 its limit of connections being opened at once (``max_pending``), it is answered 503 with
-``Retry-After`` at once.
+``Retry-After`` at once. The in-flight slot is taken once per request and released once,
+by the failure path or, once a response head is in, by the `TrackedBody` that relays it.
 
 Config (`proxy.state.ProxyConfig`) is an immutable snapshot read once per request; a reload
 swaps the reference, and pools keep the health and counters of unchanged instances.
@@ -20,6 +24,7 @@ swaps the reference, and pools keep the health and counters of unchanged instanc
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,17 +35,18 @@ from authsvc.tokens import INTERNAL_HEADER
 from httpio.balance import Endpoint, ServicePool
 from httpio.errors import (
     GatewayError,
+    NoHealthyInstance,
     RouteNotFound,
     UpstreamError,
     UpstreamTimeout,
 )
-from httpio.health import Outcome
+from httpio.health import Outcome, outcome_of_status
 from httpio.limits import ConcurrencyLimit, ServiceLimiter
 from httpio.messages import Request, Response, json_response
 from httpio.protocol import Headers
 from httpio.retry_budget import RetryBudget
 from httpio.upstream import IDEMPOTENT, UpstreamPool, UpstreamResponse
-from proxy import forwarding, routing
+from proxy import forwarding, retry, routing
 from proxy.hop import HOP_HEADER, sign_hop, verified_hop
 from proxy.state import ProxyConfig
 
@@ -71,7 +77,8 @@ class TrackedBody:
         self._endpoint = endpoint
         self._started = started
         self._slot = slot
-        self._outcome = Outcome.SERVER_ERROR if response.status >= 500 else Outcome.SUCCESS
+        status = response.status
+        self._outcome = Outcome.SUCCESS if status < 500 else outcome_of_status(status)
         self._ended = False
 
     @property
@@ -143,6 +150,7 @@ class ProxyApp:
             else:
                 pool.swap_endpoints(endpoints)
                 pool.set_policy(spec.policy or policy)
+                pool.set_health(spec.health)
             pools[name] = pool
             # The same object across reloads: requests in flight release what they took.
             limiter = self.limiters.get(name)
@@ -264,18 +272,32 @@ class ProxyApp:
         headers.extend(identity)
         body, replayable = await self._request_body(request)
         method = request.method
-        idempotent = method in IDEMPOTENT and replayable
-        head_timeout = limits.per_try_timeout_s or limits.response_timeout_s
+        replayable = replayable and method in IDEMPOTENT
+        dependency = decision.service == config.gateway.auth_service
+        per_try_s = limits.per_try_head_timeout_s()
+        deadline_s = limits.response_timeout_s
         tried: list[Endpoint] = []
+        retries_done = 0
+        reached_any = False
         self.retry_budget.record_request()
         slot = limiter.in_flight
         if not slot.try_acquire():
             raise slot.refusal(f"service {decision.service!r}")
+        # From here until a TrackedBody owns it, every way out releases the slot once.
         try:
+            try:
+                endpoint = pool.pick(client_ip=client_ip, url=decision.target)
+            except NoHealthyInstance as err:
+                raise retry.unavailable(err, dependency=dependency) from None
+            first_started = 0.0
             while True:
-                endpoint = pool.pick(client_ip=client_ip, url=decision.target, exclude=tried)
                 pool.begin(endpoint)
                 started = time.monotonic()
+                if not tried:
+                    first_started = started
+                head_timeout_s = per_try_s
+                if deadline_s is not None:
+                    head_timeout_s = min(per_try_s, deadline_s - (started - first_started))
                 try:
                     response = await self.upstream.request(
                         endpoint.url,
@@ -284,21 +306,46 @@ class ProxyApp:
                         headers,
                         body,
                         connect_timeout_s=limits.connect_timeout_s,
-                        response_head_timeout_s=head_timeout,
+                        response_head_timeout_s=head_timeout_s,
                         connect_slots=limiter.pending,
                     )
                 except UpstreamError as err:
+                    now = time.monotonic()
                     outcome = _outcome_of(err)
-                    transition = pool.end(endpoint, outcome, time.monotonic() - started)
+                    transition = pool.end(endpoint, outcome, now - started)
                     if transition is not None:
                         log.warning(
                             "instance_state", service=decision.service, change=str(transition)
                         )
-                    retry = len(tried) < limits.retries and (not err.bytes_sent or idempotent)
-                    if retry and len(pool.endpoints) > 1 and self.retry_budget.try_retry():
-                        tried.append(endpoint)
-                        continue
-                    raise
+                    tried.append(endpoint)
+                    reached_any = reached_any or err.bytes_sent
+                    verdict = retry.decide_retry(
+                        outcome=outcome,
+                        request_sent=err.bytes_sent,
+                        replayable=replayable,
+                        retries_done=retries_done,
+                        max_retries=limits.retries,
+                        time_left_s=math.inf
+                        if deadline_s is None
+                        else deadline_s - (now - first_started),
+                    )
+                    if verdict in retry.TRY_AGAIN:
+                        following = pool.pick_retry(tried, client_ip=client_ip, url=decision.target)
+                        if following is not None and self.retry_budget.try_retry():
+                            if verdict is retry.Verdict.RETRY:
+                                retries_done += 1
+                            endpoint = following
+                            continue
+                    final = retry.final_error(
+                        err,
+                        reached_any=reached_any,
+                        service=decision.service,
+                        dependency=dependency,
+                        tries=len(tried),
+                    )
+                    if final is err:
+                        raise
+                    raise final from err
                 except BaseException:
                     pool.end(endpoint, Outcome.CANCELLED, time.monotonic() - started)
                     raise
@@ -306,9 +353,12 @@ class ProxyApp:
         except BaseException:
             slot.release()
             raise
-        return self._relayed(
-            response, request_id, TrackedBody(response, pool, endpoint, started, slot)
-        )
+        tracked = TrackedBody(response, pool, endpoint, started, slot)
+        try:
+            return self._relayed(response, request_id, tracked)
+        except BaseException:
+            await tracked.aclose()  # frees the slot and the pool's count, closes upstream
+            raise
 
     def _relayed(
         self, response: UpstreamResponse, request_id: bytes, body: TrackedBody
@@ -392,6 +442,7 @@ _IDENTITY_HEADERS = frozenset({b"x-user", b"x-user-role", HOP_HEADER, INTERNAL_H
 
 
 def _outcome_of(err: UpstreamError) -> Outcome:
-    if isinstance(err, UpstreamTimeout):
-        return Outcome.TIMEOUT
-    return Outcome.RESET if err.bytes_sent else Outcome.CONNECT_FAILURE
+    timed_out = isinstance(err, UpstreamTimeout)
+    if not err.bytes_sent:  # nothing reached the instance
+        return Outcome.CONNECT_TIMEOUT if timed_out else Outcome.CONNECT_FAILURE
+    return Outcome.TIMEOUT if timed_out else Outcome.RESET

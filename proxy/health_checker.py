@@ -9,8 +9,9 @@ open hundreds of sockets at once). Results go into the pool's health state machi
 A probe passes on any 2xx or 3xx status (HAProxy's ``httpchk`` rule); a timeout, refused
 connection, reset or other status fails it. Rounds start on a fixed schedule
 (``sleep_until``), so a slow round does not push the next one later and later. The instance
-list is re-read each round, so a config reload (``ServicePool.swap_endpoints``) takes effect
-at the next round without restarting this task.
+list and the pool's health settings are re-read each round, so a config reload
+(``ServicePool.swap_endpoints``, ``set_health``) takes effect at the next round without
+restarting this task.
 """
 
 from __future__ import annotations
@@ -122,18 +123,25 @@ async def run_health_checks(
     max_concurrency: int = 32,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
-    """Run forever (cancel the enclosing scope to stop). `settings` defaults to the pool's;
-    `default_interval_s` is config.json's ``MSA_healthcheck_interval`` for when
-    ``settings.interval_s`` is None."""
-    settings = settings or pool.health.settings
-    interval_s = settings.effective_interval_s(default_interval_s)
+    """Run forever (cancel the enclosing scope to stop). `settings` defaults to the pool's,
+    read again each round so that a config reload (``ServicePool.set_health``) changes the
+    path, timeout and interval from the next round; `default_interval_s` is config.json's
+    ``MSA_healthcheck_interval`` for when ``settings.interval_s`` is None."""
+    fixed = settings
+    current = fixed or pool.health.settings
     limiter = trio.CapacityLimiter(max_concurrency)
-    log.info("health_checks_started", service=pool.name, interval_s=interval_s, path=settings.path)
+    log.info(
+        "health_checks_started",
+        service=pool.name,
+        interval_s=current.effective_interval_s(default_interval_s),
+        path=current.path,
+    )
     task_status.started()
     next_round = trio.current_time()
     while True:
-        await check_round(pool, settings, upstream, limiter)
-        next_round += interval_s
+        current = fixed or pool.health.settings
+        await check_round(pool, current, upstream, limiter)
+        next_round += current.effective_interval_s(default_interval_s)
         now = trio.current_time()
         if next_round < now:  # a round overran: skip the missed slots instead of bursting
             next_round = now

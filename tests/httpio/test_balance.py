@@ -341,3 +341,95 @@ def test_pool_policy_can_change_at_runtime() -> None:
     p, _ = pool(3)
     p.set_policy("ip-hash")
     assert len({p.pick(client_ip="1.2.3.4") for _ in range(10)}) == 1
+
+
+# -- where a retry goes -------------------------------------------------------------------------
+def serve_ok(p: ServicePool, clock: FakeClock, ep: Endpoint) -> None:
+    clock.now += 0.001
+    p.begin(ep)
+    p.end(ep, Outcome.SUCCESS, 0.001)
+
+
+def test_retry_skips_tried_ejected_suspect_and_recently_failed() -> None:
+    p, clock = pool(5, recently_failed_s=5.0)
+    e = p.endpoints
+    for ep in e:
+        serve_ok(p, clock, ep)
+    for _ in range(3):  # e1: ejected
+        p.end(e[1], Outcome.CONNECT_FAILURE, 0.001)
+    p.end(e[2], Outcome.TIMEOUT, 2.0)  # e2: suspect
+    p.end(e[3], Outcome.RESET, 0.01)  # e3: failed 1 s ago, healthy again since
+    serve_ok(p, clock, e[3])
+    clock.now += 1.0
+    assert [p.health.state(x.url) for x in e[1:4]] == [State.EJECTED, State.SUSPECT, State.HEALTHY]
+    assert {p.pick_retry([e[0]]) for _ in range(5)} == {e[4]}
+    # Nothing fit for a retry left: any usable instance not yet tried will do...
+    assert {p.pick_retry([e[0], e[4]]) for _ in range(6)} == {e[2], e[3]}
+    # ...and when every usable one was tried, there is no retry at all.
+    assert p.pick_retry([e[0], e[2], e[3], e[4]]) is None
+    clock.now += 5.0  # e3's failure is old news now
+    assert p.pick_retry([e[0], e[4]]) == e[3]
+
+
+def test_retry_goes_to_the_instance_that_answered_last() -> None:
+    p, clock = pool(4)
+    a, b, c, d = p.endpoints
+    for ep in (d, b, c):
+        serve_ok(p, clock, ep)
+    assert p.pick_retry([a]) == c
+    serve_ok(p, clock, b)
+    assert p.pick_retry([a]) == b and p.pick_retry([a, b]) == c
+    fresh, _ = pool(3)  # nobody answered yet: the policy chooses among the fit ones
+    first = fresh.endpoints[0]
+    assert {fresh.pick_retry([first]) for _ in range(4)} == set(fresh.endpoints[1:])
+
+
+def test_two_adjacent_dead_instances_cost_round_robin_no_request() -> None:
+    """Issue 9 item 4: round robin, one retry, instances 1 and 2 of 5 dead. The balancer's
+    next pick after instance 1 is instance 2; a retry must not follow it there."""
+    p, clock = pool(5)
+    e = p.endpoints
+    dead = {e[1], e[2]}
+    for ep in e:  # traffic before the kill
+        serve_ok(p, clock, ep)
+    failed = 0
+    for _ in range(50):
+        first = p.pick()
+        tried = [first]
+        if first in dead:
+            p.begin(first)
+            p.end(first, Outcome.CONNECT_FAILURE, 0.0001)
+            retry = p.pick_retry(tried)
+            assert retry is not None
+            tried.append(retry)
+        if tried[-1] in dead:
+            failed += 1
+            p.end(tried[-1], Outcome.CONNECT_FAILURE, 0.0001)
+        else:
+            serve_ok(p, clock, tried[-1])
+    assert failed == 0
+    assert [p.health.state(x.url) for x in e] == [
+        State.HEALTHY,
+        State.EJECTED,
+        State.EJECTED,
+        State.HEALTHY,
+        State.HEALTHY,
+    ]
+
+
+def test_no_healthy_instance_says_when_to_come_back() -> None:
+    p, _ = pool(1, fall=1, panic=False)
+    p.record_check(p.endpoints[0], False)
+    with pytest.raises(NoHealthyInstance) as info:
+        p.pick()
+    assert info.value.headers == ((b"retry-after", b"1"),)
+
+
+def test_pool_takes_new_health_settings_and_keeps_states() -> None:
+    p, _ = pool(2, consecutive_gateway_failures=3)
+    bad = p.endpoints[0]
+    p.end(bad, Outcome.TIMEOUT, 2.0)
+    p.set_health(HealthSettings(consecutive_gateway_failures=2))
+    assert p.health.state(bad.url) is State.SUSPECT
+    p.end(bad, Outcome.TIMEOUT, 2.0)
+    assert p.health.state(bad.url) is State.EJECTED

@@ -12,7 +12,9 @@ from httpio.health import (
     HealthTracker,
     Outcome,
     State,
+    outcome_of_status,
 )
+from httpio.limits import DEFAULT_PER_TRY_TIMEOUT_S
 
 
 class FakeClock:
@@ -212,3 +214,135 @@ def test_settings_schema() -> None:
         msgspec.json.decode(b'{"max_ejection_percent": 101}', type=HealthSettings)
     with pytest.raises(msgspec.ValidationError, match=r"\$.rise"):
         msgspec.json.decode(b'{"rise": 0}', type=HealthSettings)
+
+
+# -- timeouts and other gateway failures as outlier evidence -------------------------------------
+def fail_with(t: HealthTracker, key: str, *outcomes: Outcome) -> list[State]:
+    states = []
+    for outcome in outcomes:
+        t.record_outcome(key, outcome)
+        states.append(t.state(key))
+    return states
+
+
+def test_consecutive_timeouts_eject_like_connect_failures() -> None:
+    t, _ = tracker(2)  # the shipped defaults: 3 consecutive gateway failures
+    assert fail_with(t, "i0", Outcome.TIMEOUT, Outcome.TIMEOUT, Outcome.TIMEOUT) == [
+        State.SUSPECT,
+        State.SUSPECT,
+        State.EJECTED,
+    ]
+    assert not t.usable("i0")
+    stats = t.statistics()["i0"]
+    assert stats["ejected_because"] == "consecutive_gateway_failures"
+    assert stats["ejected_for_s"] == 10.0 and stats["last_failure_reason"] == "timeout"
+    assert stats["gateway_failures"] == 3 and stats["request_failures"] == 3
+
+
+@pytest.mark.parametrize(
+    "outcomes",
+    [
+        (Outcome.CONNECT_FAILURE, Outcome.TIMEOUT, Outcome.RESET),
+        (Outcome.GATEWAY_ERROR, Outcome.GATEWAY_ERROR, Outcome.TIMEOUT),
+    ],
+)
+def test_every_kind_of_gateway_failure_counts_in_one_streak(outcomes: tuple[Outcome, ...]) -> None:
+    t, _ = tracker(2)
+    assert fail_with(t, "i0", *outcomes)[-1] is State.EJECTED
+
+
+def test_an_answer_breaks_the_gateway_streak_but_not_the_5xx_one() -> None:
+    t, _ = tracker(2)
+    # A 500 is an answer: the instance is not hung, but it is failing.
+    states = fail_with(
+        t, "i0", Outcome.TIMEOUT, Outcome.TIMEOUT, Outcome.SERVER_ERROR, Outcome.TIMEOUT
+    )
+    assert states == [State.SUSPECT] * 4
+    assert t.statistics()["i0"]["gateway_failures"] == 1
+    assert fail_with(t, "i0", Outcome.SERVER_ERROR) == [State.EJECTED]  # 5 in a row
+    assert t.statistics()["i0"]["ejected_because"] == "consecutive_failures"
+
+
+def test_a_success_or_a_cancel_between_timeouts() -> None:
+    t, _ = tracker(2)
+    fail_with(t, "i0", Outcome.TIMEOUT, Outcome.TIMEOUT, Outcome.SUCCESS)
+    assert t.state("i0") is State.HEALTHY  # the streak is over
+    fail_with(t, "i0", Outcome.TIMEOUT, Outcome.TIMEOUT, Outcome.CANCELLED)
+    assert t.state("i0") is State.SUSPECT  # a client that left says nothing either way
+    assert fail_with(t, "i0", Outcome.TIMEOUT) == [State.EJECTED]
+
+
+def test_a_hung_instance_under_load_is_out_within_three_seconds() -> None:
+    """The proxy's view of a SIGSTOPped instance: every request sent there from the moment
+    it stopped ends as a timeout one per-try timeout later. At 5 requests/s to it (a light
+    share of the fleet's load), it is ejected ~2.4 s after it stopped."""
+    t, clock = tracker(5)
+    stopped_at = clock.now
+    sent = [stopped_at + k * 0.2 for k in range(20)]  # 5 requests/s, each times out
+    ejected_at = None
+    for start in sent:
+        clock.now = start + DEFAULT_PER_TRY_TIMEOUT_S
+        t.record_outcome("i0", Outcome.TIMEOUT)
+        if t.state("i0") is State.EJECTED:
+            ejected_at = clock.now
+            break
+    assert ejected_at is not None
+    assert ejected_at - stopped_at <= 3.0
+    assert [t.state(f"i{k}") for k in range(1, 5)] == [State.HEALTHY] * 4
+
+
+def test_fit_for_retry_needs_healthy_and_no_recent_failure() -> None:
+    t, clock = tracker(2, recently_failed_s=5.0)
+    assert t.fit_for_retry("i0", clock.now) and not t.fit_for_retry("gone", clock.now)
+    t.record_outcome("i0", Outcome.CONNECT_FAILURE)
+    assert not t.fit_for_retry("i0", clock.now)  # suspect
+    clock.now += 1.0
+    t.record_outcome("i0", Outcome.SUCCESS)
+    assert t.state("i0") is State.HEALTHY
+    assert not t.fit_for_retry("i0", clock.now)  # healthy again, but it failed 1 s ago
+    clock.now += 4.0
+    assert t.fit_for_retry("i0", clock.now)
+    t.record_check("i1", False)
+    t.record_check("i1", True)
+    assert t.state("i1") is State.HEALTHY and not t.fit_for_retry("i1", clock.now)
+    assert t.statistics()["i1"]["last_failure_reason"] == "check_failed"
+
+
+def test_statistics_say_why_an_instance_is_out() -> None:
+    t, clock = tracker(2)
+    t.record_outcome("i1", Outcome.SUCCESS)
+    clock.now += 2.0
+    for _ in range(3):
+        t.record_outcome("i0", Outcome.CONNECT_FAILURE)
+    clock.now += 1.5
+    stats = t.statistics()
+    assert stats["i0"] == {
+        "state": "ejected",
+        "ejections": 1,
+        "ejected_for_s": 8.5,
+        "ejected_because": "consecutive_gateway_failures",
+        "check_failures": 0,
+        "check_successes": 0,
+        "request_failures": 3,
+        "gateway_failures": 3,
+        "last_failure_reason": "connect_failure",
+        "last_failure_age_s": 1.5,
+        "last_success_age_s": None,
+    }
+    assert stats["i1"]["last_success_age_s"] == 3.5 and stats["i1"]["ejected_because"] is None
+    for _ in range(3):
+        t.record_check("i1", False)
+    assert t.statistics()["i1"]["ejected_because"] == "health_checks"
+
+
+def test_outcome_of_status() -> None:
+    assert [outcome_of_status(s) for s in (200, 404, 500, 501, 502, 503, 504, 505)] == [
+        Outcome.SUCCESS,
+        Outcome.SUCCESS,
+        Outcome.SERVER_ERROR,
+        Outcome.SERVER_ERROR,
+        Outcome.GATEWAY_ERROR,
+        Outcome.GATEWAY_ERROR,
+        Outcome.GATEWAY_ERROR,
+        Outcome.SERVER_ERROR,
+    ]

@@ -96,6 +96,17 @@ class Backend:
         )
 
 
+async def read_head(stream: trio.SocketStream) -> bytes | None:
+    """What arrived up to the end of a request head (and perhaps beyond); None on EOF."""
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        data = await stream.receive_some(65536)
+        if not data:
+            return None
+        buffer += data
+    return buffer
+
+
 class Resetter:
     """Reads one whole request, then closes the connection without answering."""
 
@@ -104,12 +115,9 @@ class Resetter:
 
     async def handle(self, stream: trio.SocketStream) -> None:
         async with stream:
-            buffer = b""
-            while b"\r\n\r\n" not in buffer:
-                data = await stream.receive_some(65536)
-                if not data:
-                    return
-                buffer += data
+            buffer = await read_head(stream)
+            if buffer is None:
+                return
             head, _, body = buffer.partition(b"\r\n\r\n")
             length = 0
             for line in head.split(b"\r\n")[1:]:
@@ -331,7 +339,11 @@ async def test_dead_instance_is_retried_on_the_other_for_get_and_post(refused_ur
     ]
     assert isinstance(stats, list)
     dead = next(i for i in stats if i["url"] == refused_url)
-    assert dead["failures"] == 3  # every request tried it first (round robin) and moved on
+    # Round robin sent the first two requests to it first; each retry went to the live one,
+    # which had answered most recently, without taking its turn in the rotation: so the
+    # third request's turn was the live one's.
+    assert dead["failures"] == 2
+    assert dead["state"] == "suspect" and dead["last_failure_reason"] == "connect_failure"
 
 
 async def test_reset_after_the_request_was_sent_is_retried_for_get_not_post() -> None:
@@ -377,12 +389,211 @@ async def test_every_instance_ejected_without_panic_is_503(refused_url: str) -> 
     assert error_of(body) == (503, "no_healthy_instance")
 
 
-async def test_unreachable_single_instance_is_502(refused_url: str) -> None:
+async def test_no_instance_accepting_a_connection_is_503_with_retry_after(
+    refused_url: str,
+) -> None:
+    """Nothing reached any instance: the request can safely come again later (Envoy's 503)."""
     async with proxy_for(make_config(service("svc", refused_url))) as proxy:
-        status, _, body = await proxy.call("GET", "/svc/x")
+        status, headers, body = await proxy.call("POST", "/svc/x", body=b"once")
         assert proxy.app.limiters["svc"].in_flight.in_use == 0
-    assert status == 502
-    assert error_of(body) == (502, "upstream_unreachable")
+    assert status == 503 and headers[b"retry-after"] == b"1"
+    assert error_of(body) == (503, "no_healthy_instance")
+
+
+async def test_every_auth_server_refusing_is_a_dependency_outage(refused_url: str) -> None:
+    """Signin with every auth server down: 503 dependency_unavailable, not 502."""
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))  # a second auth server, also not listening
+    with other:
+        dead = [refused_url, f"http://127.0.0.1:{other.getsockname()[1]}"]
+        config = make_config(service("auth", *dead, public=True))
+        async with proxy_for(config) as proxy:
+            status, headers, body = await proxy.call("POST", "/auth/signin", body=b"{}")
+            tried = [instance_stats(proxy, url, "auth")["failures"] for url in dead]
+    assert status == 503 and headers[b"retry-after"] == b"1"
+    assert error_of(body) == (503, "dependency_unavailable")
+    assert tried == [1, 1]  # the connect failure was retried on the other one
+
+
+async def test_refused_connects_do_not_count_as_retries(refused_url: str) -> None:
+    """With no retries at all, a request still moves on from instances that refuse the
+    connection (nothing was sent, nothing was done), as nginx's proxy_next_upstream does."""
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    live = Backend("live")
+    with other:
+        dead = [refused_url, f"http://127.0.0.1:{other.getsockname()[1]}"]
+        async with serving(live.handle) as (live_url,):
+            limits = ServiceLimits(retries=0)
+            config = make_config(service("svc", *dead, live_url, limits=limits))
+            async with proxy_for(config) as proxy:
+                status, _, body = await proxy.call("POST", "/svc/x", body=b"once")
+                assert_nothing_held(proxy)
+                failures = [instance_stats(proxy, url)["failures"] for url in dead]
+    assert status == 200 and backend_of(body) == "live"
+    assert failures == [1, 1] and [b for _, b in live.seen] == [b"once"]
+
+
+async def test_a_reset_after_sending_is_still_502_not_503() -> None:
+    resetter = Resetter()
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            partial(trio.serve_tcp, resetter.handle, 0, host="127.0.0.1")
+        )
+        url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        async with proxy_for(make_config(service("auth", url))) as proxy:
+            status, headers, body = await proxy.call("POST", "/auth/signin", body=b"{}")
+        nursery.cancel_scope.cancel()
+    assert status == 502 and b"retry-after" not in headers
+    assert error_of(body)[0] == 502  # it took the request: what it did with it is unknown
+
+
+class Hanger:
+    """Reads a request head, then never answers (a SIGSTOPped instance, as the proxy sees it:
+    the kernel accepted the connection); notices when the proxy gives up and closes."""
+
+    def __init__(self) -> None:
+        self.requests: list[bytes] = []
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            buffer = await read_head(stream)
+            if buffer is None:
+                return
+            self.requests.append(buffer.split(b"\r\n", 1)[0])
+            while await stream.receive_some(65536):
+                pass
+
+
+@asynccontextmanager
+async def hanging(n: int) -> AsyncIterator[tuple[list[Hanger], list[str]]]:
+    hangers = [Hanger() for _ in range(n)]
+    async with trio.open_nursery() as nursery:
+        urls = []
+        for h in hangers:
+            listeners = await nursery.start(partial(trio.serve_tcp, h.handle, 0, host="127.0.0.1"))
+            urls.append(f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}")
+        yield hangers, urls
+        nursery.cancel_scope.cancel()
+
+
+def assert_nothing_held(proxy: Proxy, name: str = "svc") -> None:
+    """The in-flight slot and every instance's in-flight count are back to zero."""
+    assert proxy.app.limiters[name].in_flight.in_use == 0
+    assert [s.in_flight for s in proxy.app.pools[name].balancer.states] == [0] * len(
+        proxy.app.pools[name].balancer.states
+    )
+
+
+def instance_stats(proxy: Proxy, url: str, name: str = "svc") -> dict[str, Any]:
+    rows = proxy.app.pools[name].statistics()["instances"]
+    assert isinstance(rows, list)
+    return dict(next(r for r in rows if r["url"] == url))
+
+
+async def test_a_get_caught_on_a_hung_instance_is_retried_elsewhere_a_post_is_not() -> None:
+    live = Backend("live")
+    limits = ServiceLimits(per_try_timeout_s=0.2)
+    async with hanging(1) as ([hanger], [hung_url]), serving(live.handle) as (live_url,):
+        config = make_config(service("svc", hung_url, live_url, limits=limits))
+        async with proxy_for(config) as proxy:
+            status, _, body = await proxy.call("GET", "/svc/a")  # round robin: hung one first
+            assert status == 200 and backend_of(body) == "live"
+            assert_nothing_held(proxy)
+            status, _, body = await proxy.call("POST", "/svc/b", body=b"once")
+            assert status == 504 and error_of(body) == (504, "upstream_timeout")
+            assert_nothing_held(proxy)
+            hung = instance_stats(proxy, hung_url)
+    assert hanger.requests == [b"GET /a HTTP/1.1", b"POST /b HTTP/1.1"]
+    assert [(r.method, r.target) for r, _ in live.seen] == [("GET", "/a")]  # POST not replayed
+    assert hung["last_failure_reason"] == "timeout" and hung["gateway_failures"] == 2
+    assert hung["state"] == "suspect" and hung["failures"] == 2
+
+
+async def test_the_deadline_over_all_tries_bounds_the_retry() -> None:
+    for deadline_s, retried in ((0.2, False), (5.0, True)):
+        limits = ServiceLimits(per_try_timeout_s=0.2, response_timeout_s=deadline_s)
+        async with hanging(2) as (hangers, urls):
+            async with proxy_for(make_config(service("svc", *urls, limits=limits))) as proxy:
+                status, _, body = await proxy.call("GET", "/svc/x")
+                assert_nothing_held(proxy)
+        assert status == 504 and error_of(body) == (504, "upstream_timeout")
+        assert [len(h.requests) for h in hangers] == [1, 1 if retried else 0]
+
+
+async def test_a_request_cancelled_while_waiting_frees_its_slot_and_its_count() -> None:
+    a = Backend("a")
+    async with serving(a.handle) as urls:
+        upstream = UpstreamPool()
+        app = ProxyApp(make_config(service("svc", *urls)), upstream, name="proxy-test")
+        with trio.fail_after(DEADLINE_S):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(app.handle, direct_request("/svc/slow"))
+                await a.entered.wait()
+                assert app.limiters["svc"].in_flight.in_use == 1
+                assert app.pools["svc"].balancer.states[0].in_flight == 1
+                nursery.cancel_scope.cancel()  # the server shutting the request down
+        a.release.set()
+        await upstream.aclose()
+    state = app.pools["svc"].balancer.states[0]
+    assert app.limiters["svc"].in_flight.in_use == 0
+    assert (state.in_flight, state.requests, state.failures) == (0, 0, 0)
+    assert app.pools["svc"].health.state(urls[0]) is State.HEALTHY  # says nothing about it
+
+
+class Trickle:
+    """Answers at once, then sends its body slowly: ``CHUNKS`` chunks ``GAP_S`` apart."""
+
+    CHUNKS = 8
+    GAP_S = 0.05
+
+    class _Body:
+        def __init__(self) -> None:
+            self.left = Trickle.CHUNKS
+
+        async def read(self) -> bytes:
+            if not self.left:
+                return b""
+            await trio.sleep(Trickle.GAP_S)
+            self.left -= 1
+            return b"x" * 1000
+
+        async def aclose(self) -> None:
+            pass
+
+    async def handle(self, request: Request) -> Response:
+        length = b"%d" % (self.CHUNKS * 1000)
+        return Response(200, [(b"content-length", length)], self._Body())
+
+
+async def test_a_slow_but_moving_body_outlasts_every_head_timeout() -> None:
+    """The per-try timeout and the deadline are for the response head: a body that keeps
+    coming may take longer than both (here 0.4 s against 0.1 s)."""
+    limits = ServiceLimits(per_try_timeout_s=0.1, response_timeout_s=0.1)
+    async with serving(Trickle().handle) as urls:
+        async with proxy_for(make_config(service("svc", *urls, limits=limits))) as proxy:
+            status, _, body = await proxy.call("GET", "/svc/big")
+            assert_nothing_held(proxy)
+            stats = instance_stats(proxy, urls[0])
+    assert status == 200 and body == b"x" * 8000
+    assert stats["state"] == "healthy" and stats["requests"] == 1
+
+
+async def test_a_failure_while_relaying_the_head_frees_everything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a = Backend("a")
+
+    def broken(*args: object) -> Response:
+        raise RuntimeError("a bug in the relaying code")
+
+    async with serving(a.handle) as urls:
+        async with proxy_for(make_config(service("svc", *urls))) as proxy:
+            monkeypatch.setattr(proxy.app, "_relayed", broken)
+            status, _, _ = await proxy.call("GET", "/svc/x")
+            assert status == 500
+            assert_nothing_held(proxy)
+            assert proxy.app.upstream.in_use == 0
 
 
 # -- limits -----------------------------------------------------------------------------------

@@ -257,6 +257,26 @@ async def test_a_config_reload_takes_effect_at_the_next_round(
     assert [(t - start, origin) for t, origin, *_ in upstream.probes] == [(0, A), (1, B)]
 
 
+async def test_reloaded_health_settings_take_effect_at_the_next_round(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    upstream = FakeUpstream({A: 200})
+    pool = make_pool(A)  # /healthz every 1 s
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_health_checks, pool, upstream)
+        start = trio.current_time()
+        await trio.sleep_until(start + 0.5)
+        pool.set_health(HealthSettings(path="/ready", interval_s=3.0))
+        await trio.sleep_until(start + 7.5)
+        nursery.cancel_scope.cancel()
+    assert [(t - start, target) for t, _, _, target in upstream.probes] == [
+        (0, "/healthz"),
+        (1, "/ready"),
+        (4, "/ready"),
+        (7, "/ready"),
+    ]
+
+
 # -- real sockets -----------------------------------------------------------------------------
 @pytest.fixture
 def refused_port() -> Iterator[int]:
