@@ -8,11 +8,27 @@ address, as nginx's ``$proxy_add_x_forwarded_for`` does; ``X-Forwarded-Proto`` a
 id follows a request through every hop and log. ``Host`` becomes the instance's, as
 nginx's default ``proxy_set_header Host $proxy_host`` does.
 
+What a client must not be able to say to a backend:
+- A header whose name holds ``_`` is dropped, as nginx does by default
+  (``underscores_in_headers off``): WSGI and CGI turn ``-`` into ``_`` when they build
+  ``HTTP_X_USER``, so ``X_User: root`` would reach the application as the ``X-User`` the
+  gateway sets after authentication.
+- ``X-Real-IP`` and ``Forwarded`` (RFC 7239) are ours, on the same trust rule as
+  ``X-Forwarded-Proto``: a client's are dropped; an earlier hop of ours is believed.
+  ``X-Real-IP`` is the client's address (the first hop's, when the request came through
+  one); ``Forwarded`` gains one element per hop, ``for=`` the address that connected to
+  us (the same one ``X-Forwarded-For`` gains), ``proto=http`` and ``by=`` our name as an
+  obfuscated node (``_name``, RFC 7239 6.3).
+- ``Content-Length`` goes like ``Transfer-Encoding``: the framing of what we send is the
+  upstream pool's, computed from the body we actually send (RFC 9112 6.3: an
+  intermediary removes a received Content-Length before it re-frames a message).
+
 Back to the client: hop-by-hop headers go and ``Via`` gains our hop.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import re
@@ -20,7 +36,13 @@ import re
 from httpio.protocol import Headers, strip_hop_by_hop
 
 _REQUEST_ID_SHAPE = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
-_TRUSTED_HOP_HEADERS = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})
+# Believed only from an earlier hop of ours (a signed hop mark), never from a client.
+_TRUSTED_HOP_HEADERS = frozenset(
+    {b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip", b"forwarded"}
+)
+# Replaced by our own on every request.
+_REPLACED = frozenset({b"x-request-id", b"content-length"})
+_NODE_CHARS = re.compile(rb"[^A-Za-z0-9._-]")
 
 
 _ID_PREFIX = os.urandom(6).hex()
@@ -53,22 +75,28 @@ def upstream_request_headers(
     out: Headers = []
     forwarded_for = prior_via = None
     host = b""
-    proto = fhost = None
+    proto = fhost = real_ip = forwarded = None
     for name, value in strip_hop_by_hop(headers):
+        if b"_" in name:
+            continue
         if name == b"host":
             host = value
         elif name == b"x-forwarded-for":
             forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
         elif name == b"via":
             prior_via = value if prior_via is None else prior_via + b", " + value
-        elif name == b"x-request-id":
+        elif name in _REPLACED:
             continue
         elif name in _TRUSTED_HOP_HEADERS:
             if from_our_hop:
                 if name == b"x-forwarded-proto":
                     proto = value
-                else:
+                elif name == b"x-forwarded-host":
                     fhost = value
+                elif name == b"x-real-ip":
+                    real_ip = value
+                else:  # several Forwarded lines are one list, in order (RFC 7239 4)
+                    forwarded = value if forwarded is None else forwarded + b", " + value
         elif name not in drop:
             out.append((name, value))
     ip = client_ip.encode()
@@ -76,9 +104,28 @@ def upstream_request_headers(
     out.append((b"x-forwarded-proto", proto or b"http"))
     if fhost or host:
         out.append((b"x-forwarded-host", fhost or host))
+    out.append((b"x-real-ip", real_ip or ip))
+    ours = b"for=" + forwarded_node(client_ip) + b";proto=http;by=" + _obfuscated_node(via)
+    out.append((b"forwarded", forwarded + b", " + ours if forwarded else ours))
     out.append((b"via", prior_via + b", " + via if prior_via else via))
     out.append((b"x-request-id", request_id))
     return out
+
+
+def forwarded_node(address: str) -> bytes:
+    """An address as RFC 7239 6 writes a node: IPv4 as it is, IPv6 bracketed and quoted,
+    anything else (a Unix socket) ``unknown``."""
+    if ":" in address:
+        return b'"[' + address.encode() + b']"'
+    if address[:1].isdigit():
+        return address.encode()
+    return b"unknown"
+
+
+@functools.lru_cache(maxsize=16)
+def _obfuscated_node(via: bytes) -> bytes:
+    """``1.1 proxy-ko_KR-6000`` -> ``_proxy-ko_KR-6000`` (RFC 7239 6.3 obfnode)."""
+    return b"_" + _NODE_CHARS.sub(b"-", via.rpartition(b" ")[2])
 
 
 def client_response_headers(headers: Headers, *, via: bytes, request_id: bytes) -> Headers:
