@@ -480,6 +480,15 @@ async def test_a_body_at_a_steady_rate_above_the_minimum_is_served(
     assert reply.status == 200 and reply.body == b"z" * 300
 
 
+async def test_a_minimum_rate_of_zero_switches_the_rate_off(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limits = ServerLimits(body_timeout_s=5, body_rate_grace_s=0, min_body_rate_bytes_per_s=0)
+    async with serving(limits=limits) as (_, port), connect(port) as client:
+        reply = await trickle(client, 30, piece=b"x", every_s=1, limit=30)
+    assert reply.status == 200 and reply.body == b"x" * 30
+
+
 async def test_time_the_handler_takes_before_reading_is_not_the_clients(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -499,16 +508,26 @@ async def test_time_the_handler_takes_before_reading_is_not_the_clients(
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("field", "bad", "expected"),
     [
-        {"body_deadline_s": 0},
-        {"min_body_rate_bytes_per_s": -1},
-        {"body_rate_grace_s": -1},
+        ("body_deadline_s", 0, "> 0.0"),
+        ("min_body_rate_bytes_per_s", -1, ">= 0"),
+        ("body_rate_grace_s", -1, ">= 0.0"),
     ],
 )
-def test_body_limits_are_validated(bad: dict[str, float]) -> None:
-    with pytest.raises(msgspec.ValidationError):
-        msgspec.convert(bad, ServerLimits)
+def test_body_limits_are_validated(field: str, bad: float, expected: str) -> None:
+    with pytest.raises(msgspec.ValidationError) as info:
+        msgspec.convert({field: bad}, ServerLimits)
+    assert str(info.value).endswith(f"{expected} - at `$.{field}`")
+
+
+def test_body_limits_take_their_units_from_the_config() -> None:
+    limits = msgspec.convert(
+        {"body_deadline_s": 5, "min_body_rate_bytes_per_s": 0, "body_rate_grace_s": 0.5},
+        ServerLimits,
+    )
+    assert (limits.body_deadline_s, limits.min_body_rate_bytes_per_s) == (5.0, 0)
+    assert ServerLimits().min_body_rate_bytes_per_s == 1024  # on unless switched off
 
 
 # -- connections that never speak ------------------------------------------------------------------
