@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from httpio.protocol import Headers
+from httpio.protocol import Headers, strip_hop_by_hop
 from proxy.forwarding import (
     client_response_headers,
     forwarded_node,
@@ -250,6 +252,56 @@ def test_the_clients_content_length_is_not_forwarded() -> None:
     de-chunked body would be a second, wrong framing."""
     out = upstream([(b"content-length", b"5"), (b"transfer-encoding", b"chunked")])
     assert values(out, b"content-length") == [] and values(out, b"transfer-encoding") == []
+
+
+NAMES = [
+    b"host",
+    b"connection",
+    b"keep-alive",
+    b"upgrade",
+    b"te",
+    b"transfer-encoding",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"forwarded",
+    b"x-real-ip",
+    b"via",
+    b"x-secret",
+    b"x_user",
+    b"accept",
+]
+TOKENS = [b"keep-alive", b"close", b"Upgrade", b"x-secret", b"Host", b"x-forwarded-for", b""]
+
+
+@settings(max_examples=200, derandomize=True, database=None, deadline=None)
+@given(
+    headers=st.lists(
+        st.tuples(
+            st.sampled_from(NAMES),
+            st.one_of(
+                st.lists(st.sampled_from(TOKENS), min_size=1, max_size=3).map(b" ,".join),
+                st.sampled_from([b"1.2.3.4", b"gw.example", b"for=1.2.3.4"]),
+            ),
+        ),
+        max_size=6,
+    ),
+    from_our_hop=st.booleans(),
+)
+def test_one_pass_is_the_same_as_stripping_first(
+    headers: list[tuple[bytes, bytes]], from_our_hop: bool
+) -> None:
+    """The single pass (hop-by-hop headers skipped inside it) must say exactly what
+    stripping hop-by-hop headers first, then forwarding, says."""
+    stripped = strip_hop_by_hop(headers)
+    assert upstream(headers, from_our_hop=from_our_hop) == upstream(
+        stripped, from_our_hop=from_our_hop
+    )
+    assert not {n for n, _ in upstream(headers)} & {b"connection", b"keep-alive", b"upgrade"}
+
+
+def test_connection_naming_an_end_to_end_header_drops_it() -> None:
+    out = upstream([(b"connection", b"x-forwarded-for"), (b"x-forwarded-for", b"6.6.6.6")])
+    assert only(out, b"x-forwarded-for") == b"10.0.0.7"
 
 
 # -- the request id ---------------------------------------------------------------------------
