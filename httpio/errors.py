@@ -8,7 +8,8 @@ server loop turns them into a status line and a body at exactly one place
 - `ClientError`: the client sent something we refuse (RFC 9110 15.5: 400, 408, 413, 431...).
 - `UpstreamError`: the next hop failed us: unreachable or reset (502, RFC 9110 15.6.3),
   too slow (504, 15.6.5).
-- `GatewayRefusal`: we decided not to serve (no route 404, no healthy instance 503, loop 508).
+- `GatewayRefusal`: we decided not to serve (no route 404, no healthy instance 503, loop 508,
+  a method or transfer coding this gateway does not implement 501).
 
 The body is always ``{"status": N, "error": "<code>", "detail": "<text>"}`` so clients can
 branch on ``error`` without parsing prose.
@@ -96,6 +97,17 @@ class Forbidden(ClientError):
     code = "forbidden"
 
 
+class MethodNotAllowed(ClientError):
+    """A method we know and refuse everywhere (CONNECT, TRACE). RFC 9110 15.5.6: a 405
+    carries ``Allow``, the methods that are served."""
+
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, detail: str = "", *, allow: bytes) -> None:
+        super().__init__(detail, headers=((b"allow", allow),))
+
+
 # -- we decided not to serve ------------------------------------------------------------------
 class GatewayRefusal(GatewayError):
     status = 500
@@ -122,6 +134,14 @@ class DependencyUnavailable(GatewayRefusal):
 
     status = 503
     code = "dependency_unavailable"
+
+
+class Unimplemented(GatewayRefusal):
+    """A method or a transfer coding this gateway does not implement (RFC 9110 9.1 and
+    15.6.2, RFC 9112 6.1)."""
+
+    status = 501
+    code = "not_implemented"
 
 
 class LoopDetected(GatewayRefusal):

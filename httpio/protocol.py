@@ -8,15 +8,46 @@ classes that are not instances of themselves, so they are only ever compared wit
 
 Hop-by-hop headers (RFC 9110 7.6.1) are listed here because both the server side and the
 upstream side strip them.
+
+`refuse_request` is what the server loop refuses in a head that h11 parsed, before any
+handler runs (h11 already refuses what it cannot parse: a space before a colon, NUL or CR
+in a field, conflicting Content-Lengths, a Transfer-Encoding other than ``chunked``):
+
+- Methods. Every process serves and forwards GET, HEAD, POST, PUT, DELETE, PATCH and
+  OPTIONS. CONNECT and TRACE are known and refused with 405 and ``Allow``, as nginx does
+  (``ngx_http_process_request_header`` answers 405 to both): a 2xx to CONNECT turns the
+  connection into a tunnel (RFC 9110 9.3.6), and a TRACE that echoes the request would
+  hand a page's script the cookies and credentials it cannot otherwise read (cross-site
+  tracing). Any other token is 501, as RFC 9110 9.1 asks of a method "unrecognized or not
+  implemented" (nginx would pass it on; a gateway whose backends expect one of the seven
+  should not). Methods are case-sensitive: ``get`` is not GET.
+- Content-Length together with Transfer-Encoding is refused with 400, as nginx and Envoy
+  do by default: RFC 9112 6.1 lets a server reject it and says it "ought to be handled as
+  an error" (6.3); the two headers are how request smuggling splits one request into two
+  between hops. Transfer-Encoding in HTTP/1.0 is 400 too: 6.1 calls that framing faulty.
+- A head larger than the limit even though it arrived whole (h11 bounds only an
+  incomplete one) is 431.
+
+Each refusal closes the connection (the caller's job): after a refused CONNECT or an
+ambiguous length the next bytes cannot be trusted to start a request.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Iterable
 from http import HTTPStatus
 
 import h11 as _pure_h11
+
+from httpio.errors import (
+    ClientError,
+    GatewayError,
+    MethodNotAllowed,
+    RequestHeadTooLarge,
+    Unimplemented,
+)
 
 h11 = _pure_h11
 _choice = os.environ.get("GATEWAY_H11", "auto")
@@ -72,4 +103,52 @@ def header_value(headers: Headers, name: bytes) -> bytes | None:
     for n, v in headers:
         if n == name:
             return v
+    return None
+
+
+SERVED_METHODS: tuple[bytes, ...] = (
+    b"GET",
+    b"HEAD",
+    b"POST",
+    b"PUT",
+    b"DELETE",
+    b"PATCH",
+    b"OPTIONS",
+)
+ALLOW: bytes = b", ".join(SERVED_METHODS)
+_SERVED = frozenset(SERVED_METHODS)
+_REFUSED = frozenset({b"CONNECT", b"TRACE"})
+
+
+def refuse_request(
+    method: bytes,
+    http_version: bytes,
+    target: bytes,
+    headers: Iterable[tuple[bytes, bytes]],
+    max_head_bytes: int,
+) -> GatewayError | None:
+    """Why a parsed request head must be answered with an error (and the connection
+    closed) before any handler sees it; None for a request to serve."""
+    if method not in _SERVED:
+        name = method.decode("ascii", "replace")  # h11 let only a token through
+        if method in _REFUSED:
+            return MethodNotAllowed(f"{name} is not served here", allow=ALLOW)
+        return Unimplemented(f"method {name} is not implemented")
+    size = len(target)
+    chunked = sized = False
+    for name_, value in headers:
+        size += len(name_) + len(value) + 4
+        if name_ == b"transfer-encoding":
+            chunked = True
+        elif name_ == b"content-length":
+            sized = True
+    if size > max_head_bytes:
+        return RequestHeadTooLarge(f"request head exceeds {max_head_bytes} bytes")
+    if chunked:
+        if sized:
+            return ClientError(
+                "Content-Length and Transfer-Encoding together make the length ambiguous"
+            )
+        if http_version == b"1.0":
+            return ClientError("Transfer-Encoding in an HTTP/1.0 request")
     return None

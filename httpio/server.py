@@ -7,11 +7,27 @@ costs no task switch of its own. The handler is an ``async`` function from `Requ
 place they become a status line and a JSON body.
 
 Limits and their statuses (RFC 9110 15.5, RFC 6585 5):
-- request head larger than ``max_head_bytes`` -> 431; malformed head -> 400;
+- request head larger than ``max_head_bytes`` -> 431; malformed head -> 400; a method,
+  a framing or a transfer coding refused by `httpio.protocol.refuse_request` or by h11
+  -> 405, 400 or 501; each of these closes the connection;
 - body larger than ``max_body_bytes`` -> 413 (up front when Content-Length says so);
-- no complete head within ``head_timeout_s`` of the first byte (or of accept) -> 408;
-- a keep-alive connection idle for ``idle_timeout_s`` is closed without a word (RFC 9112 9.5);
+- no complete head within ``head_timeout_s`` of the first byte -> 408;
+- a connection that sent nothing at all within ``head_timeout_s`` of accept, and a
+  keep-alive connection idle for ``idle_timeout_s``, are closed without a word (RFC 9112
+  9.5). nginx does the same with a connection that never spoke (``client timed out`` in
+  ``ngx_http_wait_request_handler``): a burst of thousands of silent connects then costs
+  a close each, not a 408 and a lingering close each while health probes wait;
+- a body that stalls for ``body_timeout_s`` between two reads, falls below
+  ``min_body_rate_bytes_per_s`` once ``body_rate_grace_s`` have passed, or is not complete
+  after ``body_deadline_s`` -> 408 and close (see `ServerLimits`);
 - more than ``max_connections`` open -> the new one gets a 503 and is closed.
+
+No exception raised while serving one connection ends the process: `serve_connection` is
+the boundary. What it does not expect (a bug, a library's assert, a response body's
+``read()``/``aclose()`` failing, an ``ExceptionGroup`` out of a handler's nursery, an
+``on_close`` callback) is logged once as ``connection_failed`` with the server's name and
+the exception, and that connection is closed. ``trio.Cancelled``, ``KeyboardInterrupt``
+and ``SystemExit`` are not ``Exception``s and go through untouched.
 
 Drain (SIGTERM/SIGINT via `run_server`): stop accepting, close idle keep-alive connections,
 let requests in flight finish and answer them with ``Connection: close``, and cancel what is
@@ -27,7 +43,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from email.utils import formatdate
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import structlog
@@ -40,10 +56,11 @@ from httpio.errors import (
     RequestBodyTooLarge,
     RequestHeadTooLarge,
     RequestTimeout,
+    Unimplemented,
     unavailable_response,
 )
 from httpio.messages import Handler, Request, Response, error_response
-from httpio.protocol import h11, reason_for
+from httpio.protocol import h11, reason_for, refuse_request
 
 log = structlog.get_logger()
 access_log = structlog.get_logger("access")
@@ -56,13 +73,28 @@ LINGER_BYTES = 1 << 20
 class ServerLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Limits of one listening server. Defaults follow common proxy practice: nginx's
     large_client_header_buffers (4 x 8k) sits near 16 KiB, its keepalive_timeout is 75 s;
-    we choose shorter idle times because idle connections cost memory on a 2-core box."""
+    we choose shorter idle times because idle connections cost memory on a 2-core box.
+
+    A request body is bounded three ways, and each counts only the time spent waiting for
+    the client's bytes (not the handler's work, nor an upstream slow to take them):
+    ``body_timeout_s`` between two reads (nginx's ``client_body_timeout``, per read); a
+    minimum rate, Apache ``mod_reqtimeout``'s model (``body=20,MinRate=500``): once
+    ``body_rate_grace_s`` have gone by, each ``min_body_rate_bytes_per_s`` bytes received
+    buys one more second (0 switches the rate off); and ``body_deadline_s`` for the whole
+    body, as HAProxy's ``timeout http-request`` bounds a whole request. A body trickling a
+    byte every few seconds so held a service's in-flight slots for as long as it liked.
+    1 KiB/s is 8 kbit/s, below any link a real upload uses, after 10 s of grace for a
+    client that starts slowly; 300 s lets a 1 GiB body (``max_body_bytes``) in at 3.6 MB/s,
+    and a deployment taking larger uploads on slower links raises it."""
 
     max_head_bytes: int = 16384
     max_body_bytes: int = 1 << 30
     head_timeout_s: float = 10.0
     idle_timeout_s: float = 30.0
     body_timeout_s: float = 30.0
+    body_deadline_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    min_body_rate_bytes_per_s: Annotated[int, msgspec.Meta(ge=0)] = 1024
+    body_rate_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     send_timeout_s: float = 30.0
     max_connections: int = 20000
     drain_timeout_s: float = 10.0
@@ -72,18 +104,22 @@ class RequestBody:
     """The body of the request being served, read straight off the connection.
 
     ``read()`` returns the next chunk and ``b""`` at the end. Cancellation mid-read leaves
-    the connection unusable; the server then closes it rather than reuse it.
+    the connection unusable; the server then closes it rather than reuse it. ``length`` is
+    the declared Content-Length (h11 checked it and holds the body to it), None for a
+    chunked body or none: a proxy frames what it forwards with it.
     """
 
-    __slots__ = ("_conn", "_done", "_limits", "_received", "_stream", "failed")
+    __slots__ = ("_conn", "_done", "_limits", "_received", "_stream", "_waited", "failed", "length")
 
     def __init__(self, conn: Any, stream: trio.abc.Stream, limits: ServerLimits) -> None:
         self._conn = conn
         self._stream = stream
         self._limits = limits
         self._received = 0
+        self._waited = 0.0  # seconds spent waiting for the client's bytes
         self._done = False
         self.failed = False  # a read raised: the connection's framing is no longer known
+        self.length: int | None = None
 
     @property
     def done(self) -> bool:
@@ -114,10 +150,13 @@ class RequestBody:
                             )
                         )
                     )
-                with trio.move_on_after(self._limits.body_timeout_s) as scope:
+                wait, why = self._allowed_wait()
+                started = trio.current_time()
+                with trio.CancelScope(deadline=started + wait) as scope:
                     data = await self._stream.receive_some(RECEIVE_SIZE)
+                self._waited += trio.current_time() - started
                 if scope.cancelled_caught:
-                    raise RequestTimeout("request body not received in time")
+                    raise RequestTimeout(why)
                 conn.receive_data(data)
                 continue
             kind = type(event)
@@ -132,6 +171,21 @@ class RequestBody:
                 self._done = True
                 return b""
             raise ClientError("connection closed during request body")
+
+    def _allowed_wait(self) -> tuple[float, str]:
+        """How long the next read may wait for the client, and what to say if it times out."""
+        limits = self._limits
+        wait = limits.body_timeout_s
+        why = "request body not received in time"
+        left = limits.body_deadline_s - self._waited
+        if left < wait:
+            wait, why = left, f"request body not complete within {limits.body_deadline_s:g} s"
+        rate = limits.min_body_rate_bytes_per_s
+        if rate:
+            earned = limits.body_rate_grace_s + self._received / rate - self._waited
+            if earned < wait:
+                wait, why = earned, f"request body slower than {rate} bytes/s"
+        return max(wait, 0.0), why
 
     def complete_in_buffer(self) -> bool:
         """Whether the rest of the body (often none: a GET) is already here, read without
@@ -213,6 +267,7 @@ class HttpServer:
         self.open_connections = 0
         self.requests_served = 0
         self.refused_connections = 0
+        self.failed_connections = 0  # ended by an exception nobody expected (logged)
         self._idle: set[trio.CancelScope] = set()
         self._all_closed = trio.Event()
         self._all_closed.set()
@@ -231,6 +286,7 @@ class HttpServer:
             "open_connections": self.open_connections,
             "requests_served": self.requests_served,
             "refused_connections": self.refused_connections,
+            "failed_connections": self.failed_connections,
             "draining": self.draining,
         }
 
@@ -303,14 +359,26 @@ class HttpServer:
             log.warning("bad_proxy_header", server=self.name, error=str(exc))
         except OSError as exc:
             log.debug("connection_error", server=self.name, error=str(exc))
+        except Exception as exc:  # the boundary: this connection ends, the process does not
+            self._connection_failed(exc)
         finally:
             self.open_connections -= 1
             if self.open_connections == 0:
                 self._all_closed.set()
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(stream)
+            try:
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(stream)
+            except Exception as exc:
+                self._connection_failed(exc)
             if on_close is not None:
-                on_close()
+                try:
+                    on_close()
+                except Exception as exc:
+                    self._connection_failed(exc)
+
+    def _connection_failed(self, exc: Exception) -> None:
+        self.failed_connections += 1
+        log.error("connection_failed", server=self.name, error=repr(exc), exc_info=exc)
 
     async def _refuse(self, stream: trio.SocketStream) -> None:
         answer = unavailable_response("too_many_connections", "server is at its connection limit")
@@ -382,13 +450,7 @@ class HttpServer:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
-                hint = exc.error_status_hint
-                err: ClientError = (
-                    RequestHeadTooLarge(f"request head exceeds {limits.max_head_bytes} bytes")
-                    if hint == 431
-                    else ClientError(f"malformed request: {exc}")
-                )
-                await self._send_error_and_close(stream, conn, err)
+                await self._send_error_and_close(stream, conn, _parse_error(exc, limits))
                 return None
             if event is h11.NEED_DATA:
                 # Nothing of a request has arrived yet: a drain may close this connection.
@@ -409,8 +471,8 @@ class HttpServer:
                     if unstarted:
                         self._idle.discard(scope)
                 if scope.cancelled_caught:
-                    if waiting_idle or self.draining:
-                        return None
+                    if unstarted or self.draining:
+                        return None  # not a byte of a request: nothing to answer
                     await self._send_error_and_close(
                         stream, conn, RequestTimeout("request head not received in time")
                     )
@@ -423,15 +485,15 @@ class HttpServer:
                     deadline = trio.current_time() + limits.head_timeout_s
                 continue
             if type(event) is h11.Request:
-                # h11 bounds only a head that arrives incomplete; one that arrives whole in
-                # a single read is measured here so that the limit does not depend on timing.
-                size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
-                if size > limits.max_head_bytes:
-                    await self._send_error_and_close(
-                        stream,
-                        conn,
-                        RequestHeadTooLarge(f"request head exceeds {limits.max_head_bytes} bytes"),
-                    )
+                refusal = refuse_request(
+                    event.method,
+                    event.http_version,
+                    event.target,
+                    event.headers,
+                    limits.max_head_bytes,
+                )
+                if refusal is not None:
+                    await self._send_error_and_close(stream, conn, refusal)
                     return None
                 return event
             return None  # ConnectionClosed or PAUSED oddities: nothing more to serve
@@ -466,8 +528,10 @@ class HttpServer:
         started = time.monotonic() if self.access_log else 0.0
         try:
             length = request.header(b"content-length")
-            if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
-                raise RequestBodyTooLarge(f"request body exceeds {limits.max_body_bytes} bytes")
+            if length is not None:  # digits only, equal duplicates merged: h11 saw to it
+                declared = request.body.length = int(length)
+                if declared > limits.max_body_bytes:
+                    raise RequestBodyTooLarge(f"request body exceeds {limits.max_body_bytes} bytes")
             response = await self.handler(request)
         except GatewayError as err:
             response = error_response(err)
@@ -614,13 +678,14 @@ class HttpServer:
         return False
 
     async def _send_error_and_close(
-        self, stream: trio.SocketStream, conn: Any, err: ClientError
+        self, stream: trio.SocketStream, conn: Any, err: GatewayError
     ) -> None:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         body = err.body()
         headers = [
             (b"content-type", b"application/json"),
+            *err.headers,
             (b"content-length", b"%d" % len(body)),
             (b"connection", b"close"),
             (b"date", _clock.date()),
@@ -637,3 +702,15 @@ class HttpServer:
         # The client may still be sending the rest of what we refused (a head too large):
         # without a lingering close the kernel's RST could destroy this answer.
         await self._linger(stream)
+
+
+def _parse_error(exc: Any, limits: ServerLimits) -> GatewayError:
+    """What to answer to a head h11 could not accept: its status hint says which."""
+    hint = exc.error_status_hint
+    if hint == 431:
+        return RequestHeadTooLarge(f"request head exceeds {limits.max_head_bytes} bytes")
+    if hint == 501:
+        # A Transfer-Encoding other than one "chunked": nginx answers 501 to those too
+        # (RFC 9112 6.1: a coding the server does not understand).
+        return Unimplemented(f"transfer coding not implemented: {exc}")
+    return ClientError(f"malformed request: {exc}")

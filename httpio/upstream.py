@@ -50,6 +50,9 @@ class UpstreamTimeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class BodySource(Protocol):
+    """A request body streamed upstream. It may also have ``length`` (int or None): the
+    number of bytes it will yield, sent as Content-Length."""
+
     async def read(self) -> bytes: ...
 
 
@@ -264,9 +267,16 @@ class UpstreamPool:
             ):
                 headers = [*headers, (b"content-length", b"%d" % len(body))]
         elif not any(n in (b"content-length", b"transfer-encoding") for n, _ in headers):
-            # A streamed body of unknown length (the client's was chunked, and
-            # Transfer-Encoding is hop-by-hop): without framing h11 would send no body.
-            headers = [*headers, (b"transfer-encoding", b"chunked")]
+            # A streamed body is framed by the length it declares (``length``: the server's
+            # `RequestBody` holds a client to its Content-Length), else chunked; without
+            # framing h11 would send no body at all.
+            length = getattr(body, "length", None)
+            headers = [
+                *headers,
+                (b"content-length", b"%d" % length)
+                if length is not None
+                else (b"transfer-encoding", b"chunked"),
+            ]
         replayable = isinstance(body, bytes) and method in IDEMPOTENT
         attempt = 0
         while True:

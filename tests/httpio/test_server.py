@@ -259,6 +259,7 @@ async def test_keep_alive_serves_two_requests_on_one_connection() -> None:
             "open_connections": 1,
             "requests_served": 2,
             "refused_connections": 0,
+            "failed_connections": 0,
             "draining": False,
         }
     assert (first.status, first.body, first.header(b"connection")) == (200, b"hello", None)

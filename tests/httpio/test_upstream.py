@@ -379,13 +379,32 @@ async def test_streaming_request_body_with_a_length_is_sent_as_is() -> None:
     assert counts(pool)["reused"] == 0
 
 
-async def test_streaming_request_body_without_a_length_is_sent_chunked() -> None:
+async def put_streamed(body: Stream) -> Any:
+    """What the echo upstream saw of a PUT whose body is streamed from ``body``."""
     pool = UpstreamPool()
     async with echo_upstream() as url:
         with trio.fail_after(DEADLINE_S):
-            response = await pool.request(url, "PUT", "/", [], Stream(b"hello ", b"world"))
+            response = await pool.request(url, "PUT", "/", [], body)
             seen = msgspec.json.decode(await response.read_all())
         await pool.aclose()
+    return seen
+
+
+async def test_a_streamed_body_that_declares_its_length_is_sent_with_it() -> None:
+    """The proxy forwards no client Content-Length (issue 8, item 6): the length it sends
+    is the one the server's request body declares."""
+
+    class Sized(Stream):
+        length = 11
+
+    seen = await put_streamed(Sized(b"hello ", b"world"))
+    assert seen["body"] == "hello world"
+    assert ["content-length", "11"] in seen["headers"]
+    assert not any(name == "transfer-encoding" for name, _ in seen["headers"])
+
+
+async def test_streaming_request_body_without_a_length_is_sent_chunked() -> None:
+    seen = await put_streamed(Stream(b"hello ", b"world"))
     assert seen["body"] == "hello world"
     assert ["transfer-encoding", "chunked"] in seen["headers"]
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from httpio.protocol import Headers
+from httpio.protocol import Headers, strip_hop_by_hop
 from proxy.forwarding import (
     client_response_headers,
+    forwarded_node,
     new_request_id,
     request_id_of,
     upstream_request_headers,
@@ -57,12 +60,14 @@ def test_plain_request_gains_forwarding_headers_and_loses_host() -> None:
         (b"x-forwarded-for", b"10.0.0.7"),
         (b"x-forwarded-proto", b"http"),
         (b"x-forwarded-host", b"gw.example"),
+        (b"x-real-ip", b"10.0.0.7"),
+        (b"forwarded", b"for=10.0.0.7;proto=http;by=_proxy-a"),
         (b"via", VIA),
         (b"x-request-id", RID),
     ]
 
 
-def test_hop_by_hop_headers_go_including_those_named_in_connection() -> None:
+def test_hop_by_headers_go_including_those_named_in_connection() -> None:
     out = upstream(
         [
             (b"host", b"gw"),
@@ -162,6 +167,141 @@ def test_drop_removes_identity_headers_a_client_sent() -> None:
 def test_request_id_header_is_the_one_given_exactly_once() -> None:
     out = upstream([(b"x-request-id", b"from-client"), (b"x-request-id", b"again")])
     assert values(out, b"x-request-id") == [RID]
+
+
+# -- what a client must not say to a backend (issue 8, item 10) -------------------------------
+@pytest.mark.parametrize(
+    "name", [b"x_user", b"x-user_role", b"x_forwarded_for", b"_", b"content_length", b"x__a"]
+)
+def test_a_header_named_with_an_underscore_is_dropped(name: bytes) -> None:
+    out = upstream([(name, b"root"), (b"x-kept", b"1")])
+    assert values(out, name) == []
+    assert values(out, b"x-kept") == [b"1"]
+    assert all(b"_" not in n for n, _ in out)
+
+
+def test_an_underscore_header_from_our_hop_is_dropped_too() -> None:
+    assert values(upstream([(b"x_user", b"root")], from_our_hop=True), b"x_user") == []
+
+
+def test_a_clients_x_real_ip_is_replaced_by_the_real_address() -> None:
+    out = upstream([(b"x-real-ip", b"127.0.0.1"), (b"X-Real-IP".lower(), b"1.1.1.1")])
+    assert only(out, b"x-real-ip") == b"10.0.0.7"
+
+
+def test_x_real_ip_from_our_hop_names_the_first_hops_client() -> None:
+    out = upstream([(b"x-real-ip", b"203.0.113.9")], client_ip="10.1.0.2", from_our_hop=True)
+    assert only(out, b"x-real-ip") == b"203.0.113.9"
+    assert only(upstream([], client_ip="10.1.0.2", from_our_hop=True), b"x-real-ip") == (
+        b"10.1.0.2"
+    )
+
+
+def test_a_clients_forwarded_is_replaced_by_ours() -> None:
+    forged = [(b"forwarded", b"for=127.0.0.1;by=_admin"), (b"forwarded", b"for=10.0.0.1")]
+    out = upstream(forged)
+    assert only(out, b"forwarded") == b"for=10.0.0.7;proto=http;by=_proxy-a"
+
+
+def test_forwarded_from_our_hop_gains_our_element() -> None:
+    prior = [(b"forwarded", b"for=203.0.113.9;proto=http;by=_proxy-en"), (b"forwarded", b"for=x")]
+    out = upstream(prior, client_ip="10.1.0.2", from_our_hop=True)
+    assert only(out, b"forwarded") == (
+        b"for=203.0.113.9;proto=http;by=_proxy-en, for=x, for=10.1.0.2;proto=http;by=_proxy-a"
+    )
+
+
+def test_forwarded_for_follows_x_forwarded_for() -> None:
+    """Both name the address that connected to us: whoever reads one reads the other."""
+    out = upstream([(b"x-forwarded-for", b"1.2.3.4")], client_ip="10.0.0.9")
+    assert only(out, b"x-forwarded-for").rpartition(b", ")[2] == b"10.0.0.9"
+    assert only(out, b"forwarded").startswith(b"for=10.0.0.9;")
+
+
+@pytest.mark.parametrize(
+    ("address", "node"),
+    [
+        ("203.0.113.9", b"203.0.113.9"),
+        ("2001:db8::1", b'"[2001:db8::1]"'),
+        ("::1", b'"[::1]"'),
+        ("unix", b"unknown"),
+        ("", b"unknown"),
+    ],
+)
+def test_forwarded_nodes_are_written_as_rfc_7239_says(address: str, node: bytes) -> None:
+    assert forwarded_node(address) == node
+
+
+def test_our_name_becomes_an_obfuscated_node() -> None:
+    out = upstream_request_headers(
+        [],
+        client_ip="10.0.0.7",
+        via=b"1.1 proxy-ko_KR-6000 x/y",
+        request_id=RID,
+        from_our_hop=False,
+    )
+    assert only(out, b"forwarded") == b"for=10.0.0.7;proto=http;by=_x-y"
+    out = upstream_request_headers(
+        [], client_ip="10.0.0.7", via=b"1.1 proxy-ko_KR-6000", request_id=RID, from_our_hop=False
+    )
+    assert only(out, b"forwarded").endswith(b";by=_proxy-ko_KR-6000")
+
+
+def test_the_clients_content_length_is_not_forwarded() -> None:
+    """The upstream pool frames what it sends (issue 8, item 6): a Content-Length beside a
+    de-chunked body would be a second, wrong framing."""
+    out = upstream([(b"content-length", b"5"), (b"transfer-encoding", b"chunked")])
+    assert values(out, b"content-length") == [] and values(out, b"transfer-encoding") == []
+
+
+NAMES = [
+    b"host",
+    b"connection",
+    b"keep-alive",
+    b"upgrade",
+    b"te",
+    b"transfer-encoding",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"forwarded",
+    b"x-real-ip",
+    b"via",
+    b"x-secret",
+    b"x_user",
+    b"accept",
+]
+TOKENS = [b"keep-alive", b"close", b"Upgrade", b"x-secret", b"Host", b"x-forwarded-for", b""]
+
+
+@settings(max_examples=200, derandomize=True, database=None, deadline=None)
+@given(
+    headers=st.lists(
+        st.tuples(
+            st.sampled_from(NAMES),
+            st.one_of(
+                st.lists(st.sampled_from(TOKENS), min_size=1, max_size=3).map(b" ,".join),
+                st.sampled_from([b"1.2.3.4", b"gw.example", b"for=1.2.3.4"]),
+            ),
+        ),
+        max_size=6,
+    ),
+    from_our_hop=st.booleans(),
+)
+def test_one_pass_is_the_same_as_stripping_first(
+    headers: list[tuple[bytes, bytes]], from_our_hop: bool
+) -> None:
+    """The single pass (hop-by-hop headers skipped inside it) must say exactly what
+    stripping hop-by-hop headers first, then forwarding, says."""
+    stripped = strip_hop_by_hop(headers)
+    assert upstream(headers, from_our_hop=from_our_hop) == upstream(
+        stripped, from_our_hop=from_our_hop
+    )
+    assert not {n for n, _ in upstream(headers)} & {b"connection", b"keep-alive", b"upgrade"}
+
+
+def test_connection_naming_an_end_to_end_header_drops_it() -> None:
+    out = upstream([(b"connection", b"x-forwarded-for"), (b"x-forwarded-for", b"6.6.6.6")])
+    assert only(out, b"x-forwarded-for") == b"10.0.0.7"
 
 
 # -- the request id ---------------------------------------------------------------------------
