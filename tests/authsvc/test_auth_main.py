@@ -43,6 +43,15 @@ def test_commands_need_the_database(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--db" in capsys.readouterr().err
 
 
+def test_server_without_a_key_says_where_one_comes_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["0", "--db", str(tmp_path / "auth.db")])  # the packaged config.json: no key
+    assert info.value.code == 2
+    assert "fleet" in capsys.readouterr().err
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

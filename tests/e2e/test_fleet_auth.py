@@ -14,6 +14,12 @@ import jwt
 from tests.e2e.harness import RunningFleet, post_json, request, sign_in, wait_for
 
 
+def fleet_key(fleet: RunningFleet) -> str:
+    """The key the launcher generated for this fleet, from the config.json it wrote."""
+    config = json.loads((fleet.fleet.run_dir / "config.json").read_text())
+    return str(config["Auth_keys"][-1]["secret"])
+
+
 def auth_db(fleet: RunningFleet) -> Path:
     argv = next(c.argv for c in fleet.fleet.plan.children if c.kind == "authsvc")
     assert argv is not None
@@ -67,7 +73,7 @@ def test_original_authtoken_header_forms(fleet: RunningFleet, token: str) -> Non
 
 
 def test_token_is_a_standard_jwt(fleet: RunningFleet, token: str) -> None:
-    claims = jwt.decode(token, "e2e-secret-key-that-is-long-enough-for-hs256", algorithms=["HS256"])
+    claims = jwt.decode(token, fleet_key(fleet), algorithms=["HS256"])
     assert claims["sub"] == "e2e-user" and claims["role"] == "user"
     assert {"iat", "exp", "jti"} <= set(claims)
     assert jwt.get_unverified_header(token)["kid"]
