@@ -35,6 +35,12 @@ import msgspec
 import trio
 
 from topology.load import ConfigError, load_config, load_fleet
+from topology.persistent import (
+    PersistentState,
+    open_persistent_state,
+    with_fleet_key,
+    write_private,
+)
 from topology.schema import (
     FleetTopology,
     GatewayConfig,
@@ -44,7 +50,6 @@ from topology.schema import (
     encode_json,
     encode_yaml,
 )
-from topology.state import FleetState, open_fleet_state, with_fleet_key, write_private
 from topology.supervisor import (
     ChildSpec,
     Output,
@@ -123,10 +128,10 @@ def plan_fleet(
     topology_path: str | Path,
     run_dir: str | Path,
     launchers: Launchers,
-    state: FleetState | None = None,
+    state: PersistentState | None = None,
 ) -> FleetPlan:
     """Everything `open_fleet` will do, decided without touching a process. Reads the
-    region msa files and config.json; writes nothing. With ``state`` (`topology.state`), the
+    region msa files and config.json; writes nothing. With ``state`` (`topology.persistent`), the
     fleet's key signs unless config.json names one, and the auth database lives there."""
     topology_path = Path(topology_path)
     run = Path(run_dir).resolve()
@@ -341,7 +346,7 @@ def prepare_fleet(
     """Load the topology, open the fleet's state (default ``<run_dir>/state``), plan, and
     write the run files. Raises `ConfigError`, or `OSError` for an untrustworthy state."""
     topology = load_fleet(topology_path)
-    state = open_fleet_state(state_dir if state_dir is not None else Path(run_dir) / "state")
+    state = open_persistent_state(state_dir if state_dir is not None else Path(run_dir) / "state")
     plan = plan_fleet(topology, topology_path, run_dir, launchers or find_launchers(), state)
     write_run_files(plan)
     return plan

@@ -126,7 +126,7 @@ class FleetRedis(Struct, frozen=True, forbid_unknown_fields=True):
 
 class FleetAuth(Struct, frozen=True, forbid_unknown_fields=True):
     ports: list[Port] = field(default_factory=list)
-    db: str = "auth.sqlite3"  # relative to the fleet's state directory (topology.state)
+    db: str = "auth.sqlite3"  # relative to the fleet's state directory (topology.persistent)
 
 
 class FleetBackends(Struct, frozen=True, forbid_unknown_fields=True):

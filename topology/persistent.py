@@ -41,12 +41,12 @@ class StateError(OSError):
 
 
 @dataclass(frozen=True, slots=True)
-class FleetState:
+class PersistentState:
     path: Path
     key: str
 
     def __repr__(self) -> str:  # never the key
-        return f"<FleetState {self.path}>"
+        return f"<PersistentState {self.path}>"
 
 
 def _check_owner(path: Path, st: os.stat_result) -> None:
@@ -94,7 +94,7 @@ def _new_key(path: Path) -> str | None:
     return key
 
 
-def open_fleet_state(path: str | Path) -> FleetState:
+def open_persistent_state(path: str | Path) -> PersistentState:
     """The fleet's state directory (created 0700) and key (created on first use)."""
     path = Path(path)
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -104,10 +104,10 @@ def open_fleet_state(path: str | Path) -> FleetState:
         path.chmod(0o700)
     key_path = path / KEY_FILE
     key = _new_key(key_path) if not key_path.exists() else None
-    return FleetState(path, key if key is not None else _read_key(key_path))
+    return PersistentState(path, key if key is not None else _read_key(key_path))
 
 
-def with_fleet_key(config: GatewayConfig, state: FleetState) -> GatewayConfig:
+def with_fleet_key(config: GatewayConfig, state: PersistentState) -> GatewayConfig:
     """``config`` signing with the fleet's key, unless it names keys of its own."""
     if config.auth_key or config.auth_keys:
         return config

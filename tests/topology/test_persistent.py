@@ -11,8 +11,8 @@ import pytest
 
 from authsvc.tokens import KeyRing
 from topology.fleet import prepare_fleet
+from topology.persistent import KEY_FILE, StateError, open_persistent_state, with_fleet_key
 from topology.schema import GatewayConfig
-from topology.state import KEY_FILE, StateError, open_fleet_state, with_fleet_key
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHERS: dict[str, tuple[str, ...] | str] = {
@@ -28,39 +28,39 @@ def mode(path: Path) -> int:
 
 
 def test_first_start_makes_a_strong_private_key_later_starts_read_it(tmp_path: Path) -> None:
-    state = open_fleet_state(tmp_path / "state")
+    state = open_persistent_state(tmp_path / "state")
     assert len(state.key) >= 43 and KeyRing.from_config(state.key).weaknesses() == []
     assert mode(state.path) == 0o700 and mode(state.path / KEY_FILE) == 0o600
     assert state.key not in repr(state)
-    again = open_fleet_state(tmp_path / "state")
+    again = open_persistent_state(tmp_path / "state")
     assert again.key == state.key
-    assert open_fleet_state(tmp_path / "other").key != state.key
+    assert open_persistent_state(tmp_path / "other").key != state.key
 
 
 def test_loose_permissions_are_tightened_short_keys_refused(tmp_path: Path) -> None:
-    state = open_fleet_state(tmp_path / "state")
+    state = open_persistent_state(tmp_path / "state")
     state.path.chmod(0o755)
     (state.path / KEY_FILE).chmod(0o644)
-    assert open_fleet_state(state.path).key == state.key
+    assert open_persistent_state(state.path).key == state.key
     assert mode(state.path) == 0o700 and mode(state.path / KEY_FILE) == 0o600
     (state.path / KEY_FILE).write_text("private_key\n")
     with pytest.raises(StateError, match="32"):
-        open_fleet_state(state.path)
+        open_persistent_state(state.path)
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a file to another user")
 def test_state_of_another_user_is_refused(tmp_path: Path) -> None:
-    state = open_fleet_state(tmp_path / "state")
+    state = open_persistent_state(tmp_path / "state")
     os.chown(state.path / KEY_FILE, 65534, 65534)
     with pytest.raises(StateError, match="uid 65534"):
-        open_fleet_state(state.path)
+        open_persistent_state(state.path)
     os.chown(state.path, 65534, 65534)
     with pytest.raises(StateError, match="uid 65534"):
-        open_fleet_state(state.path)
+        open_persistent_state(state.path)
 
 
 def test_the_fleet_key_signs_unless_the_config_names_one(tmp_path: Path) -> None:
-    state = open_fleet_state(tmp_path / "state")
+    state = open_persistent_state(tmp_path / "state")
     keyed = with_fleet_key(GatewayConfig(), state)
     assert [k.secret for k in keyed.auth_keys] == [state.key]
     own = GatewayConfig(auth_key="private_key")
@@ -84,7 +84,7 @@ def test_a_fleet_run_gets_the_key_and_keeps_its_users_beside_it(tmp_path: Path) 
     second = prepare_fleet(topology, tmp_path / "run-2", LAUNCHERS, tmp_path / "state")
     configs = [json.loads((p.run_dir / "config.json").read_text()) for p in (first, second)]
     assert configs[0]["Auth_keys"] == configs[1]["Auth_keys"]  # a restart keeps tokens valid
-    assert configs[0]["Auth_keys"][0]["secret"] == open_fleet_state(tmp_path / "state").key
+    assert configs[0]["Auth_keys"][0]["secret"] == open_persistent_state(tmp_path / "state").key
     assert mode(first.run_dir / "config.json") == 0o600
     for plan in (first, second):
         argv = next(c.argv for c in plan.children if c.kind == "authsvc")
