@@ -1,30 +1,42 @@
-"""``authsvc PORT [--config config.json] [--db auth.sqlite3]``: one auth server process.
+"""``authsvc PORT --config config.json [--db auth.sqlite3]``: one auth server process; and the
+operator's commands on its database: ``authsvc grant``, ``authsvc delete-user``, ``authsvc users``.
 
-The default fleet runs four of these on ports 8000-8003 against one database file; the
-file may be created by whichever starts first (schema creation is idempotent and runs in a
-write transaction). Without ``--config`` the packaged ``topology/config.json`` is used, so
-the process signs with the same ``Auth_key`` the proxies verify with.
+The default fleet runs four servers on ports 8000-8003 against one database file; the file
+may be created by whichever starts first (schema creation is idempotent and runs in a write
+transaction). Without ``--config`` the packaged ``topology/config.json`` is read, which holds
+no key: `fleet` writes the config.json of its run directory with the fleet's generated key,
+and that is the file to pass (``run/latest/config.json``).
+
+A key shorter than 32 bytes or one published with the original project is logged as an error
+at every start and listed under ``warnings`` in every ``/health`` answer; the server runs.
+
+The operator's commands open the same SQLite file (WAL, so they work while the servers run)
+and take effect on every proxy within its revocation poll (about a second): roles are only
+ever granted here, never chosen at signup.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.resources
+import re
 import sys
 
 import structlog
 import trio
 
-from authsvc.app import AuthApp, ConfigError, load_auth_settings
-from authsvc.store import UserStore
+from authsvc.app import ROLE_PATTERN, AuthApp, ConfigError, load_auth_settings
+from authsvc.store import StoreBusy, UserStore
 from httpio.messages import Handler
 from httpio.run import run_server
 from httpio.server import HttpServer
 
 log = structlog.get_logger()
 
+COMMANDS = ("grant", "delete-user", "users")
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+
+def _parse_server_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="authsvc", description=__doc__.splitlines()[0])
     parser.add_argument("port", type=int)
     parser.add_argument("--config", default=None, help="config.json (Auth_key, Auth_keys...)")
@@ -32,8 +44,57 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _parse_command(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="authsvc", description="operator commands")
+    commands = parser.add_subparsers(dest="command", required=True)
+    grant = commands.add_parser("grant", help="give USER the role ROLE (e.g. admin)")
+    grant.add_argument("username")
+    grant.add_argument("role")
+    delete = commands.add_parser("delete-user", help="delete USER; their tokens stop working")
+    delete.add_argument("username")
+    commands.add_parser("users", help="list users and roles")
+    for sub in commands.choices.values():
+        sub.add_argument("--db", required=True, help="the fleet's SQLite file")
+    return parser.parse_args(argv)
+
+
+def run_command(argv: list[str]) -> int:
+    """One operator command; the exit status (0 done, 1 no such user, 2 usage)."""
+    args = _parse_command(argv)
+    if args.command == "grant" and not re.fullmatch(ROLE_PATTERN, args.role):
+        print(f"authsvc: role {args.role!r} must match {ROLE_PATTERN}", file=sys.stderr)
+        return 2
+    try:
+        store = UserStore(args.db)
+    except (StoreBusy, OSError) as exc:
+        print(f"authsvc: {args.db}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "users":
+            for user in store.list_users():
+                name = user.username or f"(shadowed) {user.display!r}"
+                print(f"{name}\t{user.role}")
+            return 0
+        if args.command == "grant":
+            done = store.set_role(args.username, args.role)
+            what = f"{done}: role {args.role}"
+        else:
+            done = store.delete_user(args.username)
+            what = f"{done}: deleted"
+        if done is None:
+            print(f"authsvc: no user {args.username!r} in {args.db}", file=sys.stderr)
+            return 1
+        print(what)
+        return 0
+    finally:
+        store.close()
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = _parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        raise SystemExit(run_command(argv))
+    args = _parse_server_args(argv)
     config = args.config or str(importlib.resources.files("topology") / "config.json")
     try:
         settings = load_auth_settings(config)
@@ -43,11 +104,11 @@ def main(argv: list[str] | None = None) -> None:
 
     async def setup(nursery: trio.Nursery, server: HttpServer) -> Handler:
         store = await trio.to_thread.run_sync(UserStore, args.db)
-        app = await trio.to_thread.run_sync(AuthApp, settings, store)
-        secret_lengths = [len(settings.Auth_key), *(len(k.secret) for k in settings.Auth_keys)]
-        if any(0 < n < 32 for n in secret_lengths):
-            # RFC 7518 3.2: an HS256 key SHOULD be at least 256 bits.
-            log.warning("auth_key_short", hint="use 32+ random bytes in Auth_keys")
+        for problem in store.migration_report:
+            log.warning("username_clash", db=args.db, problem=problem)
+        app = AuthApp(settings, store)
+        for warning in app.warnings:
+            log.error("auth_key_weak", warning=warning)
         log.info("authsvc_ready", db=args.db, ring=repr(app.ring))
         return app.handle
 

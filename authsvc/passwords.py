@@ -75,7 +75,10 @@ def _derive(password: str, salt: bytes, params: ScryptParams) -> bytes:
 def hash_password(password: str, params: ScryptParams, *, salt: bytes | None = None) -> str:
     """Return the PHC-format string to store for ``password``."""
     salt = os.urandom(_SALT_BYTES) if salt is None else salt
-    digest = _derive(password, salt, params)
+    return _phc(params, salt, _derive(password, salt, params))
+
+
+def _phc(params: ScryptParams, salt: bytes, digest: bytes) -> str:
     log2_n = params.n.bit_length() - 1
     return f"$scrypt$ln={log2_n},r={params.r},p={params.p}${_b64encode(salt)}${_b64encode(digest)}"
 
@@ -115,6 +118,9 @@ def needs_rehash(stored: str, params: ScryptParams) -> bool:
 
 
 def make_dummy_hash(params: ScryptParams) -> str:
-    """A hash of a random password, verified against when a username does not exist so that
-    "no such user" and "wrong password" cost the same scrypt and cannot be told apart by time."""
-    return hash_password(os.urandom(16).hex(), params)
+    """A stored hash that no password matches, verified against when a username does not exist
+    so that "no such user" and "wrong password" cost the same scrypt and cannot be told apart
+    by time. Random salt and digest rather than a real hash: verifying costs the full scrypt
+    all the same, and making it costs none, so an auth server does no scrypt before it listens
+    (with ``Scrypt: {n: 2**20}`` one hash takes seconds)."""
+    return _phc(params, os.urandom(_SALT_BYTES), os.urandom(params.dklen))

@@ -15,6 +15,16 @@ single SQLite file (stdlib, no daemon) is enough if it is used with care:
   WAL is already in the OS page cache) but not a power cut; the fsync costs a few ms next to
   the ~24 ms scrypt every signup pays anyway, so we take the stronger promise.
 
+The schema and its migration live in `authsvc.migrations`. Opening a file already at the
+current version writes nothing (it used to run the schema in a write transaction at every
+start), so a restarted auth server never queues behind the other servers' writes, for up to
+the busy timeout, before it listens.
+
+Users are found by their canonical name (`authsvc.names.fold_username`), computed here so
+that every caller, the servers and the operator's ``authsvc grant``, agrees on it. A role
+change or deletion is written together with a row of ``user_changes`` in one transaction:
+the feed a proxy polls can never miss a change that took effect.
+
 Revocations get an ``INTEGER PRIMARY KEY AUTOINCREMENT`` sequence that doubles as the cursor
 proxies poll with. SQLite has one writer at a time and a row's sequence number is assigned
 inside the write transaction, so numbers become visible in order, with no gap that fills later
@@ -36,7 +46,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from authsvc.migrations import SCHEMA_VERSION, migrate, schema_version
+from authsvc.names import fold_username
+from authsvc.throttle import Counter
 
 _T = TypeVar("_T")
 
@@ -45,22 +59,11 @@ _BUSY_TIMEOUT_S = 5.0
 _WRITE_ATTEMPTS = 5
 # Revocations of tokens that expired this long ago are deleted: every proxy has dropped them.
 _REVOCATION_GRACE_S = 60
-_MAX_REVOCATIONS_PER_PAGE = 1000
+_MAX_ROWS_PER_PAGE = 1000  # of the revocation and user-change feeds
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (
-    username      TEXT PRIMARY KEY,
-    password_hash TEXT NOT NULL,
-    role          TEXT NOT NULL,
-    created_at    REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS revocations (
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-    jti        TEXT NOT NULL UNIQUE,
-    exp        INTEGER NOT NULL,
-    revoked_at REAL NOT NULL
-);
-"""
+# A proxy's cached verdict lives at most 300 s (proxy.auth.VerdictCache.max_age_s): a change
+# older than this cannot concern any verdict still cached, so its row may go.
+_USER_CHANGE_RETENTION_S = 3600
 
 
 class UsernameTaken(Exception):
@@ -73,9 +76,22 @@ class StoreBusy(Exception):
 
 @dataclass(frozen=True, slots=True)
 class UserRecord:
+    """``username`` is the canonical name (the token's ``sub``); ``display`` as first typed."""
+
     username: str
     password_hash: str
     role: str
+    display: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CounterUpdate:
+    """Replace the counter at ``key`` by ``apply(current)``; the row may be deleted once
+    ``keep_s`` has passed since its latest event."""
+
+    key: str
+    apply: Callable[[Counter | None], Counter]
+    keep_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +117,11 @@ class UserStore:
         *,
         pool_size: int = DEFAULT_POOL_SIZE,
         clock: Callable[[], float] = time.time,
+        busy_timeout_s: float = _BUSY_TIMEOUT_S,
     ) -> None:
         self._path = str(path)
         self._clock = clock
+        self._busy_timeout_s = busy_timeout_s
         self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
         self._all: list[sqlite3.Connection] = []
         self._pool_size = pool_size
@@ -111,19 +129,18 @@ class UserStore:
         self._busy_retries = 0
         self._writes = 0
         self._closed = False
-        self._write(self._create_schema)
-
-    @staticmethod
-    def _create_schema(conn: sqlite3.Connection) -> None:
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        # What the migration found that an operator must resolve (look-alike usernames).
+        self.migration_report: list[str] = []
+        with self._connection() as conn:
+            current = schema_version(conn)
+        if current != SCHEMA_VERSION:
+            self.migration_report = self._write(migrate)
 
     # -- connections -----------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
             self._path,
-            timeout=_BUSY_TIMEOUT_S,
+            timeout=self._busy_timeout_s,
             isolation_level=None,  # we issue BEGIN ourselves
             check_same_thread=False,  # the pool hands it to one thread at a time
         )
@@ -190,14 +207,28 @@ class UserStore:
         raise StoreBusy(f"database {self._path} stayed locked through {_WRITE_ATTEMPTS} tries")
 
     # -- users -----------------------------------------------------------------------------
-    def create_user(self, username: str, password_hash: str, role: str) -> None:
-        """Insert a user; raise ``UsernameTaken`` if the name exists. Durable on return."""
+    def create_user(
+        self,
+        username: str,
+        password_hash: str,
+        role: str = "user",
+        *,
+        counters: tuple[CounterUpdate, ...] = (),
+    ) -> None:
+        """Insert a user; raise ``UsernameTaken`` if the name, or a look-alike, exists.
+        ``counters`` (the signup throttle) change in the same transaction. Durable on return."""
+        canonical = fold_username(username)
+        if not canonical:
+            raise ValueError("a username must keep a character once normalised")
+        now = self._clock()
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO users (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)",
-                (username, password_hash, role, self._clock()),
+                "INSERT INTO users (username, canonical, password_hash, role, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (username, canonical, password_hash, role, now),
             )
+            self._apply_counters(conn, counters, now)
 
         try:
             self._write(insert)
@@ -205,25 +236,119 @@ class UserStore:
             raise UsernameTaken(username) from None
 
     def get_user(self, username: str) -> UserRecord | None:
+        """The user whose canonical name is that of ``username``."""
+        canonical = fold_username(username)
+        if not canonical:
+            return None
         with self._connection() as conn:
             row = conn.execute(
-                "SELECT username, password_hash, role FROM users WHERE username = ?",
-                (username,),
+                "SELECT canonical, password_hash, role, username FROM users WHERE canonical = ?",
+                (canonical,),
             ).fetchone()
         return None if row is None else UserRecord(*row)
+
+    def list_users(self) -> list[UserRecord]:
+        """Every user, shadowed look-alikes (canonical NULL, shown as '') included."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT coalesce(canonical, ''), password_hash, role, username FROM users"
+                " ORDER BY created_at, rowid"
+            ).fetchall()
+        return [UserRecord(*row) for row in rows]
 
     def update_password_hash(self, username: str, password_hash: str) -> None:
         self._write(
             lambda conn: conn.execute(
-                "UPDATE users SET password_hash = ? WHERE username = ?",
-                (password_hash, username),
+                "UPDATE users SET password_hash = ? WHERE canonical = ?",
+                (password_hash, fold_username(username)),
             )
         )
+
+    def set_role(self, username: str, role: str) -> str | None:
+        """Give the user ``role``; its canonical name, or None if there is no such user. The
+        change reaches every proxy through `user_changes_since`."""
+        return self._change_user(username, "UPDATE users SET role = ? WHERE rowid = ?", role)
+
+    def delete_user(self, username: str) -> str | None:
+        """Delete the user (found by canonical name, or by the exact stored name for a shadowed
+        look-alike); its name, or None if there is no such user."""
+        return self._change_user(username, "DELETE FROM users WHERE rowid = ?")
+
+    def _change_user(self, username: str, statement: str, *params: str) -> str | None:
+        now = self._clock()
+
+        def change(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT rowid, coalesce(canonical, username) FROM users"
+                " WHERE canonical = ? OR username = ? ORDER BY canonical IS NULL LIMIT 1",
+                (fold_username(username), username),
+            ).fetchone()
+            if row is None:
+                return None
+            rowid, name = row
+            conn.execute(statement, (*params, rowid))
+            conn.execute(
+                "INSERT INTO user_changes (username, changed_at) VALUES (?, ?)", (name, now)
+            )
+            conn.execute(
+                "DELETE FROM user_changes WHERE changed_at < ?", (now - _USER_CHANGE_RETENTION_S,)
+            )
+            return str(name)
+
+        return self._write(change)
+
+    def user_changes_since(self, cursor: int) -> tuple[int, list[str]]:
+        """Canonical names changed after ``cursor`` (one page) and the cursor to send next."""
+        cursor, rows = self._feed_page("user_changes", "username", cursor)
+        return cursor, [name for _, name in rows]
 
     def count_users(self) -> int:
         with self._connection() as conn:
             (count,) = conn.execute("SELECT count(*) FROM users").fetchone()
         return int(count)
+
+    # -- throttle counters -----------------------------------------------------------------
+    def read_counters(self, keys: tuple[str, ...]) -> dict[str, Counter]:
+        """The live counters among ``keys`` (absent ones are not in the answer)."""
+        now = self._clock()
+        marks = ",".join("?" * len(keys))
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT key, count, first_at, last_at FROM counters"
+                f" WHERE key IN ({marks}) AND expires_at >= ?",
+                (*keys, now),
+            ).fetchall()
+        return {key: Counter(count, first, last) for key, count, first, last in rows}
+
+    def update_counters(self, updates: tuple[CounterUpdate, ...]) -> dict[str, Counter]:
+        """Apply ``updates`` in one transaction; the new counters."""
+        now = self._clock()
+        return self._write(lambda conn: self._apply_counters(conn, updates, now))
+
+    def delete_counters(self, keys: tuple[str, ...]) -> None:
+        marks = ",".join("?" * len(keys))
+        self._write(lambda conn: conn.execute(f"DELETE FROM counters WHERE key IN ({marks})", keys))
+
+    @staticmethod
+    def _apply_counters(
+        conn: sqlite3.Connection, updates: tuple[CounterUpdate, ...], now: float
+    ) -> dict[str, Counter]:
+        out: dict[str, Counter] = {}
+        for update in updates:
+            row = conn.execute(
+                "SELECT count, first_at, last_at FROM counters WHERE key = ? AND expires_at >= ?",
+                (update.key, now),
+            ).fetchone()
+            new = update.apply(None if row is None else Counter(*row))
+            conn.execute(
+                "INSERT OR REPLACE INTO counters (key, count, first_at, last_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (update.key, new.count, new.first_at, new.last_at, new.last_at + update.keep_s),
+            )
+            out[update.key] = new
+        if updates:
+            conn.execute("DELETE FROM counters WHERE expires_at < ?", (now,))
+        return out
 
     # -- revocations -----------------------------------------------------------------------
     def revoke(self, jti: str, exp: int) -> None:
@@ -245,21 +370,25 @@ class UserStore:
         return row is not None
 
     def revocations_since(self, cursor: int) -> tuple[int, list[Revocation]]:
-        """Revocations after ``cursor`` (oldest first, one page) and the cursor to send next.
+        """Revocations after ``cursor`` (oldest first, one page) and the cursor to send next."""
+        cursor, rows = self._feed_page("revocations", "jti, exp", cursor)
+        return cursor, [Revocation(*row) for row in rows]
 
-        A cursor beyond the newest row means the file was replaced: start over from 0 so a
-        proxy never silently skips the new file's revocations.
-        """
+    def _feed_page(
+        self, table: str, columns: str, cursor: int
+    ) -> tuple[int, list[tuple[Any, ...]]]:
+        """Rows of a feed table after ``cursor`` (``seq`` first, one page) and the cursor to
+        send next. A cursor beyond the newest row means the file was replaced: start over
+        from 0 so a proxy never silently skips the new file's rows."""
         with self._connection() as conn:
-            (newest,) = conn.execute("SELECT coalesce(max(seq), 0) FROM revocations").fetchone()
+            (newest,) = conn.execute(f"SELECT coalesce(max(seq), 0) FROM {table}").fetchone()
             if cursor > newest:
                 cursor = 0
             rows = conn.execute(
-                "SELECT seq, jti, exp FROM revocations WHERE seq > ? ORDER BY seq LIMIT ?",
-                (cursor, _MAX_REVOCATIONS_PER_PAGE),
+                f"SELECT seq, {columns} FROM {table} WHERE seq > ? ORDER BY seq LIMIT ?",
+                (cursor, _MAX_ROWS_PER_PAGE),
             ).fetchall()
-        revoked = [Revocation(*row) for row in rows]
-        return (revoked[-1].seq if revoked else cursor), revoked
+        return (rows[-1][0] if rows else cursor), rows
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:

@@ -99,10 +99,24 @@ def derive_kid(secret: str) -> str:
 
 
 INTERNAL_HEADER = b"x-gateway-internal"
+# The client address a proxy vouches for when it forwards a request to the auth service:
+# ``<address>;<HMAC-SHA256(key, address)>``. Only auth servers ever see it (the proxy sends it
+# nowhere else), so it is not bound to a request; a client's forgery fails the MAC.
+CLIENT_HEADER = b"x-gateway-client"
+
+# Keys published with the original project or in the articles it was built from: a token
+# signed with one of these proves nothing.
+PUBLISHED_KEYS = frozenset({"private_key", "your-secret-key"})
+# RFC 7518 3.2: an HS256 key must be at least as long as the hash output (256 bits).
+MIN_KEY_BYTES = 32
 
 
 def _internal_mac(secret: bytes) -> bytes:
     return hmac.new(secret, b"pygateway internal call", hashlib.sha256).hexdigest().encode()
+
+
+def _client_mac(secret: bytes, address: bytes) -> bytes:
+    return hmac.new(secret, b"pygateway client;" + address, hashlib.sha256).hexdigest().encode()
 
 
 class KeyRing:
@@ -112,7 +126,10 @@ class KeyRing:
 
     def __init__(self, keys: Sequence[AuthKey]) -> None:
         if not keys:
-            raise ValueError("the key ring needs at least one key")
+            raise ValueError(
+                "no Auth_key or Auth_keys: `fleet` writes a generated key into the config.json "
+                "of its run directory; by hand, set Auth_keys to 32+ random bytes"
+            )
         self._keys: dict[str, bytes] = {}
         for key in keys:
             if not key.kid or not key.secret:
@@ -143,8 +160,41 @@ class KeyRing:
             hmac.compare_digest(_internal_mac(k), proof) for k in self._keys.values()
         )
 
+    def client_proof(self, address: str) -> bytes:
+        """The ``X-Gateway-Client`` value for a client at ``address``."""
+        raw = address.encode("ascii", "replace")
+        return raw + b";" + _client_mac(self._keys[self._signing_kid], raw)
+
+    def vouched_client(self, value: bytes | None) -> str | None:
+        """The address in a ``X-Gateway-Client`` value made with one of our keys, else None."""
+        if value is None:
+            return None
+        address, sep, mac = value.rpartition(b";")
+        if not sep or not address:
+            return None
+        if any(hmac.compare_digest(_client_mac(k, address), mac) for k in self._keys.values()):
+            return address.decode("ascii")
+        return None
+
     def secret(self, kid: str) -> bytes | None:
         return self._keys.get(kid)
+
+    def weaknesses(self) -> list[str]:
+        """Why each weak key must not sign anything; [] when every key is fine."""
+        problems = []
+        for kid, secret in self._keys.items():
+            if secret.decode("utf-8") in PUBLISHED_KEYS:
+                problems.append(
+                    f"auth key {kid!r} is the original project's published key: anyone can "
+                    "sign tokens (any user, any role) and forge inter-region hop marks; let "
+                    "`fleet` generate one or set Auth_keys to 32+ random bytes"
+                )
+            elif len(secret) < MIN_KEY_BYTES:
+                problems.append(
+                    f"auth key {kid!r} is {len(secret)} bytes; HS256 needs {MIN_KEY_BYTES}+ "
+                    "random bytes (RFC 7518 3.2)"
+                )
+        return problems
 
     def __repr__(self) -> str:
         return f"<KeyRing kids={list(self._keys)} signing={self._signing_kid!r}>"

@@ -124,6 +124,7 @@ class ProxyApp:
         self.cache: Any = None
         self.started_at = time.time()
         self.on_reload: list[Callable[[ProxyConfig], None]] = []
+        self.warnings: list[str] = []  # what an operator must fix, on /health (proxy.wiring)
         self.apply(config)
 
     def __repr__(self) -> str:
@@ -180,9 +181,14 @@ class ProxyApp:
     async def handle(self, request: Request) -> Response:
         path = request.path
         if path == "/health":
-            return json_response(
-                200, {"status": "ok", "name": self.name, "region": self.config.region}
-            )
+            status: dict[str, object] = {
+                "status": "ok",
+                "name": self.name,
+                "region": self.config.region,
+            }
+            if self.warnings:
+                status["warnings"] = self.warnings
+            return json_response(200, status)
         if path.startswith("/admin/"):
             return await self.admin(request)
         request_id = forwarding.request_id_of(request.headers)

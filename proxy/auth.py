@@ -2,15 +2,24 @@
 
 Every request to a protected service passes here, so the common case must cost no network
 call: a token seen before is answered from the `VerdictCache`. A token seen for the first time
-is checked locally first (structure, HS256 signature with the shared key ring, expiry, role),
-so garbage and forgeries are refused without bothering the auth server; only a well-signed,
-unseen token needs one introspection call, which tells us whether it was revoked.
+is checked locally first (structure, HS256 signature with the shared key ring, expiry), so
+garbage and forgeries are refused without bothering the auth server; only a well-signed,
+unseen token needs one introspection call, which tells us whether it was revoked, whether
+its user still exists, and the user's role *now*.
+
+The role that ``roles:`` checks and ``X-User-Role`` use is always the verdict's, never the
+token's claim: a role granted or taken away after sign-in applies to tokens already issued.
+So a token is not refused on its claimed role before introspection either (the grant may be
+newer than the token); the refusal comes from the verdict, then from the cache.
 
 Revocation reaches every proxy within a few seconds because each polls the auth servers'
-revocation feed every second (`proxy.auth_client`) and calls `VerdictCache.revoke`. A cache
-that has not heard from the feed for ``max_revocation_lag_s`` stops answering, so a proxy
-cut off from the auth servers falls back to introspection (which then fails with 503): it
-never keeps honouring a token it may no longer know to be revoked (fail closed).
+revocation feed every second (`proxy.auth_client`) and calls `VerdictCache.revoke`; the same
+poll names users whose role changed or who were deleted, and `VerdictCache.forget_users`
+drops their verdicts so the next request asks again. An introspection that was in flight
+while such a change arrived is answered but not cached (``user_epoch``). A cache that has not
+heard from the feed for ``max_revocation_lag_s`` stops answering, so a proxy cut off from the
+auth servers falls back to introspection (which then fails with 503): it never keeps
+honouring a token it may no longer know to be revoked (fail closed).
 
 Token forms accepted, newest first: ``Authorization: Bearer <t>`` (RFC 6750 2.1),
 ``AuthToken: <t>``, and ``AuthToken: {"token": ...}``, the whole JSON sign-in response the
@@ -66,10 +75,12 @@ class Allowed:
 
 @dataclass(frozen=True, slots=True)
 class NeedsIntrospection:
-    """Signature, expiry and role check out locally; ask the auth server about revocation."""
+    """Signature and expiry check out locally; ask the auth server about revocation, the user
+    and its role. ``user_epoch`` is the cache's at the decision (see `VerdictCache.store`)."""
 
     token: str
     claims: Claims
+    user_epoch: int = 0
 
 
 Verdict = Allowed | NeedsIntrospection
@@ -156,7 +167,9 @@ class VerdictCache:
     """Verified claims by token, kept until min(exp, stored + max_age_s), LRU-bounded.
 
     Also remembers revoked jtis until their tokens expire, so a revocation that arrives while an
-    introspection is in flight still wins (``store`` refuses a revoked jti).
+    introspection is in flight still wins (``store`` refuses a revoked jti). Verdicts are also
+    indexed by user (``sub``) so that a change to a user drops all of theirs at once;
+    ``user_epoch`` counts those changes.
     """
 
     def __init__(
@@ -171,10 +184,12 @@ class VerdictCache:
         self.max_revocation_lag_s = max_revocation_lag_s
         self._entries: OrderedDict[str, tuple[Claims, float]] = OrderedDict()
         self._by_jti: dict[str, str] = {}
+        self._by_sub: dict[str, set[str]] = {}
         self._revoked: dict[str, int] = {}
+        self.user_epoch = 0
         self._synced_at: float | None = None
         self._hits = self._misses = self._stale_misses = 0
-        self._expired = self._evicted = self._revoked_evictions = 0
+        self._expired = self._evicted = self._revoked_evictions = self._user_evictions = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -196,7 +211,7 @@ class VerdictCache:
             return None
         claims, until = entry
         if now >= until:
-            self._drop(token, claims.jti)
+            self._drop(token, claims)
             self._expired += 1
             self._misses += 1
             return None
@@ -204,18 +219,41 @@ class VerdictCache:
         self._hits += 1
         return claims
 
-    def store(self, token: str, claims: Claims, now: float) -> bool:
-        """Remember ``claims`` for ``token``; False (and nothing stored) if it is revoked."""
+    def store(
+        self, token: str, claims: Claims, now: float, *, user_epoch: int | None = None
+    ) -> bool:
+        """Remember ``claims`` for ``token``; False (and nothing stored) if it is revoked, or
+        if a user changed since ``user_epoch`` (the verdict may predate the change)."""
         if claims.jti in self._revoked:
             return False
+        if user_epoch is not None and user_epoch != self.user_epoch:
+            return False
+        old = self._entries.get(token)
+        if old is not None:
+            self._drop(token, old[0])
         self._entries[token] = (claims, min(float(claims.exp), now + self.max_age_s))
-        self._entries.move_to_end(token)
         self._by_jti[claims.jti] = token
+        self._by_sub.setdefault(claims.sub, set()).add(token)
         while len(self._entries) > self.max_entries:
-            old_token, (old_claims, _) = self._entries.popitem(last=False)
-            self._drop(old_token, old_claims.jti)
+            old_token, (old_claims, _) = next(iter(self._entries.items()))
+            self._drop(old_token, old_claims)
             self._evicted += 1
         return True
+
+    def forget_users(self, usernames: Iterable[str]) -> int:
+        """Users whose role changed or who were deleted: drop their verdicts so the next
+        request is introspected; returns how many were dropped."""
+        dropped = 0
+        for sub in usernames:
+            self.user_epoch += 1
+            for token in self._by_sub.pop(sub, ()):
+                entry = self._entries.pop(token, None)
+                if entry is not None:
+                    dropped += 1
+                    if self._by_jti.get(entry[0].jti) == token:
+                        del self._by_jti[entry[0].jti]
+        self._user_evictions += dropped
+        return dropped
 
     def is_revoked(self, jti: str) -> bool:
         return jti in self._revoked
@@ -227,8 +265,10 @@ class VerdictCache:
         for jti, exp in revocations:
             if exp > now:
                 self._revoked[jti] = exp
-            token = self._by_jti.pop(jti, None)
-            if token is not None and self._entries.pop(token, None) is not None:
+            token = self._by_jti.get(jti)
+            entry = self._entries.get(token) if token is not None else None
+            if token is not None and entry is not None:
+                self._drop(token, entry[0])
                 dropped += 1
         self._revoked_evictions += dropped
         if len(self._revoked) > self.max_entries:
@@ -240,13 +280,18 @@ class VerdictCache:
         self._revoked = {jti: exp for jti, exp in self._revoked.items() if exp > now}
         for token, (claims, until) in list(self._entries.items()):
             if now >= until:
-                self._drop(token, claims.jti)
+                self._drop(token, claims)
                 self._expired += 1
 
-    def _drop(self, token: str, jti: str) -> None:
+    def _drop(self, token: str, claims: Claims) -> None:
         self._entries.pop(token, None)
-        if self._by_jti.get(jti) == token:
-            del self._by_jti[jti]
+        if self._by_jti.get(claims.jti) == token:
+            del self._by_jti[claims.jti]
+        tokens = self._by_sub.get(claims.sub)
+        if tokens is not None:
+            tokens.discard(token)
+            if not tokens:
+                del self._by_sub[claims.sub]
 
     def statistics(self) -> dict[str, object]:
         return {
@@ -258,6 +303,8 @@ class VerdictCache:
             "expired": self._expired,
             "evicted": self._evicted,
             "revoked_evictions": self._revoked_evictions,
+            "user_evictions": self._user_evictions,
+            "user_epoch": self.user_epoch,
             "synced_at": self._synced_at,
         }
 
@@ -298,18 +345,18 @@ class Authorizer:
         except TokenError as exc:
             self._local_refusals += 1
             raise refusal_for(exc) from None
-        check_role(claims, policy)
-        return NeedsIntrospection(token, claims)
+        return NeedsIntrospection(token, claims, self.cache.user_epoch)
 
     def accept_introspection(
-        self, token: str, claims: Claims, policy: AuthPolicy, now: float
+        self, pending: NeedsIntrospection, verdict: Claims, policy: AuthPolicy, now: float
     ) -> Claims:
-        """The auth server said the token is active: remember it and re-check the role."""
-        self.cache.store(token, claims, now)
-        if self.cache.is_revoked(claims.jti):
+        """The auth server said the token is active, as ``verdict`` (its user and current
+        role): remember it and check the role against it."""
+        self.cache.store(pending.token, verdict, now, user_epoch=pending.user_epoch)
+        if self.cache.is_revoked(verdict.jti):
             raise refusal_for(TokenRevoked("token was revoked"))
-        check_role(claims, policy)
-        return claims
+        check_role(verdict, policy)
+        return verdict
 
     def statistics(self) -> dict[str, object]:
         return {"local_refusals": self._local_refusals, "cache": self.cache.statistics()}

@@ -2,13 +2,16 @@
 
 `proxy.auth` decides; this module does the two network calls it may ask for:
 
-- ``introspect(token)``: once per new token, to learn whether it was revoked. Concurrent
-  requests carrying the same new token share one call. If no auth server answers we refuse
-  with 503 (`DependencyUnavailable`): a proxy never fails open.
-- ``poll_revocations()``: every ``poll_interval_s`` (1 s) read ``GET /revocations?since=N``
-  from any auth server that answers and evict revoked tokens from the verdict cache. With a
-  1 s poll and the cache refusing to answer after ``max_revocation_lag_s`` (5 s) of silence,
-  a signout is honoured by every proxy within ~1 s normally and 5 s at worst.
+- ``introspect(token)``: once per new token, to learn whether it was revoked, whether its
+  user still exists and the user's current role. Concurrent requests carrying the same new
+  token share one call. If no auth server answers we refuse with 503
+  (`DependencyUnavailable`): a proxy never fails open.
+- ``poll_revocations()``: every ``poll_interval_s`` (1 s) read
+  ``GET /revocations?since=N&users_since=M`` from any auth server that answers, evict revoked
+  tokens and the verdicts of changed users (a role granted, a user deleted) from the verdict
+  cache. With a 1 s poll and the cache refusing to answer after ``max_revocation_lag_s``
+  (5 s) of silence, a signout, a grant or a deletion is honoured by every proxy within ~1 s
+  normally and 5 s at worst.
 
 Auth servers are interchangeable (one shared database), so each call starts at the next
 origin in turn and moves on to the others when one is down, slow or answers 5xx. The per-call
@@ -56,6 +59,8 @@ class _Revoked(msgspec.Struct, frozen=True):
 class _RevocationPage(msgspec.Struct, frozen=True):
     cursor: int
     revoked: list[_Revoked]
+    users_cursor: int = 0  # absent from an auth server that predates the user feed
+    changed_users: list[str] = msgspec.field(default_factory=list)
 
 
 _decode_introspection = msgspec.json.Decoder(_Introspection).decode
@@ -93,6 +98,7 @@ class AuthClient:
         self.poll_interval_s = poll_interval_s
         self.request_timeout_s = request_timeout_s
         self.cursor = 0
+        self.users_cursor = 0
         self._origins: list[str] = list(auth_origins)
         self._next = 0
         self._inflight: dict[str, _Pending] = {}
@@ -114,6 +120,7 @@ class AuthClient:
         return {
             "origins": list(self._origins),
             "cursor": self.cursor,
+            "users_cursor": self.users_cursor,
             "introspections": self.introspections,
             "coalesced": self.coalesced,
             "inflight": len(self._inflight),
@@ -135,7 +142,7 @@ class AuthClient:
         if isinstance(verdict, Allowed):
             return verdict.claims
         claims = await self.introspect(verdict.token)
-        return self.authorizer.accept_introspection(verdict.token, claims, policy, self.clock())
+        return self.authorizer.accept_introspection(verdict, claims, policy, self.clock())
 
     # -- introspection -----------------------------------------------------------------------
     async def introspect(self, token: str) -> Claims:
@@ -194,16 +201,21 @@ class AuthClient:
         cache = self.authorizer.cache
         try:
             while True:
-                raw = await self._call_any("GET", f"/revocations?since={quote(str(self.cursor))}")
+                target = (
+                    f"/revocations?since={quote(str(self.cursor))}"
+                    f"&users_since={quote(str(self.users_cursor))}"
+                )
+                raw = await self._call_any("GET", target)
                 try:
                     page = _decode_page(raw)
                 except msgspec.DecodeError as exc:
                     raise DependencyUnavailable(f"unreadable revocation feed: {exc}") from None
                 now = self.clock()
                 cache.revoke(((r.jti, r.exp) for r in page.revoked), now)
-                moved = page.cursor != self.cursor
-                self.cursor = page.cursor
-                if not page.revoked or not moved:
+                cache.forget_users(page.changed_users)
+                moved = (page.cursor, page.users_cursor) != (self.cursor, self.users_cursor)
+                self.cursor, self.users_cursor = page.cursor, page.users_cursor
+                if not (page.revoked or page.changed_users) or not moved:
                     break
         except DependencyUnavailable as exc:
             self.polls_failed += 1

@@ -6,8 +6,10 @@ that it was forwarded once already (so it is never forwarded again: 508), and wh
 client. Presence of the header answers the first (a client that forges it only gets its
 own request refused). The second needs proof, so the value is
 ``<region>;<unix time>;<HMAC-SHA256(key, region;time;request id)>`` with the fleet's shared
-``Auth_key``: bound to the request id and valid for ``MAX_AGE_S``, a copy seen by a backend
-cannot be replayed onto other requests. Proxies never pass the mark to backends.
+key (the newest of ``Auth_key``/``Auth_keys``; the launcher generates one per fleet, see
+`topology.persistent`, since the original's published ``private_key`` let any client forge the
+mark): bound to the request id and valid for ``MAX_AGE_S``, a copy seen by a backend cannot
+be replayed onto other requests. Proxies never pass the mark to backends.
 """
 
 from __future__ import annotations

@@ -46,6 +46,12 @@ import trio
 from httpio.handoff import FLEET_ENV
 from topology.fleet_lock import FleetLock, FleetState, obstacles, record_of
 from topology.load import ConfigError, load_config, load_fleet
+from topology.persistent import (
+    PersistentState,
+    open_persistent_state,
+    with_fleet_key,
+    write_private,
+)
 from topology.schema import (
     FleetTopology,
     GatewayConfig,
@@ -130,10 +136,15 @@ def gateway_config(topology: FleetTopology, topology_path: Path) -> GatewayConfi
 
 
 def plan_fleet(
-    topology: FleetTopology, topology_path: str | Path, run_dir: str | Path, launchers: Launchers
+    topology: FleetTopology,
+    topology_path: str | Path,
+    run_dir: str | Path,
+    launchers: Launchers,
+    state: PersistentState | None = None,
 ) -> FleetPlan:
     """Everything `open_fleet` will do, decided without touching a process. Reads the
-    region msa files and config.json; writes nothing."""
+    region msa files and config.json; writes nothing. With ``state`` (`topology.persistent`), the
+    fleet's key signs unless config.json names one, and the auth database lives there."""
     topology_path = Path(topology_path)
     run = Path(run_dir).resolve()
     logs = run / "logs"
@@ -160,7 +171,9 @@ def plan_fleet(
 
     files: dict[Path, bytes] = {}
     config_path = run / "config.json"
-    files[config_path] = encode_json(gateway_config(topology, topology_path)) + b"\n"
+    config = gateway_config(topology, topology_path)
+    config = with_fleet_key(config, state) if state is not None else config
+    files[config_path] = encode_json(config) + b"\n"
     every_elb = [RegionSpec(r.code, [url(r.elb_port)]) for r in topology.regions]
     for region in topology.regions:
         code = region.code
@@ -183,7 +196,8 @@ def plan_fleet(
             for p in topology.backends.ports
         )
     )
-    auth_args = ["--config", str(config_path), "--db", str(run / topology.auth.db)]
+    db = (state.path if state is not None else run) / topology.auth.db
+    auth_args = ["--config", str(config_path), "--db", str(db)]
     groups.append(
         tuple(
             child("authsvc", f"authsvc-{p}", p, [str(p), *auth_args]) for p in topology.auth.ports
@@ -226,7 +240,7 @@ def plan_fleet(
 def write_run_files(plan: FleetPlan) -> None:
     (plan.run_dir / "logs").mkdir(parents=True, exist_ok=True)
     for path, content in plan.files.items():
-        path.write_bytes(content)
+        write_private(path, content)  # config.json holds the fleet key
 
 
 def make_run_dir(base: str | Path, now: datetime) -> Path:
@@ -340,11 +354,16 @@ class Fleet:
 
 
 def prepare_fleet(
-    topology_path: str | Path, run_dir: str | Path, launchers: Launchers | None = None
+    topology_path: str | Path,
+    run_dir: str | Path,
+    launchers: Launchers | None = None,
+    state_dir: str | Path | None = None,
 ) -> FleetPlan:
-    """Load the topology, plan, and write the run files. Raises `ConfigError`."""
+    """Load the topology, open the fleet's state (default ``<run_dir>/state``), plan, and
+    write the run files. Raises `ConfigError`, or `OSError` for an untrustworthy state."""
     topology = load_fleet(topology_path)
-    plan = plan_fleet(topology, topology_path, run_dir, launchers or find_launchers())
+    state = open_persistent_state(state_dir if state_dir is not None else Path(run_dir) / "state")
+    plan = plan_fleet(topology, topology_path, run_dir, launchers or find_launchers(), state)
     write_run_files(plan)
     return plan
 
@@ -501,8 +520,9 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(blocked), file=sys.stderr)
         raise SystemExit(2)
     run = Path(args.run_dir) if args.run_dir else make_run_dir(topology.run_dir, datetime.now())
+    state = None if args.run_dir else Path(topology.run_dir) / "state"  # kept across runs
     try:
-        plan = prepare_fleet(args.topology, run, launchers)
+        plan = prepare_fleet(args.topology, run, launchers, state)
     except (ConfigError, OSError) as exc:
         print(f"fleet: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -25,6 +25,7 @@ import msgspec
 from msgspec import Meta, Struct, field
 
 from authsvc.passwords import ScryptParams
+from authsvc.throttle import AuthLimits
 from authsvc.tokens import AuthKey
 from httpio.health import HealthSettings
 from httpio.limits import ServiceLimits
@@ -103,6 +104,7 @@ class GatewayConfig(Struct, frozen=True, forbid_unknown_fields=True):
     auth_keys: list[AuthKey] = field(default_factory=list, name="Auth_keys")  # oldest first
     token_ttl_s: Annotated[int, Meta(ge=1, le=86400 * 30)] = field(default=3600, name="Token_ttl_s")
     scrypt: ScryptParams = field(default_factory=ScryptParams, name="Scrypt")
+    auth_limits: AuthLimits = field(default_factory=AuthLimits, name="Auth_limits")
     server: ServerLimits = field(default_factory=ServerLimits, name="Server")
     upstream: UpstreamTimeouts = field(default_factory=UpstreamTimeouts, name="Upstream")
     access_log: bool = field(default=False, name="Access_log")
@@ -124,7 +126,7 @@ class FleetRedis(Struct, frozen=True, forbid_unknown_fields=True):
 
 class FleetAuth(Struct, frozen=True, forbid_unknown_fields=True):
     ports: list[Port] = field(default_factory=list)
-    db: str = "auth.sqlite3"  # relative to the run directory
+    db: str = "auth.sqlite3"  # relative to the fleet's state directory (topology.persistent)
 
 
 class FleetBackends(Struct, frozen=True, forbid_unknown_fields=True):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,66 +12,22 @@ import msgspec
 import pytest
 import trio
 
-from authsvc.app import AuthApp, AuthSettings, ConfigError, load_auth_settings
+from authsvc.app import AuthSettings, ConfigError, load_auth_settings
 from authsvc.passwords import ScryptParams
-from authsvc.store import UserStore
-from authsvc.tokens import INTERNAL_HEADER, AuthKey, Claims, KeyRing, issue_token, verify_token
+from authsvc.tokens import (
+    INTERNAL_HEADER,
+    AuthKey,
+    Claims,
+    KeyRing,
+    issue_token,
+    verify_token,
+)
 from httpio.errors import DependencyUnavailable, Forbidden, Unauthorized
 from httpio.messages import Request
-from httpio.run import serve_tcp
 from httpio.upstream import UpstreamPool
 from proxy.auth import Authorizer, AuthPolicy, VerdictCache
 from proxy.auth_client import AuthClient
-
-SECRET = "test-secret-" * 4
-SETTINGS = AuthSettings(Auth_key=SECRET, Token_ttl_s=600, Scrypt=ScryptParams(n=16))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Server:
-    def __init__(self, app: AuthApp, origin: str, pool: UpstreamPool) -> None:
-        self.app = app
-        self.origin = origin
-        self.pool = pool
-
-    async def call(
-        self,
-        method: str,
-        target: str,
-        body: object = None,
-        headers: Sequence[tuple[bytes, bytes]] = (),
-    ) -> tuple[int, dict[bytes, bytes], Any]:
-        raw = (
-            b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
-        )
-        if target.startswith(("/introspect", "/revocations")) and not headers:
-            headers = [(INTERNAL_HEADER, self.app.ring.internal_proof())]  # as a proxy does
-        resp = await self.pool.request(self.origin, method, target, list(headers), raw)
-        data = await resp.read_all()
-        return resp.status, dict(resp.headers), (json.loads(data) if data else None)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def server(nursery: trio.Nursery, tmp_path: Path, clock: Clock) -> AsyncIterator[Server]:
-    store = UserStore(tmp_path / "auth.db", clock=clock)
-    app = AuthApp(SETTINGS, store, clock=clock)
-    port = await nursery.start(serve_tcp, app.handle, 0)
-    pool = UpstreamPool()
-    yield Server(app, f"http://127.0.0.1:{port}", pool)
-    await pool.aclose()
-    store.close()
+from tests.authsvc.conftest import SECRET, SETTINGS, Clock, Server, serve, vouched
 
 
 def bearer(token: str) -> list[tuple[bytes, bytes]]:
@@ -98,18 +53,24 @@ async def test_health(server: Server) -> None:
 
 
 async def test_signup_signin(server: Server) -> None:
-    answer = await signup_and_signin(server, "lilpump", "guccigang", "admin")
+    answer = await signup_and_signin(server, "lilpump", "guccigang")
     assert answer["token_type"] == "Bearer" and answer["expires_in"] == 600
-    assert (answer["username"], answer["role"]) == ("lilpump", "admin")
+    assert (answer["username"], answer["role"]) == ("lilpump", "user")
     claims = KeyRing.from_config(SECRET)
     got = verify_token(claims, answer["token"], now=1_700_000_000.0)
-    assert (got.sub, got.role, got.iss) == ("lilpump", "admin", "authsvc")
+    assert (got.sub, got.role, got.iss) == ("lilpump", "user", "authsvc")
 
 
-async def test_role_defaults_to_user(server: Server) -> None:
-    assert (await server.call("POST", "/signup", {"username": "a", "password": "b"}))[0] == 201
-    _, _, answer = await server.call("POST", "/signin", {"username": "a", "password": "b"})
+@pytest.mark.parametrize("role", ["admin", "user", "bad role!", None, 5])
+async def test_role_at_signup_is_accepted_and_ignored(server: Server, role: object) -> None:
+    """The original's clients send a role; nobody picks their own (issue 8 item 5)."""
+    body = {"username": "mallory", "password": "pw", "role": role}
+    status, _, answer = await server.call("POST", "/signup", body)
+    assert (status, answer) == (201, {"username": "mallory", "role": "user"})
+    _, _, answer = await server.call("POST", "/signin", {"username": "mallory", "password": "pw"})
     assert answer["role"] == "user"
+    claims = verify_token(server.app.ring, answer["token"], now=1_700_000_000.0)
+    assert claims.role == "user"
 
 
 async def test_duplicate_signup_is_409(server: Server) -> None:
@@ -129,7 +90,9 @@ async def test_duplicate_signup_is_409(server: Server) -> None:
         {"username": "", "password": "x"},
         {"username": "alice", "password": ""},
         {"username": "al ice", "password": "x"},
-        {"username": "alice", "password": "x", "role": "bad role!"},
+        {"username": "\u200b\u200d", "password": "x"},
+        {"username": "ali\u2215ce", "password": "x"},
+        {"username": "a" * 65, "password": "x"},
         {"username": 5, "password": "x"},
     ],
 )
@@ -169,7 +132,8 @@ async def test_introspect_signout_revocations(server: Server, clock: Clock) -> N
     jti = answer["jti"]
 
     status, _, answer = await server.call("GET", "/revocations?since=0")
-    assert (status, answer) == (200, {"cursor": 0, "revoked": []})
+    empty = {"cursor": 0, "revoked": [], "users_cursor": 0, "changed_users": []}
+    assert (status, answer) == (200, empty)
 
     status, _, answer = await server.call("POST", "/signout", headers=bearer(token))
     assert status == 200 and answer == {"revoked": True, "jti": jti}
@@ -182,7 +146,46 @@ async def test_introspect_signout_revocations(server: Server, clock: Clock) -> N
     _, _, feed = await server.call("GET", "/revocations?since=0")
     assert feed["revoked"] == [{"jti": jti, "exp": int(clock.now) + 600}]
     _, _, later = await server.call("GET", f"/revocations?since={feed['cursor']}")
-    assert later == {"cursor": feed["cursor"], "revoked": []}
+    assert later == {**empty, "cursor": feed["cursor"]}
+
+
+async def test_introspection_answers_with_the_users_current_role(server: Server) -> None:
+    token = (await signup_and_signin(server))["token"]
+    assert server.app.store.set_role("alice", "admin") == "alice"
+    _, _, answer = await server.call("POST", "/introspect", {"token": token})
+    assert answer["active"] and (answer["sub"], answer["role"]) == ("alice", "admin")
+    claims = verify_token(server.app.ring, token, now=1_700_000_000.0)
+    assert claims.role == "user"  # the token still says what it was signed with
+    _, _, feed = await server.call("GET", "/revocations?since=0&users_since=0")
+    assert feed["changed_users"] == ["alice"] and feed["users_cursor"] > 0
+    _, _, later = await server.call("GET", f"/revocations?users_since={feed['users_cursor']}")
+    assert later["changed_users"] == []
+
+
+async def test_token_of_a_deleted_user_is_inactive(server: Server) -> None:
+    token = (await signup_and_signin(server))["token"]
+    server.app.store.delete_user("alice")
+    _, _, answer = await server.call("POST", "/introspect", {"token": token})
+    assert answer == {"active": False, "reason": "unknown_user"}
+    # A signed token for a user who never signed up (a leaked key's forgery) is no better.
+    ghost, _ = issue_token(
+        server.app.ring, sub="ghost", role="admin", now=1_700_000_000.0, ttl_s=60
+    )
+    _, _, answer = await server.call("POST", "/introspect", {"token": ghost})
+    assert answer == {"active": False, "reason": "unknown_user"}
+
+
+async def test_weak_keys_are_on_every_health_answer(
+    nursery: trio.Nursery, tmp_path: Path, clock: Clock, pool: UpstreamPool
+) -> None:
+    settings = msgspec.structs.replace(SETTINGS, Auth_key="private_key")
+    weak = await serve(nursery, tmp_path / "auth.db", clock, pool, settings)
+    for _ in range(2):
+        status, _, body = await weak.call("GET", "/health")
+        assert status == 200 and body["status"] == "ok"
+        assert len(body["warnings"]) == 1 and "published" in body["warnings"][0]
+    # ... and it still runs: the original's files load.
+    assert (await signup_and_signin(weak))["role"] == "user"
 
 
 async def test_introspect_refusals(server: Server, clock: Clock) -> None:
@@ -218,16 +221,20 @@ async def test_routing_errors(server: Server) -> None:
     assert status == 405 and headers[b"allow"] == b"POST"
     assert (await server.call("GET", "/revocations?since=-1"))[0] == 400
     assert (await server.call("GET", "/revocations?since=abc"))[0] == 400
-    status, _, stats = await server.call("GET", "/stats")
+    status, _, stats = await server.call("GET", "/stats")  # an operator's curl on this host
     assert status == 200 and "store" in stats
 
 
 async def test_concurrent_signups_in_one_process(server: Server) -> None:
+    async def signup(i: int) -> None:
+        # From 20 clients a proxy vouches for: one address may not sign up 20 users at once.
+        body = {"username": f"u{i}", "password": "p"}
+        headers = vouched(server, f"10.0.0.{i}")
+        assert (await server.call("POST", "/signup", body, headers=headers))[0] == 201
+
     async with trio.open_nursery() as nursery:
         for i in range(20):
-            nursery.start_soon(
-                server.call, "POST", "/signup", {"username": f"u{i}", "password": "p"}
-            )
+            nursery.start_soon(signup, i)
     assert server.app.store.count_users() == 20
 
 
@@ -289,12 +296,13 @@ async def test_client_refuses_garbage_without_calling(server: Server, clock: Clo
     with pytest.raises(Exception) as info:
         await client.authorize(make_request(bearer("garbage")), AuthPolicy())
     assert getattr(info.value, "status", None) == 400
+    assert client.introspections == 0
     token = (await signup_and_signin(server, role="user"))["token"]
     with pytest.raises(Forbidden):
         await client.authorize(
             make_request(bearer(token)), AuthPolicy(allowed_roles=frozenset({"admin"}))
         )
-    assert client.introspections == 0
+    assert client.introspections == 1  # the role is the verdict's, not the token's claim
 
 
 async def test_client_sees_revocation_through_feed(server: Server, clock: Clock) -> None:
@@ -307,6 +315,33 @@ async def test_client_sees_revocation_through_feed(server: Server, clock: Clock)
     with pytest.raises(Unauthorized):
         await client.authorize(make_request(bearer(token)), AuthPolicy())
     assert client.introspections == 1  # refused from the revoked set, no second call
+
+
+async def test_client_follows_grants_and_deletions_through_the_feed(
+    server: Server, clock: Clock
+) -> None:
+    token = (await signup_and_signin(server))["token"]
+    client = make_client(server, clock)
+    admins = AuthPolicy(allowed_roles=frozenset({"admin"}))
+    await client.poll_once()
+    with pytest.raises(Forbidden):
+        await client.authorize(make_request(bearer(token)), admins)
+    claims = await client.authorize(make_request(bearer(token)), AuthPolicy())
+    assert claims is not None and claims.role == "user" and client.introspections == 1
+
+    server.app.store.set_role("alice", "admin")
+    assert await client.poll_once()
+    claims = await client.authorize(make_request(bearer(token)), admins)
+    assert claims is not None and claims.role == "admin" and client.introspections == 2
+    assert await client.authorize(make_request(bearer(token)), admins) == claims
+    assert client.introspections == 2  # cached again until the next change
+
+    server.app.store.delete_user("alice")
+    assert await client.poll_once()
+    with pytest.raises(Unauthorized) as info:
+        await client.authorize(make_request(bearer(token)), AuthPolicy())
+    assert "unknown_user" in info.value.detail
+    assert client.users_cursor > 0 and client.statistics()["users_cursor"] == client.users_cursor
 
 
 async def test_client_revoked_before_first_sight_is_refused_by_introspection(
@@ -369,7 +404,8 @@ async def test_poll_revocations_task_reports_started(
 
 
 async def test_internal_endpoints_need_the_fleet_proof(server: Server) -> None:
-    """A client reaching the auth service through a proxy gets no token oracle."""
+    """A client reaching the auth service through a proxy gets no token oracle and no
+    counters: the 404 of an unknown path (issue 8 item 11 for /stats)."""
     for method, target, body in (
         ("POST", "/introspect", {"token": "x"}),
         ("GET", "/revocations?since=0", None),
@@ -377,5 +413,11 @@ async def test_internal_endpoints_need_the_fleet_proof(server: Server) -> None:
         denied = await server.call(
             method, target, body, headers=[(b"x-gateway-internal", b"guess")]
         )
-        assert denied[0] == 403
+        assert denied[0] == 404 and denied[2]["error"] == "not_found"
+    # What a proxy adds when it forwards a client's request: a Via, an X-Forwarded-For.
+    for mark in ((b"via", b"1.1 proxy-ko_KR-6000"), (b"x-forwarded-for", b"127.0.0.1")):
+        assert (await server.call("GET", "/stats", headers=[mark]))[0] == 404
     assert (await server.call("GET", "/revocations?since=0"))[0] == 200
+    proof = [(INTERNAL_HEADER, server.app.ring.internal_proof()), (b"via", b"1.1 p")]
+    assert (await server.call("GET", "/stats", headers=proof))[0] == 200
+    assert server.app.counters["internal_refusals"] == 4

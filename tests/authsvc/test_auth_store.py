@@ -3,6 +3,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from authsvc.store import UsernameTaken, UserStore
+from authsvc.store import CounterUpdate, UsernameTaken, UserStore
+from authsvc.throttle import Counter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -147,3 +149,79 @@ def test_killed_process_loses_no_acknowledged_signup(tmp_path: Path) -> None:
     proc.stdout.close()
     store = UserStore(path)
     assert acknowledged and all(store.get_user(name) for name in acknowledged)
+
+
+# -- start-up, look-alikes, operator changes, throttle counters ------------------------------
+def test_opening_a_current_file_takes_no_write_lock(tmp_path: Path) -> None:
+    """A restarted auth server must not queue behind the others' writes before it listens
+    (issue 9 item 6): with the write lock held elsewhere, opening still succeeds at once."""
+    path = tmp_path / "auth.db"
+    UserStore(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        store = UserStore(path, busy_timeout_s=0.01)
+        assert store.get_user("nobody") is None and store.statistics()["writes"] == 0
+        store.close()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_look_alike_usernames_are_one_user(tmp_path: Path) -> None:
+    store = UserStore(tmp_path / "auth.db")
+    store.create_user("Alice", "h", "user")
+    for twin in ("alice", "ALICE", "\uff41\uff4c\uff49\uff43\uff45", "alice\u200b"):
+        with pytest.raises(UsernameTaken):
+            store.create_user(twin, "h2", "user")
+        user = store.get_user(twin)
+        assert user is not None and (user.username, user.display) == ("alice", "Alice")
+    with pytest.raises(ValueError):
+        store.create_user("\u200b", "h", "user")
+    assert store.get_user("\u200b") is None and store.count_users() == 1
+
+
+def test_role_changes_and_deletions_feed_the_proxies(tmp_path: Path) -> None:
+    now = [1000.0]
+    store = UserStore(tmp_path / "auth.db", clock=lambda: now[0])
+    store.create_user("alice", "h")
+    store.create_user("bob", "h")
+    assert store.get_user("alice").role == "user"  # type: ignore[union-attr]
+    assert store.user_changes_since(0) == (0, [])
+    assert store.set_role("ALICE", "admin") == "alice"
+    assert store.get_user("alice").role == "admin"  # type: ignore[union-attr]
+    assert store.delete_user("bob") == "bob" and store.get_user("bob") is None
+    assert store.set_role("nobody", "admin") is None and store.delete_user("nobody") is None
+    cursor, changed = store.user_changes_since(0)
+    assert changed == ["alice", "bob"]
+    assert store.user_changes_since(cursor) == (cursor, [])
+    assert store.user_changes_since(cursor + 50)[1] == ["alice", "bob"]  # replaced file
+    now[0] += 3601  # old changes concern no cached verdict any more
+    store.set_role("alice", "user")
+    assert store.user_changes_since(0)[1] == ["alice"]
+
+
+def test_throttle_counters_update_in_one_transaction_and_expire(tmp_path: Path) -> None:
+    now = [1000.0]
+    store = UserStore(tmp_path / "auth.db", clock=lambda: now[0])
+    bump = CounterUpdate("k", lambda c: Counter((c.count if c else 0) + 1, 1.0, now[0]), 10.0)
+    other = CounterUpdate("j", lambda c: Counter(7, 2.0, now[0]), 5.0)
+    assert store.read_counters(("k", "j")) == {}
+    store.update_counters((bump, other))
+    assert store.update_counters((bump,)) == {"k": Counter(2, 1.0, 1000.0)}
+    assert store.read_counters(("k", "j", "x")) == {
+        "k": Counter(2, 1.0, 1000.0),
+        "j": Counter(7, 2.0, 1000.0),
+    }
+    now[0] = 1006.0
+    assert store.read_counters(("k", "j")) == {"k": Counter(2, 1.0, 1000.0)}
+    store.delete_counters(("k",))
+    assert store.read_counters(("k",)) == {}
+
+    def refuse(counter: Counter | None) -> Counter:
+        raise RuntimeError("limit reached")
+
+    store.update_counters((bump,))
+    with pytest.raises(RuntimeError):
+        store.create_user("carol", "h", counters=(CounterUpdate("k", refuse, 10.0),))
+    assert store.get_user("carol") is None  # the user and the counter commit together

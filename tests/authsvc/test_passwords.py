@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
 import pytest
 
 from authsvc.passwords import (
@@ -76,3 +79,25 @@ def test_dummy_hash_verifies_nothing_useful() -> None:
     dummy = make_dummy_hash(FAST)
     assert parse_hash(dummy)[0] == FAST
     assert not verify_password("", dummy)
+
+
+def test_dummy_hash_costs_no_scrypt_to_make_and_a_full_one_to_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An auth server makes one at start, before it listens: that must be free even with a
+    costly configured scrypt, while checking against it costs what a real user's check does."""
+    calls: list[int] = []
+    real = hashlib.scrypt
+
+    def counting(*args: Any, **kwargs: Any) -> bytes:
+        calls.append(kwargs["n"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "scrypt", counting)
+    costly = ScryptParams(n=2**20)
+    dummy = make_dummy_hash(costly)
+    assert calls == [] and parse_hash(dummy)[0] == costly
+    assert make_dummy_hash(costly) != dummy
+    fast = make_dummy_hash(FAST)
+    assert not verify_password("anything", fast)
+    assert calls == [FAST.n]

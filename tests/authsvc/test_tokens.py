@@ -214,3 +214,42 @@ def test_ring_refuses_bad_config() -> None:
 def test_derive_kid_is_stable() -> None:
     assert derive_kid("private_key") == derive_kid("private_key")
     assert derive_kid("private_key").startswith("k-") and len(derive_kid("x")) == 10
+
+
+# -- weak keys, the client-address proof --------------------------------------------------------
+def test_published_and_short_keys_are_named_not_refused() -> None:
+    ring = KeyRing.from_config("private_key", [AuthKey("k2", "short"), AuthKey("k3", "z" * 32)])
+    problems = ring.weaknesses()
+    assert len(problems) == 2
+    assert derive_kid("private_key") in problems[0] and "published" in problems[0]
+    assert "'k2' is 5 bytes" in problems[1]
+    assert KeyRing([AuthKey("k", "your-secret-key")]).weaknesses()[0].count("published") == 1
+    assert KeyRing([AuthKey("k", "\u00e9" * 16)]).weaknesses() == []  # 32 bytes of UTF-8
+    assert KeyRing([AuthKey("k", "z" * 31)]).weaknesses() != []
+    # Weak keys still work: the original's files load and run, loudly.
+    token = issue(ring)
+    assert verify_token(ring, token, now=NOW).sub == "alice"
+
+
+def test_no_key_at_all_says_where_one_comes_from() -> None:
+    with pytest.raises(ValueError, match="fleet"):
+        KeyRing.from_config("", [])
+
+
+def test_client_proof_is_ours_alone() -> None:
+    ring = KeyRing.from_config("a" * 32, [AuthKey("k2", "b" * 32)])
+    proof = ring.client_proof("203.0.113.7")
+    assert proof.startswith(b"203.0.113.7;")
+    assert ring.vouched_client(proof) == "203.0.113.7"
+    older = KeyRing.from_config("a" * 32)
+    assert ring.vouched_client(older.client_proof("::1")) == "::1"  # any key of the ring
+    other = KeyRing.from_config("c" * 32)
+    for forged in (
+        other.client_proof("203.0.113.7"),
+        proof.replace(b"203.0.113.7", b"203.0.113.8"),
+        b"203.0.113.7",
+        b";" + proof.split(b";")[1],
+        b"",
+        None,
+    ):
+        assert ring.vouched_client(forged) is None

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 from authsvc.tokens import AuthKey, Claims, KeyRing, issue_token
@@ -17,7 +18,7 @@ from proxy.auth import (
 )
 
 NOW = 1_700_000_000.0
-RING = KeyRing.from_config("private_key")
+RING = KeyRing.from_config("proxy-auth-test-key-" * 2)
 ANY_USER = AuthPolicy()
 ADMINS = AuthPolicy(allowed_roles=frozenset({"admin"}))
 
@@ -174,12 +175,18 @@ def test_missing_token_is_bare_401() -> None:
     assert challenge(info.value) == b'Bearer realm="gateway"'
 
 
+def admit(auth: Authorizer, token: str, verdict: Claims, policy: AuthPolicy = ANY_USER) -> Claims:
+    """What `AuthClient.authorize` does once the auth server answered ``verdict``."""
+    pending = NeedsIntrospection(token, verdict, auth.cache.user_epoch)
+    return auth.accept_introspection(pending, verdict, policy, NOW)
+
+
 def test_first_sight_needs_introspection_then_cached() -> None:
     auth = authorizer()
     token, claims = token_for()
     verdict = auth.decide(bearer(token), "/x", ANY_USER, NOW)
-    assert verdict == NeedsIntrospection(token, claims)
-    assert auth.accept_introspection(token, claims, ANY_USER, NOW) == claims
+    assert verdict == NeedsIntrospection(token, claims, 0)
+    assert auth.accept_introspection(verdict, claims, ANY_USER, NOW) == claims
     assert auth.decide(bearer(token), "/x", ANY_USER, NOW + 1) == Allowed(claims)
     # The same token in the original's AuthToken JSON form hits the same cache entry.
     signin = b'{"token":"' + token.encode() + b'","username":"alice"}'
@@ -209,27 +216,79 @@ def test_expired_is_401() -> None:
     assert "expired" in info.value.detail
 
 
-def test_role_not_allowed_is_403_with_or_without_cache() -> None:
+def test_role_not_allowed_is_403_from_the_verdict_then_the_cache() -> None:
     auth = authorizer()
     token, claims = token_for("user")
+    # The claimed role is not trusted either way: the verdict decides.
+    pending = auth.decide(bearer(token), "/x", ADMINS, NOW)
+    assert isinstance(pending, NeedsIntrospection)
     with pytest.raises(Forbidden) as info:
-        auth.decide(bearer(token), "/x", ADMINS, NOW)
+        auth.accept_introspection(pending, claims, ADMINS, NOW)
     assert b'error="insufficient_scope"' in challenge(info.value)
-    auth.accept_introspection(token, claims, ANY_USER, NOW)
     with pytest.raises(Forbidden):
         auth.decide(bearer(token), "/x", ADMINS, NOW)
     admin_token, admin_claims = token_for("admin")
-    auth.accept_introspection(admin_token, admin_claims, ADMINS, NOW)
+    admit(auth, admin_token, admin_claims, ADMINS)
     assert auth.decide(bearer(admin_token), "/x", ADMINS, NOW) == Allowed(admin_claims)
+
+
+def test_the_verdicts_role_wins_over_the_tokens_claim() -> None:
+    """A token signed as ``admin`` for a user who is now ``user`` (or the reverse) is
+    judged, and passed on in X-User-Role, by the role the auth server answers."""
+    auth = authorizer()
+    token, claims = token_for("admin")
+    demoted = msgspec.structs.replace(claims, role="user")
+    with pytest.raises(Forbidden):
+        admit(auth, token, demoted, ADMINS)
+    assert auth.decide(bearer(token), "/x", ANY_USER, NOW) == Allowed(demoted)
+    token, claims = token_for("user")
+    promoted = msgspec.structs.replace(claims, role="admin")
+    assert admit(auth, token, promoted, ADMINS) == promoted
+    assert rewrite_identity_headers([], promoted)[-1] == (b"x-user-role", b"admin")
+
+
+def test_a_changed_user_loses_every_cached_verdict() -> None:
+    auth = authorizer()
+    (t1, c1), (t2, c2) = token_for(), token_for()
+    other, other_claims = issue_token(RING, sub="bob", role="user", now=NOW, ttl_s=60)
+    for token, claims in ((t1, c1), (t2, c2), (other, other_claims)):
+        admit(auth, token, claims)
+    assert auth.cache.forget_users(["alice", "nobody"]) == 2
+    assert isinstance(auth.decide(bearer(t1), "/x", ANY_USER, NOW), NeedsIntrospection)
+    assert isinstance(auth.decide(bearer(t2), "/x", ANY_USER, NOW), NeedsIntrospection)
+    assert auth.decide(bearer(other), "/x", ANY_USER, NOW) == Allowed(other_claims)
+    assert auth.cache.statistics()["user_evictions"] == 2
+
+
+def test_verdict_from_before_a_user_change_is_used_once_but_not_cached() -> None:
+    auth = authorizer()
+    token, claims = token_for("admin")
+    pending = auth.decide(bearer(token), "/x", ANY_USER, NOW)
+    assert isinstance(pending, NeedsIntrospection)
+    auth.cache.forget_users(["alice"])  # the feed arrives while the introspection is out
+    assert auth.accept_introspection(pending, claims, ANY_USER, NOW) == claims
+    assert isinstance(auth.decide(bearer(token), "/x", ANY_USER, NOW), NeedsIntrospection)
+
+
+def test_cache_indexes_stay_consistent_through_evictions() -> None:
+    cache = VerdictCache(max_entries=2, max_revocation_lag_s=1e9)
+    cache.mark_synced(NOW)
+    tokens = [token_for() for _ in range(3)]
+    for token, claims in tokens:
+        cache.store(token, claims, NOW)
+    cache.store(tokens[2][0], tokens[2][1], NOW)  # stored twice: still one entry
+    assert len(cache) == 2
+    assert cache.forget_users(["alice"]) == 2 and len(cache) == 0
+    assert cache.revoke([(c.jti, c.exp) for _, c in tokens], NOW) == 0
 
 
 def test_revoked_token_refused_without_introspection() -> None:
     auth = authorizer()
     token, claims = token_for()
-    auth.accept_introspection(token, claims, ANY_USER, NOW)
+    admit(auth, token, claims)
     auth.cache.revoke([(claims.jti, claims.exp)], NOW)
     with pytest.raises(Unauthorized) as info:
         auth.decide(bearer(token), "/x", ANY_USER, NOW)
     assert "revoked" in info.value.detail
     with pytest.raises(Unauthorized):
-        auth.accept_introspection(token, claims, ANY_USER, NOW)
+        admit(auth, token, claims)

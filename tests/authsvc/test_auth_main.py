@@ -1,0 +1,107 @@
+"""The ``authsvc`` command line: the operator's commands, and a server started by hand."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from authsvc.main import main, run_command
+from authsvc.store import UserStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_grant_delete_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "auth.db")
+    store = UserStore(db)
+    store.create_user("Alice", "h")
+    store.close()
+    assert run_command(["grant", "--db", db, "ALICE", "admin"]) == 0
+    assert capsys.readouterr().out == "alice: role admin\n"
+    assert run_command(["users", "--db", db]) == 0
+    assert capsys.readouterr().out == "alice\tadmin\n"
+    assert run_command(["grant", "--db", db, "nobody", "admin"]) == 1
+    assert "no user 'nobody'" in capsys.readouterr().err
+    assert run_command(["grant", "--db", db, "alice", "bad role!"]) == 2
+    assert run_command(["delete-user", "--db", db, "alice"]) == 0
+    assert run_command(["delete-user", "--db", db, "alice"]) == 1
+    reopened = UserStore(db)
+    assert reopened.get_user("alice") is None
+    assert reopened.user_changes_since(0)[1] == ["alice", "alice"]
+
+
+def test_commands_need_the_database(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["grant", "alice", "admin"])
+    assert "--db" in capsys.readouterr().err
+
+
+def test_server_without_a_key_says_where_one_comes_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["0", "--db", str(tmp_path / "auth.db")])  # the packaged config.json: no key
+    assert info.value.code == 2
+    assert "fleet" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def health(port: int) -> dict[str, object] | None:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+    except OSError:
+        return None
+    return json.loads(data.split(b"\r\n\r\n", 1)[1])  # type: ignore[no-any-return]
+
+
+def test_the_originals_config_runs_loudly(tmp_path: Path) -> None:
+    """``Auth_key: private_key``: the server starts, logs an error and says so on /health."""
+    config = ROOT / "tests" / "topology" / "data" / "config.json"
+    port = free_port()
+    log = tmp_path / "authsvc.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "authsvc.main",
+                str(port),
+                "--config",
+                str(config),
+                "--db",
+                str(tmp_path / "auth.db"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        answer = None
+        while answer is None and proc.poll() is None and time.monotonic() < deadline:
+            answer = health(port)
+            time.sleep(0.05)
+        assert answer is not None, log.read_text()
+        warnings = answer["warnings"]
+        assert isinstance(warnings, list) and "published" in warnings[0]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    weak = [line for line in lines if line["event"] == "auth_key_weak"]
+    assert weak and weak[0]["level"] == "error"

@@ -1,0 +1,109 @@
+"""The auth layer as `proxy.wiring` attaches it: key checks at start and on reload, and the
+client address a proxy vouches for to the auth service."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+
+from authsvc.tokens import CLIENT_HEADER, AuthKey
+from httpio.messages import Request
+from httpio.upstream import UpstreamPool
+from proxy.app import ProxyApp
+from proxy.hop import HOP_HEADER, sign_hop
+from proxy.state import ProxyConfig
+from proxy.wiring import attach_auth, client_address
+from topology.schema import GatewayConfig, MsaFile, RegionSpec, RegionStructure, ServiceSpec
+
+STRONG = "wiring-test-key-that-is-long-enough!"
+
+
+def config(**gateway: Any) -> ProxyConfig:
+    # Nothing listens on port 9: the revocation poll fails at once, as with auth servers down.
+    services = [ServiceSpec(name="auth", instance=["http://127.0.0.1:9"])]
+    return ProxyConfig(
+        msa=MsaFile(service=services),
+        rs=RegionStructure(
+            cur_region_code="ko_KR",
+            regions=[RegionSpec(region_code="ko_KR", available_zone=["http://127.0.0.1:9"])],
+        ),
+        gateway=GatewayConfig(**gateway),
+        region="ko_KR",
+        services={s.name: s for s in services},
+        regions={"ko_KR": ["http://127.0.0.1:9"]},
+    )
+
+
+def request(
+    headers: list[tuple[bytes, bytes]], peer: str = "127.0.0.1", path: str = "/auth/signin"
+) -> Request:
+    return Request("GET", path, path, "", headers, "1.1", (peer, 1), None)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[UpstreamPool]:
+    pool = UpstreamPool()
+    yield pool
+    await pool.aclose()
+
+
+async def health(app: ProxyApp) -> dict[str, Any]:
+    response = await app.handle(request([], path="/health"))
+    assert isinstance(response.body, bytes)
+    return msgspec.json.decode(response.body)  # type: ignore[no-any-return]
+
+
+async def test_published_key_runs_loudly_until_replaced(
+    nursery: trio.Nursery, upstream: UpstreamPool
+) -> None:
+    app = ProxyApp(config(auth_key="private_key"), upstream, name="p")
+    await attach_auth(app, nursery)
+    assert len(app.warnings) == 1 and "published" in app.warnings[0]
+    assert (await health(app))["warnings"] == app.warnings
+    app.apply(config(auth_keys=[AuthKey("k2", STRONG)]))
+    assert app.warnings == [] and "warnings" not in await health(app)
+    app.apply(config(auth_keys=[AuthKey("k3", "short")]))
+    assert "5 bytes" in app.warnings[0]
+
+
+async def test_no_key_cannot_start_and_cannot_be_reloaded_to(
+    nursery: trio.Nursery, upstream: UpstreamPool
+) -> None:
+    with pytest.raises(SystemExit):
+        await attach_auth(ProxyApp(config(), upstream, name="p"), nursery)
+    app = ProxyApp(config(auth_keys=[AuthKey("k", STRONG)]), upstream, name="p")
+    client = await attach_auth(app, nursery)
+    app.apply(config())
+    assert client.authorizer.ring.signing_kid == "k"  # the previous keys are kept
+
+
+async def test_requests_to_the_auth_service_carry_the_vouched_client(
+    nursery: trio.Nursery, upstream: UpstreamPool
+) -> None:
+    app = ProxyApp(config(auth_keys=[AuthKey("k", STRONG)]), upstream, name="p")
+    client = await attach_auth(app, nursery)
+    assert app.authorize is not None
+    headers = await app.authorize(request([], peer="203.0.113.5"), app.config.services["auth"])
+    assert len(headers) == 1 and headers[0][0] == CLIENT_HEADER
+    assert client.authorizer.ring.vouched_client(headers[0][1]) == "203.0.113.5"
+
+
+def test_client_behind_another_regions_proxy_is_the_one_it_saw() -> None:
+    app = ProxyApp(config(auth_keys=[AuthKey("k", STRONG)]), UpstreamPool(), name="p")
+    rid = b"req-7"
+    mark = sign_hop(STRONG.encode(), "en_US", rid, time.time())
+    hopped = [
+        (b"x-request-id", rid),
+        (b"x-forwarded-for", b"10.0.0.1, 198.51.100.9"),
+        (HOP_HEADER, mark),
+    ]
+    assert client_address(app, request(hopped, peer="127.0.0.1")) == "198.51.100.9"
+    forged = sign_hop(b"private_key", "en_US", rid, time.time())
+    claimed = [(n, forged if n == HOP_HEADER else v) for n, v in hopped]
+    assert client_address(app, request(claimed, peer="192.0.2.4")) == "192.0.2.4"
+    assert client_address(app, request(hopped[:2], peer="192.0.2.4")) == "192.0.2.4"
