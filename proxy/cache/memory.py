@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
-from proxy.cache.policy import Stored, is_key_or_variant
+from proxy.cache.keys import is_key_or_variant
+from proxy.cache.policy import Stored
 
 
 class MemoryTier:

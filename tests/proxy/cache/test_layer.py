@@ -20,7 +20,8 @@ from tests.polling import wait_until
 
 ON = ServiceCacheSettings(enabled=True, default_ttl_s=30.0, max_body_bytes=1000)
 SETTINGS = CacheSettings(namespace="gw:t", breaker_failures=1, breaker_open_s=0.05)
-KEY = "gw:t:ko_KR:image:/img/a.png"
+KEY = "gw:t:ko_KR:image://img.test/img/a.png"
+HOST = (b"host", b"img.test")
 
 
 class FixedBody:
@@ -43,7 +44,10 @@ def request(
 ) -> Request:
     path, _, query = target.partition("?")
     body: Any = FixedBody(body_bytes)
-    return Request(method, target, path, query, list(headers), "1.1", ("127.0.0.1", 40000), body)
+    fields = list(headers)
+    if not any(n == b"host" for n, _ in fields):
+        fields.insert(0, HOST)
+    return Request(method, target, path, query, fields, "1.1", ("127.0.0.1", 40000), body)
 
 
 class ChunkedBody:
@@ -406,7 +410,7 @@ async def test_purge_by_key_and_prefix_reaches_another_proxy(redis_pool, origin)
             assert header((await get(there, origin, path=path))[0], b"x-cache") == b"HIT"
         assert origin.calls == 3
 
-        assert await here.purge(key=here.key_for("ko_KR", "image", "/img/a.png")) == 1
+        assert await here.purge(key=here.key_for("ko_KR", "image", "img.test", "/img/a.png")) == 1
 
         async def purged_there() -> bool:
             return KEY not in there.store.memory
@@ -414,7 +418,7 @@ async def test_purge_by_key_and_prefix_reaches_another_proxy(redis_pool, origin)
         await wait_until(purged_there)
         assert header((await get(there, origin))[0], b"x-cache") == b"MISS"
 
-        assert await here.purge(prefix="gw:t:ko_KR:image:/img/") == 2
+        assert await here.purge(prefix="gw:t:ko_KR:image://img.test/img/") == 2
 
         async def prefix_purged_there() -> bool:
             return (
@@ -422,7 +426,7 @@ async def test_purge_by_key_and_prefix_reaches_another_proxy(redis_pool, origin)
                     [
                         k
                         for k in ("/img/a.png", "/img/b.png")
-                        if there.key_for("ko_KR", "image", k) in there.store.memory
+                        if there.key_for("ko_KR", "image", "img.test", k) in there.store.memory
                     ]
                 )
                 == 0
