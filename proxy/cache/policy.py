@@ -159,17 +159,11 @@ class CachedResponse(msgspec.Struct, frozen=True, array_like=True, tag="r"):
     def remaining_s(self, now: float) -> float:
         return self.lifetime_s - self.age(now)
 
-    def size(self) -> int:
-        return len(self.body) + sum(len(n) + len(v) + 16 for n, v in self.headers) + 64
-
 
 class VaryIndex(msgspec.Struct, frozen=True, array_like=True, tag="v"):
     names: tuple[str, ...]  # lowercase, sorted
     generation: str
     expires_at: float
-
-    def size(self) -> int:
-        return sum(len(n) for n in self.names) + 64
 
 
 Stored = CachedResponse | VaryIndex
