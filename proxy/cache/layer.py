@@ -210,7 +210,11 @@ class HttpCache:
         return cache_key(self.settings.namespace, region, service, authority, path_and_query)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The purge subscriber; runs until cancelled (returns at once without Redis)."""
+        """The purge subscriber; runs until cancelled (returns at once without Redis). A
+        first pooled connection is opened before the proxy serves, so that its first burst
+        of requests does not open one each."""
+        if self.store.redis is not None:
+            await self.store.redis.warm()
         await self.store.run_subscriber(
             retry_s=self.settings.breaker_open_s, task_status=task_status
         )

@@ -127,17 +127,19 @@ class ServiceCacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
 class CacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The cache section of config.json, shared by all services of a proxy.
 
-    ``memory_max_bytes`` bounds the per-process tier; ``memory_max_object_bytes`` keeps a
-    few large bodies from flushing many small ones. Redis timeouts are short because a
-    cache slower than the backend is worse than none; after ``breaker_failures`` failures
-    in a row Redis is skipped for ``breaker_open_s``. A request waiting for another's
-    identical fetch gives up after ``coalesce_timeout_s`` and fetches itself.
+    ``memory_max_bytes`` bounds the per-process tier (in bytes the process really spends,
+    see `proxy.cache.memory`); ``memory_max_object_bytes`` keeps a few large bodies from
+    flushing many small ones. Redis timeouts fit a loaded machine rather than a fast Redis
+    (the reasons and what others use are in `proxy.redis_client`); after ``breaker_failures``
+    failures one after another (calls that failed side by side count once, see
+    `httpio.breaker`) Redis is skipped for ``breaker_open_s``. A request waiting for
+    another's identical fetch gives up after ``coalesce_timeout_s`` and fetches itself.
     """
 
     memory_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 64 * MiB
     memory_max_object_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1 * MiB
-    redis_connect_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 0.2
-    redis_command_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 0.2
+    redis_connect_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    redis_command_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
     breaker_failures: Annotated[int, msgspec.Meta(ge=1)] = 3
     breaker_open_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     coalesce_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0

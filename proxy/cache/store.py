@@ -131,11 +131,12 @@ class TieredStore:
         if not allowed:
             self._stats["redis_skipped"] += 1
             return BREAKER_OPEN
+        epoch = self.breaker.epoch
         try:
             replies = await self.redis.pipeline(commands, raise_on_error=False)
         except RedisUnavailable as exc:
             self._stats["redis_failures"] += 1
-            self._log(self.breaker.record_failure(self._clock(), str(exc)))
+            self._log(self.breaker.record_failure(self._clock(), str(exc), epoch=epoch))
             return REDIS_FAILED
         self._log(self.breaker.record_success(self._clock()))
         for reply in replies:
