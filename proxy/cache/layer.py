@@ -112,7 +112,11 @@ def _label(response: Response, label: bytes) -> Response:
 class _TeeBody:
     """Streams ``inner`` to the client and keeps a copy of up to ``limit`` bytes; at the end
     of a complete body calls ``on_complete(body)``. ``on_finish`` runs exactly once, whether
-    the body completed, broke, or was abandoned."""
+    the body completed, broke, or was abandoned.
+
+    The end is known when the last chunk arrives (the declared length is reached, or the
+    upstream says it is finished), and the entry is stored *before* that chunk is passed on:
+    a client that has the whole answer and asks again, through any proxy, finds it stored."""
 
     def __init__(
         self,
@@ -145,15 +149,21 @@ class _TeeBody:
                     self._parts = None
                 else:
                     self._parts.append(chunk)
+            if self._size == self._declared or getattr(self._inner, "finished", False):
+                await self._complete()  # stored before the client has the last byte
             return chunk
-        if self._on_finish is not None:
-            parts, self._parts = self._parts, None
-            try:
-                if parts is not None and self._declared in (None, self._size):
-                    await self._on_complete(b"".join(parts))
-            finally:
-                self._finish()
+        await self._complete()
         return b""
+
+    async def _complete(self) -> None:
+        if self._on_finish is None:
+            return
+        parts, self._parts = self._parts, None
+        try:
+            if parts is not None and self._declared in (None, self._size):
+                await self._on_complete(b"".join(parts))
+        finally:
+            self._finish()
 
     async def aclose(self) -> None:
         self._parts = None

@@ -83,12 +83,18 @@ def test_redis_killed_under_load_loses_no_request_and_hits_resume(
     ]
     assert statuses == [200] * 60
     fleet.acall(lambda: fleet.fleet.wait_running("redis", not_pid=old_pid))
-    path = f"/image/image.png?v={uuid.uuid4().hex}"
 
     def hits_again() -> bool:
+        """Each proxy stores through Redis (no BYPASS: its breaker closed) and the other
+        one hits what it stored; a fresh URL each time, so a hit cannot be a local one."""
         same = {**auth, "host": elb_host(fleet)}
-        request(fleet.kr_proxies[0], path, headers=same)
-        return request(fleet.kr_proxies[1], path, headers=same).headers.get("x-cache") == "HIT"
+        for first, second in (fleet.kr_proxies, fleet.kr_proxies[::-1]):
+            path = f"/image/image.png?v={uuid.uuid4().hex}"
+            if request(first, path, headers=same).headers.get("x-cache") != "MISS":
+                return False
+            if request(second, path, headers=same).headers.get("x-cache") != "HIT":
+                return False
+        return True
 
     wait_for(hits_again, timeout_s=30, what="cache hits across proxies after Redis restarted")
 

@@ -549,3 +549,24 @@ async def test_admin_purge_without_redis_is_503(redis_server):
     with pytest.raises(DependencyUnavailable):
         await cache.admin_purge(request("POST", "/admin/cache/purge?prefix=gw:t:"))
     await pool.aclose()
+
+
+async def test_a_streamed_entry_is_stored_before_the_client_has_its_last_byte(
+    cache, origin, redis_pool
+):
+    """A client that read the whole body and asks again through another proxy must find the
+    entry: it is in Redis once the last chunk leaves, not only at the end-of-body read."""
+    origin.answer(chunks=[b"ab", b"cd"], headers=[(b"content-length", b"4")])
+    response = await cache.handle(
+        request(), region="ko_KR", service="image", upstream_path_and_query="/img/a.png",
+        settings=ON, fetch=origin.fetch,
+    )  # fmt: skip
+    body = response.body
+    assert not isinstance(body, bytes)
+    assert await body.read() == b"ab"
+    assert await redis_pool.execute("EXISTS", KEY) == 0
+    assert await body.read() == b"cd"  # the client now has every byte it was promised
+    assert await redis_pool.execute("EXISTS", KEY) == 1
+    assert await body.read() == b""
+    await body.aclose()
+    assert cache.statistics()["stored"] == 1 and cache.statistics()["inflight"] == 0
