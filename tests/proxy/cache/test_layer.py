@@ -346,16 +346,21 @@ async def test_body_over_the_limit_streams_and_is_not_stored(cache, origin, redi
     assert origin.calls == 3
 
 
-async def test_truncated_or_abandoned_bodies_are_not_stored(cache, origin, redis_pool):
-    origin.answer(chunks=[b"abc"], headers=[(b"content-length", b"6")])  # upstream lied
-    await get(cache, origin)
-    origin.answer(chunks=[b"abc", b"def"])
+async def streamed(cache: HttpCache, origin: Origin) -> Any:
+    """The body of a MISS as the server gets it, to be read chunk by chunk."""
     response = await cache.handle(
         request(), region="ko_KR", service="image", upstream_path_and_query="/img/a.png",
         settings=ON, fetch=origin.fetch,
     )  # fmt: skip
-    body = response.body
-    assert not isinstance(body, bytes)
+    assert not isinstance(response.body, bytes)
+    return response.body
+
+
+async def test_truncated_or_abandoned_bodies_are_not_stored(cache, origin, redis_pool):
+    origin.answer(chunks=[b"abc"], headers=[(b"content-length", b"6")])  # upstream lied
+    await get(cache, origin)
+    origin.answer(chunks=[b"abc", b"def"])
+    body = await streamed(cache, origin)
     assert await body.read() == b"abc"
     await body.aclose()  # the client went away
     assert await redis_pool.execute("EXISTS", KEY) == 0
@@ -557,12 +562,7 @@ async def test_a_streamed_entry_is_stored_before_the_client_has_its_last_byte(
     """A client that read the whole body and asks again through another proxy must find the
     entry: it is in Redis once the last chunk leaves, not only at the end-of-body read."""
     origin.answer(chunks=[b"ab", b"cd"], headers=[(b"content-length", b"4")])
-    response = await cache.handle(
-        request(), region="ko_KR", service="image", upstream_path_and_query="/img/a.png",
-        settings=ON, fetch=origin.fetch,
-    )  # fmt: skip
-    body = response.body
-    assert not isinstance(body, bytes)
+    body = await streamed(cache, origin)
     assert await body.read() == b"ab"
     assert await redis_pool.execute("EXISTS", KEY) == 0
     assert await body.read() == b"cd"  # the client now has every byte it was promised
