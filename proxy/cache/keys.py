@@ -6,11 +6,11 @@ asked for (lowercased, default port dropped: RFC 9110 4.2.3), and, when a hop of
 forwarded the request, the ``X-Forwarded-*``/``Forwarded`` values it carried, because the
 origin sees those as the client's authority (`authority_of`):
 
-    gw:v1:ko_KR:image://localhost:9000/thumbs/a.png?s=1
-    gw:v1:en_US:sound://127.0.0.1:9001;f=<32 hex>/a.mp3      (forwarded by a hop)
+    gw:v2:ko_KR:image://localhost:9000/thumbs/a.png?s=1
+    gw:v2:en_US:sound://127.0.0.1:9001;f=<32 hex>/a.mp3      (forwarded by a hop)
 
-Readable, so that an operator can purge by prefix (``gw:v1:ko_KR:image:`` is the whole
-service, ``gw:v1:ko_KR:image://localhost:9000/thumbs/`` one directory), and unambiguous: no
+Readable, so that an operator can purge by prefix (``gw:v2:ko_KR:image:`` is the whole
+service, ``gw:v2:ko_KR:image://localhost:9000/thumbs/`` one directory), and unambiguous: no
 two distinct tuples share a key. Why that holds, field by field:
 
 - the namespace is validated (`NAMESPACE_PATTERN`: ``:``-separated words of letters, digits
@@ -26,6 +26,11 @@ two distinct tuples share a key. Why that holds, field by field:
   starts a suffix: ``|v=<generation>:<digest>`` for a Vary variant, ``|#=<sha256>`` for a
   target cut short. No target can spell a suffix, and a key's suffixes are found by prefix
   (`is_key_or_variant`, ``SCAN MATCH <key>|v=*``).
+
+The default namespace is ``gw:v2``: under ``gw:v1`` keys had no authority, and an old
+entry for the target ``//localhost:9000/a`` would read as the new key of ``/a`` at
+``localhost:9000``; a new version keeps a rolling upgrade (old and new proxies on one
+Redis) and the entries left from before apart, and ``gw:v1`` ones expire on their own.
 
 A key longer than `MAX_KEY_CHARS` keeps its readable head and the first characters of the
 target (never cutting a ``||`` in two, so its runs stay even) and ends with

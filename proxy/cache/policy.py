@@ -143,7 +143,7 @@ class CacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     breaker_failures: Annotated[int, msgspec.Meta(ge=1)] = 3
     breaker_open_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     coalesce_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
-    namespace: Annotated[str, msgspec.Meta(pattern=NAMESPACE_PATTERN)] = "gw:v1"
+    namespace: Annotated[str, msgspec.Meta(pattern=NAMESPACE_PATTERN)] = "gw:v2"
 
 
 # -- stored records ---------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def test_purge_is_fleet_wide(fleet: RunningFleet, token: str) -> None:
     for proxy in fleet.kr_proxies:
         again = request(proxy, path, headers=auth)
         assert again.headers["x-cache"] == "HIT" and again.json()["serial"] == serial
-    r = post_json(fleet.kr_proxies[0], "/admin/cache/purge", {"prefix": "gw:v1:ko_KR:image:"})
+    r = post_json(fleet.kr_proxies[0], "/admin/cache/purge", {"prefix": "gw:v2:ko_KR:image:"})
     assert r.status == 200, r
     assert request(fleet.kr_proxies[0], path, headers=auth).json()["serial"] != serial
     wait_for(

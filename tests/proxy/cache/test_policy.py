@@ -52,7 +52,7 @@ def test_settings_reject_unknown_fields_and_bad_values():
         msgspec.convert({"enabled": True, "ttl": 5}, ServiceCacheSettings)
     with pytest.raises(msgspec.ValidationError, match="breaker_failures"):
         msgspec.convert({"breaker_failures": 0}, CacheSettings)
-    assert CacheSettings().namespace == "gw:v1"
+    assert CacheSettings().namespace == "gw:v2"
 
 
 # -- requests ---------------------------------------------------------------------------------
@@ -227,7 +227,7 @@ def test_304_keeps_the_validators_and_cache_fields_only():
 # -- keys -------------------------------------------------------------------------------------
 def test_variant_keys_follow_the_varied_request_headers_only():
     index = VaryIndex(("accept-language",), "g1", NOW + 30)
-    base = "gw:v1:ko_KR:image://h/a"
+    base = "gw:v2:ko_KR:image://h/a"
     ko = variant_key(base, index, [(b"accept-language", b"ko"), (b"x-other", b"1")])
     ko_again = variant_key(base, index, [(b"accept-language", b"ko"), (b"x-other", b"2")])
     en = variant_key(base, index, [(b"accept-language", b"en")])
