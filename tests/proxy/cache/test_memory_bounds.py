@@ -35,7 +35,7 @@ def response(i: int, headers: int = 5, body: int = 300) -> Stored:
 
 
 def key(i: int) -> str:
-    return f"gw:v1:ko_KR:video://localhost:9000/echo?u={i:08d}"
+    return f"gw:v2:ko_KR:video://localhost:9000/echo?u={i:08d}"
 
 
 def tier(clock, max_bytes: int = 64 * MiB) -> MemoryTier:
