@@ -14,6 +14,16 @@ once; the breaker itself logs nothing.
 
 A probe whose caller was cancelled never reports back. Rather than stay half-open forever,
 another probe is allowed once ``open_s`` has passed since the last one started.
+
+"Consecutive" means one after another, not side by side. When the machine stalls (two busy
+cores, a GC pause, a burst of connects) every call in flight misses its deadline at the
+same moment: that is one observation that the dependency was slow, not fifty. So a caller
+notes the breaker's `epoch` when its call starts and passes it to `record_failure`; a
+failure of a call that was already in flight when an earlier failure was counted is the
+same incident and does not count again (nor can it reopen a half-open breaker: only the
+probe decides). A dependency that is really down or hung fails the calls that start after
+each failure too, so it still trips after ``failures`` of them; a refused connection does
+that in microseconds, a hung one in ``failures`` timeouts.
 """
 
 from __future__ import annotations
@@ -76,6 +86,8 @@ class CircuitBreaker:
         self.open_s = open_s
         self._state = BreakerState.CLOSED
         self._consecutive_failures = 0
+        self._epoch = 0
+        self._overlapping = 0
         self._opened_at = 0.0
         self._probe_started_at: float | None = None
         self._times_opened = 0
@@ -98,6 +110,7 @@ class CircuitBreaker:
             "name": self.name,
             "state": self._state.value,
             "consecutive_failures": self._consecutive_failures,
+            "overlapping_failures": self._overlapping,
             "times_opened": self._times_opened,
             "rejected": self._rejected,
             "last_failure": self._last_reason,
@@ -142,8 +155,22 @@ class CircuitBreaker:
             self._consecutive_failures = 0
         return self._move(Signal.SUCCESS, now, "probe succeeded")
 
-    def record_failure(self, now: float, reason: str = "") -> BreakerTransition | None:
+    @property
+    def epoch(self) -> int:
+        """How many failures have been counted; note it when a call starts."""
+        return self._epoch
+
+    def record_failure(
+        self, now: float, reason: str = "", *, epoch: int | None = None
+    ) -> BreakerTransition | None:
+        """``epoch``: the breaker's `epoch` when the failed call started. When a failure was
+        counted since, this one overlapped it and is not counted (see the module header);
+        None counts it whatever happened meanwhile."""
         self._last_reason = reason
+        if epoch is not None and epoch < self._epoch:
+            self._overlapping += 1
+            return None
+        self._epoch += 1
         self._consecutive_failures += 1
         tripped = self._consecutive_failures >= self.failures
         return self._move(Signal.TRIP if tripped else Signal.FAILURE, now, reason)

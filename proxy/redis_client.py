@@ -12,9 +12,26 @@ Redis is an optional dependency of the cache, so every failure is fast and named
 - `RedisReplyError`: Redis answered ``-ERR ...``: the command was wrong; the connection is
   still in step and goes back to the pool.
 
-The defaults are short (0.2 s connect, 0.2 s per command): a local Redis answers a GET in
-well under a millisecond, and a cache that is slower than the backend it shields is worse
-than no cache. A connection whose reply was not read to the end (timeout, cancellation,
+Timeouts are for a loaded machine, not for a fast Redis. A local Redis answers a GET in
+~0.1 ms, but the proxy shares two cores with a dozen processes, and a stall of its event
+loop, a GC pause or a busy scheduler shows up as Redis "not answering": at the former 0.2 s
+the breaker opened with no Redis fault (36-176 BYPASS answers per path in a soak). The
+others give Redis far more: redis-py sets no timeout at all by default, Envoy's Redis proxy
+takes its connect timeout from the cluster (5 s by default) and has no default ``op_timeout``,
+nginx's redis/redis2 modules wait 60 s to connect, send and read. Redis is optional to the
+cache, so every request waits out a hung one until the breaker opens; ``command_timeout_s``
+= 0.5 s (5,000 times a GET, 2.5 times the stall that used to trip us) and
+``connect_timeout_s`` = 1 s (connects are rare with a pool, and happen when the machine is
+busiest: at start and after a Redis restart) keep that wait short and still leave a loaded
+machine room. A connect with the handshake has ``connect_timeout_s``; the whole call,
+waiting for a connection included, ``connect_timeout_s + command_timeout_s``.
+
+At most ``max_connecting`` connections are opened at once (4, as a burst of requests at
+start would otherwise open one each, all competing for the same busy cores and all timing
+out together); a request that finds none idle and no connect slot waits for the first
+connection handed back, which with pipelined round trips of ~0.1 ms comes soon.
+
+A connection whose reply was not read to the end (timeout, cancellation,
 broken stream) is closed, never reused: the next reply on it would answer the wrong command.
 
 A connection taken from the idle list may have died while idle (Redis restarted). A command
@@ -60,9 +77,10 @@ class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     port: int = 6379
     password: str = ""
     db: int = 0
-    connect_timeout_s: float = 0.2
-    command_timeout_s: float = 0.2
+    connect_timeout_s: float = 1.0
+    command_timeout_s: float = 0.5
     max_connections: int = 64
+    max_connecting: int = 4
 
     @classmethod
     def from_address(cls, address: str, **fields: Any) -> RedisSettings:
@@ -141,10 +159,14 @@ class RedisPool:
         self.settings = settings
         self._idle: list[RedisConnection] = []
         self._slots = trio.Semaphore(settings.max_connections)
+        self._handed_back = trio.lowlevel.ParkingLot()  # waiting for an idle connection
         self._in_use = 0
+        self._connecting = 0
         self._closed = False
         self._stats = {
             "connections_opened": 0,
+            "connect_waits": 0,
+            "peak_connecting": 0,
             "connections_closed": 0,
             "commands": 0,
             "round_trips": 0,
@@ -163,7 +185,12 @@ class RedisPool:
         )
 
     def statistics(self) -> dict[str, object]:
-        return {"idle": len(self._idle), "in_use": self._in_use, **self._stats}
+        return {
+            "idle": len(self._idle),
+            "in_use": self._in_use,
+            "connecting": self._connecting,
+            **self._stats,
+        }
 
     # -- connections -------------------------------------------------------------------------
     async def _connect(self) -> RedisConnection:
@@ -194,6 +221,38 @@ class RedisPool:
             raise RedisUnavailable(f"cannot connect to redis {s.host}:{s.port}: {exc}") from exc
         self._stats["connections_opened"] += 1
         return conn
+
+    async def _checkout(self) -> tuple[RedisConnection, bool]:
+        """An idle connection (True: reused), or a new one when fewer than
+        ``max_connecting`` are being opened; otherwise wait for one to be handed back."""
+        while True:
+            if self._idle:
+                return self._idle.pop(), True
+            if self._connecting < self.settings.max_connecting:
+                self._connecting += 1
+                self._stats["peak_connecting"] = max(
+                    self._stats["peak_connecting"], self._connecting
+                )
+                try:
+                    return await self._connect(), False
+                finally:
+                    self._connecting -= 1
+                    self._handed_back.unpark()  # a connect slot is free: one waiter retries
+            self._stats["connect_waits"] += 1
+            await self._handed_back.park()
+
+    def _hand_back(self, conn: RedisConnection) -> None:
+        self._idle.append(conn)
+        self._handed_back.unpark()
+
+    async def warm(self) -> bool:
+        """Open one connection into the idle list (at start, so that the first requests do
+        not all connect at once); False if Redis cannot be reached now."""
+        try:
+            await self.execute("PING")
+        except RedisUnavailable:
+            return False
+        return True
 
     async def _discard(self, conn: RedisConnection) -> None:
         self._stats["connections_closed"] += 1
@@ -249,8 +308,7 @@ class RedisPool:
     async def _run_on_a_connection(self, payload: bytes, count: int) -> list[Reply]:
         timeout = self.settings.command_timeout_s
         for attempt in (1, 2):
-            reused = bool(self._idle)
-            conn = self._idle.pop() if reused else await self._connect()
+            conn, reused = await self._checkout()
             try:
                 with trio.fail_after(timeout):
                     replies = await conn.roundtrip(payload, count)
@@ -263,7 +321,7 @@ class RedisPool:
                 await self._drop_idle()
             finally:
                 if conn.in_step and not self._closed:
-                    self._idle.append(conn)
+                    self._hand_back(conn)
                 else:
                     await self._discard(conn)
         raise AssertionError("unreachable")

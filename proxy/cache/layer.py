@@ -11,9 +11,10 @@ response of a cache-enabled service with ``X-Cache: HIT | MISS | BYPASS``:
   fits ``max_body_bytes``. A streamed body is teed: chunks go to the client as they come and
   a copy is kept until the body ends, then stored; past the limit the copy is dropped and
   the rest only streams, so a large body never sits in memory.
-- BYPASS: the request may not use the cache (method, ``no-store``, ``Range``), or Redis is
-  down or slow (the breaker is open): the backend answers, nothing is stored anywhere, so
-  proxies do not drift apart while purges cannot reach them.
+- BYPASS: the request may not use the cache (method, ``no-store``, ``Range``, a Host we do
+  not key, a header that reroutes it at the origin: see `policy`), or Redis is down or slow
+  (the breaker is open): the backend answers, nothing is stored anywhere, so proxies do not
+  drift apart while purges cannot reach them. ``statistics()["bypass_reasons"]`` counts why.
 
 Concurrent misses on one key send one request upstream: the first GET becomes the leader,
 later ones wait (at most ``coalesce_timeout_s``) for its entry to be stored and then read
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Protocol
@@ -42,18 +43,19 @@ import trio
 from httpio.breaker import CircuitBreaker
 from httpio.errors import ClientError
 from httpio.messages import Request, Response, ResponseBody, json_response
+from proxy.cache.keys import cache_key
 from proxy.cache.memory import MemoryTier
 from proxy.cache.policy import (
     CachedResponse,
     CacheSettings,
     Lookup,
+    RequestFacts,
     ServiceCacheSettings,
     StoreVerdict,
     VaryIndex,
-    cache_key,
-    classify_request,
     decide_storage,
     encode_stored,
+    examine_request,
     is_not_modified,
     make_entry,
     new_vary_index,
@@ -65,7 +67,6 @@ from proxy.cache.store import TieredStore
 from proxy.redis_client import RedisPool, RedisSettings
 
 HIT, MISS, BYPASS = b"HIT", b"MISS", b"BYPASS"
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 Fetch = Callable[[], Awaitable[Response]]
 
@@ -99,7 +100,7 @@ def redis_pool_for(
 class _Found:
     entry: CachedResponse | None
     index: VaryIndex | None
-    degraded: bool
+    degraded: str  # why Redis was not asked or did not answer; "" when it was fine
 
 
 def _label(response: Response, label: bytes) -> Response:
@@ -111,7 +112,11 @@ def _label(response: Response, label: bytes) -> Response:
 class _TeeBody:
     """Streams ``inner`` to the client and keeps a copy of up to ``limit`` bytes; at the end
     of a complete body calls ``on_complete(body)``. ``on_finish`` runs exactly once, whether
-    the body completed, broke, or was abandoned."""
+    the body completed, broke, or was abandoned.
+
+    The end is known when the last chunk arrives (the declared length is reached, or the
+    upstream says it is finished), and the entry is stored *before* that chunk is passed on:
+    a client that has the whole answer and asks again, through any proxy, finds it stored."""
 
     def __init__(
         self,
@@ -144,15 +149,21 @@ class _TeeBody:
                     self._parts = None
                 else:
                     self._parts.append(chunk)
+            if self._size == self._declared or getattr(self._inner, "finished", False):
+                await self._complete()  # stored before the client has the last byte
             return chunk
-        if self._on_finish is not None:
-            parts, self._parts = self._parts, None
-            try:
-                if parts is not None and self._declared in (None, self._size):
-                    await self._on_complete(b"".join(parts))
-            finally:
-                self._finish()
+        await self._complete()
         return b""
+
+    async def _complete(self) -> None:
+        if self._on_finish is None:
+            return
+        parts, self._parts = self._parts, None
+        try:
+            if parts is not None and self._declared in (None, self._size):
+                await self._on_complete(b"".join(parts))
+        finally:
+            self._finish()
 
     async def aclose(self) -> None:
         self._parts = None
@@ -182,7 +193,9 @@ class HttpCache:
         self._inflight: dict[str, trio.Event] = {}
         self._waiting = 0
         self._stats: Counter[str] = Counter()
+        # Both keyed by a fixed vocabulary of reasons (plus status codes), never by request.
         self._not_storable: Counter[str] = Counter()
+        self._bypass_reasons: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         s = self._stats
@@ -197,15 +210,21 @@ class HttpCache:
             **{k: self._stats[k] for k in ("coalesced", "stored", "store_failed", "too_large")},
             "inflight": len(self._inflight),
             "waiting": self._waiting,
+            "bypass_reasons": dict(self._bypass_reasons),
             "not_storable": dict(self._not_storable),
             "store": self.store.statistics(),
         }
 
-    def key_for(self, region: str, service: str, path_and_query: str) -> str:
-        return cache_key(self.settings.namespace, region, service, path_and_query)
+    def key_for(self, region: str, service: str, authority: str, path_and_query: str) -> str:
+        """The key of ``path_and_query`` at ``authority`` (see `proxy.cache.keys`)."""
+        return cache_key(self.settings.namespace, region, service, authority, path_and_query)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The purge subscriber; runs until cancelled (returns at once without Redis)."""
+        """The purge subscriber; runs until cancelled (returns at once without Redis). A
+        first pooled connection is opened before the proxy serves, so that its first burst
+        of requests does not open one each."""
+        if self.store.redis is not None:
+            await self.store.redis.warm()
         await self.store.run_subscriber(
             retry_s=self.settings.breaker_open_s, task_status=task_status
         )
@@ -253,38 +272,44 @@ class HttpCache:
     ) -> Response:
         if not settings.enabled:
             return await fetch()
-        key = self.key_for(region, service, upstream_path_and_query)
-        mode, _ = classify_request(request.method, request.headers)
-        if mode is Lookup.BYPASS:
+        facts = examine_request(request.method, request.headers)
+        authority = facts.authority
+        key = (
+            None
+            if authority is None
+            else self.key_for(region, service, authority, upstream_path_and_query)
+        )
+        if key is None or facts.mode is Lookup.BYPASS:
             response = await fetch()
-            if request.method not in SAFE_METHODS and 200 <= response.status < 400:
+            if key is not None and facts.unsafe and 200 <= response.status < 400:
                 await self.store.invalidate(key)
-            return self._bypass(response)
+            return self._bypass(response, facts.reason)
 
-        if mode is Lookup.LOOKUP:
+        required = settings.key_headers
+        if facts.mode is Lookup.LOOKUP:
             leader = self._inflight.get(key)
             if leader is not None:
                 await self._wait_for(key, leader)
-            found = await self._lookup(key, request)
+            found = await self._lookup(key, request, facts, required)
             if found.entry is not None:
                 return self._serve(found.entry, request)
             if found.degraded:
-                return self._bypass(await fetch())
+                return self._bypass(await fetch(), found.degraded)
             leader = self._inflight.get(key)
             if leader is not None:
                 await self._wait_for(key, leader)
-                found = await self._lookup(key, request)
+                found = await self._lookup(key, request, facts, required)
                 if found.entry is not None:
                     return self._serve(found.entry, request)
         else:  # REFRESH: skip the entry, but learn the Vary index to store under
-            found = await self._lookup(key, request)
+            found = await self._lookup(key, request, facts, required)
             if found.degraded:
-                return self._bypass(await fetch())
+                return self._bypass(await fetch(), found.degraded)
 
         if request.method == "HEAD":
             self._stats["misses"] += 1
             return _label(await fetch(), MISS)
-        return await self._fetch_and_fill(request, key, found.index, settings, fetch)
+        return await self._fetch_and_fill(request, facts, key, found.index, settings, fetch)
 
     async def _wait_for(self, key: str, leader: trio.Event) -> None:
         self._stats["coalesced"] += 1
@@ -297,19 +322,24 @@ class HttpCache:
         if scope.cancelled_caught and self._inflight.get(key) is leader:
             del self._inflight[key]  # a leader that never finished must not block the key
 
-    async def _lookup(self, key: str, request: Request) -> _Found:
+    async def _lookup(
+        self, key: str, request: Request, facts: RequestFacts, required: Sequence[str]
+    ) -> _Found:
+        """The entry this request may be served, and the Vary index it hangs off. An entry
+        stored before the service declared ``key_headers`` (``required``) is not keyed by
+        them: it is not served, and the next store replaces it with an index."""
         loaded = await self.store.load(key)
         value = loaded.value
         now = self._clock()
         if isinstance(value, VaryIndex):
-            if value.expires_at <= now:
+            if value.expires_at <= now or not set(required) <= set(value.names):
                 return _Found(None, None, loaded.degraded)
             loaded = await self.store.load(variant_key(key, value, request.headers))
             entry = loaded.value if isinstance(loaded.value, CachedResponse) else None
             index: VaryIndex | None = value
         else:
-            entry, index = value, None
-        if entry is not None and not request_accepts(request.headers, entry, now):
+            entry, index = (None if required else value), None
+        if entry is not None and not request_accepts(facts.cache_control, entry, now):
             entry = None
         return _Found(entry, index, loaded.degraded)
 
@@ -325,13 +355,15 @@ class HttpCache:
             return Response(entry.status, headers, b"")
         return Response(entry.status, headers, entry.body)
 
-    def _bypass(self, response: Response) -> Response:
+    def _bypass(self, response: Response, reason: str) -> Response:
         self._stats["bypasses"] += 1
+        self._bypass_reasons[reason] += 1
         return _label(response, BYPASS)
 
     async def _fetch_and_fill(
         self,
         request: Request,
+        facts: RequestFacts,
         key: str,
         index: VaryIndex | None,
         settings: ServiceCacheSettings,
@@ -353,7 +385,13 @@ class HttpCache:
         except BaseException:
             release()
             raise
-        verdict = decide_storage(response.status, response.headers, settings, self._clock())
+        verdict = decide_storage(
+            response.status,
+            response.headers,
+            settings,
+            self._clock(),
+            authenticated=facts.authenticated,
+        )
         if not verdict.storable:
             self._not_storable[verdict.reason] += 1
             release()

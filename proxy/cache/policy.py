@@ -12,31 +12,47 @@ The gateway is a *shared* cache in RFC 9111 terms, so:
   (we do not revalidate with the origin, so "store but always revalidate" is "do not store"),
   no ``Set-Cookie``, and no ``Vary: *``; errors (>= 400) only when the operator opted in
   with ``cache_errors`` (the original cached every error for 30 s, outages included);
-- freshness: ``s-maxage`` beats ``max-age`` beats ``Expires - Date`` (4.2.1); without any, the
-  service's ``default_ttl_s``: the operator marked the service cacheable and so declared
-  its answers the same for every authorised caller. For the same reason a request's
-  ``Authorization`` does not make the response unstorable (3.5): the proxy authenticates
-  before it consults the cache, so a hit is never served to an unauthenticated client;
+- a response to a request that carried credentials is stored only when it says it may be
+  shared (RFC 9111 3.5: ``public``, ``s-maxage`` or ``must-revalidate``) *and* states its own
+  lifetime (``s-maxage``, ``max-age`` or ``Expires``); the service's ``default_ttl_s`` never
+  applies to it. Credentials are every form of token the proxy accepts (``Authorization``,
+  ``AuthToken``: see `proxy.auth.extract_token`), ``Proxy-Authorization``, and ``Cookie``
+  (Varnish's built-in VCL does not even look up a request with a cookie). That the proxy
+  checks the token before it consults the cache decides who may *read* an entry, not what
+  an entry may hold: a backend that answers ``/echo`` or ``/me`` with the caller's identity
+  and no ``Cache-Control`` would otherwise hand Alice's answer, token included, to Bob;
+- freshness otherwise: ``s-maxage`` beats ``max-age`` beats ``Expires - Date`` (4.2.1);
+  without any, the service's ``default_ttl_s``: the operator marked the service cacheable
+  and so declared its anonymous answers the same for everyone;
 - age is RFC 9111 4.2.3 without the request-delay term: ``max(Age, now - Date)`` at
   storage, plus the time spent in the cache; every hit carries ``Age`` (5.1);
 - conditional GET/HEAD are answered from the entry (RFC 9110 13.2.2): ``If-None-Match``
   with the weak comparison (8.8.3.2), and only without it, ``If-Modified-Since`` against
   ``Last-Modified``; a 304 carries the fields of RFC 9110 15.4.5.
 
-Keys: ``namespace:region:service:path?query``, readable so an operator can purge by
-prefix (``gw:v1:ko_KR:image:/thumbs/``). A key longer than `MAX_KEY_CHARS` keeps its first
-`READABLE_CHARS` and ends with the sha256 of the whole. A response with ``Vary`` stores a
-`VaryIndex` under the key (the header names, as Varnish and nginx do) and the response
-under a variant key made from the request's values of those headers. The index carries a
-random generation that is part of every variant key, so deleting the index (a purge, an
-unsafe request) orphans all its variants at once: they can no longer be reached and
-expire on their own.
+Unkeyed inputs (cache poisoning, as in Kettle's "Practical Web Cache Poisoning"): what the
+origin reads from a request must be in the key or keep the request out of the cache.
+``Host`` and the forwarded-authority fields our own hops set are keyed (`keys`). Headers
+that make common origin frameworks serve another URL or method (`ROUTING_HEADERS`:
+``X-Original-URL``, ``X-Rewrite-URL``, ``X-HTTP-Method-Override``, ``X-Forwarded-Scheme``,
+...) are set by no hop of ours, so a request carrying one *bypasses* the cache: neither
+looked up nor stored, and still forwarded as sent. Stripping them instead would change what
+origins see for clients that rely on them (method override behind restrictive proxies) and
+is the forwarding layer's business, not the cache's; a bypass costs only the rare request
+that has one. One that overrides the method to an unsafe one also invalidates (4.4). A
+header an origin varies on without saying ``Vary`` is declared by the operator
+(``cache: {key_headers: [...]}``) and keyed like a ``Vary`` the origin always sends.
+
+A response with ``Vary`` stores a `VaryIndex` under the key (the header names, as Varnish
+and nginx do) and the response under a variant key made from the request's values of those
+headers. The index carries a random generation that is part of every variant key, so
+deleting the index (a purge, an unsafe request) orphans all its variants at once: they can
+no longer be reached and expire on their own.
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
 import re
 import secrets
 from dataclasses import dataclass
@@ -46,11 +62,10 @@ from typing import Annotated
 import msgspec
 
 from httpio.protocol import Headers, header_value, strip_hop_by_hop
+from proxy.cache import keys
+from proxy.cache.keys import NAMESPACE_PATTERN
 
 MiB = 1_048_576
-MAX_KEY_CHARS = 512
-READABLE_CHARS = 200
-VARIANT_MARK = "|v="
 
 # RFC 9111 4.2.2 via RFC 9110 15.1: heuristically cacheable status codes.
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
@@ -63,6 +78,38 @@ NOT_STORED_HEADERS = frozenset({b"content-length", b"age", b"x-cache"})
 NOT_MODIFIED_HEADERS = frozenset(
     {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary"}
 )
+# A request carrying any of these is an authenticated one for RFC 9111 3.5.
+CREDENTIAL_HEADERS = frozenset({b"authorization", b"authtoken", b"proxy-authorization", b"cookie"})
+# Set by no hop of ours; they make IIS, Symfony, Laravel, Rails/Rack, Spring, Traefik or
+# nginx-fronted apps serve another URL, scheme, prefix or method than the one in the key.
+ROUTING_HEADERS = frozenset(
+    {
+        b"x-original-url",
+        b"x-rewrite-url",
+        b"x-original-uri",
+        b"x-forwarded-uri",
+        b"x-forwarded-path",
+        b"x-forwarded-prefix",
+        b"x-forwarded-scheme",
+        b"x-forwarded-server",
+        b"x-forwarded-ssl",
+        b"x-url-scheme",
+        b"x-host",
+        b"x-original-host",
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
+    }
+)
+METHOD_OVERRIDE_HEADERS = frozenset(
+    {b"x-http-method-override", b"x-http-method", b"x-method-override"}
+)
+# What our hops (proxy.forwarding) tell the origin about the client's authority: keyed.
+FORWARDED_HEADERS = frozenset(
+    {b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-port", b"forwarded"}
+)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+_TOKEN = r"^[!#$%&'*+.^_`|~0-9a-z-]+$"  # RFC 9110 5.6.2, lowercase
 
 
 # -- settings ---------------------------------------------------------------------------------
@@ -73,26 +120,30 @@ class ServiceCacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     default_ttl_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     max_body_bytes: Annotated[int, msgspec.Meta(ge=0)] = 2 * MiB
     cache_errors: bool = False
+    # Request headers the origin's answers depend on without it saying Vary (lowercase).
+    key_headers: tuple[Annotated[str, msgspec.Meta(pattern=_TOKEN)], ...] = ()
 
 
 class CacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The cache section of config.json, shared by all services of a proxy.
 
-    ``memory_max_bytes`` bounds the per-process tier; ``memory_max_object_bytes`` keeps a
-    few large bodies from flushing many small ones. Redis timeouts are short because a
-    cache slower than the backend is worse than none; after ``breaker_failures`` failures
-    in a row Redis is skipped for ``breaker_open_s``. A request waiting for another's
-    identical fetch gives up after ``coalesce_timeout_s`` and fetches itself.
+    ``memory_max_bytes`` bounds the per-process tier (in bytes the process really spends,
+    see `proxy.cache.memory`); ``memory_max_object_bytes`` keeps a few large bodies from
+    flushing many small ones. Redis timeouts fit a loaded machine rather than a fast Redis
+    (the reasons and what others use are in `proxy.redis_client`); after ``breaker_failures``
+    failures one after another (calls that failed side by side count once, see
+    `httpio.breaker`) Redis is skipped for ``breaker_open_s``. A request waiting for
+    another's identical fetch gives up after ``coalesce_timeout_s`` and fetches itself.
     """
 
     memory_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 64 * MiB
     memory_max_object_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1 * MiB
-    redis_connect_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 0.2
-    redis_command_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 0.2
+    redis_connect_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    redis_command_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
     breaker_failures: Annotated[int, msgspec.Meta(ge=1)] = 3
     breaker_open_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     coalesce_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
-    namespace: str = "gw:v1"
+    namespace: Annotated[str, msgspec.Meta(pattern=NAMESPACE_PATTERN)] = "gw:v2"
 
 
 # -- stored records ---------------------------------------------------------------------------
@@ -110,17 +161,11 @@ class CachedResponse(msgspec.Struct, frozen=True, array_like=True, tag="r"):
     def remaining_s(self, now: float) -> float:
         return self.lifetime_s - self.age(now)
 
-    def size(self) -> int:
-        return len(self.body) + sum(len(n) + len(v) + 16 for n, v in self.headers) + 64
-
 
 class VaryIndex(msgspec.Struct, frozen=True, array_like=True, tag="v"):
     names: tuple[str, ...]  # lowercase, sorted
     generation: str
     expires_at: float
-
-    def size(self) -> int:
-        return sum(len(n) for n in self.names) + 64
 
 
 Stored = CachedResponse | VaryIndex
@@ -144,8 +189,12 @@ def header_values(headers: Headers, name: bytes) -> list[bytes]:
 
 def parse_cache_control(headers: Headers) -> dict[str, str | None]:
     """Directives of every ``Cache-Control`` field, names lowercased, values unquoted."""
+    return _directives(header_values(headers, b"cache-control"))
+
+
+def _directives(values: list[bytes]) -> dict[str, str | None]:
     directives: dict[str, str | None] = {}
-    for value in header_values(headers, b"cache-control"):
+    for value in values:
         for part in value.decode("latin-1").split(","):
             name, sep, arg = part.strip().partition("=")
             name = name.strip().lower()
@@ -194,27 +243,107 @@ class Lookup(enum.Enum):
     LOOKUP = "lookup"
 
 
-def classify_request(method: str, headers: Headers) -> tuple[Lookup, str]:
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the cache needs of a request, read in one pass over its headers.
+
+    ``authority`` is None when the request cannot be keyed (a Host we do not accept);
+    ``unsafe``: a success must invalidate the target (RFC 9111 4.4)."""
+
+    mode: Lookup
+    reason: str
+    authority: str | None
+    authenticated: bool
+    unsafe: bool
+    cache_control: dict[str, str | None]
+
+
+_NO_DIRECTIVES: dict[str, str | None] = {}
+# name -> what it tells us; one dict probe per request header
+_HOST, _CREDENTIAL, _ROUTING, _FORWARDED, _CACHE_CONTROL, _PRAGMA, _RANGE = range(7)
+_FIELDS: dict[bytes, int] = {
+    b"host": _HOST,
+    b"cache-control": _CACHE_CONTROL,
+    b"pragma": _PRAGMA,
+    b"range": _RANGE,
+    **dict.fromkeys(CREDENTIAL_HEADERS, _CREDENTIAL),
+    **dict.fromkeys(ROUTING_HEADERS, _ROUTING),
+    **dict.fromkeys(FORWARDED_HEADERS, _FORWARDED),
+}
+
+
+def examine_request(method: str, headers: Headers) -> RequestFacts:
+    """Lookup mode, key authority and credentials of a request (names are lowercase, as
+    `httpio` delivers them)."""
+    host: bytes | None = None
+    hosts = 0
+    authenticated = False
+    routing: list[tuple[bytes, bytes]] | None = None
+    forwarded: list[tuple[bytes, bytes]] | None = None
+    cache_control: list[bytes] | None = None
+    pragma: list[bytes] | None = None
+    ranged = False
+    for name, value in headers:
+        kind = _FIELDS.get(name)
+        if kind is None:
+            continue
+        if kind == _HOST:
+            host, hosts = value, hosts + 1
+        elif kind == _CREDENTIAL:
+            authenticated = True
+        elif kind == _CACHE_CONTROL:
+            cache_control = [*(cache_control or ()), value]
+        elif kind == _FORWARDED:
+            forwarded = [*(forwarded or ()), (name, value)]
+        elif kind == _ROUTING:
+            routing = [*(routing or ()), (name, value)]
+        elif kind == _PRAGMA:
+            pragma = [*(pragma or ()), value]
+        else:
+            ranged = True
+    unsafe = method not in SAFE_METHODS or (
+        routing is not None
+        and any(
+            n in METHOD_OVERRIDE_HEADERS and v.strip().upper() not in (b"GET", b"HEAD")
+            for n, v in routing
+        )
+    )
+    authority: str | None = ""
+    if hosts > 1:
+        authority = None
+    elif host is not None:
+        normal = keys.normalise_host(host)
+        authority = None if normal is None else keys.authority_of(normal, forwarded)
+    cc = _directives(cache_control) if cache_control is not None else _NO_DIRECTIVES
+
+    def facts(mode: Lookup, reason: str = "") -> RequestFacts:
+        return RequestFacts(mode, reason, authority, authenticated, unsafe, cc)
+
     if method not in ("GET", "HEAD"):
-        return Lookup.BYPASS, "method"
-    if header_value(headers, b"range") is not None:
-        return Lookup.BYPASS, "range"
-    cc = parse_cache_control(headers)
+        return facts(Lookup.BYPASS, "method")
+    if authority is None:
+        return facts(Lookup.BYPASS, "host")
+    if routing is not None:
+        return facts(Lookup.BYPASS, "routing header")
+    if ranged:
+        return facts(Lookup.BYPASS, "range")
     if "no-store" in cc:
-        return Lookup.BYPASS, "request no-store"
+        return facts(Lookup.BYPASS, "request no-store")
     if "no-cache" in cc or cc.get("max-age") == "0":
-        return Lookup.REFRESH, "request no-cache"
-    if not cc and any(b"no-cache" in v.lower() for v in header_values(headers, b"pragma")):
-        return Lookup.REFRESH, "request pragma no-cache"
-    return Lookup.LOOKUP, ""
+        return facts(Lookup.REFRESH, "request no-cache")
+    if not cc and pragma is not None and any(b"no-cache" in v.lower() for v in pragma):
+        return facts(Lookup.REFRESH, "request pragma no-cache")
+    return facts(Lookup.LOOKUP)
 
 
-def request_accepts(headers: Headers, entry: CachedResponse, now: float) -> bool:
-    """Is the (fresh) entry acceptable to this request's ``max-age``/``min-fresh``
-    (RFC 9111 5.2.1)? We never serve stale entries, so ``max-stale`` does not matter."""
+def request_accepts(cc: dict[str, str | None], entry: CachedResponse, now: float) -> bool:
+    """Is the (fresh) entry acceptable to a request with these ``Cache-Control`` directives
+    (``max-age``/``min-fresh``, RFC 9111 5.2.1)? We never serve stale entries, so
+    ``max-stale`` does not matter."""
     if entry.remaining_s(now) <= 0:
         return False
-    cc = parse_cache_control(headers)
+    if not cc:
+        return True
     max_age = _seconds(cc.get("max-age"))
     if max_age is not None and entry.age(now) > max_age:
         return False
@@ -246,8 +375,15 @@ def _refuse(reason: str) -> StoreVerdict:
 
 
 def decide_storage(
-    status: int, headers: Headers, settings: ServiceCacheSettings, now: float
+    status: int,
+    headers: Headers,
+    settings: ServiceCacheSettings,
+    now: float,
+    *,
+    authenticated: bool,
 ) -> StoreVerdict:
+    """May this response be stored, for how long, under which Vary names? ``authenticated``:
+    the request carried credentials (`RequestFacts.authenticated`)."""
     if status < 200 or status in NEVER_STORED_STATUSES:
         return _refuse(f"status {status}")
     if status >= 400 and not settings.cache_errors:
@@ -261,6 +397,10 @@ def decide_storage(
     vary = parse_vary(headers)
     if "*" in vary:
         return _refuse("vary *")
+    if authenticated and not ("public" in cc or "s-maxage" in cc or "must-revalidate" in cc):
+        return _refuse("authenticated request, response not marked shareable")
+    if settings.key_headers:
+        vary = tuple(sorted({*vary, *settings.key_headers}))
     date = parse_http_date(header_value(headers, b"date"))
     lifetime: float | None = None
     if (s_maxage := _seconds(cc.get("s-maxage"))) is not None:
@@ -271,6 +411,8 @@ def decide_storage(
         # An invalid Expires (e.g. "0") means "already expired" (RFC 9111 5.3).
         expires = parse_http_date(expires_field)
         lifetime = 0.0 if expires is None else max(0.0, expires - (date or now))
+    elif authenticated:
+        return _refuse("authenticated request, no explicit lifetime")
     elif status in HEURISTIC_STATUSES or "public" in cc:
         lifetime = settings.default_ttl_s
     if lifetime is None:
@@ -342,22 +484,12 @@ def not_modified_headers(entry_headers: Headers) -> list[tuple[bytes, bytes]]:
 
 
 # -- keys -------------------------------------------------------------------------------------
-def cache_key(namespace: str, region: str, service: str, path_and_query: str) -> str:
-    key = f"{namespace}:{region}:{service}:{path_and_query}"
-    if len(key) <= MAX_KEY_CHARS:
-        return key
-    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
-    return f"{key[:READABLE_CHARS]}#{digest}"
-
-
 def variant_key(base: str, index: VaryIndex, request_headers: Headers) -> str:
+    """The variant of ``base`` this request selects: its values of the index's names, each
+    field list joined as RFC 9111 4.1 allows."""
     parts = []
     for name in index.names:
-        values = header_values(request_headers, name.encode("latin-1"))
-        parts.append(name + ":" + b", ".join(v.strip() for v in values).decode("latin-1"))
-    digest = hashlib.sha256("\n".join(parts).encode("latin-1")).hexdigest()[:32]
-    return f"{base}{VARIANT_MARK}{index.generation}:{digest}"
-
-
-def is_key_or_variant(candidate: str, key: str) -> bool:
-    return candidate == key or candidate.startswith(key + VARIANT_MARK)
+        encoded = name.encode("latin-1")
+        values = [v.strip() for n, v in request_headers if n == encoded]
+        parts.append((encoded, b", ".join(values)))
+    return keys.variant_key(base, index.generation, parts)

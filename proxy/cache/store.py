@@ -52,7 +52,11 @@ _decode_notice = msgspec.json.Decoder(PurgeNotice).decode
 class Loaded:
     value: Stored | None
     tier: str  # "memory", "redis" or "" when not found
-    degraded: bool  # Redis should have been asked but was skipped or failed
+    degraded: str  # why Redis should have been asked but was not, or failed; "" if fine
+
+
+BREAKER_OPEN = "redis breaker open"
+REDIS_FAILED = "redis failed"
 
 
 def expires_at(value: Stored, now: float) -> float:
@@ -118,21 +122,22 @@ class TieredStore:
                 reason=transition.reason,
             )
 
-    async def _call(self, commands: Sequence[Sequence[Arg]]) -> list[object] | None:
-        """Replies (error replies in place), or None when Redis was skipped or failed."""
+    async def _call(self, commands: Sequence[Sequence[Arg]]) -> list[object] | str:
+        """Replies (error replies in place), or why Redis was skipped or failed."""
         if self.redis is None:
-            return None
+            return "no redis"
         allowed, transition = self.breaker.allow(self._clock())
         self._log(transition)
         if not allowed:
             self._stats["redis_skipped"] += 1
-            return None
+            return BREAKER_OPEN
+        epoch = self.breaker.epoch
         try:
             replies = await self.redis.pipeline(commands, raise_on_error=False)
         except RedisUnavailable as exc:
             self._stats["redis_failures"] += 1
-            self._log(self.breaker.record_failure(self._clock(), str(exc)))
-            return None
+            self._log(self.breaker.record_failure(self._clock(), str(exc), epoch=epoch))
+            return REDIS_FAILED
         self._log(self.breaker.record_success(self._clock()))
         for reply in replies:
             if isinstance(reply, RedisReplyError):
@@ -143,23 +148,23 @@ class TieredStore:
     async def load(self, key: str) -> Loaded:
         value = self.memory.get(key)
         if value is not None:
-            return Loaded(value, "memory", False)
+            return Loaded(value, "memory", "")
         if self.redis is None:
-            return Loaded(None, "", False)
+            return Loaded(None, "", "")
         replies = await self._call([("GET", key)])
-        if replies is None:
-            return Loaded(None, "", True)
+        if isinstance(replies, str):
+            return Loaded(None, "", replies)
         raw = replies[0]
         if not isinstance(raw, bytes):
             self._stats["redis_misses"] += 1
-            return Loaded(None, "", False)
+            return Loaded(None, "", "")
         value = decode_stored(raw)
         if value is None:
             self._stats["undecodable"] += 1
-            return Loaded(None, "", False)
+            return Loaded(None, "", "")
         self._stats["redis_hits"] += 1
         self.memory.put(key, value, expires_at(value, self._clock()))
-        return Loaded(value, "redis", False)
+        return Loaded(value, "redis", "")
 
     async def save(self, items: Sequence[tuple[str, Stored, bytes]]) -> bool:
         """Store ``(key, value, encoded)`` items in both tiers, Redis in one round trip.
@@ -174,7 +179,7 @@ class TieredStore:
             commands.append(("SET", key, encoded, "PX", ttl_ms))
         if self.redis is not None:
             replies = await self._call(commands)
-            if replies is None or any(isinstance(r, RedisReplyError) for r in replies):
+            if isinstance(replies, str) or any(isinstance(r, RedisReplyError) for r in replies):
                 return False
             self._stats["redis_writes"] += len(commands)
         for key, value, _ in items:

@@ -86,3 +86,43 @@ def test_repr_and_validation():
         CircuitBreaker("x", failures=0)
     with pytest.raises(ValueError):
         CircuitBreaker("x", open_s=0)
+
+
+# -- one incident is one failure (calls that fail side by side) -------------------------------
+def test_calls_in_flight_together_that_fail_together_count_once():
+    breaker = CircuitBreaker("redis", failures=3, open_s=5.0)
+    epochs = [breaker.epoch for _ in range(50)]  # fifty calls start; the machine stalls
+    transitions = [breaker.record_failure(1.0, "timeout", epoch=e) for e in epochs]
+    assert transitions == [None] * 50
+    assert breaker.state is CLOSED
+    stats = breaker.statistics()
+    assert (stats["consecutive_failures"], stats["overlapping_failures"]) == (1, 49)
+
+
+def test_failures_one_after_another_trip_it():
+    breaker = CircuitBreaker("redis", failures=3, open_s=5.0)
+    for now in (1.0, 1.5):
+        assert breaker.record_failure(now, "timeout", epoch=breaker.epoch) is None
+    transition = breaker.record_failure(2.0, "timeout", epoch=breaker.epoch)
+    assert transition is not None and transition.state is OPEN
+
+
+def test_a_success_between_failures_resets_the_count_but_not_the_epoch():
+    breaker = CircuitBreaker("redis", failures=2, open_s=5.0)
+    stale = breaker.epoch
+    breaker.record_failure(1.0, "timeout", epoch=breaker.epoch)
+    breaker.record_success(1.1)
+    assert breaker.record_failure(1.2, "timeout", epoch=stale) is None  # same incident
+    assert breaker.record_failure(1.3, "timeout", epoch=breaker.epoch) is None
+    assert breaker.state is CLOSED and breaker.statistics()["consecutive_failures"] == 1
+
+
+def test_only_the_probe_decides_a_half_open_breaker():
+    breaker = CircuitBreaker("redis", failures=1, open_s=1.0)
+    hung = breaker.epoch  # a call that hangs from before the breaker opened
+    breaker.record_failure(0.0, "refused", epoch=breaker.epoch)
+    assert breaker.allow(1.0)[0]
+    assert breaker.record_failure(1.1, "late timeout", epoch=hung) is None
+    assert breaker.state is HALF_OPEN
+    transition = breaker.record_success(1.2)
+    assert transition is not None and transition.state is CLOSED

@@ -3,6 +3,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 
+import msgspec
 import pytest
 import trio
 
@@ -13,6 +14,7 @@ from proxy.redis_client import (
     RedisUnavailable,
     parse_redis_address,
 )
+from tests.polling import wait_until
 from tests.redisproc import RedisProcess, running_redis
 
 
@@ -173,3 +175,49 @@ async def test_subscription_breaks_when_redis_dies(redis_server, pool):
         with pytest.raises(RedisUnavailable):
             async for _ in subscription:
                 pass
+
+
+def stat(pool: RedisPool, name: str) -> int:
+    value = pool.statistics()[name]
+    assert isinstance(value, int)
+    return value
+
+
+async def test_a_burst_opens_at_most_max_connecting_connections_at_once():
+    """Fifty requests and no idle connection (a proxy's first burst): four connects run,
+    the others wait for a connection handed back instead of all connecting (and timing out)
+    together. ``CLIENT PAUSE`` holds every AUTH, so the connects are pending all at once."""
+    with running_redis(password="pw") as proc:
+        settings = RedisSettings(port=proc.port, password="pw", command_timeout_s=5.0)
+        pool = RedisPool(msgspec.structs.replace(settings, connect_timeout_s=5.0))
+        admin = RedisPool(settings)
+        await admin.execute("CLIENT", "PAUSE", 500)
+        replies: list[object] = []
+
+        async def ping() -> None:
+            replies.append(await pool.execute("PING"))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(50):
+                nursery.start_soon(ping)
+
+            async def all_waiting_behind_four() -> bool:
+                return stat(pool, "connect_waits") >= 46
+
+            await wait_until(all_waiting_behind_four)
+            assert pool.statistics()["connecting"] == settings.max_connecting == 4
+        assert replies == [b"PONG"] * 50
+        assert stat(pool, "peak_connecting") == 4 and stat(pool, "connections_opened") < 50
+        await pool.aclose()
+        await admin.aclose()
+
+
+async def test_warm_opens_one_idle_connection_and_tells_when_redis_is_away(redis_server):
+    pool = RedisPool(RedisSettings(port=redis_server.port))
+    assert await pool.warm()
+    assert pool.statistics()["idle"] == 1
+    redis_server.kill()
+    await pool.aclose()
+    pool = RedisPool(RedisSettings(port=redis_server.port))
+    assert not await pool.warm()
+    await pool.aclose()

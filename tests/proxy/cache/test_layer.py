@@ -20,7 +20,8 @@ from tests.polling import wait_until
 
 ON = ServiceCacheSettings(enabled=True, default_ttl_s=30.0, max_body_bytes=1000)
 SETTINGS = CacheSettings(namespace="gw:t", breaker_failures=1, breaker_open_s=0.05)
-KEY = "gw:t:ko_KR:image:/img/a.png"
+KEY = "gw:t:ko_KR:image://img.test/img/a.png"
+HOST = (b"host", b"img.test")
 
 
 class FixedBody:
@@ -43,7 +44,10 @@ def request(
 ) -> Request:
     path, _, query = target.partition("?")
     body: Any = FixedBody(body_bytes)
-    return Request(method, target, path, query, list(headers), "1.1", ("127.0.0.1", 40000), body)
+    fields = list(headers)
+    if not any(n == b"host" for n, _ in fields):
+        fields.insert(0, HOST)
+    return Request(method, target, path, query, fields, "1.1", ("127.0.0.1", 40000), body)
 
 
 class ChunkedBody:
@@ -342,16 +346,21 @@ async def test_body_over_the_limit_streams_and_is_not_stored(cache, origin, redi
     assert origin.calls == 3
 
 
-async def test_truncated_or_abandoned_bodies_are_not_stored(cache, origin, redis_pool):
-    origin.answer(chunks=[b"abc"], headers=[(b"content-length", b"6")])  # upstream lied
-    await get(cache, origin)
-    origin.answer(chunks=[b"abc", b"def"])
+async def streamed(cache: HttpCache, origin: Origin) -> Any:
+    """The body of a MISS as the server gets it, to be read chunk by chunk."""
     response = await cache.handle(
         request(), region="ko_KR", service="image", upstream_path_and_query="/img/a.png",
         settings=ON, fetch=origin.fetch,
     )  # fmt: skip
-    body = response.body
-    assert not isinstance(body, bytes)
+    assert not isinstance(response.body, bytes)
+    return response.body
+
+
+async def test_truncated_or_abandoned_bodies_are_not_stored(cache, origin, redis_pool):
+    origin.answer(chunks=[b"abc"], headers=[(b"content-length", b"6")])  # upstream lied
+    await get(cache, origin)
+    origin.answer(chunks=[b"abc", b"def"])
+    body = await streamed(cache, origin)
     assert await body.read() == b"abc"
     await body.aclose()  # the client went away
     assert await redis_pool.execute("EXISTS", KEY) == 0
@@ -406,7 +415,7 @@ async def test_purge_by_key_and_prefix_reaches_another_proxy(redis_pool, origin)
             assert header((await get(there, origin, path=path))[0], b"x-cache") == b"HIT"
         assert origin.calls == 3
 
-        assert await here.purge(key=here.key_for("ko_KR", "image", "/img/a.png")) == 1
+        assert await here.purge(key=here.key_for("ko_KR", "image", "img.test", "/img/a.png")) == 1
 
         async def purged_there() -> bool:
             return KEY not in there.store.memory
@@ -414,7 +423,7 @@ async def test_purge_by_key_and_prefix_reaches_another_proxy(redis_pool, origin)
         await wait_until(purged_there)
         assert header((await get(there, origin))[0], b"x-cache") == b"MISS"
 
-        assert await here.purge(prefix="gw:t:ko_KR:image:/img/") == 2
+        assert await here.purge(prefix="gw:t:ko_KR:image://img.test/img/") == 2
 
         async def prefix_purged_there() -> bool:
             return (
@@ -422,7 +431,7 @@ async def test_purge_by_key_and_prefix_reaches_another_proxy(redis_pool, origin)
                     [
                         k
                         for k in ("/img/a.png", "/img/b.png")
-                        if there.key_for("ko_KR", "image", k) in there.store.memory
+                        if there.key_for("ko_KR", "image", "img.test", k) in there.store.memory
                     ]
                 )
                 == 0
@@ -545,3 +554,19 @@ async def test_admin_purge_without_redis_is_503(redis_server):
     with pytest.raises(DependencyUnavailable):
         await cache.admin_purge(request("POST", "/admin/cache/purge?prefix=gw:t:"))
     await pool.aclose()
+
+
+async def test_a_streamed_entry_is_stored_before_the_client_has_its_last_byte(
+    cache, origin, redis_pool
+):
+    """A client that read the whole body and asks again through another proxy must find the
+    entry: it is in Redis once the last chunk leaves, not only at the end-of-body read."""
+    origin.answer(chunks=[b"ab", b"cd"], headers=[(b"content-length", b"4")])
+    body = await streamed(cache, origin)
+    assert await body.read() == b"ab"
+    assert await redis_pool.execute("EXISTS", KEY) == 0
+    assert await body.read() == b"cd"  # the client now has every byte it was promised
+    assert await redis_pool.execute("EXISTS", KEY) == 1
+    assert await body.read() == b""
+    await body.aclose()
+    assert cache.statistics()["stored"] == 1 and cache.statistics()["inflight"] == 0

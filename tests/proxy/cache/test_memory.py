@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.cache.memory import MemoryTier
+from proxy.cache.memory import MemoryTier, entry_cost
 from proxy.cache.policy import CachedResponse, VaryIndex
 
 
@@ -39,7 +39,7 @@ def test_put_get_and_expiry_with_an_injected_clock():
 
 
 def test_evicts_least_recently_used_by_bytes():
-    size = entry().size() + 1  # + len(key)
+    size = entry_cost("a", entry())
     memory = tier(max_bytes=3 * size)
     for key in "abc":
         assert memory.put(key, entry(), expires_at=2000.0)
@@ -53,16 +53,18 @@ def test_evicts_least_recently_used_by_bytes():
 
 def test_one_big_entry_evicts_as_many_small_ones_as_it_needs():
     small = entry(b"s")
-    memory = tier(max_bytes=1000, max_object_bytes=1000)
+    cap = 8 * entry_cost("k0", small)
+    memory = tier(max_bytes=cap, max_object_bytes=cap)
     for i in range(8):
         memory.put(f"k{i}", small, expires_at=2000.0)
-    assert memory.put("big", entry(b"B" * 600), expires_at=2000.0)
-    assert "big" in memory
-    assert memory.statistics()["bytes"] <= 1000
+    assert len(memory) == 8
+    assert memory.put("big", entry(b"B" * (cap // 2)), expires_at=2000.0)
+    assert "big" in memory and len(memory) < 8
+    assert memory.statistics()["bytes"] <= cap
 
 
 def test_objects_over_the_per_object_limit_are_refused():
-    memory = tier(max_object_bytes=500)
+    memory = tier(max_object_bytes=entry_cost("k", entry(b"x" * 500)))
     assert not memory.put("big", entry(b"x" * 600), expires_at=2000.0)
     assert memory.statistics()["too_large"] == 1
     # a refused replacement also drops the old value: never serve the superseded one
@@ -75,7 +77,7 @@ def test_replacing_a_key_keeps_the_byte_count_right():
     memory = tier()
     memory.put("k", entry(b"a" * 10), expires_at=2000.0)
     memory.put("k", entry(b"a" * 300), expires_at=2000.0)
-    assert memory.statistics()["bytes"] == entry(b"a" * 300).size() + 1
+    assert memory.statistics()["bytes"] == entry_cost("k", entry(b"a" * 300))
 
 
 def test_discard_key_with_its_variants_or_by_prefix():

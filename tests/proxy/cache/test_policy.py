@@ -7,18 +7,16 @@ import msgspec
 import pytest
 
 from proxy.cache.policy import (
-    MAX_KEY_CHARS,
     CachedResponse,
     CacheSettings,
     Lookup,
     ServiceCacheSettings,
     StoreVerdict,
     VaryIndex,
-    cache_key,
-    classify_request,
     decide_storage,
     decode_stored,
     encode_stored,
+    examine_request,
     headers_to_store,
     is_not_modified,
     make_entry,
@@ -41,8 +39,10 @@ def verdict(
     headers: Sequence[tuple[bytes, bytes]] = (),
     settings: ServiceCacheSettings = ON,
     now: float = NOW,
+    *,
+    authenticated: bool = False,
 ) -> StoreVerdict:
-    return decide_storage(status, list(headers), settings, now)
+    return decide_storage(status, list(headers), settings, now, authenticated=authenticated)
 
 
 # -- settings ---------------------------------------------------------------------------------
@@ -52,7 +52,7 @@ def test_settings_reject_unknown_fields_and_bad_values():
         msgspec.convert({"enabled": True, "ttl": 5}, ServiceCacheSettings)
     with pytest.raises(msgspec.ValidationError, match="breaker_failures"):
         msgspec.convert({"breaker_failures": 0}, CacheSettings)
-    assert CacheSettings().namespace == "gw:v1"
+    assert CacheSettings().namespace == "gw:v2"
 
 
 # -- requests ---------------------------------------------------------------------------------
@@ -71,7 +71,7 @@ def test_settings_reject_unknown_fields_and_bad_values():
     ],
 )
 def test_classify_request(method, headers, expected):
-    assert classify_request(method, headers)[0] is expected
+    assert examine_request(method, headers).mode is expected
 
 
 def test_cache_control_parsing_joins_fields_and_unquotes():
@@ -84,11 +84,15 @@ def test_cache_control_parsing_joins_fields_and_unquotes():
 def test_request_max_age_and_min_fresh_limit_what_a_hit_may_be():
     entry = CachedResponse(200, [], b"x", NOW, 0.0, 60.0)
     later = NOW + 20
-    assert request_accepts([], entry, later)
-    assert not request_accepts([(b"cache-control", b"max-age=10")], entry, later)
-    assert request_accepts([(b"cache-control", b"max-age=30")], entry, later)
-    assert not request_accepts([(b"cache-control", b"min-fresh=50")], entry, later)
-    assert not request_accepts([], entry, NOW + 60)  # never stale
+
+    def accepts(headers: list[tuple[bytes, bytes]], now: float = later) -> bool:
+        return request_accepts(parse_cache_control(headers), entry, now)
+
+    assert accepts([])
+    assert not accepts([(b"cache-control", b"max-age=10")])
+    assert accepts([(b"cache-control", b"max-age=30")])
+    assert not accepts([(b"cache-control", b"min-fresh=50")])
+    assert not accepts([], NOW + 60)  # never stale
 
 
 # -- storability ------------------------------------------------------------------------------
@@ -221,18 +225,9 @@ def test_304_keeps_the_validators_and_cache_fields_only():
 
 
 # -- keys -------------------------------------------------------------------------------------
-def test_keys_are_readable_and_long_ones_hashed_behind_a_readable_prefix():
-    assert cache_key("gw:v1", "ko_KR", "image", "/a.png?s=1") == "gw:v1:ko_KR:image:/a.png?s=1"
-    long_path = "/thumbs/" + "x" * 1000
-    key = cache_key("gw:v1", "ko_KR", "image", long_path)
-    assert len(key) < MAX_KEY_CHARS
-    assert key.startswith("gw:v1:ko_KR:image:/thumbs/xxx")
-    assert key != cache_key("gw:v1", "ko_KR", "image", long_path + "y")
-
-
 def test_variant_keys_follow_the_varied_request_headers_only():
     index = VaryIndex(("accept-language",), "g1", NOW + 30)
-    base = "gw:v1:ko_KR:image:/a"
+    base = "gw:v2:ko_KR:image://h/a"
     ko = variant_key(base, index, [(b"accept-language", b"ko"), (b"x-other", b"1")])
     ko_again = variant_key(base, index, [(b"accept-language", b"ko"), (b"x-other", b"2")])
     en = variant_key(base, index, [(b"accept-language", b"en")])

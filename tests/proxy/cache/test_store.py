@@ -39,7 +39,7 @@ async def test_save_writes_both_tiers_and_a_second_proxy_fills_memory_from_redis
     assert 59_000 < await redis_pool.execute("PTTL", f"{NS}:r:s:/a") <= 60_000
 
     loaded = await second.load(f"{NS}:r:s:/a")
-    assert (loaded.value, loaded.tier, loaded.degraded) == (value, "redis", False)
+    assert (loaded.value, loaded.tier, loaded.degraded) == (value, "redis", "")
     loaded = await second.load(f"{NS}:r:s:/a")
     assert loaded.tier == "memory"
     assert second.statistics()["redis_hits"] == 1
@@ -70,8 +70,8 @@ async def test_without_redis_the_memory_tier_works_alone(clock):
     store = make_store(None, clock=clock)
     assert await store.save([item("k", entry(clock.now))])
     loaded = await store.load("k")
-    assert (loaded.tier, loaded.degraded) == ("memory", False)
-    assert (await store.load("other")).degraded is False
+    assert (loaded.tier, loaded.degraded) == ("memory", "")
+    assert (await store.load("other")).degraded == ""
 
 
 async def test_breaker_opens_on_failures_logs_once_and_closes_when_redis_is_back(
@@ -96,7 +96,7 @@ async def test_breaker_opens_on_failures_logs_once_and_closes_when_redis_is_back
     redis_server.restart()
     clock.now += 5.0
     with structlog.testing.capture_logs() as logs:
-        assert (await store.load(f"{NS}:r:s:/a")).degraded is False  # the probe
+        assert (await store.load(f"{NS}:r:s:/a")).degraded == ""  # the probe
     assert store.breaker.statistics()["state"] == "closed"
     assert [e["state"] for e in logs if e["event"] == "cache_redis_breaker"] == [
         "half_open",
