@@ -29,6 +29,10 @@ period (15 s, the baseline), the fault, and a recovery window (30 s after the fa
 answered its readiness probe (the slowest one, for several); for a reload, until every
 proxy of the region ran the new file (or, for a broken one, logged that it refused it).
 
+The ``load`` column is the machine's 1-minute load average when the window closed: the
+fleet and the load alone keep it near 1 on 2 cores, and a much higher one means other work
+shared the cores and the latencies of that row are not the fleet's alone.
+
 Output: the table, JSON in ``bench/results/chaos-<timestamp>.json`` (rows, per-second bins
 of every fault window, the failed and the slowest requests), and the block ``chaos`` of
 ``bench/RESULTS.md``. ``--faults a,b`` runs a subset in the given order, ``--duration-scale
@@ -43,6 +47,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -135,6 +140,7 @@ class Injection:
     settle_s: float
     back_s: float | None = None
     note: str = ""
+    load1: float | None = None
 
 
 def parse_positive(text: str) -> float:
@@ -209,6 +215,7 @@ class Campaign:
             injection.t_end = t0 + hold + self.phases.window_s
             self.injections.append(injection)
             self._sleep_until(injection.t_end)
+            injection.load1 = round(os.getloadavg()[0], 2)
             back = "-" if injection.back_s is None else f"{injection.back_s:.2f} s"
             self.out(f"chaos: {name}: window closed (back: {back}) {injection.note}".rstrip())
         return self.injections
@@ -222,7 +229,7 @@ class Campaign:
         for name in list(self.fleet.stopped):
             self.fleet.cont(name)
         notes = []
-        for name in self.fleet.states():
+        for name in self.fleet.names():
             try:
                 self.fleet.wait_running(name, timeout_s=RESTART_TIMEOUT_S)
             except Exception as exc:  # reported, and the campaign goes on
@@ -402,6 +409,7 @@ def rows_of(injections: Sequence[Injection], records: Sequence[Record]) -> list[
             settle_s=i.settle_s,
             back_s=i.back_s,
             note=i.note,
+            load1=i.load1,
         )
         for i in injections
     ]

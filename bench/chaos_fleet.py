@@ -279,21 +279,16 @@ class BenchFleet:
     def acall(self, afn: Callable[..., Any], *args: Any) -> Any:
         return trio.from_thread.run(afn, *args, trio_token=self._box["token"])
 
-    def names(self, kind: str, region: str | None = None) -> list[str]:
-        children = self.call(lambda: self.fleet.supervisor.children)
+    def names(self, kind: str | None = None, region: str | None = None) -> list[str]:
+        """The children of the plan (all, or of one kind and region), in start order."""
         return [
-            c.spec.name
-            for c in children
-            if c.spec.kind == kind and (region is None or c.spec.region == region)
+            c.name
+            for c in self.fleet.plan.children
+            if (kind is None or c.kind == kind) and (region is None or c.region == region)
         ]
 
     def pids(self) -> dict[str, int]:
         return dict(self.call(lambda: self.fleet.pids))
-
-    def states(self) -> dict[str, str]:
-        return {
-            c.spec.name: c.state.value for c in self.call(lambda: self.fleet.supervisor.children)
-        }
 
     def signal(self, name: str, sig: int) -> None:
         self.call(self.fleet.kill, name, sig)

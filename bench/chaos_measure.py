@@ -20,8 +20,11 @@ A bin is *bad* when
 
 - it holds more failed requests than twice the baseline failure rate predicts for it
   (with a clean baseline, any failed request makes its bin bad), or
-- its p99 latency exceeds ``max(2 x baseline p99, baseline p99 + 50 ms)`` (a 2-core machine
-  shared with the fleet has millisecond jitter; this keeps one-off scheduling noise out).
+- its p99 latency exceeds ``max(3 x baseline p99, baseline p99 + 100 ms)``. The faults
+  under test stall requests for seconds, or for a Redis timeout (200 ms); the margin keeps
+  out what a 2-core machine shared with other work does to a Python fleet (bins 100 ms
+  slower than the baseline for several seconds were seen with no fault at all, while other
+  test suites ran).
 
 The recovery time is the end of the last bad bin, measured from ``t0``: 0 when no bin is
 bad. When a bad bin falls in the last ``hold_s`` seconds of the window the load had not
@@ -75,8 +78,8 @@ def baseline_of(records: Sequence[Record]) -> Baseline:
 class RecoveryRule:
     bin_s: float = 1.0
     failure_factor: float = 2.0
-    latency_factor: float = 2.0
-    latency_margin_s: float = 0.05
+    latency_factor: float = 3.0
+    latency_margin_s: float = 0.1
     hold_s: float = 3.0
 
     def latency_limit_s(self, baseline: Baseline) -> float:
@@ -159,6 +162,7 @@ class FaultRow(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     recovery_s: float | None  # None: not recovered within the window
     window_s: float
     note: str = ""
+    load1: float | None = None  # the machine's 1-minute load average when the window closed
 
 
 def summarize(
@@ -172,6 +176,7 @@ def summarize(
     back_s: float | None,
     rule: RecoveryRule = RecoveryRule(),
     note: str = "",
+    load1: float | None = None,
 ) -> FaultRow:
     """The row of one fault from every record of the run (those outside its windows are
     ignored)."""
@@ -195,6 +200,7 @@ def summarize(
         recovery_s=recovery_time(records, t0, t_end, base, rule, settle_s),
         window_s=round(t_end - t0, 2),
         note=note,
+        load1=load1,
     )
 
 
@@ -211,6 +217,7 @@ TABLE_HEADER = (
     "max ms",
     "back s",
     "recovery s",
+    "load",
 )
 
 
@@ -238,6 +245,7 @@ def format_fault_table(rows: Sequence[FaultRow]) -> str:
                 _ms(r.max_ms),
                 "-" if r.back_s is None else f"{r.back_s:.2f}",
                 f">{r.window_s:g}" if r.recovery_s is None else f"{r.recovery_s:g}",
+                "-" if r.load1 is None else f"{r.load1:.1f}",
             )
             for r in rows
         ],
