@@ -50,6 +50,7 @@ import math
 import os
 import signal
 import sys
+import textwrap
 import time
 import traceback
 import urllib.request
@@ -73,10 +74,11 @@ from bench.chaos_measure import (
     summarize,
 )
 from bench.policies import save
-from bench.run import acquire_token, signin_body
+from bench.run import acquire_token, raise_open_files_limit, signin_body
 from topology.load import load_msa
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+PROSE_WIDTH = 95  # as the hand-written parts of RESULTS.md
 SERVICE = "video"  # the loaded service: five instances in the default ko_KR map
 CACHED = f"/{SERVICE}/index.html"
 UNCACHED = f"/{SERVICE}/index.html?cache-control=no-store"  # the backend says no-store
@@ -141,6 +143,9 @@ class Injection:
     back_s: float | None = None
     note: str = ""
     load1: float | None = None
+
+    def add_note(self, text: str) -> None:
+        self.note = f"{self.note}; {text}" if self.note else text
 
 
 def parse_positive(text: str) -> float:
@@ -357,11 +362,11 @@ class Campaign:
             return self.kill(injection, self.fleet.names("elb", self.region))
         if name == "reload-add":
             injection.back_s = self.reload_to([*self.instances, self.spare_instance])
-            injection.note = f"added {self.spare_instance}"
+            injection.add_note(f"added {self.spare_instance}")
             return 0.0
         if name == "reload-remove":
             injection.back_s = self.reload_to(self.instances[:-1])
-            injection.note = f"removed {self.instances[-1]}"
+            injection.add_note(f"removed {self.instances[-1]}")
             return 0.0
         if name == "reload-break":
             injection.back_s = self.write_and_wait(BROKEN_YAML, REFUSED)
@@ -381,8 +386,9 @@ class Campaign:
         seen = [s for s in back.values() if s is not None]
         injection.back_s = max(seen) if len(seen) == len(names) else None
         if len(names) > 1:
-            injection.note = "back: " + ", ".join(
-                f"{n} {'-' if s is None else f'{s:.2f}'}" for n, s in back.items()
+            injection.add_note(
+                "back: "
+                + ", ".join(f"{n} {'-' if s is None else f'{s:.2f}'}" for n, s in back.items())
             )
         return 0.0
 
@@ -393,7 +399,7 @@ class Campaign:
             self._sleep_until(injection.t0 + hold)
         finally:
             self.fleet.cont(name)
-        injection.note = f"{name} stopped for {hold:g} s"
+        injection.add_note(f"{name} stopped for {hold:g} s")
         return hold
 
 
@@ -456,19 +462,34 @@ def notable(injection: Injection, records: Sequence[Record], slowest: int = 20) 
 
 
 def results_block(
-    rows: Sequence[FaultRow], command: str, isolation: str, rate: float, json_path: Path
+    rows: Sequence[FaultRow],
+    command: str,
+    isolation: str,
+    rate: float,
+    json_path: Path,
+    generator: dict[str, object],
 ) -> str:
     notes = [f"- `{r.fault}`: {r.note}" for r in rows if r.note]
+    if generator.get("saturated"):
+        notes.append(
+            f"- the load generator had {generator['workers']} requests in flight, its limit,"
+            f" {generator['saturated']} times: those requests waited for a worker, and their"
+            " latency includes the wait"
+        )
+    intro = (
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}, `{command}`; {isolation}; load {rate:g} req/s"
+        " through the first region's ELB (keep-alive and new connections, cached and"
+        " uncached /video, about two signins a second). Windows, recovery time and"
+        " `back s` are defined in the headers of `bench/chaos_measure.py` and"
+        " `bench/chaos.py`; `load` is the machine's 1-minute load average at the end of each"
+        " window (2 cores: above ~3, other work shared them). Per-second bins, the failed and"
+        f" the slowest requests are in `{json_path}`."
+    )
     return "\n".join(
         [
             "## Fault campaign (`make chaos`)",
             "",
-            f"{time.strftime('%Y-%m-%d %H:%M %Z')}, `{command}`; {isolation}; load {rate:g} req/s"
-            " through the first region's ELB (keep-alive and new connections, cached and"
-            " uncached /video, about two signins a second). Windows, recovery time and"
-            " `back s` are defined in the headers of `bench/chaos_measure.py` and"
-            " `bench/chaos.py`; per-second bins, the failed and the slowest requests are in"
-            f" `{json_path}`.",
+            textwrap.fill(intro, width=PROSE_WIDTH, break_on_hyphens=False),
             "",
             "```",
             format_fault_table(rows),
@@ -513,6 +534,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     isolation = isolate("bench.chaos", argv)
     interrupt_on_sigterm()
+    raise_open_files_limit()
     phases = Phases().scaled(args.duration_scale)
     print(f"chaos: {isolation}", flush=True)
     injections: list[Injection] = []
@@ -562,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"chaos: saved {path}")
     if not args.no_results_md and not interrupted and rows:
         command = "make chaos" if not argv else f"python -m bench.chaos {' '.join(argv)}"
-        write_results_md(results_block(rows, command, isolation, args.rate, path))
+        write_results_md(results_block(rows, command, isolation, args.rate, path, generator))
         print(f"chaos: updated the chaos block of {RESULTS_MD}")
     if interrupted:
         raise SystemExit(1)

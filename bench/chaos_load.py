@@ -41,7 +41,10 @@ import msgspec
 
 REQUEST_TIMEOUT_S = 40.0  # longer than the proxies' 30 s response timeout: theirs fires first
 KEEPALIVE_MAX_IDLE_S = 5.0  # well under the servers' 30 s idle timeout: no routine stale pool
-MAX_IN_FLIGHT = 600  # a 30 s stall at 150 req/s, all of it on one stuck share, still fits
+# A stopped backend held 600 requests at once in a 20 s stall at 140 req/s (a fifth of the
+# uncached share, plus cached requests coalesced behind an expired entry); 2000 leaves room
+# for most of the load stalling. Each one holds a socket: see raise_open_files_limit.
+MAX_IN_FLIGHT = 2000
 WORKER_STACK_BYTES = 256 * 1024
 OK_STATUSES = frozenset({200, 201, 204, 304})
 

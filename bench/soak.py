@@ -2,17 +2,19 @@
 under a steady load that keeps the cache busy?
 
 The fleet and the load are those of `bench.chaos` (same shape, same isolation, the same
-mix of keep-alive and new connections, cached and uncached paths and signins), plus two
-streams of always-new URLs on the cached service:
+mix of keep-alive and new connections, cached and uncached paths and signins, through the
+first region's ELB), plus two streams of always-new URLs on the cached service, each sent
+straight to one proxy of that region so that each proxy's series answers one question:
 
-- ``new-expiring``: ``/video/index.html?soak=<n>``, stored with the service's default TTL
-  (30 s): the memory tier must let them go once they expire (issue 9, item 2);
-- ``new-fill``: ``/video/bytes/<B>?fill=<n>&cache-control=max-age=<T>``, stored for ``T`` =
-  a third of the soak, with ``B`` chosen so that these alone fill each proxy's memory tier
-  to its cap (``Cache.memory_max_bytes`` of the shipped config.json) after ``T / 3``: the
-  tier reaches its cap early in the warm-up and must evict from then on, and Redis, which
-  keeps them for ``T`` (~3 caps per proxy: 384 MiB by default), levels off by the end of
-  the warm-up.
+- ``new-fill`` to the region's first proxy: ``/video/bytes/<B>?fill=<n>&cache-control=
+  max-age=<T>``, stored for ``T`` = a third of the soak, with ``B`` chosen so that they
+  fill the memory tier to its cap (``Cache.memory_max_bytes`` of the shipped config.json)
+  after ``T / 3``. The tier reaches its cap early in the warm-up and must evict from then
+  on: does RSS level off once it is at its cap? (Redis keeps them for ``T``, about three
+  caps' worth, and levels off by the end of the warm-up too.)
+- ``new-expiring`` to the second proxy: ``/video/index.html?soak=<n>``, stored with the
+  service's default TTL (30 s), small, never reaching the cap: does the tier let them go
+  once they expired, or do they pile up (issue 9, item 2: +2.7 MiB/min)?
 
 Every ``--sample-s`` seconds (30) it reads each child's RSS (``VmRSS`` of
 ``/proc/PID/status``) and open descriptors (the entries of ``/proc/PID/fd``), and each
@@ -39,6 +41,7 @@ import math
 import os
 import statistics
 import sys
+import textwrap
 import time
 import traceback
 import urllib.request
@@ -50,13 +53,13 @@ from typing import Any
 
 import msgspec
 
-from bench.chaos import CACHED, SERVICE, load_mix, parse_positive
+from bench.chaos import CACHED, PROSE_WIDTH, SERVICE, load_mix, parse_positive
 from bench.chaos_fleet import RUN_BASE, BenchFleet, interrupt_on_sigterm, isolate
 from bench.chaos_load import LoadGenerator, Record, RequestClass
 from bench.chaos_measure import percentile, replace_block
 from bench.parse import format_rows
 from bench.policies import save
-from bench.run import acquire_token, signin_body
+from bench.run import acquire_token, raise_open_files_limit, signin_body
 from topology.load import load_config, load_msa
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
@@ -199,7 +202,7 @@ def _word(trend: Trend | None, restarted: bool, what: str) -> str:
     return what if trend.trending else "flat"
 
 
-def format_verdicts(rows: Sequence[ProcessVerdict]) -> str:
+def format_verdicts(rows: Sequence[ProcessVerdict], roles: dict[str, str] | None = None) -> str:
     header = (
         "process",
         "RSS MiB first",
@@ -214,9 +217,10 @@ def format_verdicts(rows: Sequence[ProcessVerdict]) -> str:
     lines = []
     for v in rows:
         r, f = v.rss, v.fd
+        role = (roles or {}).get(v.name)
         lines.append(
             (
-                v.name,
+                f"{v.name} ({role})" if role else v.name,
                 f"{v.rss_mib[0]:.1f}" if v.rss_mib else "-",
                 "-" if r is None else f"{r.middle:.1f}",
                 "-" if r is None else f"{r.last:.1f}",
@@ -280,15 +284,32 @@ def plan_fill(
     return FillPlan(body, ttl)
 
 
-def soak_classes(rate: float, new_rate: float, fill: FillPlan) -> list[RequestClass]:
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """One generator of the soak: what it sends, and to which child (None: the ELB)."""
+
+    name: str
+    target: str | None
+    classes: list[RequestClass]
+
+
+def soak_streams(
+    rate: float, new_rate: float, fill: FillPlan, proxies: Sequence[str]
+) -> list[Stream]:
+    """The chaos mix through the ELB, the fill to the first proxy, the expiring URLs to
+    the second (the first too, when the region has only one)."""
     half = max(1, round(new_rate / 2))
     fill_path = (
         f"/{SERVICE}/bytes/{fill.body_bytes}?fill={{n}}&cache-control=max-age%3D{fill.ttl_s}"
     )
     return [
-        *load_mix(rate),
-        RequestClass("new-expiring", f"{CACHED}?soak={{n}}", keepalive=True, weight=half),
-        RequestClass("new-fill", fill_path, keepalive=True, weight=half),
+        Stream("mix", None, load_mix(rate)),
+        Stream("fill", proxies[0], [RequestClass("new-fill", fill_path, True, weight=half)]),
+        Stream(
+            "expiring",
+            proxies[1 % len(proxies)],
+            [RequestClass("new-expiring", f"{CACHED}?soak={{n}}", True, weight=half)],
+        ),
     ]
 
 
@@ -299,25 +320,31 @@ def results_block(
     isolation: str,
     minutes: float,
     fill: FillPlan,
+    roles: dict[str, str],
     json_path: Path,
 ) -> str:
     up = [v.name for v in rows if v.rss is not None and v.rss.trending and not v.restarted]
     grows = [v.name for v in rows if v.fd is not None and v.fd.trending and not v.restarted]
     restarted = [v.name for v in rows if v.restarted]
     kinds = ", ".join(f"{k}: {n}" for k, n in summary["failed_by_kind"].items()) or "none"
+    intro = (
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}, `{command}` ({minutes:g} minutes); {isolation}."
+        " Load: the chaos mix through the ELB, plus always-new cached URLs straight to one"
+        f" proxy each: {fill.body_bytes:,}-byte bodies kept {fill.ttl_s} s, to fill the"
+        f" memory tier of {_role(roles, 'fill')}, and small ones with the default TTL, to"
+        f" expire, on {_role(roles, 'expiring')}."
+        f" {summary['sent']:,} requests, {summary['failed']} failed ({kinds}), p99"
+        f" {summary['p99_ms']} ms, X-Cache {summary['x_cache']}. Trend test in the"
+        f" header of `bench/soak.py`; series in `{json_path}`."
+    )
     return "\n".join(
         [
             "## Soak (`make soak`)",
             "",
-            f"{time.strftime('%Y-%m-%d %H:%M %Z')}, `{command}` ({minutes:g} minutes); {isolation}."
-            f" Load: the chaos mix plus always-new cached URLs (default TTL, and"
-            f" {fill.body_bytes:,}-byte bodies kept {fill.ttl_s} s to fill the memory tier)."
-            f" {summary['sent']:,} requests, {summary['failed']} failed ({kinds}), p99"
-            f" {summary['p99_ms']} ms, X-Cache {summary['x_cache']}. Trend test in the"
-            f" header of `bench/soak.py`; series in `{json_path}`.",
+            textwrap.fill(intro, width=PROSE_WIDTH, break_on_hyphens=False),
             "",
             "```",
-            format_verdicts(rows),
+            format_verdicts(rows, roles),
             "```",
             "",
             f"RSS trending up: {', '.join(up) or 'none'}; fds growing: {', '.join(grows) or 'none'}"
@@ -325,6 +352,10 @@ def results_block(
             + ".",
         ]
     )
+
+
+def _role(roles: dict[str, str], role: str) -> str:
+    return ", ".join(f"`{name}`" for name, r in roles.items() if role in r.split("+")) or "-"
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -345,6 +376,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     isolation = isolate("bench.soak", argv)
     interrupt_on_sigterm()
+    raise_open_files_limit()
     print(f"soak: {isolation}", flush=True)
     samples: list[Sample] = []
     interrupted = ""
@@ -358,19 +390,33 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.minutes,
             args.new_rate / 2,
             config.cache.memory_max_bytes,
-            len(region.proxy_ports),
+            1,
             min(config.cache.memory_max_object_bytes, msa[SERVICE].cache.max_body_bytes),
         )
-        print(f"soak: new-fill bodies of {fill.body_bytes} bytes kept {fill.ttl_s} s", flush=True)
         host, port = fleet.layout.elb()
         token = acquire_token(f"http://{host}:{port}")
-        classes = soak_classes(args.rate, args.new_rate, fill)
-        total = float(sum(c.weight for c in classes))
-        load = LoadGenerator(
-            host, port, classes, rate=total, token=token, signin_body=signin_body()
-        )
+        streams = soak_streams(args.rate, args.new_rate, fill, fleet.names("proxy", region.code))
+        roles: dict[str, str] = {}
+        for s in streams:
+            if s.target is not None:
+                roles[s.target] = f"{roles[s.target]}+{s.name}" if s.target in roles else s.name
+        for stream in streams:
+            print(f"soak: {stream.name} -> {stream.target or 'the ELB'}", flush=True)
+        print(f"soak: new-fill bodies of {fill.body_bytes} bytes kept {fill.ttl_s} s", flush=True)
+        loads = [
+            LoadGenerator(
+                host if s.target is None else "127.0.0.1",
+                port if s.target is None else fleet.port(s.target),
+                s.classes,
+                rate=float(sum(c.weight for c in s.classes)),
+                token=token,
+                signin_body=signin_body(),
+            )
+            for s in streams
+        ]
         n_samples = math.floor(args.minutes * 60 / args.sample_s) + 1
-        load.start()
+        for load in loads:
+            load.start()
         start = time.monotonic()
         try:
             for i in range(n_samples):
@@ -390,14 +436,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             traceback.print_exc()
             interrupted = f"error: {exc!r}"
         finally:
-            load.stop()
-        records = load.records()
+            for load in loads:
+                load.stop()
+        records = sorted((r for load in loads for r in load.records()), key=lambda r: r.t)
         run_dir = str(fleet.run_dir)
-        generator = load.statistics()
+        generator = {s.name: load.statistics() for s, load in zip(streams, loads, strict=True)}
     rows = verdicts(samples)
     summary = load_summary(records)
     print(format_series(rows, samples))
-    print(format_verdicts(rows))
+    print(format_verdicts(rows, roles))
     print(f"soak: requests {summary}")
     path = save(
         args.out,
@@ -409,6 +456,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "minutes": args.minutes,
             "sample_s": args.sample_s,
             "fill": {"body_bytes": fill.body_bytes, "ttl_s": fill.ttl_s},
+            "roles": roles,
             "run_dir": run_dir,
             "generator": generator,
             "interrupted": interrupted,
@@ -420,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"soak: saved {path}")
     if not args.no_results_md and not interrupted and samples:
         command = f"python -m bench.soak {' '.join(argv)}".strip()
-        block = results_block(rows, summary, command, isolation, args.minutes, fill, path)
+        block = results_block(rows, summary, command, isolation, args.minutes, fill, roles, path)
         document = RESULTS_MD.read_text() if RESULTS_MD.exists() else ""
         RESULTS_MD.write_text(replace_block(document, "soak", "soak", block))
         print(f"soak: updated the soak block of {RESULTS_MD}")

@@ -16,7 +16,7 @@ from bench.soak import (
     plan_fill,
     read_rss_bytes,
     rss_trend,
-    soak_classes,
+    soak_streams,
     thirds,
     verdicts,
 )
@@ -89,13 +89,25 @@ def test_the_fill_reaches_the_cap_in_a_third_of_its_lifetime():
     assert short.ttl_s == 30 and short.body_bytes == MiB // 2  # storable, not huge
 
 
-def test_the_soak_mix_adds_always_new_urls():
-    plan = plan_fill(10, 20, 64 * MiB, 2, MiB)
-    classes = {c.name: c for c in soak_classes(100, 40, plan)}
-    assert classes["new-expiring"].path.format(n=7).endswith("?soak=7")
-    fill = classes["new-fill"].path.format(n=3)
-    assert f"/bytes/{plan.body_bytes}?fill=3&" in fill and "max-age%3D200" in fill
-    assert classes["new-fill"].weight == classes["new-expiring"].weight == 20
+def test_each_new_url_stream_goes_to_one_proxy():
+    plan = plan_fill(10, 20, 64 * MiB, 1, MiB)
+    mix, fill, expiring = soak_streams(100, 40, plan, ["proxy-a", "proxy-b"])
+    assert mix.target is None and {c.name for c in mix.classes} >= {"ka-cached", "signin"}
+    assert fill.target == "proxy-a" and expiring.target == "proxy-b"
+    (f,) = fill.classes
+    (e,) = expiring.classes
+    assert f"/bytes/{plan.body_bytes}?fill=3&" in f.path.format(n=3)
+    assert "max-age%3D200" in f.path
+    assert e.path.format(n=7).endswith("/index.html?soak=7")
+    assert f.weight == e.weight == 20
+    _, alone_fill, alone_expiring = soak_streams(100, 40, plan, ["proxy-a"])
+    assert alone_fill.target == alone_expiring.target == "proxy-a"
+
+
+def test_the_table_names_each_proxy_role():
+    samples = [sample(30 * i, 100, 36, 25) for i in range(6)]
+    table = format_verdicts(verdicts(samples), {"proxy-ko_KR-1": "fill"})
+    assert "proxy-ko_KR-1 (fill)" in table
 
 
 def test_proc_readings_of_this_process():
