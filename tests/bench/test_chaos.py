@@ -4,11 +4,12 @@ RESULTS.md block, the request mix and the topology on free ports. No fleet."""
 from __future__ import annotations
 
 import argparse
+import os
 
 import pytest
 
 from bench.chaos import FAULTS, Injection, Phases, bins_of, load_mix, parse_faults
-from bench.chaos_fleet import remap_urls
+from bench.chaos_fleet import NETNS_MARK, isolate, remap_urls
 from bench.chaos_load import Record, error_kind, interleave
 from bench.chaos_measure import (
     Baseline,
@@ -245,3 +246,15 @@ def test_remap_urls_changes_only_mapped_local_ports():
     out = remap_urls(text, {5000: 41000, 5001: 41001})
     assert '"http://localhost:41000"' in out and '"http://127.0.0.1:41001"' in out
     assert "example.test:5000" in out and "localhost:7777" in out
+
+
+def test_without_root_the_fleet_stays_on_the_host_and_says_so(monkeypatch):
+    monkeypatch.delenv(NETNS_MARK, raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+
+    def no_exec(*args: object) -> None:
+        raise AssertionError("must not re-exec without root")
+
+    monkeypatch.setattr(os, "execvp", no_exec)
+    note = isolate("bench.chaos", [])
+    assert "not root" in note and "127.0.0.1" in note
