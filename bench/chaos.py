@@ -422,15 +422,15 @@ def rows_of(injections: Sequence[Injection], records: Sequence[Record]) -> list[
 
 
 def bins_of(injection: Injection, records: Sequence[Record]) -> list[list[float | int | None]]:
-    """[second from the fault, sent, failed, p99 ms] for each second of the settle period
-    and the fault window, by the time each request was sent (for the JSON)."""
+    """[second from the fault, sent, failed, p99 ms of the steady GETs] for each second of
+    the settle period and the fault window, by the time each request was sent (the JSON)."""
     out: list[list[float | int | None]] = []
     first = -math.floor(injection.settle_s)
     last = math.ceil(injection.t_end - injection.t0)
     for k in range(first, last):
         start = injection.t0 + k
         inside = [r for r in records if start <= r.t < start + 1.0]
-        p99 = percentile([r.latency_s for r in inside], 99)
+        p99 = percentile([r.latency_s for r in inside if r.timed], 99)
         out.append(
             [
                 k,

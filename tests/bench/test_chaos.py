@@ -258,3 +258,15 @@ def test_without_root_the_fleet_stays_on_the_host_and_says_so(monkeypatch):
     monkeypatch.setattr(os, "execvp", no_exec)
     note = isolate("bench.chaos", [])
     assert "not root" in note and "127.0.0.1" in note
+
+
+def test_signins_count_as_requests_but_not_in_latencies():
+    records = steady(0, 40)
+    records += [Record(t + 0.5, "signin", 200, "", 0.9, signin=True) for t in range(40)]
+    records += [Record(t + 0.6, "signin+token", 200, "", 0.9, signin=True) for t in range(40)]
+    row = summarize("none", "control", records, t0=10.0, t_end=40.0, settle_s=10.0, back_s=None)
+    assert row.sent == 3062  # 3000 GETs, 30 + 30 signins, 2 still in flight at t0
+    assert row.baseline_p99_ms == 5.0 and row.p99_ms == 5.0 and row.max_ms == 5.0
+    assert row.recovery_s == 0.0
+    failed = [*records, Record(20.5, "signin", 502, "502 upstream_unreachable", 0.01, signin=True)]
+    assert recovery_time(failed, 10.0, 40.0, CLEAN) == 11.0
