@@ -30,7 +30,9 @@ A bin is *bad* when
   test suites ran).
 
 The recovery time is the end of the last bad bin, measured from ``t0``: 0 when no bin is
-bad. When a bad bin falls in the last ``hold_s`` seconds of the window the load had not
+bad; the table says what made that bin bad (``fail``, ``lat``). A recovery set by latency
+alone, in a run whose control row (``none``) is itself disturbed, is the machine's noise
+more likely than the fault's doing. When a bad bin falls in the last ``hold_s`` seconds of the window the load had not
 recovered when the window closed, and the recovery is reported as ``None`` ("> window").
 The time the restarted process took to answer (its readiness probe, as the launcher sees
 it) is a separate number, measured by the campaign, not derived from the load.
@@ -106,9 +108,10 @@ def bad_bins(
     baseline: Baseline,
     rule: RecoveryRule,
     settle_s: float = 0.0,
-) -> list[bool]:
-    """One verdict per bin of ``[t0, t_end)``: True where the load was disturbed.
-    ``records`` outside the fault window (see `in_fault_window`) are ignored."""
+) -> list[str]:
+    """One verdict per bin of ``[t0, t_end)``: what disturbed it (``"failures"``,
+    ``"latency"``, both joined by ``+``), or ``""``. ``records`` outside the fault window
+    (see `in_fault_window`) are ignored."""
     n_bins = max(0, math.ceil((t_end - t0) / rule.bin_s - 1e-9))
     latencies: list[list[float]] = [[] for _ in range(n_bins)]
     failures = [0] * n_bins
@@ -128,8 +131,39 @@ def bad_bins(
     for lats, failed, count in zip(latencies, failures, counts, strict=True):
         allowed = rule.failure_factor * baseline.failure_rate * count
         p99 = percentile(lats, 99)
-        verdicts.append(failed > allowed or (p99 is not None and p99 > limit))
+        causes = [
+            *(["failures"] if failed > allowed else []),
+            *(["latency"] if p99 is not None and p99 > limit else []),
+        ]
+        verdicts.append("+".join(causes))
     return verdicts
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    seconds: float | None  # None: still disturbed when the window closed
+    cause: str  # what made the last bad bin bad ("" when none was)
+
+
+def recovery(
+    records: Sequence[Record],
+    t0: float,
+    t_end: float,
+    baseline: Baseline,
+    rule: RecoveryRule = RecoveryRule(),
+    settle_s: float = 0.0,
+) -> Recovery:
+    """Seconds from ``t0`` to the end of the last bad bin (0 if none; None if the window
+    closed while the load was still disturbed, see the module docstring), and why that
+    bin was bad."""
+    verdicts = bad_bins(records, t0, t_end, baseline, rule, settle_s)
+    if not any(verdicts):
+        return Recovery(0.0, "")
+    last = max(i for i, bad in enumerate(verdicts) if bad)
+    recovered_at = (last + 1) * rule.bin_s
+    if t0 + recovered_at > t_end - rule.hold_s:
+        return Recovery(None, verdicts[last])
+    return Recovery(recovered_at, verdicts[last])
 
 
 def recovery_time(
@@ -140,16 +174,8 @@ def recovery_time(
     rule: RecoveryRule = RecoveryRule(),
     settle_s: float = 0.0,
 ) -> float | None:
-    """Seconds from ``t0`` to the end of the last bad bin; 0 if none; None if the window
-    closed while the load was still disturbed (see the module docstring)."""
-    verdicts = bad_bins(records, t0, t_end, baseline, rule, settle_s)
-    if not any(verdicts):
-        return 0.0
-    last = max(i for i, bad in enumerate(verdicts) if bad)
-    recovered_at = (last + 1) * rule.bin_s
-    if t0 + recovered_at > t_end - rule.hold_s:
-        return None
-    return recovered_at
+    """`recovery`'s seconds alone."""
+    return recovery(records, t0, t_end, baseline, rule, settle_s).seconds
 
 
 # -- rows ----------------------------------------------------------------------------------------
@@ -168,7 +194,8 @@ class FaultRow(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     recovery_s: float | None  # None: not recovered within the window
     window_s: float
     note: str = ""
-    load1: float | None = None  # the machine's 1-minute load average when the window closed
+    load1: float | None = None
+    recovery_cause: str = ""  # what disturbed the last bad bin: failures, latency or both  # the machine's 1-minute load average when the window closed
 
 
 def summarize(
@@ -191,6 +218,7 @@ def summarize(
     kinds = Counter(r.kind for r in during if r.failed)
     lats = [r.latency_s for r in during if r.timed]
     p99 = percentile(lats, 99)
+    recovered = recovery(records, t0, t_end, base, rule, settle_s)
     return FaultRow(
         fault=fault,
         title=title,
@@ -203,10 +231,11 @@ def summarize(
         p99_ms=None if p99 is None else round(p99 * 1000, 2),
         max_ms=round(max(lats) * 1000, 2) if lats else None,
         back_s=None if back_s is None else round(back_s, 2),
-        recovery_s=recovery_time(records, t0, t_end, base, rule, settle_s),
+        recovery_s=recovered.seconds,
         window_s=round(t_end - t0, 2),
         note=note,
         load1=load1,
+        recovery_cause=recovered.cause,
     )
 
 
@@ -225,6 +254,15 @@ TABLE_HEADER = (
     "recovery s",
     "load",
 )
+
+
+_CAUSE = {"failures": "fail", "latency": "lat", "failures+latency": "fail+lat"}
+
+
+def _recovery_cell(row: FaultRow) -> str:
+    seconds = f">{row.window_s:g}" if row.recovery_s is None else f"{row.recovery_s:g}"
+    cause = _CAUSE.get(row.recovery_cause, row.recovery_cause)
+    return f"{seconds} {cause}" if cause else seconds
 
 
 def _ms(value: float | None) -> str:
@@ -250,7 +288,7 @@ def format_fault_table(rows: Sequence[FaultRow]) -> str:
                 _ms(r.p99_ms),
                 _ms(r.max_ms),
                 "-" if r.back_s is None else f"{r.back_s:.2f}",
-                f">{r.window_s:g}" if r.recovery_s is None else f"{r.recovery_s:g}",
+                _recovery_cell(r),
                 "-" if r.load1 is None else f"{r.load1:.1f}",
             )
             for r in rows

@@ -14,6 +14,7 @@ from bench.chaos_load import Record, error_kind, interleave
 from bench.chaos_measure import (
     Baseline,
     FaultRow,
+    Recovery,
     RecoveryRule,
     bad_bins,
     baseline_of,
@@ -21,6 +22,7 @@ from bench.chaos_measure import (
     in_baseline,
     in_fault_window,
     percentile,
+    recovery,
     recovery_time,
     replace_block,
     summarize,
@@ -108,7 +110,7 @@ def test_slow_requests_are_bad_only_above_the_latency_limit():
     slowish = replace_span(steady(0, 40), 15.0, 16.0, steady(15.0, 16.0, latency_s=0.1))
     assert recovery_time(slowish, 10.0, 40.0, CLEAN) == 0.0
     stalled = replace_span(steady(0, 40), 15.0, 16.0, steady(15.0, 16.0, latency_s=2.0))
-    assert recovery_time(stalled, 10.0, 40.0, CLEAN) == 6.0
+    assert recovery(stalled, 10.0, 40.0, CLEAN) == Recovery(6.0, "latency")
 
 
 def test_a_stall_is_charged_to_the_second_it_was_sent_in():
@@ -127,7 +129,7 @@ def test_a_few_slow_requests_in_a_bin_do_not_move_its_p99():
 
 def test_still_disturbed_at_the_end_of_the_window_is_not_recovered():
     records = replace_span(steady(0, 40), 38.0, 40.0, failing(38.0, 40.0))
-    assert recovery_time(records, 10.0, 40.0, CLEAN) is None
+    assert recovery(records, 10.0, 40.0, CLEAN) == Recovery(None, "failures")
 
 
 def test_requests_in_flight_at_the_fault_count_in_the_first_bin():
@@ -151,7 +153,7 @@ def test_summarize_counts_the_fault_window_only():
     assert row.failed_by_kind == {"conn_refused": 50}
     assert row.bypass == 1 and row.retried == 1
     assert row.back_s == 0.71
-    assert row.recovery_s == 1.0
+    assert row.recovery_s == 1.0 and row.recovery_cause == "failures"
     assert row.baseline_p99_ms == 5.0
     assert row.max_ms == 5.0 and row.window_s == 30.0
 
@@ -174,15 +176,33 @@ def test_the_table_has_one_row_per_fault_and_says_not_recovered():
             None,
             50.0,
         ),
+        FaultRow(
+            "redis-stop",
+            "Redis",
+            5600,
+            0,
+            {},
+            0,
+            700,
+            12.0,
+            15.0,
+            208.0,
+            None,
+            1.0,
+            40.0,
+            load1=1.2,
+            recovery_cause="latency",
+        ),
     ]
     table = format_fault_table(rows).splitlines()
-    assert len(table) == 3
+    assert len(table) == 4
     assert table[0].rstrip().endswith("recovery s  load")
     assert table[0].split()[:3] == ["fault", "sent", "failed"]
     assert table[1].startswith("none ")
     assert "504 upstream_timeout: 2, conn_reset: 1" in table[2]
     assert table[2].rstrip().endswith(">50     -")
     assert table[1].rstrip().endswith(" 0     -")
+    assert table[3].rstrip().endswith("1 lat   1.2")
     assert len({len(line) for line in table}) == 1  # fixed width
 
 
