@@ -7,12 +7,14 @@ import os
 
 import pytest
 
+from bench.chaos_load import Record
 from bench.soak import (
     MiB,
     Sample,
     count_fds,
     fd_trend,
     format_verdicts,
+    load_summary,
     plan_fill,
     read_rss_bytes,
     rss_trend,
@@ -116,3 +118,14 @@ def test_proc_readings_of_this_process():
     assert rss is not None and rss > MiB
     assert fds is not None and fds >= 3
     assert read_rss_bytes(2**22 + 12345) is None  # above pid_max: no such process
+
+
+def test_the_request_summary_times_the_gets_and_counts_everything():
+    records = [Record(i / 10, "ka-cached", 200, "", 0.004, "HIT") for i in range(100)]
+    records.append(Record(3.0, "signin", 200, "", 0.25, signin=True))
+    records.append(Record(4.0, "ka-uncached", 502, "502 upstream_unreachable", 0.002, "MISS"))
+    summary = load_summary(records)
+    assert summary["sent"] == 102 and summary["failed"] == 1
+    assert summary["failed_by_kind"] == {"502 upstream_unreachable": 1}
+    assert summary["p99_ms"] == 4.0 and summary["max_ms"] == 4.0
+    assert summary["x_cache"] == {"HIT": 100, "MISS": 1}
