@@ -7,7 +7,7 @@ TOPOLOGY ?= topology/fleet.yaml
 ELB ?= http://127.0.0.1:9000
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: fleet test check system-deps install regular region concurrent image large signin wrk bench bench-caddy elb-cost idle policies policy-cost clean
+.PHONY: fleet test check system-deps install regular region concurrent image large signin wrk bench bench-caddy elb-cost idle policies policy-cost chaos soak clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -63,3 +63,13 @@ policy-cost: $(STAMP)
 
 clean:
 	rm -rf $(VENV) run build *.egg-info
+
+# -- fault tolerance (each starts a fleet of its own, in a network namespace when root) ----------
+# the fault campaign of issue 9: one row per fault (ARGS="--faults proxy-kill --duration-scale 0.2")
+chaos: $(STAMP)
+	$(PY) -m bench.chaos $(ARGS)
+
+# RSS and open fds of every process under a steady load, sampled every 30 s (MINUTES=10)
+MINUTES ?= 10
+soak: $(STAMP)
+	$(PY) -m bench.soak --minutes $(MINUTES) $(ARGS)
