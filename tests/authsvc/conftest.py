@@ -17,17 +17,10 @@ from authsvc.store import UserStore
 from authsvc.tokens import CLIENT_HEADER, INTERNAL_HEADER
 from httpio.run import serve_tcp
 from httpio.upstream import UpstreamPool
+from tests.support.clock import FakeClock
 
 SECRET = "test-secret-" * 4
 SETTINGS = AuthSettings(Auth_key=SECRET, Token_ttl_s=600, Scrypt=ScryptParams(n=16))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Server:
@@ -54,14 +47,14 @@ class Server:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(1_700_000_000.0)
 
 
 async def serve(
     nursery: trio.Nursery,
     db: Path,
-    clock: Clock,
+    clock: FakeClock,
     pool: UpstreamPool,
     settings: AuthSettings = SETTINGS,
     **options: Any,
@@ -82,7 +75,7 @@ async def pool() -> AsyncIterator[UpstreamPool]:
 
 @pytest.fixture
 async def server(
-    nursery: trio.Nursery, tmp_path: Path, clock: Clock, pool: UpstreamPool
+    nursery: trio.Nursery, tmp_path: Path, clock: FakeClock, pool: UpstreamPool
 ) -> AsyncIterator[Server]:
     server = await serve(nursery, tmp_path / "auth.db", clock, pool)
     yield server

@@ -20,8 +20,9 @@ import jwt
 
 from authsvc.tokens import AuthKey, KeyRing, derive_kid, issue_token
 from proxy.hop import sign_hop
-from tests.e2e.harness import Reply, RunningFleet, request, wait_for
+from tests.e2e.harness import Reply, RunningFleet, request
 from tests.e2e.test_fleet_auth import auth_db, fleet_key, operator
+from tests.support.polling import wait_for
 
 PUBLISHED_KEY = "private_key"  # the original's topology/config.json
 

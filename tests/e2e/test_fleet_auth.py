@@ -11,7 +11,8 @@ from pathlib import Path
 
 import jwt
 
-from tests.e2e.harness import RunningFleet, post_json, request, sign_in, wait_for
+from tests.e2e.harness import RunningFleet, post_json, request, sign_in
+from tests.support.polling import wait_for
 
 
 def fleet_key(fleet: RunningFleet) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import signal
 import uuid
 
-from tests.e2e.harness import Reply, RunningFleet, post_json, request, sign_in, wait_for
+from tests.e2e.harness import Reply, RunningFleet, post_json, request, sign_in
+from tests.support.polling import wait_for
 
 
 def elb_host(fleet: RunningFleet) -> str:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.cluster import Cluster, proxy_cluster
-from tests.e2e.harness import request, wait_for
+from tests.e2e.harness import request
+from tests.support.polling import wait_for
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ from httpio.server import HttpServer, ServerLimits
 from httpio.upstream import UpstreamPool
 from proxy.app import ProxyApp
 from proxy.state import ProxyConfig
-from tests.e2e.harness import wait_for
+from tests.support.polling import wait_for
 from topology.schema import GatewayConfig, MsaFile, RegionSpec, RegionStructure, ServiceSpec
 
 REGION = "ko_KR"

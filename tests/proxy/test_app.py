@@ -29,6 +29,7 @@ from httpio.server import RequestBody, ServerLimits
 from httpio.upstream import UpstreamPool
 from proxy.app import ProxyApp
 from proxy.state import ProxyConfig
+from tests.support.ports import held_port
 from topology.schema import (
     GatewayConfig,
     InstanceSpec,
@@ -135,9 +136,8 @@ class Resetter:
 @pytest.fixture
 def refused_url() -> Iterator[str]:
     """An instance with nothing listening: a port held bound for the test, never listening."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with held_port() as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @asynccontextmanager

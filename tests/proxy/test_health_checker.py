@@ -7,7 +7,6 @@ probes real servers (a listening one and a refused port) through the real upstre
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -20,6 +19,7 @@ from httpio.messages import Request, Response, json_response
 from httpio.run import serve_tcp
 from httpio.upstream import UpstreamPool
 from proxy.health_checker import USER_AGENT, check_round, probe, run_health_checks
+from tests.support.ports import held_port
 
 A = "http://10.0.0.1:5000"
 B = "http://10.0.0.2:5000"
@@ -281,9 +281,8 @@ async def test_reloaded_health_settings_take_effect_at_the_next_round(
 @pytest.fixture
 def refused_port() -> Iterator[int]:
     """A port that refuses connections for the whole test: bound, never listening."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
+    with held_port() as port:
+        yield port
 
 
 async def test_check_round_against_real_servers(refused_port: int) -> None:

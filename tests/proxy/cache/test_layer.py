@@ -16,7 +16,7 @@ from httpio.messages import Request, Response
 from proxy.cache.layer import HttpCache
 from proxy.cache.policy import CacheSettings, ServiceCacheSettings
 from proxy.redis_client import RedisPool, RedisSettings
-from tests.polling import wait_until
+from tests.support.polling import wait_until
 
 ON = ServiceCacheSettings(enabled=True, default_ttl_s=30.0, max_body_bytes=1000)
 SETTINGS = CacheSettings(namespace="gw:t", breaker_failures=1, breaker_open_s=0.05)

@@ -18,7 +18,7 @@ from proxy.cache.memory import MemoryTier
 from proxy.cache.policy import CacheSettings
 from proxy.cache.store import BREAKER_OPEN, REDIS_FAILED, TieredStore
 from proxy.redis_client import RedisPool, RedisSettings
-from tests.redisproc import RedisProcess
+from tests.support.redisproc import RedisProcess
 
 NS = "gw:test"
 FAILURES = CacheSettings().breaker_failures  # the shipped threshold

@@ -14,6 +14,7 @@ import pytest
 
 from authsvc.main import main, run_command
 from authsvc.store import UserStore
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,12 +51,6 @@ def test_server_without_a_key_says_where_one_comes_from(
         main(["0", "--db", str(tmp_path / "auth.db")])  # the packaged config.json: no key
     assert info.value.code == 2
     assert "fleet" in capsys.readouterr().err
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def health(port: int) -> dict[str, object] | None:

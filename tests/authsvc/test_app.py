@@ -27,7 +27,8 @@ from httpio.messages import Request
 from httpio.upstream import UpstreamPool
 from proxy.auth import Authorizer, AuthPolicy, VerdictCache
 from proxy.auth_client import AuthClient
-from tests.authsvc.conftest import SECRET, SETTINGS, Clock, Server, serve, vouched
+from tests.authsvc.conftest import SECRET, SETTINGS, Server, serve, vouched
+from tests.support.clock import FakeClock
 
 
 def bearer(token: str) -> list[tuple[bytes, bytes]]:
@@ -125,7 +126,7 @@ async def test_signin_upgrades_old_hash(server: Server) -> None:
     assert (await server.call("POST", "/signin", {"username": "alice", "password": "pw"}))[0] == 200
 
 
-async def test_introspect_signout_revocations(server: Server, clock: Clock) -> None:
+async def test_introspect_signout_revocations(server: Server, clock: FakeClock) -> None:
     token = (await signup_and_signin(server))["token"]
     status, _, answer = await server.call("POST", "/introspect", {"token": token})
     assert status == 200 and answer["active"] and answer["sub"] == "alice"
@@ -176,7 +177,7 @@ async def test_token_of_a_deleted_user_is_inactive(server: Server) -> None:
 
 
 async def test_weak_keys_are_on_every_health_answer(
-    nursery: trio.Nursery, tmp_path: Path, clock: Clock, pool: UpstreamPool
+    nursery: trio.Nursery, tmp_path: Path, clock: FakeClock, pool: UpstreamPool
 ) -> None:
     settings = msgspec.structs.replace(SETTINGS, Auth_key="private_key")
     weak = await serve(nursery, tmp_path / "auth.db", clock, pool, settings)
@@ -188,7 +189,7 @@ async def test_weak_keys_are_on_every_health_answer(
     assert (await signup_and_signin(weak))["role"] == "user"
 
 
-async def test_introspect_refusals(server: Server, clock: Clock) -> None:
+async def test_introspect_refusals(server: Server, clock: FakeClock) -> None:
     token = (await signup_and_signin(server))["token"]
     clock.now += 600
     _, _, answer = await server.call("POST", "/introspect", {"token": token})
@@ -198,7 +199,7 @@ async def test_introspect_refusals(server: Server, clock: Clock) -> None:
     assert (await server.call("POST", "/introspect", {"nope": 1}))[0] == 400
 
 
-async def test_signout_errors(server: Server, clock: Clock) -> None:
+async def test_signout_errors(server: Server, clock: FakeClock) -> None:
     assert (await server.call("POST", "/signout"))[0] == 401
     assert (await server.call("POST", "/signout", headers=bearer("garbage")))[0] == 400
     forged, _ = issue_token(
@@ -272,12 +273,12 @@ def make_request(headers: list[tuple[bytes, bytes]], path: str = "/api") -> Requ
     return Request("GET", path, path, "", list(headers), "1.1", ("127.0.0.1", 1), None)  # type: ignore[arg-type]
 
 
-def make_client(server: Server, clock: Clock, origins: list[str] | None = None) -> AuthClient:
+def make_client(server: Server, clock: FakeClock, origins: list[str] | None = None) -> AuthClient:
     authorizer = Authorizer(KeyRing.from_config(SECRET), VerdictCache(max_revocation_lag_s=5))
     return AuthClient(server.pool, origins or [server.origin], authorizer, clock=clock)
 
 
-async def test_client_introspects_once_then_uses_cache(server: Server, clock: Clock) -> None:
+async def test_client_introspects_once_then_uses_cache(server: Server, clock: FakeClock) -> None:
     token = (await signup_and_signin(server))["token"]
     client = make_client(server, clock, [dead_origin(), server.origin])
     assert await client.poll_once()
@@ -290,7 +291,7 @@ async def test_client_introspects_once_then_uses_cache(server: Server, clock: Cl
     assert await client.authorize(make_request([], "/x"), AuthPolicy(public=True)) is None
 
 
-async def test_client_refuses_garbage_without_calling(server: Server, clock: Clock) -> None:
+async def test_client_refuses_garbage_without_calling(server: Server, clock: FakeClock) -> None:
     client = make_client(server, clock)
     await client.poll_once()
     with pytest.raises(Exception) as info:
@@ -305,7 +306,7 @@ async def test_client_refuses_garbage_without_calling(server: Server, clock: Clo
     assert client.introspections == 1  # the role is the verdict's, not the token's claim
 
 
-async def test_client_sees_revocation_through_feed(server: Server, clock: Clock) -> None:
+async def test_client_sees_revocation_through_feed(server: Server, clock: FakeClock) -> None:
     token = (await signup_and_signin(server))["token"]
     client = make_client(server, clock)
     await client.poll_once()
@@ -318,7 +319,7 @@ async def test_client_sees_revocation_through_feed(server: Server, clock: Clock)
 
 
 async def test_client_follows_grants_and_deletions_through_the_feed(
-    server: Server, clock: Clock
+    server: Server, clock: FakeClock
 ) -> None:
     token = (await signup_and_signin(server))["token"]
     client = make_client(server, clock)
@@ -345,7 +346,7 @@ async def test_client_follows_grants_and_deletions_through_the_feed(
 
 
 async def test_client_revoked_before_first_sight_is_refused_by_introspection(
-    server: Server, clock: Clock
+    server: Server, clock: FakeClock
 ) -> None:
     token = (await signup_and_signin(server))["token"]
     await server.call("POST", "/signout", headers=bearer(token))
@@ -354,7 +355,7 @@ async def test_client_revoked_before_first_sight_is_refused_by_introspection(
         await client.authorize(make_request(bearer(token)), AuthPolicy())
 
 
-async def test_client_fails_closed_when_no_auth_server(server: Server, clock: Clock) -> None:
+async def test_client_fails_closed_when_no_auth_server(server: Server, clock: FakeClock) -> None:
     token = (await signup_and_signin(server))["token"]
     client = make_client(server, clock, [dead_origin(), dead_origin()])
     assert not await client.poll_once()
@@ -364,7 +365,7 @@ async def test_client_fails_closed_when_no_auth_server(server: Server, clock: Cl
 
 
 async def test_client_stops_trusting_cache_when_feed_goes_silent(
-    server: Server, clock: Clock
+    server: Server, clock: FakeClock
 ) -> None:
     token = (await signup_and_signin(server))["token"]
     client = make_client(server, clock)
@@ -377,7 +378,7 @@ async def test_client_stops_trusting_cache_when_feed_goes_silent(
         await client.authorize(make_request(bearer(token)), AuthPolicy())
 
 
-async def test_client_coalesces_concurrent_introspections(server: Server, clock: Clock) -> None:
+async def test_client_coalesces_concurrent_introspections(server: Server, clock: FakeClock) -> None:
     token = (await signup_and_signin(server))["token"]
     client = make_client(server, clock)
     await client.poll_once()
@@ -394,7 +395,7 @@ async def test_client_coalesces_concurrent_introspections(server: Server, clock:
 
 
 async def test_poll_revocations_task_reports_started(
-    server: Server, clock: Clock, nursery: trio.Nursery
+    server: Server, clock: FakeClock, nursery: trio.Nursery
 ) -> None:
     client = make_client(server, clock)
     await nursery.start(client.poll_revocations)

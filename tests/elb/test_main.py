@@ -32,7 +32,8 @@ from httpio.messages import Request, Response, json_response
 from httpio.protocol import h11
 from httpio.run import listener_port, open_listeners
 from httpio.server import HttpServer
-from tests.polling import wait_until
+from tests.support.polling import wait_until
+from tests.support.ports import held_port
 from topology.load import ConfigError
 
 DEADLINE_S = 10
@@ -135,9 +136,8 @@ def fleet(monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture
 def refused_url() -> Iterator[str]:
     """A proxy with nothing listening: a port held bound for the test, never listening."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with held_port() as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 class ProxyLike:
