@@ -38,6 +38,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import msgspec
 import structlog
@@ -54,7 +55,7 @@ from httpio.handoff import (
     handoff_address,
 )
 from httpio.health import HealthSettings
-from httpio.probe import probe_health
+from httpio.health_check import probe_round, run_on_schedule
 from httpio.proxyproto import build_v2
 from httpio.run import configure_logging
 from httpio.upstream import UpstreamPool, UpstreamTimeouts
@@ -179,16 +180,20 @@ class Elb:
             )
         return change
 
-    async def watch_health(self, nursery: trio.Nursery) -> None:
-        while True:
-            deadline = trio.current_time() + CHECK_INTERVAL_S
-            async with trio.open_nursery() as checks:
-                for target in self._by_index:
-                    checks.start_soon(self._check, target, nursery)
-            await trio.sleep_until(deadline)
+    async def watch_health(self, nursery: trio.Nursery) -> NoReturn:
+        """Probe every proxy each ``CHECK_INTERVAL_S``, all at once; links open in ``nursery``."""
+        every_proxy = trio.CapacityLimiter(max(1, len(self.targets)))
 
-    async def _check(self, target: Target, nursery: trio.Nursery) -> None:
-        passed = await probe_health(self.checker, target.url, ELB_HEALTH.path, ELB_HEALTH.timeout_s)
+        def checked(url: str, passed: bool) -> None:
+            self._checked(self.targets[url], passed, nursery)
+
+        async def one_round() -> float:
+            await probe_round(self.checker, list(self.targets), ELB_HEALTH, checked, every_proxy)
+            return CHECK_INTERVAL_S
+
+        await run_on_schedule(one_round)
+
+    def _checked(self, target: Target, passed: bool, nursery: trio.Nursery) -> None:
         address = target.handoff_address
         if passed and target.link is None and address is not None and not target.linking:
             # in the background: a hand-shake that stalls must not delay the next probes

@@ -18,12 +18,12 @@ import trio
 
 from httpio.balance import ServicePool
 from httpio.handoff import UnsafeRuntimeDir, handoff_address, serve_handoffs
+from httpio.health_check import run_health_checks
 from httpio.messages import Handler
 from httpio.run import configure_logging, serve_until_signalled
 from httpio.server import HttpServer
 from httpio.upstream import Origin, UpstreamPool
 from proxy.app import ProxyApp
-from proxy.health_checker import run_health_checks
 from proxy.state import ProxyConfig, ProxyPaths, load_proxy_config, watch_config
 from proxy.wiring import attach_services
 from topology.load import ConfigError

@@ -14,6 +14,7 @@ from typing import TypeVar
 import msgspec
 
 from httpio.balance import normalize_policy
+from httpio.redis_client import parse_redis_address
 from httpio.upstream import Origin
 from topology.schema import (
     FleetTopology,
@@ -118,9 +119,10 @@ def load_proxy_list(path: str | Path) -> ProxyList:
 def load_config(path: str | Path) -> GatewayConfig:
     config = decode(path, GatewayConfig)
     check_policy(path, "$.Load_balancer_policy", config.load_balancer_policy)
-    _, colon, port = config.redis_address.rpartition(":")
-    if not colon or not port.isdigit():
-        raise ConfigError(path, "$.Redis_address", "expected host:port")
+    try:
+        parse_redis_address(config.redis_address)
+    except ValueError as exc:
+        raise ConfigError(path, "$.Redis_address", str(exc)) from None
     return config
 
 

@@ -43,6 +43,7 @@ import trio
 from httpio.breaker import CircuitBreaker
 from httpio.errors import ClientError
 from httpio.messages import Request, Response, ResponseBody, json_response
+from httpio.redis_client import RedisPool, RedisSettings
 from proxy.cache.keys import cache_key
 from proxy.cache.memory import MemoryTier
 from proxy.cache.policy import (
@@ -64,7 +65,6 @@ from proxy.cache.policy import (
     variant_key,
 )
 from proxy.cache.store import TieredStore
-from proxy.redis_client import RedisPool, RedisSettings
 
 HIT, MISS, BYPASS = b"HIT", b"MISS", b"BYPASS"
 

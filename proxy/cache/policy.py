@@ -130,7 +130,7 @@ class CacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ``memory_max_bytes`` bounds the per-process tier (in bytes the process really spends,
     see `proxy.cache.memory`); ``memory_max_object_bytes`` keeps a few large bodies from
     flushing many small ones. Redis timeouts fit a loaded machine rather than a fast Redis
-    (the reasons and what others use are in `proxy.redis_client`); after ``breaker_failures``
+    (the reasons and what others use are in `httpio.redis_client`); after ``breaker_failures``
     failures one after another (calls that failed side by side count once, see
     `httpio.breaker`) Redis is skipped for ``breaker_open_s``. A request waiting for
     another's identical fetch gives up after ``coalesce_timeout_s`` and fetches itself.

@@ -348,7 +348,7 @@ async def test_a_refused_relay_connect_goes_to_another_proxy(fleet: str, refused
 # -- layering ---------------------------------------------------------------------------------
 def test_the_elb_imports_no_other_server() -> None:
     """Imports point one way: ``httpio`` <- ``topology`` <- the servers, none importing
-    another (the health probe the ELB needs lives in `httpio.probe`)."""
+    another (the health probe the ELB needs lives in `httpio.health_check`)."""
     servers = {"proxy", "authsvc", "backends"}
     found = []
     for path in sorted((REPO / "elb").glob("*.py")):

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxy.redis_client import RedisPool, RedisSettings
+from httpio.redis_client import RedisPool, RedisSettings
 from tests.support.clock import FakeClock
 from tests.support.redisproc import RedisProcess, running_redis
 

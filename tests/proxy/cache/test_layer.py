@@ -13,9 +13,9 @@ import trio
 from httpio.breaker import BreakerState
 from httpio.errors import ClientError, DependencyUnavailable, UpstreamUnreachable
 from httpio.messages import Request, Response
+from httpio.redis_client import RedisPool, RedisSettings
 from proxy.cache.layer import HttpCache
 from proxy.cache.policy import CacheSettings, ServiceCacheSettings
-from proxy.redis_client import RedisPool, RedisSettings
 from tests.support.polling import wait_until
 
 ON = ServiceCacheSettings(enabled=True, default_ttl_s=30.0, max_body_bytes=1000)

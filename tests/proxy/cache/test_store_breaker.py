@@ -14,10 +14,10 @@ import pytest
 import trio
 
 from httpio.breaker import BreakerState, CircuitBreaker
+from httpio.redis_client import RedisPool, RedisSettings
 from proxy.cache.memory import MemoryTier
 from proxy.cache.policy import CacheSettings
 from proxy.cache.store import BREAKER_OPEN, REDIS_FAILED, TieredStore
-from proxy.redis_client import RedisPool, RedisSettings
 from tests.support.redisproc import RedisProcess
 
 NS = "gw:test"

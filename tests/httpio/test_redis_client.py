@@ -6,7 +6,7 @@ import msgspec
 import pytest
 import trio
 
-from proxy.redis_client import (
+from httpio.redis_client import (
     RedisPool,
     RedisReplyError,
     RedisSettings,
