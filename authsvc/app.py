@@ -51,7 +51,6 @@ import trio
 from authsvc import passwords
 from authsvc.fairness import FairQueue
 from authsvc.names import BadUsername, canonical_username, fold_username
-from authsvc.passwords import ScryptParams
 from authsvc.store import (
     CounterUpdate,
     Revocation,
@@ -61,7 +60,6 @@ from authsvc.store import (
     UserStore,
 )
 from authsvc.throttle import (
-    AuthLimits,
     ConcurrencyGate,
     Counter,
     address_key,
@@ -76,11 +74,12 @@ from authsvc.throttle import (
 from authsvc.tokens import (
     CLIENT_HEADER,
     INTERNAL_HEADER,
-    AuthKey,
     KeyRing,
     TokenError,
     TokenExpired,
+    extract_token,
     issue_token,
+    refusal_for,
     verify_token,
 )
 from httpio.errors import (
@@ -92,7 +91,7 @@ from httpio.errors import (
     Unauthorized,
 )
 from httpio.messages import Request, Response, json_response
-from proxy.auth import extract_token, refusal_for
+from topology.schema import AuthKey, AuthLimits, ScryptParams
 
 # A signup body is a few hundred bytes; refusing more up front keeps a flood cheap.
 MAX_BODY_BYTES = 16384

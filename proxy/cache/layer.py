@@ -48,10 +48,8 @@ from proxy.cache.keys import cache_key
 from proxy.cache.memory import MemoryTier
 from proxy.cache.policy import (
     CachedResponse,
-    CacheSettings,
     Lookup,
     RequestFacts,
-    ServiceCacheSettings,
     StoreVerdict,
     VaryIndex,
     decide_storage,
@@ -65,6 +63,7 @@ from proxy.cache.policy import (
     variant_key,
 )
 from proxy.cache.store import TieredStore
+from topology.schema import CacheSettings, ServiceCacheSettings
 
 HIT, MISS, BYPASS = b"HIT", b"MISS", b"BYPASS"
 

@@ -16,7 +16,7 @@ The gateway is a *shared* cache in RFC 9111 terms, so:
   shared (RFC 9111 3.5: ``public``, ``s-maxage`` or ``must-revalidate``) *and* states its own
   lifetime (``s-maxage``, ``max-age`` or ``Expires``); the service's ``default_ttl_s`` never
   applies to it. Credentials are every form of token the proxy accepts (``Authorization``,
-  ``AuthToken``: see `proxy.auth.extract_token`), ``Proxy-Authorization``, and ``Cookie``
+  ``AuthToken``: see `authsvc.tokens.extract_token`), ``Proxy-Authorization``, and ``Cookie``
   (Varnish's built-in VCL does not even look up a request with a cookie). That the proxy
   checks the token before it consults the cache decides who may *read* an entry, not what
   an entry may hold: a backend that answers ``/echo`` or ``/me`` with the caller's identity
@@ -57,15 +57,12 @@ import re
 import secrets
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Annotated
 
 import msgspec
 
 from httpio.protocol import Headers, header_value, strip_hop_by_hop
 from proxy.cache import keys
-from proxy.cache.keys import NAMESPACE_PATTERN
-
-MiB = 1_048_576
+from topology.schema import ServiceCacheSettings
 
 # RFC 9111 4.2.2 via RFC 9110 15.1: heuristically cacheable status codes.
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
@@ -109,41 +106,6 @@ FORWARDED_HEADERS = frozenset(
     {b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-port", b"forwarded"}
 )
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-_TOKEN = r"^[!#$%&'*+.^_`|~0-9a-z-]+$"  # RFC 9110 5.6.2, lowercase
-
-
-# -- settings ---------------------------------------------------------------------------------
-class ServiceCacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """``cache:`` of one service in msa.yaml."""
-
-    enabled: bool = False
-    default_ttl_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
-    max_body_bytes: Annotated[int, msgspec.Meta(ge=0)] = 2 * MiB
-    cache_errors: bool = False
-    # Request headers the origin's answers depend on without it saying Vary (lowercase).
-    key_headers: tuple[Annotated[str, msgspec.Meta(pattern=_TOKEN)], ...] = ()
-
-
-class CacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The cache section of config.json, shared by all services of a proxy.
-
-    ``memory_max_bytes`` bounds the per-process tier (in bytes the process really spends,
-    see `proxy.cache.memory`); ``memory_max_object_bytes`` keeps a few large bodies from
-    flushing many small ones. Redis timeouts fit a loaded machine rather than a fast Redis
-    (the reasons and what others use are in `httpio.redis_client`); after ``breaker_failures``
-    failures one after another (calls that failed side by side count once, see
-    `httpio.breaker`) Redis is skipped for ``breaker_open_s``. A request waiting for
-    another's identical fetch gives up after ``coalesce_timeout_s`` and fetches itself.
-    """
-
-    memory_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 64 * MiB
-    memory_max_object_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1 * MiB
-    redis_connect_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
-    redis_command_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
-    breaker_failures: Annotated[int, msgspec.Meta(ge=1)] = 3
-    breaker_open_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
-    coalesce_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
-    namespace: Annotated[str, msgspec.Meta(pattern=NAMESPACE_PATTERN)] = "gw:v2"
 
 
 # -- stored records ---------------------------------------------------------------------------

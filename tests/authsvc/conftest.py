@@ -12,12 +12,12 @@ import pytest
 import trio
 
 from authsvc.app import AuthApp, AuthSettings
-from authsvc.passwords import ScryptParams
 from authsvc.store import UserStore
 from authsvc.tokens import CLIENT_HEADER, INTERNAL_HEADER
 from httpio.run import serve_tcp
 from httpio.upstream import UpstreamPool
 from tests.support.clock import FakeClock
+from topology.schema import ScryptParams
 
 SECRET = "test-secret-" * 4
 SETTINGS = AuthSettings(Auth_key=SECRET, Token_ttl_s=600, Scrypt=ScryptParams(n=16))

@@ -13,15 +13,7 @@ import pytest
 import trio
 
 from authsvc.app import AuthSettings, ConfigError, load_auth_settings
-from authsvc.passwords import ScryptParams
-from authsvc.tokens import (
-    INTERNAL_HEADER,
-    AuthKey,
-    Claims,
-    KeyRing,
-    issue_token,
-    verify_token,
-)
+from authsvc.tokens import INTERNAL_HEADER, Claims, KeyRing, issue_token, verify_token
 from httpio.errors import DependencyUnavailable, Forbidden, Unauthorized
 from httpio.messages import Request
 from httpio.upstream import UpstreamPool
@@ -29,6 +21,7 @@ from proxy.auth import Authorizer, AuthPolicy, VerdictCache
 from proxy.auth_client import AuthClient
 from tests.authsvc.conftest import SECRET, SETTINGS, Server, serve, vouched
 from tests.support.clock import FakeClock
+from topology.schema import AuthKey, ScryptParams
 
 
 def bearer(token: str) -> list[tuple[bytes, bytes]]:

@@ -16,11 +16,11 @@ import trio
 
 from authsvc import passwords
 from authsvc.app import load_auth_settings
-from authsvc.throttle import AuthLimits
 from httpio.upstream import UpstreamPool
 from tests.authsvc.conftest import SETTINGS, Server, serve, vouched
 from tests.support.clock import FakeClock
 from tests.support.polling import wait_until
+from topology.schema import AuthLimits
 
 ATTACKER, USER_ELSEWHERE = "198.51.100.66", "203.0.113.10"
 

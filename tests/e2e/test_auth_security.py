@@ -18,11 +18,12 @@ import time
 
 import jwt
 
-from authsvc.tokens import AuthKey, KeyRing, derive_kid, issue_token
+from authsvc.tokens import KeyRing, issue_token
 from proxy.hop import sign_hop
 from tests.e2e.harness import Reply, RunningFleet, request
 from tests.e2e.test_fleet_auth import auth_db, fleet_key, operator
 from tests.support.polling import wait_for
+from topology.schema import AuthKey, derive_kid
 
 PUBLISHED_KEY = "private_key"  # the original's topology/config.json
 

@@ -11,14 +11,21 @@ import msgspec
 import pytest
 import trio
 
-from authsvc.tokens import CLIENT_HEADER, AuthKey
+from authsvc.tokens import CLIENT_HEADER
 from httpio.messages import Request
 from httpio.upstream import UpstreamPool
 from proxy.app import ProxyApp
 from proxy.hop import HOP_HEADER, sign_hop
 from proxy.state import ProxyConfig
 from proxy.wiring import attach_auth, client_address
-from topology.schema import GatewayConfig, MsaFile, RegionSpec, RegionStructure, ServiceSpec
+from topology.schema import (
+    AuthKey,
+    GatewayConfig,
+    MsaFile,
+    RegionSpec,
+    RegionStructure,
+    ServiceSpec,
+)
 
 STRONG = "wiring-test-key-that-is-long-enough!"
 

@@ -15,8 +15,8 @@ from httpio.errors import ClientError, DependencyUnavailable, UpstreamUnreachabl
 from httpio.messages import Request, Response
 from httpio.redis_client import RedisPool, RedisSettings
 from proxy.cache.layer import HttpCache
-from proxy.cache.policy import CacheSettings, ServiceCacheSettings
 from tests.support.polling import wait_until
+from topology.schema import CacheSettings, ServiceCacheSettings
 
 ON = ServiceCacheSettings(enabled=True, default_ttl_s=30.0, max_body_bytes=1000)
 SETTINGS = CacheSettings(namespace="gw:t", breaker_failures=1, breaker_open_s=0.05)

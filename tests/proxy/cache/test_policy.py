@@ -8,9 +8,7 @@ import pytest
 
 from proxy.cache.policy import (
     CachedResponse,
-    CacheSettings,
     Lookup,
-    ServiceCacheSettings,
     StoreVerdict,
     VaryIndex,
     decide_storage,
@@ -25,6 +23,7 @@ from proxy.cache.policy import (
     request_accepts,
     variant_key,
 )
+from topology.schema import CacheSettings, ServiceCacheSettings
 
 NOW = 1_700_000_000.0
 ON = ServiceCacheSettings(enabled=True, default_ttl_s=30.0)
