@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 import msgspec
 
 from httpio.errors import ClientError, Unauthorized
-from topology.schema import MIN_KEY_BYTES, AuthKey, derive_kid
+from topology.schema import MIN_KEY_BYTES, AuthKey, GatewayConfig, derive_kid
 
 # A signed token is ~300 bytes; anything past this is garbage we refuse before any work.
 MAX_TOKEN_BYTES = 4096
@@ -195,6 +195,11 @@ class KeyRing:
 
     def __repr__(self) -> str:
         return f"<KeyRing kids={list(self._keys)} signing={self._signing_kid!r}>"
+
+
+def key_ring_of(config: GatewayConfig) -> KeyRing:
+    """The ring config.json's ``Auth_key``/``Auth_keys`` describe (ValueError: none)."""
+    return KeyRing.from_config(config.auth_key, tuple(config.auth_keys))
 
 
 _encode_json = msgspec.json.Encoder().encode

@@ -21,7 +21,7 @@ import time
 import structlog
 import trio
 
-from authsvc.tokens import CLIENT_HEADER, KeyRing
+from authsvc.tokens import CLIENT_HEADER, KeyRing, key_ring_of
 from httpio.messages import Request
 from httpio.protocol import Headers
 from proxy.app import ProxyApp
@@ -39,10 +39,6 @@ log = structlog.get_logger()
 def auth_origins(config: ProxyConfig) -> list[str]:
     spec = config.services.get(config.gateway.auth_service)
     return [i.url for i in spec.instances()] if spec is not None else []
-
-
-def key_ring(config: ProxyConfig) -> KeyRing:
-    return KeyRing.from_config(config.gateway.auth_key, tuple(config.gateway.auth_keys))
 
 
 def policy_for(spec: ServiceSpec) -> AuthPolicy:
@@ -75,7 +71,7 @@ async def attach_auth(app: ProxyApp, nursery: trio.Nursery) -> AuthClient:
     """Every service but the auth service itself needs a valid token (unless msa.yaml marks
     it public); the verdict is checked before anything, the cache included, is served."""
     try:
-        ring = key_ring(app.config)
+        ring = key_ring_of(app.config.gateway)
     except ValueError as exc:
         log.error("auth_key_missing", proxy=app.name, error=str(exc))
         raise SystemExit(2) from None
@@ -86,7 +82,7 @@ async def attach_auth(app: ProxyApp, nursery: trio.Nursery) -> AuthClient:
 
     def on_reload(config: ProxyConfig) -> None:
         try:
-            authorizer.ring = key_ring(config)
+            authorizer.ring = key_ring_of(config.gateway)
         except ValueError as exc:
             log.error("auth_key_missing", proxy=app.name, error=str(exc), kept="previous keys")
         _show_weaknesses(app, authorizer.ring)

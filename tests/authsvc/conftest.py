@@ -11,16 +11,16 @@ from typing import Any
 import pytest
 import trio
 
-from authsvc.app import AuthApp, AuthSettings
+from authsvc.app import AuthApp
 from authsvc.store import UserStore
 from authsvc.tokens import CLIENT_HEADER, INTERNAL_HEADER
 from httpio.run import serve_tcp
 from httpio.upstream import UpstreamPool
 from tests.support.clock import FakeClock
-from topology.schema import ScryptParams
+from topology.schema import GatewayConfig, ScryptParams
 
 SECRET = "test-secret-" * 4
-SETTINGS = AuthSettings(Auth_key=SECRET, Token_ttl_s=600, Scrypt=ScryptParams(n=16))
+SETTINGS = GatewayConfig(auth_key=SECRET, token_ttl_s=600, scrypt=ScryptParams(n=16))
 
 
 class Server:
@@ -56,7 +56,7 @@ async def serve(
     db: Path,
     clock: FakeClock,
     pool: UpstreamPool,
-    settings: AuthSettings = SETTINGS,
+    settings: GatewayConfig = SETTINGS,
     **options: Any,
 ) -> Server:
     """One more auth server on ``db``: several of them on one file are a fleet's."""

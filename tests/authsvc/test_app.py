@@ -12,8 +12,8 @@ import msgspec
 import pytest
 import trio
 
-from authsvc.app import AuthSettings, ConfigError, load_auth_settings
-from authsvc.tokens import INTERNAL_HEADER, Claims, KeyRing, issue_token, verify_token
+from authsvc.app import load_auth_config
+from authsvc.tokens import INTERNAL_HEADER, Claims, KeyRing, issue_token, key_ring_of, verify_token
 from httpio.errors import DependencyUnavailable, Forbidden, Unauthorized
 from httpio.messages import Request
 from httpio.upstream import UpstreamPool
@@ -21,7 +21,8 @@ from proxy.auth import Authorizer, AuthPolicy, VerdictCache
 from proxy.auth_client import AuthClient
 from tests.authsvc.conftest import SECRET, SETTINGS, Server, serve, vouched
 from tests.support.clock import FakeClock
-from topology.schema import AuthKey, ScryptParams
+from topology.load import ConfigError
+from topology.schema import AuthKey, GatewayConfig, ScryptParams
 
 
 def bearer(token: str) -> list[tuple[bytes, bytes]]:
@@ -112,7 +113,7 @@ async def test_wrong_credentials_look_the_same(server: Server) -> None:
 
 async def test_signin_upgrades_old_hash(server: Server) -> None:
     await signup_and_signin(server)
-    server.app.settings = AuthSettings(Auth_key=SECRET, Scrypt=ScryptParams(n=32))
+    server.app.config = GatewayConfig(auth_key=SECRET, scrypt=ScryptParams(n=32))
     await server.call("POST", "/signin", {"username": "alice", "password": "pw"})
     user = server.app.store.get_user("alice")
     assert user is not None and user.password_hash.startswith("$scrypt$ln=5,")
@@ -172,7 +173,7 @@ async def test_token_of_a_deleted_user_is_inactive(server: Server) -> None:
 async def test_weak_keys_are_on_every_health_answer(
     nursery: trio.Nursery, tmp_path: Path, clock: FakeClock, pool: UpstreamPool
 ) -> None:
-    settings = msgspec.structs.replace(SETTINGS, Auth_key="private_key")
+    settings = msgspec.structs.replace(SETTINGS, auth_key="private_key")
     weak = await serve(nursery, tmp_path / "auth.db", clock, pool, settings)
     for _ in range(2):
         status, _, body = await weak.call("GET", "/health")
@@ -232,7 +233,7 @@ async def test_concurrent_signups_in_one_process(server: Server) -> None:
     assert server.app.store.count_users() == 20
 
 
-def test_load_auth_settings(tmp_path: Path) -> None:
+def test_load_auth_config(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
     path.write_text(
         json.dumps(
@@ -244,14 +245,14 @@ def test_load_auth_settings(tmp_path: Path) -> None:
             }
         )
     )
-    settings = load_auth_settings(path)
-    assert settings.key_ring().signing_kid == "k2" and settings.Scrypt.n == 1024
-    assert settings.Token_ttl_s == 3600
+    settings = load_auth_config(path)
+    assert key_ring_of(settings).signing_kid == "k2" and settings.scrypt.n == 1024
+    assert settings.token_ttl_s == 3600
     path.write_text(json.dumps({"Auth_key": "", "Scrypt": {"n": 1000}}))
     with pytest.raises(ConfigError, match=r"config\.json"):
-        load_auth_settings(path)
+        load_auth_config(path)
     with pytest.raises(ConfigError):
-        load_auth_settings(tmp_path / "missing.json")
+        load_auth_config(tmp_path / "missing.json")
 
 
 # -- the proxy's client against it --------------------------------------------------------------

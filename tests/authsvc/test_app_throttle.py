@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from authsvc import passwords
-from authsvc.app import load_auth_settings
+from authsvc.app import load_auth_config
 from httpio.upstream import UpstreamPool
 from tests.authsvc.conftest import SETTINGS, Server, serve, vouched
 from tests.support.clock import FakeClock
@@ -99,7 +99,7 @@ async def test_signups_per_address(
     nursery: trio.Nursery, tmp_path: Path, clock: FakeClock, pool: UpstreamPool
 ) -> None:
     limits = AuthLimits(signups_per_address=3, signup_window_s=600)
-    settings = msgspec.structs.replace(SETTINGS, Auth_limits=limits)
+    settings = msgspec.structs.replace(SETTINGS, auth_limits=limits)
     db = tmp_path / "auth.db"
     fleet = [await serve(nursery, db, clock, pool, settings) for _ in range(2)]
     for i in range(3):
@@ -117,7 +117,7 @@ async def test_concurrent_signups_cannot_overshoot_the_limit(
     nursery: trio.Nursery, tmp_path: Path, clock: FakeClock, pool: UpstreamPool
 ) -> None:
     limits = AuthLimits(signups_per_address=2, concurrent_per_address=10)
-    settings = msgspec.structs.replace(SETTINGS, Auth_limits=limits)
+    settings = msgspec.structs.replace(SETTINGS, auth_limits=limits)
     server = await serve(nursery, tmp_path / "auth.db", clock, pool, settings)
     statuses: list[int] = []
 
@@ -154,7 +154,7 @@ async def test_one_address_cannot_fill_the_password_queue(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     limits = AuthLimits(concurrent_per_address=2)
-    settings = msgspec.structs.replace(SETTINGS, Auth_limits=limits)
+    settings = msgspec.structs.replace(SETTINGS, auth_limits=limits)
     server = await serve(nursery, tmp_path / "auth.db", clock, pool, settings, hash_concurrency=4)
     await signup(server, USER_ELSEWHERE, "alice", "right")
     release = threading.Event()
@@ -191,9 +191,9 @@ def test_limits_come_from_config_json(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
     key = {"kid": "k", "secret": "s" * 32}
     path.write_text(json.dumps({"Auth_keys": [key], "Auth_limits": {"signups_per_address": 5}}))
-    settings = load_auth_settings(path)
-    assert settings.Auth_limits.signups_per_address == 5
-    assert settings.Auth_limits.per_address.free == 5
+    settings = load_auth_config(path)
+    assert settings.auth_limits.signups_per_address == 5
+    assert settings.auth_limits.per_address.free == 5
 
 
 async def test_another_clients_sign_in_goes_ahead_of_a_burst(
