@@ -40,7 +40,6 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-import msgspec
 import structlog
 import trio
 
@@ -59,7 +58,7 @@ from httpio.health_check import probe_round, run_on_schedule
 from httpio.proxyproto import build_v2
 from httpio.run import configure_logging
 from httpio.upstream import UpstreamPool, UpstreamTimeouts
-from topology.load import ConfigError, load_fleet, load_proxy_list
+from topology.load import ConfigError, load_elb_targets
 
 log = structlog.get_logger()
 
@@ -80,26 +79,6 @@ ELB_HEALTH = HealthSettings(
     panic=True,
 )
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
-class _Topology(msgspec.Struct):
-    regions: object = None
-
-
-def load_targets(path: Path, port: int) -> tuple[str, list[str]]:
-    """The region code and proxy URLs this ELB serves."""
-    try:
-        probe_doc = msgspec.yaml.decode(path.read_bytes(), type=_Topology)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-        probe_doc = _Topology()
-    if probe_doc.regions is not None:
-        fleet = load_fleet(path)
-        for region in fleet.regions:
-            if region.elb_port == port:
-                return region.code, [f"http://{fleet.host}:{p}" for p in region.proxy_ports]
-        raise ConfigError(path, "$.regions", f"no region has elb_port {port}")
-    proxies = load_proxy_list(path)
-    return proxies.region_code, list(proxies.available_zone)
 
 
 def _handoff_address(endpoint: Endpoint) -> HandoffAddress | None:
@@ -452,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     try:
-        region, urls = load_targets(args.topology, args.port)
+        region, urls = load_elb_targets(args.topology, args.port)
     except ConfigError as err:
         print(f"elb: {err}", file=sys.stderr)
         raise SystemExit(2) from None

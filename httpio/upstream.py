@@ -35,6 +35,7 @@ from httpio.errors import (
     UpstreamUnreachable,
 )
 from httpio.limits import ConcurrencyLimit
+from httpio.origin import Origin
 from httpio.protocol import Headers, h11
 
 RECEIVE_SIZE = 65536
@@ -54,29 +55,6 @@ class BodySource(Protocol):
     number of bytes it will yield, sent as Content-Length."""
 
     async def read(self) -> bytes: ...
-
-
-class Origin:
-    """``http://host:port`` split once; ``host`` is resolved once and cached by the pool."""
-
-    __slots__ = ("host", "host_header", "key", "port", "url")
-
-    def __init__(self, url: str) -> None:
-        scheme, sep, rest = url.partition("://")
-        if not sep or scheme != "http":
-            raise ValueError(f"only http:// origins are supported, got {url!r}")
-        hostport = rest.split("/", 1)[0]
-        host, colon, port = hostport.rpartition(":")
-        if not colon or not port.isdigit():
-            host, port = hostport, "80"
-        self.url = url.rstrip("/")
-        self.host = host.strip("[]")
-        self.port = int(port)
-        self.host_header = hostport.encode()
-        self.key = (self.host, self.port)
-
-    def __repr__(self) -> str:
-        return f"Origin({self.url!r})"
 
 
 class _Connection:

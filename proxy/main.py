@@ -20,9 +20,10 @@ from httpio.balance import ServicePool
 from httpio.handoff import UnsafeRuntimeDir, handoff_address, serve_handoffs
 from httpio.health_check import run_health_checks
 from httpio.messages import Handler
+from httpio.origin import Origin
 from httpio.run import configure_logging, serve_until_signalled
 from httpio.server import HttpServer
-from httpio.upstream import Origin, UpstreamPool
+from httpio.upstream import UpstreamPool
 from proxy.app import ProxyApp
 from proxy.state import ProxyConfig, ProxyPaths, load_proxy_config, watch_config
 from proxy.wiring import attach_services

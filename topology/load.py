@@ -14,8 +14,8 @@ from typing import TypeVar
 import msgspec
 
 from httpio.balance import normalize_policy
+from httpio.origin import Origin
 from httpio.redis_client import parse_redis_address
-from httpio.upstream import Origin
 from topology.schema import (
     FleetTopology,
     GatewayConfig,
@@ -152,3 +152,25 @@ def load_fleet(path: str | Path) -> FleetTopology:
     if fleet.config is not None:
         load_config(base / fleet.config)
     return fleet
+
+
+class _Topology(msgspec.Struct):
+    regions: object = None
+
+
+def load_elb_targets(path: str | Path, port: int) -> tuple[str, list[str]]:
+    """The region code and proxy URLs the ELB on ``port`` serves: from a fleet topology (the
+    region whose ``elb_port`` it is) or from the original's ``r_*.yaml`` proxy list, told
+    apart by a top-level ``regions``."""
+    try:
+        probe_doc = msgspec.yaml.decode(Path(path).read_bytes(), type=_Topology)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        probe_doc = _Topology()
+    if probe_doc.regions is not None:
+        fleet = load_fleet(path)
+        for region in fleet.regions:
+            if region.elb_port == port:
+                return region.code, [f"http://{fleet.host}:{p}" for p in region.proxy_ports]
+        raise ConfigError(path, "$.regions", f"no region has elb_port {port}")
+    proxies = load_proxy_list(path)
+    return proxies.region_code, list(proxies.available_zone)
