@@ -42,7 +42,6 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Iterable
-from email.utils import formatdate
 from typing import Annotated, Any
 
 import msgspec
@@ -50,6 +49,7 @@ import structlog
 import trio
 
 from httpio import proxyproto, sockio
+from httpio.dates import http_date
 from httpio.errors import (
     ClientError,
     GatewayError,
@@ -225,7 +225,7 @@ class _Clock:
         now = int(time.time())
         if now != self._second:
             self._second = now
-            self._value = formatdate(now, usegmt=True).encode()
+            self._value = http_date(now)
         return self._value
 
 

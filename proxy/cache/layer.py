@@ -33,7 +33,6 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from email.utils import formatdate
 from typing import Protocol
 from urllib.parse import parse_qsl
 
@@ -41,8 +40,10 @@ import msgspec
 import trio
 
 from httpio.breaker import CircuitBreaker
+from httpio.dates import http_date
 from httpio.errors import ClientError
 from httpio.messages import Request, Response, ResponseBody, json_response
+from httpio.protocol import header_value
 from httpio.redis_client import RedisPool, RedisSettings
 from proxy.cache.keys import cache_key
 from proxy.cache.memory import MemoryTier
@@ -54,8 +55,8 @@ from proxy.cache.policy import (
     VaryIndex,
     decide_storage,
     encode_stored,
+    entry_not_modified,
     examine_request,
-    is_not_modified,
     make_entry,
     new_vary_index,
     not_modified_headers,
@@ -345,7 +346,7 @@ class HttpCache:
     def _serve(self, entry: CachedResponse, request: Request) -> Response:
         age = (b"age", b"%d" % int(entry.age(self._clock())))
         self._stats["hits"] += 1
-        if is_not_modified(request.headers, entry.headers):
+        if entry_not_modified(request.headers, entry):
             self._stats["not_modified"] += 1
             return Response(304, [*not_modified_headers(entry.headers), age, (b"x-cache", HIT)])
         headers = [*entry.headers, age, (b"x-cache", HIT)]
@@ -433,7 +434,7 @@ class HttpCache:
         body: bytes,
     ) -> None:
         now = self._clock()
-        date = formatdate(now, usegmt=True).encode()
+        date = http_date(int(now))
         entry = make_entry(response.status, response.headers, body, verdict, now, date)
         items: list[tuple[str, CachedResponse | VaryIndex, bytes]]
         if verdict.vary:
@@ -453,7 +454,5 @@ class HttpCache:
 
 
 def response_length(response: Response) -> int | None:
-    for name, value in response.headers:
-        if name.lower() == b"content-length" and value.strip().isdigit():
-            return int(value)
-    return None
+    value = header_value(response.headers, b"content-length")
+    return int(value) if value is not None and value.strip().isdigit() else None

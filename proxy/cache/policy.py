@@ -53,14 +53,14 @@ no longer be reached and expire on their own.
 from __future__ import annotations
 
 import enum
-import re
 import secrets
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 
 import msgspec
 
-from httpio.protocol import Headers, header_value, strip_hop_by_hop
+from httpio.conditional import is_not_modified
+from httpio.dates import parse_http_date
+from httpio.protocol import Headers, header_value, header_values, strip_hop_by_hop
 from proxy.cache import keys
 from topology.schema import ServiceCacheSettings
 
@@ -145,10 +145,6 @@ def decode_stored(data: bytes) -> Stored | None:
 
 
 # -- header parsing ---------------------------------------------------------------------------
-def header_values(headers: Headers, name: bytes) -> list[bytes]:
-    return [v for n, v in headers if n.lower() == name]
-
-
 def parse_cache_control(headers: Headers) -> dict[str, str | None]:
     """Directives of every ``Cache-Control`` field, names lowercased, values unquoted."""
     return _directives(header_values(headers, b"cache-control"))
@@ -171,15 +167,6 @@ def _seconds(value: str | None) -> int | None:
     return int(value)
 
 
-def parse_http_date(value: bytes | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return parsedate_to_datetime(value.decode("latin-1")).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
 def parse_vary(headers: Headers) -> tuple[str, ...]:
     names: set[str] = set()
     for value in header_values(headers, b"vary"):
@@ -187,15 +174,6 @@ def parse_vary(headers: Headers) -> tuple[str, ...]:
             if token.strip():
                 names.add(token.strip().lower())
     return tuple(sorted(names))
-
-
-_ETAG = re.compile(r'(W/)?"[^"]*"')
-
-
-def _opaque_tags(value: bytes) -> set[str]:
-    """Entity tags of an ``If-None-Match``/``ETag`` list, weak prefix dropped (8.8.3.2)."""
-    text = value.decode("latin-1")
-    return {m.group(0).removeprefix("W/") for m in _ETAG.finditer(text)}
 
 
 # -- requests ---------------------------------------------------------------------------------
@@ -418,22 +396,12 @@ def new_vary_index(names: tuple[str, ...], expires_at: float) -> VaryIndex:
 
 
 # -- conditional requests ---------------------------------------------------------------------
-def is_not_modified(request_headers: Headers, entry_headers: Headers) -> bool:
-    """RFC 9110 13.2.2 steps 3 and 4 for a GET/HEAD answered by the cache."""
-    if_none_match = header_values(request_headers, b"if-none-match")
-    if if_none_match:
-        etag = header_value(entry_headers, b"etag")
-        if any(v.strip() == b"*" for v in if_none_match):
-            return True
-        if etag is None:
-            return False
-        wanted: set[str] = set()
-        for value in if_none_match:
-            wanted |= _opaque_tags(value)
-        return bool(_opaque_tags(etag) & wanted)
-    since = parse_http_date(header_value(request_headers, b"if-modified-since"))
-    modified = parse_http_date(header_value(entry_headers, b"last-modified"))
-    return since is not None and modified is not None and modified <= since
+def entry_not_modified(request_headers: Headers, entry: CachedResponse) -> bool:
+    """Whether a conditional GET/HEAD is answered 304 from ``entry`` (`httpio.conditional`)."""
+    headers = entry.headers
+    return is_not_modified(
+        request_headers, header_value(headers, b"etag"), header_value(headers, b"last-modified")
+    )
 
 
 def not_modified_headers(entry_headers: Headers) -> list[tuple[bytes, bytes]]:

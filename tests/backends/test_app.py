@@ -239,6 +239,13 @@ async def test_conditional_requests(backend: Running) -> None:
     assert backend.app.not_modified == 3
 
 
+async def test_an_if_none_match_list_on_two_lines_is_one_list(backend: Running) -> None:
+    """RFC 9110 5.3, as the proxy's cache reads it (`httpio.conditional`)."""
+    etag = backend.app.site.lookup("/image.png").etag
+    two_lines = [("if-none-match", b'"nope"'), ("if-none-match", etag)]
+    assert (await fetch(backend.port, "GET", "/image.png", two_lines)).status == 304
+
+
 async def test_static_errors(backend: Running) -> None:
     missing = await fetch(backend.port, "GET", "/nope.html")
     assert missing.status == 404 and missing.json()["error"] == "not_found"

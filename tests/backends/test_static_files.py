@@ -15,13 +15,12 @@ from backends.static_files import (
     PDF_SIZE,
     StaticFile,
     StaticSite,
-    etag_matches,
     generate_builtin_assets,
-    is_not_modified,
     normalize_request_path,
     render_pdf,
 )
 from httpio.errors import ClientError, RouteNotFound
+from httpio.protocol import Headers
 
 # -- static assets ------------------------------------------------------------------------------
 
@@ -85,26 +84,23 @@ def test_static_file_headers() -> None:
     assert StaticFile.build("/x.bin", b"", 0).content_type == b"application/octet-stream"
 
 
-def test_etag_matching_is_weak_and_takes_lists() -> None:
-    etag = b'"abc"'
-    assert etag_matches(b'"abc"', etag)
-    assert etag_matches(b'W/"abc"', etag)
-    assert etag_matches(b'"zzz", W/"abc"', etag)
-    assert etag_matches(b"*", etag)
-    assert not etag_matches(b'"abcd"', etag)
+def asking(if_none_match: bytes | None, if_modified_since: bytes | None) -> Headers:
+    """The conditional fields of a request (absent ones left out)."""
+    fields = [(b"if-none-match", if_none_match), (b"if-modified-since", if_modified_since)]
+    return [(name, value) for name, value in fields if value is not None]
 
 
 def test_if_none_match_wins_over_if_modified_since() -> None:
     f = _file()
     late = b"Sat, 01 Sep 2018 00:00:00 GMT"
     early = b"Sun, 01 Jul 2018 00:00:00 GMT"
-    assert is_not_modified(f, f.etag, None)
-    assert is_not_modified(f, None, late)
-    assert is_not_modified(f, None, b"Wed, 01 Aug 2018 00:00:00 GMT")
-    assert not is_not_modified(f, None, early)
-    assert not is_not_modified(f, b'"other"', late)  # If-None-Match decides alone
-    assert not is_not_modified(f, None, b"not a date")
-    assert not is_not_modified(f, None, None)
+    assert f.not_modified_for(asking(f.etag, None))
+    assert f.not_modified_for(asking(None, late))
+    assert f.not_modified_for(asking(None, b"Wed, 01 Aug 2018 00:00:00 GMT"))
+    assert not f.not_modified_for(asking(None, early))
+    assert not f.not_modified_for(asking(b'"other"', late))  # If-None-Match decides alone
+    assert not f.not_modified_for(asking(None, b"not a date"))
+    assert not f.not_modified_for(asking(None, None))
 
 
 @pytest.mark.parametrize(
