@@ -32,6 +32,7 @@ import trio
 from authsvc.tokens import INTERNAL_HEADER, Claims
 from httpio.errors import DependencyUnavailable, Unauthorized, UpstreamError
 from httpio.messages import Request
+from httpio.single_flight import SingleFlight
 from httpio.upstream import UpstreamPool
 from proxy.auth import Allowed, Authorizer, AuthPolicy
 
@@ -72,15 +73,6 @@ class _AuthServerFailed(Exception):
     """One auth server did not give a usable answer; try the next."""
 
 
-class _Pending:
-    __slots__ = ("done", "error", "result")
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.result: Claims | None = None
-        self.error: Exception | None = None
-
-
 class AuthClient:
     def __init__(
         self,
@@ -101,7 +93,7 @@ class AuthClient:
         self.users_cursor = 0
         self._origins: list[str] = list(auth_origins)
         self._next = 0
-        self._inflight: dict[str, _Pending] = {}
+        self._flights: SingleFlight[str, Claims] = SingleFlight()
         self._last_prune = 0.0
         self.introspections = 0
         self.coalesced = 0
@@ -123,7 +115,7 @@ class AuthClient:
             "users_cursor": self.users_cursor,
             "introspections": self.introspections,
             "coalesced": self.coalesced,
-            "inflight": len(self._inflight),
+            "inflight": len(self._flights),
             "polls_ok": self.polls_ok,
             "polls_failed": self.polls_failed,
             "origin_failures": self.origin_failures,
@@ -148,26 +140,24 @@ class AuthClient:
     async def introspect(self, token: str) -> Claims:
         """The token's claims if an auth server says it is active; `Unauthorized` if inactive;
         `DependencyUnavailable` if no auth server answers."""
-        pending = self._inflight.get(token)
-        if pending is not None:
+        flight = self._flights.join(token)
+        if flight is not None:
             self.coalesced += 1
-            await pending.done.wait()
-            if pending.error is not None:
-                raise pending.error
-            assert pending.result is not None
-            return pending.result
-        pending = self._inflight[token] = _Pending()
+            await flight.wait()
+            return flight.outcome()
+        flight = self._flights.lead(token)
+        assert flight is not None  # no checkpoint since join() found none
         try:
-            pending.result = await self._introspect_once(token)
-            return pending.result
+            claims = await self._introspect_once(token)
         except Exception as exc:
-            pending.error = exc
+            self._flights.land(token, flight, error=exc)
             raise
-        finally:
-            del self._inflight[token]
-            if pending.result is None and pending.error is None:  # we were cancelled
-                pending.error = DependencyUnavailable("introspection was cancelled")
-            pending.done.set()
+        except BaseException:  # cancelled: the waiters must not wait for us
+            cancelled = DependencyUnavailable("introspection was cancelled")
+            self._flights.land(token, flight, error=cancelled)
+            raise
+        self._flights.land(token, flight, result=claims)
+        return claims
 
     async def _introspect_once(self, token: str) -> Claims:
         self.introspections += 1

@@ -45,6 +45,7 @@ from httpio.errors import ClientError
 from httpio.messages import Request, Response, ResponseBody, json_response
 from httpio.protocol import header_value
 from httpio.redis_client import RedisPool, RedisSettings
+from httpio.single_flight import Flight, SingleFlight
 from proxy.cache.keys import cache_key
 from proxy.cache.memory import MemoryTier
 from proxy.cache.policy import (
@@ -190,7 +191,7 @@ class HttpCache:
             "cache-redis", failures=settings.breaker_failures, open_s=settings.breaker_open_s
         )
         self.store = TieredStore(memory, redis, breaker, namespace=settings.namespace, clock=clock)
-        self._inflight: dict[str, trio.Event] = {}
+        self._flights: SingleFlight[str, None] = SingleFlight()
         self._waiting = 0
         self._stats: Counter[str] = Counter()
         # Both keyed by a fixed vocabulary of reasons (plus status codes), never by request.
@@ -201,14 +202,14 @@ class HttpCache:
         s = self._stats
         return (
             f"<HttpCache {self.settings.namespace} hits={s['hits']} misses={s['misses']} "
-            f"bypasses={s['bypasses']} inflight={len(self._inflight)} {self.store!r}>"
+            f"bypasses={s['bypasses']} inflight={len(self._flights)} {self.store!r}>"
         )
 
     def statistics(self) -> dict[str, object]:
         return {
             **{k: self._stats[k] for k in ("hits", "misses", "bypasses", "not_modified")},
             **{k: self._stats[k] for k in ("coalesced", "stored", "store_failed", "too_large")},
-            "inflight": len(self._inflight),
+            "inflight": len(self._flights),
             "waiting": self._waiting,
             "bypass_reasons": dict(self._bypass_reasons),
             "not_storable": dict(self._not_storable),
@@ -287,17 +288,17 @@ class HttpCache:
 
         required = settings.key_headers
         if facts.mode is Lookup.LOOKUP:
-            leader = self._inflight.get(key)
-            if leader is not None:
-                await self._wait_for(key, leader)
+            flight = self._flights.join(key)
+            if flight is not None:
+                await self._wait_for(key, flight)
             found = await self._lookup(key, request, facts, required)
             if found.entry is not None:
                 return self._serve(found.entry, request)
             if found.degraded:
                 return self._bypass(await fetch(), found.degraded)
-            leader = self._inflight.get(key)
-            if leader is not None:
-                await self._wait_for(key, leader)
+            flight = self._flights.join(key)
+            if flight is not None:
+                await self._wait_for(key, flight)
                 found = await self._lookup(key, request, facts, required)
                 if found.entry is not None:
                     return self._serve(found.entry, request)
@@ -311,16 +312,15 @@ class HttpCache:
             return _label(await fetch(), MISS)
         return await self._fetch_and_fill(request, facts, key, found.index, settings, fetch)
 
-    async def _wait_for(self, key: str, leader: trio.Event) -> None:
+    async def _wait_for(self, key: str, flight: Flight[None]) -> None:
         self._stats["coalesced"] += 1
         self._waiting += 1
         try:
-            with trio.move_on_after(self.settings.coalesce_timeout_s) as scope:
-                await leader.wait()
+            landed = await flight.wait(self.settings.coalesce_timeout_s)
         finally:
             self._waiting -= 1
-        if scope.cancelled_caught and self._inflight.get(key) is leader:
-            del self._inflight[key]  # a leader that never finished must not block the key
+        if not landed:
+            self._flights.abandon(key, flight)  # a leader that never finished must not block
 
     async def _lookup(
         self, key: str, request: Request, facts: RequestFacts, required: Sequence[str]
@@ -370,15 +370,11 @@ class HttpCache:
         fetch: Fetch,
     ) -> Response:
         self._stats["misses"] += 1
-        done = trio.Event()
-        leading = key not in self._inflight
-        if leading:
-            self._inflight[key] = done
+        flight = self._flights.lead(key)  # None: another request leads; fetch alongside
 
         def release() -> None:
-            done.set()
-            if self._inflight.get(key) is done:
-                del self._inflight[key]
+            if flight is not None:
+                self._flights.land(key, flight)
 
         try:
             response = await fetch()
