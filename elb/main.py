@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import sys
 import time
@@ -55,8 +54,9 @@ from httpio.handoff import (
 )
 from httpio.health import HealthSettings
 from httpio.health_check import probe_round, run_on_schedule
+from httpio.listen import accept_loop, open_listeners, send_refusal, wrap_socket
 from httpio.proxyproto import build_v2
-from httpio.run import configure_logging
+from httpio.run import configure_logging, run_until_signalled
 from httpio.upstream import UpstreamPool, UpstreamTimeouts
 from topology.load import ConfigError, load_elb_targets
 
@@ -228,31 +228,11 @@ class Elb:
         self._accepting.cancel()
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        # Accepting on a plain socket (a duplicate of the listener's descriptor) and waiting
-        # through trio only when the backlog is empty: per connection the ELB then makes
-        # its accept, sendmsg and close syscalls and little else, with no SocketStream and
-        # no scheduler checkpoint. Under ab this is most of what the ELB does.
-        raw = socket.socket(fileno=os.dup(listener.socket.fileno()))
-        try:
-            while True:
-                try:
-                    client, _ = raw.accept()
-                except BlockingIOError:
-                    try:
-                        await trio.lowlevel.wait_readable(raw)
-                    except trio.ClosedResourceError:
-                        return
-                    continue
-                except OSError as exc:
-                    if raw.fileno() == -1 or listener.socket.fileno() == -1:
-                        return
-                    log.warning("accept_failed", error=str(exc))
-                    await trio.sleep(0.05)
-                    continue
-                self.accepted += 1
-                await self._dispatch(client, nursery)
-        finally:
-            raw.close()
+        async def accepted(client: socket.socket) -> None:
+            self.accepted += 1
+            await self._dispatch(client, nursery)
+
+        await accept_loop(listener, accepted, server=self.name)
 
     async def _dispatch(
         self,
@@ -269,7 +249,7 @@ class Elb:
             state = self.balancer.pick_state(candidates) if candidates else None
             if state is None:
                 self.refused += 1
-                nursery.start_soon(_refuse, _stream(client))
+                nursery.start_soon(_refuse, wrap_socket(client))
                 return
             target = self._by_index[state.index]
             link = target.link
@@ -315,7 +295,7 @@ class Elb:
                 log.warning("relay_connect_failed", proxy=target.url, error=repr(exc))
                 await self._dispatch(plain_client, nursery, (*tried, target))
                 return
-            client = _stream(plain_client)
+            client = wrap_socket(plain_client)
             client_sock = client.socket
             self.relayed += 1
             try:
@@ -349,11 +329,6 @@ class Elb:
                 target.link = None
 
 
-def _stream(client: socket.socket) -> trio.SocketStream:
-    client.setblocking(False)
-    return trio.SocketStream(trio.socket.from_stdlib_socket(client))
-
-
 async def _copy(src: trio.SocketStream, dst: trio.SocketStream) -> None:
     try:
         while data := await src.receive_some(RELAY_CHUNK):
@@ -366,10 +341,7 @@ async def _copy(src: trio.SocketStream, dst: trio.SocketStream) -> None:
 async def _refuse(stream: trio.SocketStream) -> None:
     answer = unavailable_response("no_healthy_proxy", "no proxy of this region is available")
     try:
-        with trio.move_on_after(1.0):
-            await stream.send_all(answer)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        pass
+        await send_refusal(stream, answer)
     finally:
         await trio.aclose_forcefully(stream)
 
@@ -391,32 +363,36 @@ def inherited_socket(fd: int, port: int) -> socket.socket:
 
 
 async def run_elb(elb: Elb, port: int, inherited: socket.socket | None = None) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-            if inherited is not None:
-                listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(inherited))]
-            else:
-                listeners = await trio.open_tcp_listeners(port, host="127.0.0.1", backlog=4096)
-            nursery.start_soon(elb.watch_health, nursery)
-            nursery.start_soon(elb.serve, listeners, nursery)
-            log.info(
-                "listening",
-                port=port,
-                region=elb.region,
-                proxies=list(elb.targets),
-                inherited=inherited is not None,
-                pid=os.getpid(),
-            )
-            async for signum in signals:
-                log.info("stopping", signal=signal.Signals(signum).name, relays=elb.relays_open)
-                elb.stop_accepting()
-                for listener in listeners:
-                    await listener.aclose()
-                with trio.move_on_after(DRAIN_TIMEOUT_S):
-                    await elb.wait_relays_done()
-                elb.close_links()
-                nursery.cancel_scope.cancel()
-                break
+    """Serve until SIGTERM/SIGINT, then stop accepting and let relays finish (up to
+    ``DRAIN_TIMEOUT_S``); handed-off connections are their proxies' already."""
+    listeners: list[trio.SocketListener] = []
+
+    async def start(nursery: trio.Nursery) -> None:
+        if inherited is not None:
+            listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(inherited)))
+        else:
+            listeners.extend(await open_listeners(port))
+        nursery.start_soon(elb.watch_health, nursery)
+        nursery.start_soon(elb.serve, listeners, nursery)
+        log.info(
+            "listening",
+            port=port,
+            region=elb.region,
+            proxies=list(elb.targets),
+            inherited=inherited is not None,
+            pid=os.getpid(),
+        )
+
+    async def drain() -> None:
+        log.info("stopping", relays=elb.relays_open)
+        elb.stop_accepting()
+        for listener in listeners:
+            await listener.aclose()
+        with trio.move_on_after(DRAIN_TIMEOUT_S):
+            await elb.wait_relays_done()
+        elb.close_links()
+
+    await run_until_signalled(elb.name, start, drain)
 
 
 def main(argv: list[str] | None = None) -> None:

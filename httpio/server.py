@@ -59,6 +59,7 @@ from httpio.errors import (
     Unimplemented,
     unavailable_response,
 )
+from httpio.listen import accept_loop, send_refusal, wrap_socket
 from httpio.messages import Handler, Request, Response, error_response
 from httpio.protocol import h11, reason_for, refuse_request
 
@@ -274,6 +275,7 @@ class HttpServer:
         self.drain_started = trio.Event()
         self.access_log = False  # one JSON line per response, logger "access"
         self._nursery: trio.Nursery | None = None
+        self._listeners: list[trio.SocketListener] = []
 
     def __repr__(self) -> str:
         return (
@@ -299,22 +301,17 @@ class HttpServer:
     ) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self._listeners.extend(listeners)
             for listener in listeners:
                 nursery.start_soon(self._accept_loop, listener)
             task_status.started()
 
     async def _accept_loop(self, listener: trio.SocketListener) -> None:
         async with listener:
-            while not self.draining:
-                try:
-                    stream = await listener.accept()
-                except trio.ClosedResourceError:
-                    return
-                except OSError as exc:  # EMFILE and friends: back off, keep serving
-                    log.warning("accept_failed", server=self.name, error=str(exc))
-                    await trio.sleep(0.1)
-                    continue
-                self.start_connection(stream)
+            await accept_loop(listener, self._accepted, server=self.name)
+
+    async def _accepted(self, client: socket.socket) -> None:
+        self.start_connection(wrap_socket(client))
 
     def start_connection(
         self,
@@ -331,6 +328,8 @@ class HttpServer:
         """Stop accepting, close idle connections, and wait for requests in flight."""
         self.draining = True
         self.drain_started.set()
+        for listener in self._listeners:
+            await listener.aclose()
         for scope in list(self._idle):
             scope.cancel()
         if self._nursery is not None:
@@ -382,8 +381,7 @@ class HttpServer:
 
     async def _refuse(self, stream: trio.SocketStream) -> None:
         answer = unavailable_response("too_many_connections", "server is at its connection limit")
-        with trio.move_on_after(1.0):
-            await stream.send_all(answer)
+        await send_refusal(stream, answer)
 
     async def _serve(self, stream: trio.SocketStream, via_elb: bool) -> None:
         limits = self.limits
@@ -697,8 +695,7 @@ class HttpServer:
             out += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
         except h11.LocalProtocolError:
             return
-        with trio.move_on_after(1.0):
-            await stream.send_all(out)
+        await send_refusal(stream, out)
         # The client may still be sending the rest of what we refused (a head too large):
         # without a lingering close the kernel's RST could destroy this answer.
         await self._linger(stream)

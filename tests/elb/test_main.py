@@ -27,9 +27,9 @@ import trio.testing
 from elb.ejection import Verdict
 from elb.main import Elb, inherited_socket, main, run_elb
 from httpio.handoff import HandoffAddress, handoff_address, serve_handoffs
+from httpio.listen import listener_port, open_listeners
 from httpio.messages import Request, Response, json_response
 from httpio.protocol import h11
-from httpio.run import listener_port, open_listeners
 from httpio.server import HttpServer
 from tests.support.polling import wait_until
 from tests.support.ports import held_port

@@ -38,8 +38,8 @@ import trio
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from httpio.listen import listener_port, open_listeners
 from httpio.messages import Request, Response, json_response
-from httpio.run import listener_port, open_listeners
 from httpio.server import HttpServer, ServerLimits
 from httpio.upstream import UpstreamPool
 from proxy.app import ProxyApp
