@@ -209,12 +209,12 @@ class Elb:
             closed = await link.closed_connections()
             if closed < 0:
                 break
-            state.in_flight = max(0, state.in_flight - closed)
+            state.ended(closed)
         link.close()
         if target.link is link:
             target.link = None
             log.info("handoff_link_down", proxy=target.url, peer_pid=link.peer_pid)
-            state.in_flight = 0
+            state.forget_in_flight()
             self.observe(target, Evidence.GONE)
 
     # -- connections -------------------------------------------------------------------------

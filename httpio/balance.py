@@ -150,6 +150,15 @@ class InstanceState:
     def begin(self) -> None:
         self.in_flight += 1
 
+    def ended(self, count: int) -> None:
+        """``count`` requests or connections ended with no latency to learn from (an ELB's
+        proxy reports its closed connections in batches)."""
+        self.in_flight = max(0, self.in_flight - count)
+
+    def forget_in_flight(self) -> None:
+        """Nothing is in flight there any more (a proxy that went away took its connections)."""
+        self.in_flight = 0
+
     def end(self, latency_s: float | None, ok: bool) -> None:
         """`latency_s=None` (cancelled) frees the slot without a sample."""
         self.in_flight = max(0, self.in_flight - 1)

@@ -7,9 +7,10 @@ and HAProxy's ``maxconn``/``maxqueue``, each service has two counters: requests 
 and requests waiting for an upstream connection. When a counter is full the proxy answers
 ``503 overloaded`` with ``Retry-After: 1`` immediately (RFC 9110 15.6.4, 10.2.3).
 
-The counters are pure: ``try_acquire()``/``release()``, or ``with limiter.in_flight.hold():``
-which raises ``Overloaded``. ``ServiceLimits`` holds these and the per-service timeouts and retry
-count from msa.yaml; each timeout has its unit in its name and one call site in the proxy.
+The counters are pure: ``try_acquire()``/``release()``, and ``refusal()`` is the
+``Overloaded`` to answer when one is full. ``ServiceLimits`` holds these and the per-service
+timeouts and retry count from msa.yaml; each timeout has its unit in its name and one call
+site in the proxy.
 
 The timeouts of one proxied request, in the order they run:
 
@@ -37,8 +38,6 @@ the head timeout of each try: they keep that meaning (it is then the per-try tim
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
 from typing import Annotated
 
 import msgspec
@@ -98,16 +97,6 @@ class ConcurrencyLimit:
         where = f"{subject}: " if subject else ""
         return Overloaded(f"{where}{self.name} limit of {self.limit} reached", headers=RETRY_AFTER)
 
-    @contextmanager
-    def hold(self, service: str = "") -> Iterator[None]:
-        """Hold one slot for the block, or raise Overloaded (503, Retry-After: 1) at once."""
-        if not self.try_acquire():
-            raise self.refusal(f"service {service!r}" if service else "")
-        try:
-            yield
-        finally:
-            self.release()
-
     def statistics(self) -> dict[str, int]:
         return {
             "in_use": self.in_use,
@@ -133,14 +122,6 @@ class ServiceLimiter:
         self.limits = limits
         self.in_flight.limit = limits.max_in_flight
         self.pending.limit = limits.max_pending
-
-    def admit(self) -> AbstractContextManager[None]:
-        """`with limiter.admit():` around the whole proxied request (all attempts)."""
-        return self.in_flight.hold(self.service)
-
-    def wait_for_connection(self) -> AbstractContextManager[None]:
-        """`with limiter.wait_for_connection():` around the wait for an upstream connection."""
-        return self.pending.hold(self.service)
 
     def statistics(self) -> dict[str, object]:
         return {

@@ -24,31 +24,23 @@ def test_release_without_acquire_is_a_bug() -> None:
         ConcurrencyLimit("max_pending", 1).release()
 
 
-def test_hold_raises_overloaded_with_retry_after() -> None:
+def test_a_refusal_is_overloaded_with_retry_after() -> None:
     limiter = ServiceLimiter("video", ServiceLimits(max_in_flight=1))
-    with limiter.admit():
-        with pytest.raises(Overloaded) as info, limiter.admit():
-            pass
-    err = info.value
+    assert limiter.in_flight.try_acquire()
+    assert not limiter.in_flight.try_acquire()
+    err = limiter.in_flight.refusal("service 'video'")
     assert err.status == 503 and err.code == "overloaded"
     assert err.headers == ((b"retry-after", b"1"),)
     assert "video" in err.detail and "max_in_flight" in err.detail
+    limiter.in_flight.release()
     assert limiter.in_flight.in_use == 0
-
-
-def test_hold_releases_when_the_block_fails() -> None:
-    limiter = ServiceLimiter("video", ServiceLimits(max_pending=1))
-    with pytest.raises(KeyError), limiter.wait_for_connection():
-        raise KeyError("boom")
-    assert limiter.pending.in_use == 0
-    with limiter.wait_for_connection():
-        assert limiter.pending.in_use == 1
 
 
 def test_zero_pending_refuses_every_wait() -> None:
     limiter = ServiceLimiter("image", ServiceLimits(max_pending=0))
-    with pytest.raises(Overloaded, match="max_pending"), limiter.wait_for_connection():
-        pass
+    assert not limiter.pending.try_acquire()
+    assert isinstance(limiter.pending.refusal(), Overloaded)
+    assert "max_pending" in limiter.pending.refusal().detail
 
 
 def test_resize_keeps_current_counts() -> None:
