@@ -15,9 +15,13 @@ site in the proxy.
 The timeouts of one proxied request, in the order they run:
 
 - ``connect_timeout_s`` (1 s): the TCP connect of one try.
-- ``per_try_timeout_s`` (2 s): from the end of the request to the response head, on one try
-  (Envoy's ``per_try_timeout``; it is what the upstream pool calls
-  ``response_head_timeout_s``). A try that runs out is a timeout: outlier evidence against
+- the response-head timeout of one try, from the end of the request to the response head.
+  In code it has one name, ``response_head_timeout_s`` (`ServiceLimits.response_head_timeout_s`
+  computes it, `proxy.retry.Attempts` cuts it to the deadline left, and the upstream pool's
+  head scope is its one call site, with config.json's ``Upstream.response_head_timeout_s`` the
+  default for exchanges that set none: probes, region forwards). msa.yaml spells it
+  ``per_try_timeout_s`` (Envoy's ``per_try_timeout``, kept so that written files mean what
+  they meant), 2 s by default. A try that runs out is a timeout: outlier evidence against
   the instance, and retried on another one when the request may be sent twice. 2 s is ten
   times the longest response head seen under ``make concurrent`` (169 ms; bench/RESULTS.md);
   it is also what bounds the cost of a hung instance: a request caught on one waits at most
@@ -33,7 +37,8 @@ The timeouts of one proxied request, in the order they run:
   long as it takes.
 
 Files written before ``per_try_timeout_s`` existed set ``response_timeout_s`` alone, meaning
-the head timeout of each try: they keep that meaning (it is then the per-try timeout too).
+the head timeout of each try: they keep that meaning (it is then the per-try timeout too),
+which `ServiceLimits.response_head_timeout_s` is the one place to decide.
 """
 
 from __future__ import annotations
@@ -60,8 +65,8 @@ class ServiceLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     response_timeout_s: Annotated[float, Meta(gt=0)] | None = None  # over all tries; None: none
     retries: Annotated[int, Meta(ge=0)] = 1
 
-    def per_try_head_timeout_s(self) -> float:
-        """How long one try may wait for the response head."""
+    def response_head_timeout_s(self) -> float:
+        """How long one try may wait for its response head (see the module header)."""
         if self.per_try_timeout_s is not None:
             return self.per_try_timeout_s
         if self.response_timeout_s is not None:

@@ -47,9 +47,6 @@ from httpio.errors import Forbidden, Unauthorized
 
 Headers = list[tuple[bytes, bytes]]
 
-IDENTITY_HEADERS = (b"x-user", b"x-user-role")
-_STRIPPED = frozenset(IDENTITY_HEADERS)
-
 
 # -- policy and verdicts ----------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
@@ -96,16 +93,6 @@ def check_role(claims: Claims, policy: AuthPolicy) -> None:
             f"role {claims.role!r} may not use this service",
             headers=((b"www-authenticate", challenge),),
         )
-
-
-def rewrite_identity_headers(headers: Headers, claims: Claims | None) -> Headers:
-    """Headers for the backend: whatever identity the client claimed is dropped, and the
-    verified one (if any) is added. Backends trust ``X-User`` only because we do this."""
-    out = [(name, value) for name, value in headers if name not in _STRIPPED]
-    if claims is not None:
-        out.append((b"x-user", claims.sub.encode("utf-8")))
-        out.append((b"x-user-role", claims.role.encode("utf-8")))
-    return out
 
 
 # -- the cache --------------------------------------------------------------------------------

@@ -14,9 +14,11 @@
   normally and 5 s at worst.
 
 Auth servers are interchangeable (one shared database), so each call starts at the next
-origin in turn and moves on to the others when one is down, slow or answers 5xx. The per-call
-budget (``request_timeout_s``, 2 s) is far below the pool's general response timeout: an auth
-server that does not answer in 2 s is better skipped than waited for.
+origin in turn and moves on to the others when one is down, slow or answers 5xx. Each call has
+``CONNECT_TIMEOUT_S`` (2 s) to connect, ``RESPONSE_HEAD_TIMEOUT_S`` (2 s) for the head of the
+answer and ``CALL_TIMEOUT_S`` (4 s) for the whole of it, body included, far below the pool's
+general response timeout: an auth server that does not answer in 2 s is better skipped than
+waited for.
 """
 
 from __future__ import annotations
@@ -34,11 +36,14 @@ from httpio.errors import DependencyUnavailable, Unauthorized, UpstreamError
 from httpio.messages import Request
 from httpio.single_flight import SingleFlight
 from httpio.upstream import UpstreamPool
-from proxy.auth import Allowed, Authorizer, AuthPolicy
+from proxy.auth import Authorizer, AuthPolicy, NeedsIntrospection, Verdict
 
 log = structlog.get_logger()
 
 _MAX_RESPONSE_BYTES = 1 << 20
+CONNECT_TIMEOUT_S = 2.0
+RESPONSE_HEAD_TIMEOUT_S = 2.0
+CALL_TIMEOUT_S = CONNECT_TIMEOUT_S + RESPONSE_HEAD_TIMEOUT_S
 _PRUNE_EVERY_S = 60.0
 
 
@@ -82,13 +87,11 @@ class AuthClient:
         *,
         clock: Callable[[], float] = time.time,
         poll_interval_s: float = 1.0,
-        request_timeout_s: float = 2.0,
     ) -> None:
         self.pool = pool
         self.authorizer = authorizer
         self.clock = clock
         self.poll_interval_s = poll_interval_s
-        self.request_timeout_s = request_timeout_s
         self.cursor = 0
         self.users_cursor = 0
         self._origins: list[str] = list(auth_origins)
@@ -127,14 +130,17 @@ class AuthClient:
         self._origins = list(auth_origins)
 
     # -- the decision, end to end ------------------------------------------------------------
-    async def authorize(self, request: Request, policy: AuthPolicy) -> Claims | None:
-        """Claims of the caller (None on a public path), or raise the error to answer with.
-        A cached verdict, garbage and forgeries are all answered without a network call."""
-        verdict = self.authorizer.decide(request.headers, request.path, policy, self.clock())
-        if isinstance(verdict, Allowed):
-            return verdict.claims
-        claims = await self.introspect(verdict.token)
-        return self.authorizer.accept_introspection(verdict, claims, policy, self.clock())
+    def decide(self, request: Request, policy: AuthPolicy) -> Verdict:
+        """`Allowed` (a cached verdict or a public path: no network call), `NeedsIntrospection`
+        (then `settle`), or raise the error to answer with (garbage, forgeries, a refused
+        role are all refused here)."""
+        return self.authorizer.decide(request.headers, request.path, policy, self.clock())
+
+    async def settle(self, pending: NeedsIntrospection, policy: AuthPolicy) -> Claims:
+        """Ask an auth server about a token `decide` could not answer; its verdict's claims,
+        or raise the error to answer with."""
+        claims = await self.introspect(pending.token)
+        return self.authorizer.accept_introspection(pending, claims, policy, self.clock())
 
     # -- introspection -----------------------------------------------------------------------
     async def introspect(self, token: str) -> Claims:
@@ -239,15 +245,15 @@ class AuthClient:
         headers = [(INTERNAL_HEADER, self.authorizer.ring.internal_proof())]
         if body:
             headers.append(_JSON)
-        with trio.move_on_after(self.request_timeout_s * 2) as scope:
+        with trio.move_on_after(CALL_TIMEOUT_S) as scope:
             response = await self.pool.request(
                 origin,
                 method,
                 target,
                 headers,
                 body,
-                connect_timeout_s=self.request_timeout_s,
-                response_head_timeout_s=self.request_timeout_s,
+                connect_timeout_s=CONNECT_TIMEOUT_S,
+                response_head_timeout_s=RESPONSE_HEAD_TIMEOUT_S,
             )
             raw = await response.read_all(_MAX_RESPONSE_BYTES)
         if scope.cancelled_caught:

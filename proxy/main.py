@@ -26,7 +26,7 @@ from httpio.server import HttpServer
 from httpio.upstream import UpstreamPool
 from proxy.app import ProxyApp
 from proxy.state import ProxyConfig, ProxyPaths, load_proxy_config, watch_config
-from proxy.wiring import attach_services
+from proxy.wiring import start_auth, start_cache
 from topology.load import ConfigError
 
 log = structlog.get_logger()
@@ -85,20 +85,20 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     name = args.name or f"proxy-{config.region}-{args.port}"
     configure_logging(name)
-    upstream = UpstreamPool(config.gateway.upstream)
-    app = ProxyApp(config, upstream, name=name)
-
-    def show(config: ProxyConfig) -> None:
-        """The original's RS_print_or_not / MSA_print_or_not, and the access log switch."""
-        if config.gateway.print_region_structure:
-            log.info("region_structure", region=config.region, regions=config.regions)
-        if config.gateway.print_service_map:
-            log.info("service_map", services=config.summary()["services"])
 
     async def setup(nursery: trio.Nursery, server: HttpServer) -> Handler:
+        upstream = UpstreamPool(config.gateway.upstream)
+        auth = await start_auth(config, upstream, nursery, proxy=name)
+        cache = await start_cache(config, nursery)
+        app = ProxyApp(config, upstream, name=name, auth=auth, cache=cache)
+
         def follow(config: ProxyConfig) -> None:
+            """The access log switch, and the original's RS_print_or_not / MSA_print_or_not."""
             server.access_log = config.gateway.access_log
-            show(config)
+            if config.gateway.print_region_structure:
+                log.info("region_structure", region=config.region, regions=config.regions)
+            if config.gateway.print_service_map:
+                log.info("service_map", services=config.summary()["services"])
 
         follow(app.config)
         app.on_reload.append(follow)
@@ -106,7 +106,6 @@ def main(argv: list[str] | None = None) -> None:
             watch_config, paths, app.apply, lambda: app.config.gateway.config_check_interval_s
         )
         nursery.start_soon(supervise_health_checks, app)
-        await attach_services(app, nursery)
         return app.handle
 
     async def extra(nursery: trio.Nursery, server: HttpServer) -> None:

@@ -33,7 +33,6 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -70,11 +69,6 @@ from topology.schema import CacheSettings, ServiceCacheSettings
 HIT, MISS, BYPASS = b"HIT", b"MISS", b"BYPASS"
 
 Fetch = Callable[[], Awaitable[Response]]
-
-
-class HasCacheSettings(Protocol):
-    @property
-    def cache(self) -> ServiceCacheSettings: ...
 
 
 class PurgeRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -229,9 +223,6 @@ class HttpCache:
         await self.store.run_subscriber(
             retry_s=self.settings.breaker_open_s, task_status=task_status
         )
-
-    def enabled_for(self, service: HasCacheSettings) -> bool:
-        return service.cache.enabled
 
     async def purge(self, *, key: str | None = None, prefix: str | None = None) -> int:
         """Fleet-wide purge of one key (with its Vary variants) or of a key prefix; both must

@@ -17,7 +17,7 @@ from authsvc.tokens import INTERNAL_HEADER, Claims, KeyRing, issue_token, key_ri
 from httpio.errors import DependencyUnavailable, Forbidden, Unauthorized
 from httpio.messages import Request
 from httpio.upstream import UpstreamPool
-from proxy.auth import Authorizer, AuthPolicy, VerdictCache
+from proxy.auth import Allowed, Authorizer, AuthPolicy, VerdictCache
 from proxy.auth_client import AuthClient
 from tests.authsvc.conftest import SECRET, SETTINGS, Server, serve, vouched
 from tests.support.clock import FakeClock
@@ -267,6 +267,15 @@ def make_request(headers: list[tuple[bytes, bytes]], path: str = "/api") -> Requ
     return Request("GET", path, path, "", list(headers), "1.1", ("127.0.0.1", 1), None)  # type: ignore[arg-type]
 
 
+async def authorize(client: AuthClient, request: Request, policy: AuthPolicy) -> Claims | None:
+    """What the proxy's token check does with the client: decide, and settle only when the
+    decision needs the auth server (`proxy.filters.auth.TokenCheck`)."""
+    verdict = client.decide(request, policy)
+    if isinstance(verdict, Allowed):
+        return verdict.claims
+    return await client.settle(verdict, policy)
+
+
 def make_client(server: Server, clock: FakeClock, origins: list[str] | None = None) -> AuthClient:
     authorizer = Authorizer(KeyRing.from_config(SECRET), VerdictCache(max_revocation_lag_s=5))
     return AuthClient(server.pool, origins or [server.origin], authorizer, clock=clock)
@@ -278,24 +287,24 @@ async def test_client_introspects_once_then_uses_cache(server: Server, clock: Fa
     assert await client.poll_once()
     policy = AuthPolicy()
     for _ in range(3):
-        claims = await client.authorize(make_request(bearer(token)), policy)
+        claims = await authorize(client, make_request(bearer(token)), policy)
         assert claims is not None and claims.sub == "alice"
     assert client.introspections == 1
     assert server.app.counters["introspections"] == 1
-    assert await client.authorize(make_request([], "/x"), AuthPolicy(public=True)) is None
+    assert await authorize(client, make_request([], "/x"), AuthPolicy(public=True)) is None
 
 
 async def test_client_refuses_garbage_without_calling(server: Server, clock: FakeClock) -> None:
     client = make_client(server, clock)
     await client.poll_once()
     with pytest.raises(Exception) as info:
-        await client.authorize(make_request(bearer("garbage")), AuthPolicy())
+        await authorize(client, make_request(bearer("garbage")), AuthPolicy())
     assert getattr(info.value, "status", None) == 400
     assert client.introspections == 0
     token = (await signup_and_signin(server, role="user"))["token"]
     with pytest.raises(Forbidden):
-        await client.authorize(
-            make_request(bearer(token)), AuthPolicy(allowed_roles=frozenset({"admin"}))
+        await authorize(
+            client, make_request(bearer(token)), AuthPolicy(allowed_roles=frozenset({"admin"}))
         )
     assert client.introspections == 1  # the role is the verdict's, not the token's claim
 
@@ -304,11 +313,11 @@ async def test_client_sees_revocation_through_feed(server: Server, clock: FakeCl
     token = (await signup_and_signin(server))["token"]
     client = make_client(server, clock)
     await client.poll_once()
-    await client.authorize(make_request(bearer(token)), AuthPolicy())
+    await authorize(client, make_request(bearer(token)), AuthPolicy())
     await server.call("POST", "/signout", headers=bearer(token))
     assert await client.poll_once()
     with pytest.raises(Unauthorized):
-        await client.authorize(make_request(bearer(token)), AuthPolicy())
+        await authorize(client, make_request(bearer(token)), AuthPolicy())
     assert client.introspections == 1  # refused from the revoked set, no second call
 
 
@@ -320,21 +329,21 @@ async def test_client_follows_grants_and_deletions_through_the_feed(
     admins = AuthPolicy(allowed_roles=frozenset({"admin"}))
     await client.poll_once()
     with pytest.raises(Forbidden):
-        await client.authorize(make_request(bearer(token)), admins)
-    claims = await client.authorize(make_request(bearer(token)), AuthPolicy())
+        await authorize(client, make_request(bearer(token)), admins)
+    claims = await authorize(client, make_request(bearer(token)), AuthPolicy())
     assert claims is not None and claims.role == "user" and client.introspections == 1
 
     server.app.store.set_role("alice", "admin")
     assert await client.poll_once()
-    claims = await client.authorize(make_request(bearer(token)), admins)
+    claims = await authorize(client, make_request(bearer(token)), admins)
     assert claims is not None and claims.role == "admin" and client.introspections == 2
-    assert await client.authorize(make_request(bearer(token)), admins) == claims
+    assert await authorize(client, make_request(bearer(token)), admins) == claims
     assert client.introspections == 2  # cached again until the next change
 
     server.app.store.delete_user("alice")
     assert await client.poll_once()
     with pytest.raises(Unauthorized) as info:
-        await client.authorize(make_request(bearer(token)), AuthPolicy())
+        await authorize(client, make_request(bearer(token)), AuthPolicy())
     assert "unknown_user" in info.value.detail
     assert client.users_cursor > 0 and client.statistics()["users_cursor"] == client.users_cursor
 
@@ -346,7 +355,7 @@ async def test_client_revoked_before_first_sight_is_refused_by_introspection(
     await server.call("POST", "/signout", headers=bearer(token))
     client = make_client(server, clock)
     with pytest.raises(Unauthorized):
-        await client.authorize(make_request(bearer(token)), AuthPolicy())
+        await authorize(client, make_request(bearer(token)), AuthPolicy())
 
 
 async def test_client_fails_closed_when_no_auth_server(server: Server, clock: FakeClock) -> None:
@@ -354,7 +363,7 @@ async def test_client_fails_closed_when_no_auth_server(server: Server, clock: Fa
     client = make_client(server, clock, [dead_origin(), dead_origin()])
     assert not await client.poll_once()
     with pytest.raises(DependencyUnavailable):
-        await client.authorize(make_request(bearer(token)), AuthPolicy())
+        await authorize(client, make_request(bearer(token)), AuthPolicy())
     assert client.polls_failed == 1 and client.origin_failures == 4
 
 
@@ -364,12 +373,12 @@ async def test_client_stops_trusting_cache_when_feed_goes_silent(
     token = (await signup_and_signin(server))["token"]
     client = make_client(server, clock)
     await client.poll_once()
-    await client.authorize(make_request(bearer(token)), AuthPolicy())
+    await authorize(client, make_request(bearer(token)), AuthPolicy())
     client.set_origins([dead_origin()])
     clock.now += 6
     assert not await client.poll_once()
     with pytest.raises(DependencyUnavailable):
-        await client.authorize(make_request(bearer(token)), AuthPolicy())
+        await authorize(client, make_request(bearer(token)), AuthPolicy())
 
 
 async def test_client_coalesces_concurrent_introspections(server: Server, clock: FakeClock) -> None:
@@ -379,7 +388,7 @@ async def test_client_coalesces_concurrent_introspections(server: Server, clock:
     results: list[Claims | None] = []
 
     async def one() -> None:
-        results.append(await client.authorize(make_request(bearer(token)), AuthPolicy()))
+        results.append(await authorize(client, make_request(bearer(token)), AuthPolicy()))
 
     async with trio.open_nursery() as nursery:
         for _ in range(5):

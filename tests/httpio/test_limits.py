@@ -60,7 +60,7 @@ def test_service_limits_schema() -> None:
     assert limits.max_in_flight == 1024 and limits.max_pending == 1024
     assert limits.connect_timeout_s == 1.0 and limits.response_timeout_s is None
     assert (limits.retries, limits.per_try_timeout_s) == (2, 0.5)
-    assert limits.per_try_head_timeout_s() == 0.5
+    assert limits.response_head_timeout_s() == 0.5
     with pytest.raises(msgspec.ValidationError, match="unknown field"):
         msgspec.convert({"max_inflight": 3}, ServiceLimits)
     with pytest.raises(msgspec.ValidationError, match=r"\$.max_in_flight"):
@@ -72,13 +72,13 @@ def test_service_limits_schema() -> None:
 def test_head_timeouts_per_try_and_over_all_tries() -> None:
     # Nothing set: every try has the default per-try timeout, and no overall deadline.
     default = ServiceLimits()
-    assert default.per_try_head_timeout_s() == DEFAULT_PER_TRY_TIMEOUT_S == 2.0
+    assert default.response_head_timeout_s() == DEFAULT_PER_TRY_TIMEOUT_S == 2.0
     assert default.response_timeout_s is None
     # A file from before per_try_timeout_s: response_timeout_s alone keeps its old meaning,
     # the head timeout of each try (and now also the deadline over all of them).
     old = msgspec.convert({"response_timeout_s": 60}, ServiceLimits)
-    assert old.per_try_head_timeout_s() == 60.0 and old.response_timeout_s == 60.0
+    assert old.response_head_timeout_s() == 60.0 and old.response_timeout_s == 60.0
     both = msgspec.convert({"per_try_timeout_s": 1.5, "response_timeout_s": 4}, ServiceLimits)
-    assert both.per_try_head_timeout_s() == 1.5 and both.response_timeout_s == 4.0
+    assert both.response_head_timeout_s() == 1.5 and both.response_timeout_s == 4.0
     with pytest.raises(msgspec.ValidationError, match=r"\$.per_try_timeout_s"):
         msgspec.convert({"per_try_timeout_s": 0}, ServiceLimits)

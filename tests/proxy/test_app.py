@@ -27,6 +27,7 @@ from httpio.protocol import Headers, h11
 from httpio.run import serve_tcp
 from httpio.server import RequestBody, ServerLimits
 from httpio.upstream import UpstreamPool
+from proxy import forwarding
 from proxy.app import ProxyApp
 from proxy.state import ProxyConfig
 from tests.support.ports import held_port
@@ -589,7 +590,8 @@ async def test_a_failure_while_relaying_the_head_frees_everything(
 
     async with serving(a.handle) as urls:
         async with proxy_for(make_config(service("svc", *urls))) as proxy:
-            monkeypatch.setattr(proxy.app, "_relayed", broken)
+            # the response-header rewrite of every relayed answer (the response_headers filter)
+            monkeypatch.setattr(forwarding, "client_response_headers", broken)
             status, _, _ = await proxy.call("GET", "/svc/x")
             assert status == 500
             assert_nothing_held(proxy)

@@ -11,8 +11,8 @@ from proxy.auth import (
     AuthPolicy,
     NeedsIntrospection,
     VerdictCache,
-    rewrite_identity_headers,
 )
+from proxy.filters.auth import identity_headers
 from topology.schema import AuthKey
 
 NOW = 1_700_000_000.0
@@ -28,18 +28,6 @@ def token_for(role: str = "user", ttl_s: int = 3600, ring: KeyRing = RING) -> tu
 def challenge(err: Exception) -> bytes:
     assert isinstance(err, ClientError)
     return dict(err.headers)[b"www-authenticate"]
-
-
-# -- identity headers -------------------------------------------------------------------------
-def test_rewrite_identity_headers_strips_client_claims() -> None:
-    _, claims = token_for("admin")
-    headers = [(b"host", b"x"), (b"x-user", b"mallory"), (b"x-user-role", b"root")]
-    assert rewrite_identity_headers(headers, claims) == [
-        (b"host", b"x"),
-        (b"x-user", b"alice"),
-        (b"x-user-role", b"admin"),
-    ]
-    assert rewrite_identity_headers(headers, None) == [(b"host", b"x")]
 
 
 # -- the cache --------------------------------------------------------------------------------
@@ -132,7 +120,7 @@ def test_missing_token_is_bare_401() -> None:
 
 
 def admit(auth: Authorizer, token: str, verdict: Claims, policy: AuthPolicy = ANY_USER) -> Claims:
-    """What `AuthClient.authorize` does once the auth server answered ``verdict``."""
+    """What `AuthClient.settle` does once the auth server answered ``verdict``."""
     pending = NeedsIntrospection(token, verdict, auth.cache.user_epoch)
     return auth.accept_introspection(pending, verdict, policy, NOW)
 
@@ -200,7 +188,7 @@ def test_the_verdicts_role_wins_over_the_tokens_claim() -> None:
     token, claims = token_for("user")
     promoted = msgspec.structs.replace(claims, role="admin")
     assert admit(auth, token, promoted, ADMINS) == promoted
-    assert rewrite_identity_headers([], promoted)[-1] == (b"x-user-role", b"admin")
+    assert identity_headers(promoted)[-1] == (b"x-user-role", b"admin")
 
 
 def test_a_changed_user_loses_every_cached_verdict() -> None:

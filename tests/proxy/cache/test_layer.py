@@ -502,18 +502,6 @@ def test_statistics_shape():
     assert {"hits", "misses", "bypasses", "coalesced", "not_storable", "store"} <= stats.keys()
 
 
-# -- wiring for the proxy ---------------------------------------------------------------------
-class Spec:
-    def __init__(self, cache: ServiceCacheSettings) -> None:
-        self.cache = cache
-
-
-async def test_enabled_for_reads_the_service_settings():
-    cache = HttpCache(SETTINGS, None)
-    assert cache.enabled_for(Spec(ON))
-    assert not cache.enabled_for(Spec(ServiceCacheSettings()))
-
-
 async def test_admin_purge_by_json_body_or_query(cache, origin, redis_pool):
     for path in ("/img/a.png", "/img/b.png", "/doc/c"):
         await get(cache, origin, path=path)
