@@ -26,6 +26,7 @@ LAUNCHER = frozenset(
         "topology.lifeline",
         "topology.persistent",
         "topology.supervisor",
+        "topology.table",
     }
 )
 SERVERS = ("authsvc", "proxy", "elb", "backends")
