@@ -367,7 +367,6 @@ class AuthApp:
     async def _signin(self, request: Request, address: str) -> Response:
         body: SigninRequest = await _read_json(request, SigninRequest)
         name = fold_username(body.username)
-        limits = self.config.auth_limits
         pair, anywhere = address_key(name, address), user_key(name)
         now = self.clock()
 
@@ -376,6 +375,7 @@ class AuthApp:
             return counters, (self.store.get_user(name) if name else None)
 
         counters, user = await self._db(look_up)
+        limits = self.config.auth_limits
         wait = max(
             locked_for(counters.get(pair), limits.per_address, now),
             locked_for(counters.get(anywhere), limits.per_user, now),
@@ -385,22 +385,7 @@ class AuthApp:
         stored = user.password_hash if user is not None else self._dummy_hash
         ok = await self._hash(address, passwords.verify_password, body.password, stored)
         if user is None or not ok:
-            self.counters["signin_failures"] += 1
-            await self._db(
-                self.store.update_counters,
-                (
-                    CounterUpdate(
-                        pair,
-                        partial(after_failure, rule=limits.per_address, now=now),
-                        limits.per_address.forget_after_s,
-                    ),
-                    CounterUpdate(
-                        anywhere,
-                        partial(after_failure, rule=limits.per_user, now=now),
-                        limits.per_user.forget_after_s,
-                    ),
-                ),
-            )
+            await self._count_failure(pair, anywhere, now)
             raise Unauthorized(_WRONG_CREDENTIALS, error="")
         if pair in counters:
             await self._db(self.store.delete_counters, (pair,))
@@ -409,6 +394,20 @@ class AuthApp:
                 address, passwords.hash_password, body.password, self.config.scrypt
             )
             await self._db(self.store.update_password_hash, user.username, upgraded)
+        return self._signed_in(user)
+
+    async def _count_failure(self, pair: str, anywhere: str, now: float) -> None:
+        """One more failed sign-in, for the (username, address) pair and for the username."""
+        self.counters["signin_failures"] += 1
+        limits = self.config.auth_limits
+        updates = tuple(
+            CounterUpdate(key, partial(after_failure, rule=rule, now=now), rule.forget_after_s)
+            for key, rule in ((pair, limits.per_address), (anywhere, limits.per_user))
+        )
+        await self._db(self.store.update_counters, updates)
+
+    def _signed_in(self, user: UserRecord) -> Response:
+        """The token of a sign-in that succeeded, never stored by a cache (RFC 6749 5.1)."""
         ttl = self.config.token_ttl_s
         token, _ = issue_token(
             self.ring,
@@ -419,17 +418,14 @@ class AuthApp:
             issuer=TOKEN_ISSUER,
         )
         self.counters["signins"] += 1
-        return json_response(
-            200,
-            {
-                "token": token,
-                "token_type": "Bearer",
-                "expires_in": ttl,
-                "username": user.username,
-                "role": user.role,
-            },
-            headers=[(b"cache-control", b"no-store")],  # RFC 6749 5.1
-        )
+        answer = {
+            "token": token,
+            "token_type": "Bearer",
+            "expires_in": ttl,
+            "username": user.username,
+            "role": user.role,
+        }
+        return json_response(200, answer, headers=[(b"cache-control", b"no-store")])
 
     async def signout(self, request: Request) -> Response:
         token = extract_token(request.headers)

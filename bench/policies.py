@@ -252,13 +252,22 @@ def drive_python(url: str, connections: int, duration_s: float) -> run.Run:
     samples = sorted(ms * 1000 for per_thread in latencies for ms in per_thread)
     if not samples:
         raise BenchOutputError(f"the python client got no answer from {url}")
-    result = BenchResult(
+    result = python_result(samples, elapsed, sum(errors), sum(non_2xx))
+    command = ["python-client", "-c", str(connections), "-d", f"{duration_s:g}s", url]
+    return run.Run(result, command, "")
+
+
+def python_result(
+    samples: Sequence[float], elapsed: float, errors: int, non_2xx: int
+) -> BenchResult:
+    """The record of a python-client run: ``samples`` are latencies in ms, ascending."""
+    return BenchResult(
         tool="python",
         requests=len(samples),
         duration_s=round(elapsed, 3),
         requests_per_s=round(len(samples) / elapsed, 2),
-        failures=sum(errors),
-        non_2xx=sum(non_2xx),
+        failures=errors,
+        non_2xx=non_2xx,
         mean_ms=round(sum(samples) / len(samples), 3),
         p50_ms=round(percentile(samples, 50), 3),
         p99_ms=round(percentile(samples, 99), 3),
@@ -266,8 +275,6 @@ def drive_python(url: str, connections: int, duration_s: float) -> run.Run:
         transfer_kib_s=None,
         percentiles_ms={str(p): round(percentile(samples, p), 3) for p in (50, 75, 90, 99)},
     )
-    command = ["python-client", "-c", str(connections), "-d", f"{duration_s:g}s", url]
-    return run.Run(result, command, "")
 
 
 # -- the two modes ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -69,6 +70,44 @@ async def supervise_health_checks(app: ProxyApp) -> None:
             changed = trio.Event()
 
 
+def follow(server: HttpServer, config: ProxyConfig) -> None:
+    """The access log switch, and the original's RS_print_or_not / MSA_print_or_not."""
+    server.access_log = config.gateway.access_log
+    if config.gateway.print_region_structure:
+        log.info("region_structure", region=config.region, regions=config.regions)
+    if config.gateway.print_service_map:
+        log.info("service_map", services=config.summary()["services"])
+
+
+async def start_proxy(
+    config: ProxyConfig, paths: ProxyPaths, name: str, nursery: trio.Nursery, server: HttpServer
+) -> Handler:
+    """The auth layer, the cache and the app, then the config watch and the health checks,
+    all in ``nursery``; the handler the server is to call."""
+    upstream = UpstreamPool(config.gateway.upstream)
+    auth = await start_auth(config, upstream, nursery, proxy=name)
+    cache = await start_cache(config, nursery)
+    app = ProxyApp(config, upstream, name=name, auth=auth, cache=cache)
+    follow(server, app.config)
+    app.on_reload.append(partial(follow, server))
+    await nursery.start(
+        watch_config, paths, app.apply, lambda: app.config.gateway.config_check_interval_s
+    )
+    nursery.start_soon(supervise_health_checks, app)
+    return app.handle
+
+
+async def accept_handoffs(port: int, nursery: trio.Nursery, server: HttpServer) -> None:
+    """Connections handed over by an ELB of this fleet on this host, besides the TCP port."""
+    try:
+        address = handoff_address(port)
+    except (UnsafeRuntimeDir, ValueError) as exc:
+        log.error("handoff_disabled", error=str(exc))
+        return
+    if address is not None:
+        await nursery.start(serve_handoffs, server, address)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="proxy", description=__doc__.splitlines()[0])
     parser.add_argument("port", type=int)
@@ -85,45 +124,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     name = args.name or f"proxy-{config.region}-{args.port}"
     configure_logging(name)
-
-    async def setup(nursery: trio.Nursery, server: HttpServer) -> Handler:
-        upstream = UpstreamPool(config.gateway.upstream)
-        auth = await start_auth(config, upstream, nursery, proxy=name)
-        cache = await start_cache(config, nursery)
-        app = ProxyApp(config, upstream, name=name, auth=auth, cache=cache)
-
-        def follow(config: ProxyConfig) -> None:
-            """The access log switch, and the original's RS_print_or_not / MSA_print_or_not."""
-            server.access_log = config.gateway.access_log
-            if config.gateway.print_region_structure:
-                log.info("region_structure", region=config.region, regions=config.regions)
-            if config.gateway.print_service_map:
-                log.info("service_map", services=config.summary()["services"])
-
-        follow(app.config)
-        app.on_reload.append(follow)
-        await nursery.start(
-            watch_config, paths, app.apply, lambda: app.config.gateway.config_check_interval_s
-        )
-        nursery.start_soon(supervise_health_checks, app)
-        return app.handle
-
-    async def extra(nursery: trio.Nursery, server: HttpServer) -> None:
-        try:
-            address = handoff_address(args.port)
-        except (UnsafeRuntimeDir, ValueError) as exc:
-            log.error("handoff_disabled", error=str(exc))
-            return
-        if address is not None:
-            await nursery.start(serve_handoffs, server, address)
-
     trio.run(
         lambda: serve_until_signalled(
-            setup,
+            partial(start_proxy, config, paths, name),
             args.port,
             name=name,
             limits=config.gateway.server,
             trusted_proxies=elb_addresses(config),
-            extra=extra,
+            extra=partial(accept_handoffs, args.port),
         )
     )

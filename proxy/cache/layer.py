@@ -277,31 +277,38 @@ class HttpCache:
                 await self.store.invalidate(key)
             return self._bypass(response, facts.reason)
 
-        required = settings.key_headers
-        if facts.mode is Lookup.LOOKUP:
-            flight = self._flights.join(key)
-            if flight is not None:
-                await self._wait_for(key, flight)
-            found = await self._lookup(key, request, facts, required)
-            if found.entry is not None:
-                return self._serve(found.entry, request)
-            if found.degraded:
-                return self._bypass(await fetch(), found.degraded)
-            flight = self._flights.join(key)
-            if flight is not None:
-                await self._wait_for(key, flight)
-                found = await self._lookup(key, request, facts, required)
-                if found.entry is not None:
-                    return self._serve(found.entry, request)
-        else:  # REFRESH: skip the entry, but learn the Vary index to store under
-            found = await self._lookup(key, request, facts, required)
-            if found.degraded:
-                return self._bypass(await fetch(), found.degraded)
-
+        found = await self._find(key, request, facts, settings.key_headers, fetch)
+        if isinstance(found, Response):
+            return found
         if request.method == "HEAD":
             self._stats["misses"] += 1
             return _label(await fetch(), MISS)
         return await self._fetch_and_fill(request, facts, key, found.index, settings, fetch)
+
+    async def _find(
+        self, key: str, request: Request, facts: RequestFacts, required: Sequence[str], fetch: Fetch
+    ) -> Response | _Found:
+        """The answer when the cache gives one: a hit (once a fetch in flight for ``key`` has
+        landed, if there is one), or a bypass while Redis is in trouble. Otherwise what was
+        found to fill under: for a REFRESH, only the Vary index (the entry is skipped)."""
+        if facts.mode is Lookup.REFRESH:
+            found = await self._lookup(key, request, facts, required)
+            return self._bypass(await fetch(), found.degraded) if found.degraded else found
+        flight = self._flights.join(key)
+        if flight is not None:
+            await self._wait_for(key, flight)
+        found = await self._lookup(key, request, facts, required)
+        if found.entry is not None:
+            return self._serve(found.entry, request)
+        if found.degraded:
+            return self._bypass(await fetch(), found.degraded)
+        flight = self._flights.join(key)
+        if flight is not None:
+            await self._wait_for(key, flight)
+            found = await self._lookup(key, request, facts, required)
+            if found.entry is not None:
+                return self._serve(found.entry, request)
+        return found
 
     async def _wait_for(self, key: str, flight: Flight[None]) -> None:
         self._stats["coalesced"] += 1
@@ -387,29 +394,36 @@ class HttpCache:
         async def store(body: bytes) -> None:
             await self._store(key, index, request, verdict, response, body)
 
+        await self._keep(response, settings.max_body_bytes, store, release)
+        return _label(response, MISS)
+
+    async def _keep(
+        self,
+        response: Response,
+        limit: int,
+        store: Callable[[bytes], Awaitable[None]],
+        release: Callable[[], None],
+    ) -> None:
+        """Store a whole body now, or tee a streamed one to store at its end; a body larger
+        than ``limit`` is only passed on. ``release`` runs once, whatever happens."""
         body = response.body
         if isinstance(body, bytes):
             try:
-                if len(body) <= settings.max_body_bytes:
+                if len(body) <= limit:
                     await store(body)
                 else:
                     self._stats["too_large"] += 1
             finally:
                 release()
-            return _label(response, MISS)
+            return
         length = response_length(response)
-        if length is not None and length > settings.max_body_bytes:
+        if length is not None and length > limit:
             self._stats["too_large"] += 1
             release()
-            return _label(response, MISS)
+            return
         response.body = _TeeBody(
-            body,
-            limit=settings.max_body_bytes,
-            declared=length,
-            on_complete=store,
-            on_finish=release,
+            body, limit=limit, declared=length, on_complete=store, on_finish=release
         )
-        return _label(response, MISS)
 
     async def _store(
         self,

@@ -256,24 +256,35 @@ def examine_request(method: str, headers: Headers) -> RequestFacts:
         authority = None if normal is None else keys.authority_of(normal, forwarded)
     cc = _directives(cache_control) if cache_control is not None else _NO_DIRECTIVES
 
-    def facts(mode: Lookup, reason: str = "") -> RequestFacts:
-        return RequestFacts(mode, reason, authority, authenticated, unsafe, cc)
+    mode, reason = lookup_mode(method, authority, routing is not None, ranged, cc, pragma)
+    return RequestFacts(mode, reason, authority, authenticated, unsafe, cc)
 
+
+def lookup_mode(
+    method: str,
+    authority: str | None,
+    rerouted: bool,
+    ranged: bool,
+    cc: dict[str, str | None],
+    pragma: list[bytes] | None,
+) -> tuple[Lookup, str]:
+    """Whether a request may read the cache, only refresh it, or neither, and why (the
+    module header gives the rules, in this order)."""
     if method not in ("GET", "HEAD"):
-        return facts(Lookup.BYPASS, "method")
+        return Lookup.BYPASS, "method"
     if authority is None:
-        return facts(Lookup.BYPASS, "host")
-    if routing is not None:
-        return facts(Lookup.BYPASS, "routing header")
+        return Lookup.BYPASS, "host"
+    if rerouted:
+        return Lookup.BYPASS, "routing header"
     if ranged:
-        return facts(Lookup.BYPASS, "range")
+        return Lookup.BYPASS, "range"
     if "no-store" in cc:
-        return facts(Lookup.BYPASS, "request no-store")
+        return Lookup.BYPASS, "request no-store"
     if "no-cache" in cc or cc.get("max-age") == "0":
-        return facts(Lookup.REFRESH, "request no-cache")
+        return Lookup.REFRESH, "request no-cache"
     if not cc and pragma is not None and any(b"no-cache" in v.lower() for v in pragma):
-        return facts(Lookup.REFRESH, "request pragma no-cache")
-    return facts(Lookup.LOOKUP)
+        return Lookup.REFRESH, "request pragma no-cache"
+    return Lookup.LOOKUP, ""
 
 
 def request_accepts(cc: dict[str, str | None], entry: CachedResponse, now: float) -> bool:
