@@ -294,20 +294,19 @@ class HttpCache:
         if facts.mode is Lookup.REFRESH:
             found = await self._lookup(key, request, facts, required)
             return self._bypass(await fetch(), found.degraded) if found.degraded else found
-        flight = self._flights.join(key)
-        if flight is not None:
-            await self._wait_for(key, flight)
-        found = await self._lookup(key, request, facts, required)
-        if found.entry is not None:
-            return self._serve(found.entry, request)
-        if found.degraded:
-            return self._bypass(await fetch(), found.degraded)
-        flight = self._flights.join(key)
-        if flight is not None:
-            await self._wait_for(key, flight)
+        # Look once (after the fetch in flight, if any); on a miss look once more only if a
+        # fetch took off meanwhile, since its answer is about to be stored.
+        for second in (False, True):
+            flight = self._flights.join(key)
+            if flight is not None:
+                await self._wait_for(key, flight)
+            elif second:
+                break
             found = await self._lookup(key, request, facts, required)
             if found.entry is not None:
                 return self._serve(found.entry, request)
+            if found.degraded and not second:
+                return self._bypass(await fetch(), found.degraded)
         return found
 
     async def _wait_for(self, key: str, flight: Flight[None]) -> None:
