@@ -37,6 +37,17 @@ class Reply:
         return json.loads(self.body)
 
 
+def outcome(reply: Reply) -> tuple[int, str]:
+    """The status, and the ``error`` of the JSON body every error answer has ("" when the
+    answer is no error of ours: a success, a backend's own status)."""
+    try:
+        doc = reply.json()
+    except ValueError:
+        return reply.status, ""
+    error = doc.get("error", "") if isinstance(doc, dict) else ""
+    return reply.status, error if isinstance(error, str) else ""
+
+
 def request(
     url: str,
     path: str,
