@@ -32,6 +32,7 @@ import trio
 
 from httpio.balance import ServicePool
 from httpio.health import HealthSettings
+from httpio.upstream import UpstreamPool
 
 log = structlog.get_logger("httpio.health_check")
 
@@ -86,6 +87,16 @@ async def probe_health(client: ProbeClient, origin: str, path: str, timeout_s: f
                 await response.aclose()
     log.debug("health_probe_timeout", origin=origin, timeout_s=timeout_s)
     return False
+
+
+async def probe_origin(origin: str, path: str, timeout_s: float) -> bool:
+    """`probe_health` on a pool of its own, closed after the probe: for a caller with no pool
+    that must leave no idle connection behind (the launcher's readiness checks, benchmarks)."""
+    pool = UpstreamPool()
+    try:
+        return await probe_health(pool, origin, path, timeout_s)
+    finally:
+        await pool.aclose()
 
 
 async def probe_round(

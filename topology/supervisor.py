@@ -44,8 +44,7 @@ from typing import Literal
 
 import trio
 
-from httpio.health_check import probe_health
-from httpio.upstream import UpstreamPool
+from httpio.health_check import probe_origin
 from topology.lifeline import ChildProcess, start_child
 
 Probe = Literal["http", "redis", "tcp"]
@@ -164,15 +163,10 @@ def _open_log(path: Path, argv: Sequence[str]) -> int:
 
 async def probe_once(spec: ChildSpec, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     """One readiness check; False on any failure (refused, reset, wrong answer, slow). An
-    HTTP child is probed as every process probes another (`httpio.health_check`), on a pool
-    of its own that is closed after the probe, so a child that is up holds no idle
-    connection of ours."""
+    HTTP child is probed as every process probes another (`httpio.health_check.probe_origin`),
+    so a child that is up holds no idle connection of ours."""
     if spec.probe == "http":
-        pool = UpstreamPool()
-        try:
-            return await probe_health(pool, f"http://{spec.host}:{spec.port}", "/health", timeout_s)
-        finally:
-            await pool.aclose()
+        return await probe_origin(f"http://{spec.host}:{spec.port}", "/health", timeout_s)
     with trio.move_on_after(timeout_s):
         try:
             stream = await trio.open_tcp_stream(spec.host, spec.port)
