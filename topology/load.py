@@ -8,6 +8,7 @@ that exists) are done here and report the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -61,11 +62,16 @@ def decode(path: str | Path, kind: type[T]) -> T:
         raise ConfigError(p, "", f"not valid {p.suffix.lstrip('.') or 'YAML'}: {exc}") from None
 
 
-def check_url(file: str | Path, where: str, url: str) -> None:
+def check_field(file: str | Path, where: str, rule: Callable[[str], object], value: str) -> None:
+    """A ValueError of ``rule(value)`` as a `ConfigError` naming the file and field path."""
     try:
-        Origin(url)
+        rule(value)
     except ValueError as exc:
         raise ConfigError(file, where, str(exc)) from None
+
+
+def check_url(file: str | Path, where: str, url: str) -> None:
+    check_field(file, where, Origin, url)
 
 
 def load_msa(path: str | Path) -> MsaFile:
@@ -90,10 +96,7 @@ def load_msa(path: str | Path) -> MsaFile:
 
 
 def check_policy(file: str | Path, where: str, policy: str) -> None:
-    try:
-        normalize_policy(policy)
-    except ValueError as exc:
-        raise ConfigError(file, where, str(exc)) from None
+    check_field(file, where, normalize_policy, policy)
 
 
 def load_region_structure(path: str | Path) -> RegionStructure:
@@ -119,10 +122,7 @@ def load_proxy_list(path: str | Path) -> ProxyList:
 def load_config(path: str | Path) -> GatewayConfig:
     config = decode(path, GatewayConfig)
     check_policy(path, "$.Load_balancer_policy", config.load_balancer_policy)
-    try:
-        parse_redis_address(config.redis_address)
-    except ValueError as exc:
-        raise ConfigError(path, "$.Redis_address", str(exc)) from None
+    check_field(path, "$.Redis_address", parse_redis_address, config.redis_address)
     return config
 
 
