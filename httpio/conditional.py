@@ -50,5 +50,7 @@ def is_not_modified(
     if if_none_match:
         return etag_matches(if_none_match, etag)
     since = parse_http_date(header_value(request_headers, b"if-modified-since"))
+    if since is None:  # the common case: no condition, and no date to parse
+        return False
     modified = parse_http_date(last_modified)
-    return since is not None and modified is not None and modified <= since
+    return modified is not None and modified <= since

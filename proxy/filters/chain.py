@@ -19,7 +19,7 @@ the response it was given: the terminal's body holds an in-flight slot.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from httpio.messages import Request, Response
@@ -134,25 +134,23 @@ async def _through(
 
 class Chain:
     """The filters of one service (or of the forward to one region), in request order, the
-    terminal last; `run` serves one request through them."""
+    terminal last; ``run(ex)`` serves one request through them."""
 
-    __slots__ = ("_head", "filters", "name")
+    __slots__ = ("filters", "name", "run")
 
     def __init__(self, name: str, filters: Sequence[object]) -> None:
         if not filters or not isinstance(filters[-1], Terminal):
             raise ValueError(f"chain {name!r} must end with its terminal filter")
         self.name = name
         self.filters = tuple(filters)
-        self._head = _compile(self.filters)
+        # ``run(ex)`` serves one request: the first stage's own method, no frame in between.
+        self.run: Callable[[Exchange], Awaitable[Response]] = _compile(self.filters).run
 
     def __repr__(self) -> str:
         return f"<Chain {self.name}: {' -> '.join(describe(f) for f in self.filters)}>"
 
     def statistics(self) -> dict[str, object]:
         return {"name": self.name, "filters": [describe(f) for f in self.filters]}
-
-    async def run(self, ex: Exchange) -> Response:
-        return await self._head.run(ex)
 
 
 def describe(f: object) -> str:
