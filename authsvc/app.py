@@ -51,7 +51,6 @@ import trio
 from authsvc import passwords
 from authsvc.fairness import FairQueue
 from authsvc.names import BadUsername, canonical_username, fold_username
-from authsvc.passwords import ScryptParams
 from authsvc.store import (
     CounterUpdate,
     Revocation,
@@ -61,7 +60,6 @@ from authsvc.store import (
     UserStore,
 )
 from authsvc.throttle import (
-    AuthLimits,
     ConcurrencyGate,
     Counter,
     address_key,
@@ -76,23 +74,26 @@ from authsvc.throttle import (
 from authsvc.tokens import (
     CLIENT_HEADER,
     INTERNAL_HEADER,
-    AuthKey,
-    KeyRing,
     TokenError,
     TokenExpired,
+    extract_token,
     issue_token,
+    key_ring_of,
+    refusal_for,
     verify_token,
 )
 from httpio.errors import (
     ClientError,
     DependencyUnavailable,
+    MethodNotAllowed,
     Overloaded,
     RequestBodyTooLarge,
     RouteNotFound,
     Unauthorized,
 )
 from httpio.messages import Request, Response, json_response
-from proxy.auth import extract_token, refusal_for
+from topology.load import ConfigError, load_config
+from topology.schema import GatewayConfig
 
 # A signup body is a few hundred bytes; refusing more up front keeps a flood cheap.
 MAX_BODY_BYTES = 16384
@@ -100,41 +101,21 @@ TOKEN_ISSUER = "authsvc"
 
 
 # -- config -----------------------------------------------------------------------------------
-class AuthSettings(msgspec.Struct, frozen=True):
-    """The fields of config.json the auth server reads. Not ``forbid_unknown_fields``: the
-    file is shared with the proxies and holds their options too."""
-
-    Auth_key: str = ""
-    Auth_keys: tuple[AuthKey, ...] = ()
-    Token_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=86400 * 30)] = 3600
-    Scrypt: ScryptParams = ScryptParams()
-    Auth_limits: AuthLimits = AuthLimits()
-
-    def key_ring(self) -> KeyRing:
-        return KeyRing.from_config(self.Auth_key, self.Auth_keys)
+def load_auth_config(path: str | Path) -> GatewayConfig:
+    """config.json as every process reads it (`topology.load`), and a key ring that can sign:
+    `ConfigError` (file, field path, what is wrong) otherwise."""
+    config = load_config(path)
+    try:
+        key_ring_of(config)
+    except ValueError as exc:
+        raise ConfigError(path, "$.Auth_keys", str(exc)) from None
+    return config
 
 
 _INTERNAL_PATHS = frozenset({"/introspect", "/revocations", "/stats"})
 _LOOPBACK = frozenset({"127.0.0.1", "::1"})
 # Headers that only a forwarding hop adds: a request without any came straight from a client.
 _FORWARDED_MARKS = (b"via", b"x-forwarded-for", CLIENT_HEADER)
-
-
-class ConfigError(Exception):
-    """The config file is unreadable or wrong: the operator is to blame."""
-
-
-def load_auth_settings(path: str | Path) -> AuthSettings:
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
-    try:
-        settings = msgspec.json.decode(raw, type=AuthSettings)
-        settings.key_ring()
-    except (msgspec.DecodeError, ValueError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    return settings
 
 
 # -- request and response bodies --------------------------------------------------------------
@@ -161,11 +142,6 @@ class IntrospectRequest(msgspec.Struct, frozen=True):
 class UsernameConflict(ClientError):
     status = 409
     code = "username_taken"
-
-
-class MethodNotAllowed(ClientError):
-    status = 405
-    code = "method_not_allowed"
 
 
 class TooManyRequests(ClientError):
@@ -206,7 +182,7 @@ async def _read_json(request: Request, kind: type[Any]) -> Any:
 class AuthApp:
     def __init__(
         self,
-        settings: AuthSettings,
+        config: GatewayConfig,
         store: UserStore,
         *,
         clock: Callable[[], float] = time.time,
@@ -214,8 +190,8 @@ class AuthApp:
         max_waiting_hashes: int = 64,
         db_concurrency: int = 4,
     ) -> None:
-        self.settings = settings
-        self.ring = settings.key_ring()
+        self.config = config
+        self.ring = key_ring_of(config)
         self.warnings = self.ring.weaknesses()
         self.store = store
         self.clock = clock
@@ -224,8 +200,8 @@ class AuthApp:
         self._hash_threads = trio.CapacityLimiter(hash_slots)
         self._db_limiter = trio.CapacityLimiter(db_concurrency)
         self._max_waiting_hashes = max_waiting_hashes
-        self._dummy_hash = passwords.make_dummy_hash(settings.Scrypt)
-        self._gate = ConcurrencyGate(settings.Auth_limits.concurrent_per_address)
+        self._dummy_hash = passwords.make_dummy_hash(config.scrypt)
+        self._gate = ConcurrencyGate(config.auth_limits.concurrent_per_address)
         self.counters = {
             "signups": 0,
             "signins": 0,
@@ -273,7 +249,7 @@ class AuthApp:
             if allowed:
                 raise MethodNotAllowed(
                     f"{request.method} not allowed on {request.path}",
-                    headers=((b"allow", ", ".join(allowed).encode()),),
+                    allow=", ".join(allowed).encode(),
                 )
             raise RouteNotFound(f"no such endpoint {request.path}")
         return await route(request)
@@ -354,14 +330,14 @@ class AuthApp:
             username = canonical_username(body.username)
         except BadUsername as exc:
             raise ClientError(str(exc)) from None
-        limits = self.settings.Auth_limits
+        limits = self.config.auth_limits
         key = signup_key(address)
         now = self.clock()
         counter = (await self._db(self.store.read_counters, (key,))).get(key)
         if (wait := signup_wait(counter, limits, now)) > 0:
             raise self._throttled("too many signups from your address", wait)
         stored = await self._hash(
-            address, passwords.hash_password, body.password, self.settings.Scrypt
+            address, passwords.hash_password, body.password, self.config.scrypt
         )
 
         def count_signup(counter: Counter | None) -> Counter:
@@ -391,7 +367,6 @@ class AuthApp:
     async def _signin(self, request: Request, address: str) -> Response:
         body: SigninRequest = await _read_json(request, SigninRequest)
         name = fold_username(body.username)
-        limits = self.settings.Auth_limits
         pair, anywhere = address_key(name, address), user_key(name)
         now = self.clock()
 
@@ -400,6 +375,7 @@ class AuthApp:
             return counters, (self.store.get_user(name) if name else None)
 
         counters, user = await self._db(look_up)
+        limits = self.config.auth_limits
         wait = max(
             locked_for(counters.get(pair), limits.per_address, now),
             locked_for(counters.get(anywhere), limits.per_user, now),
@@ -409,31 +385,30 @@ class AuthApp:
         stored = user.password_hash if user is not None else self._dummy_hash
         ok = await self._hash(address, passwords.verify_password, body.password, stored)
         if user is None or not ok:
-            self.counters["signin_failures"] += 1
-            await self._db(
-                self.store.update_counters,
-                (
-                    CounterUpdate(
-                        pair,
-                        partial(after_failure, rule=limits.per_address, now=now),
-                        limits.per_address.forget_after_s,
-                    ),
-                    CounterUpdate(
-                        anywhere,
-                        partial(after_failure, rule=limits.per_user, now=now),
-                        limits.per_user.forget_after_s,
-                    ),
-                ),
-            )
+            await self._count_failure(pair, anywhere, now)
             raise Unauthorized(_WRONG_CREDENTIALS, error="")
         if pair in counters:
             await self._db(self.store.delete_counters, (pair,))
-        if passwords.needs_rehash(stored, self.settings.Scrypt):
+        if passwords.needs_rehash(stored, self.config.scrypt):
             upgraded = await self._hash(
-                address, passwords.hash_password, body.password, self.settings.Scrypt
+                address, passwords.hash_password, body.password, self.config.scrypt
             )
             await self._db(self.store.update_password_hash, user.username, upgraded)
-        ttl = self.settings.Token_ttl_s
+        return self._signed_in(user)
+
+    async def _count_failure(self, pair: str, anywhere: str, now: float) -> None:
+        """One more failed sign-in, for the (username, address) pair and for the username."""
+        self.counters["signin_failures"] += 1
+        limits = self.config.auth_limits
+        updates = tuple(
+            CounterUpdate(key, partial(after_failure, rule=rule, now=now), rule.forget_after_s)
+            for key, rule in ((pair, limits.per_address), (anywhere, limits.per_user))
+        )
+        await self._db(self.store.update_counters, updates)
+
+    def _signed_in(self, user: UserRecord) -> Response:
+        """The token of a sign-in that succeeded, never stored by a cache (RFC 6749 5.1)."""
+        ttl = self.config.token_ttl_s
         token, _ = issue_token(
             self.ring,
             sub=user.username,
@@ -443,17 +418,14 @@ class AuthApp:
             issuer=TOKEN_ISSUER,
         )
         self.counters["signins"] += 1
-        return json_response(
-            200,
-            {
-                "token": token,
-                "token_type": "Bearer",
-                "expires_in": ttl,
-                "username": user.username,
-                "role": user.role,
-            },
-            headers=[(b"cache-control", b"no-store")],  # RFC 6749 5.1
-        )
+        answer = {
+            "token": token,
+            "token_type": "Bearer",
+            "expires_in": ttl,
+            "username": user.username,
+            "role": user.role,
+        }
+        return json_response(200, answer, headers=[(b"cache-control", b"no-store")])
 
     async def signout(self, request: Request) -> Response:
         token = extract_token(request.headers)

@@ -25,11 +25,12 @@ import sys
 import structlog
 import trio
 
-from authsvc.app import ROLE_PATTERN, AuthApp, ConfigError, load_auth_settings
+from authsvc.app import ROLE_PATTERN, AuthApp, load_auth_config
 from authsvc.store import StoreBusy, UserStore
 from httpio.messages import Handler
 from httpio.run import run_server
 from httpio.server import HttpServer
+from topology.load import ConfigError
 
 log = structlog.get_logger()
 
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse_server_args(argv)
     config = args.config or str(importlib.resources.files("topology") / "config.json")
     try:
-        settings = load_auth_settings(config)
+        settings = load_auth_config(config)
     except ConfigError as exc:
         print(f"authsvc: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("authsvc_ready", db=args.db, ring=repr(app.ring))
         return app.handle
 
-    run_server(setup, args.port, name=f"authsvc:{args.port}")
+    run_server(setup, args.port, name=f"authsvc:{args.port}", limits=settings.server)
 
 
 if __name__ == "__main__":

@@ -22,30 +22,9 @@ import hashlib
 import hmac
 import os
 
-import msgspec
+from topology.schema import SCRYPT_MAX_LOG2_N, ScryptParams
 
 _SALT_BYTES = 16
-# Refuse absurd costs coming from a config file or a tampered row: N up to 2**20 (1 GiB at
-# r=8) is already far beyond an interactive login.
-_MAX_LOG2_N = 20
-
-
-class ScryptParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    n: int = 16384
-    r: int = 8
-    p: int = 1
-    dklen: int = 32
-
-    def __post_init__(self) -> None:
-        if self.n < 2 or self.n & (self.n - 1) or self.n > 1 << _MAX_LOG2_N:
-            raise ValueError(f"scrypt n must be a power of two in [2, 2**{_MAX_LOG2_N}]")
-        if not (1 <= self.r <= 64 and 1 <= self.p <= 16 and 16 <= self.dklen <= 64):
-            raise ValueError("scrypt parameters out of range (1<=r<=64, 1<=p<=16, 16<=dklen<=64)")
-
-    @property
-    def maxmem(self) -> int:
-        # OpenSSL needs 128*r*(N+2) for V plus 128*r*p for B; leave 1 MiB of slack.
-        return 128 * self.r * (self.n + 2 + self.p) + (1 << 20)
 
 
 class MalformedHash(ValueError):
@@ -93,7 +72,7 @@ def parse_hash(stored: str) -> tuple[ScryptParams, bytes, bytes]:
         if set(fields) != {"ln", "r", "p"}:
             raise ValueError("expected ln, r and p")
         log2_n = int(fields["ln"])
-        if not 1 <= log2_n <= _MAX_LOG2_N:
+        if not 1 <= log2_n <= SCRYPT_MAX_LOG2_N:
             raise ValueError("ln out of range")
         salt = _b64decode(salt_text)
         digest = _b64decode(digest_text)

@@ -40,35 +40,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated
 
-import msgspec
-from msgspec import Meta
-
-Seconds = Annotated[float, Meta(gt=0)]
-
-
-class FailureRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    free: Annotated[int, Meta(ge=1)]
-    max_s: Seconds
-    base_s: Seconds = 1.0
-    forget_after_s: Seconds = 3600.0
-
-    def lockout_s(self, failures: int) -> float:
-        """How long ``failures`` consecutive failures lock out further attempts."""
-        if failures < self.free:
-            return 0.0
-        return min(self.max_s, self.base_s * 2.0 ** min(failures - self.free, 64))
-
-
-class AuthLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """``Auth_limits`` in config.json; the defaults are the module docstring's."""
-
-    per_address: FailureRule = FailureRule(free=5, max_s=900.0)
-    per_user: FailureRule = FailureRule(free=20, max_s=30.0, forget_after_s=900.0)
-    signups_per_address: Annotated[int, Meta(ge=1)] = 20
-    signup_window_s: Seconds = 3600.0
-    concurrent_per_address: Annotated[int, Meta(ge=1)] = 16
+from topology.schema import AuthLimits, FailureRule
 
 
 @dataclass(frozen=True, slots=True)

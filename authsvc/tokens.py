@@ -15,6 +15,12 @@ a test dependency that proves other libraries read our tokens.
 Errors say who is to blame: ``MalformedToken`` (not a JWT at all -> 400 invalid_request) versus
 ``InvalidToken`` subclasses (a well-formed token we refuse: bad signature, unknown key,
 expired -> 401 invalid_token), following RFC 6750 3.1. Time is passed in, never read here.
+
+How a request carries a token is part of the format, read the same way by the proxies and by
+the auth server's signout (`extract_token`), newest first: ``Authorization: Bearer <t>``
+(RFC 6750 2.1), ``AuthToken: <t>``, and ``AuthToken: {"token": ...}``, the whole JSON sign-in
+response the original's clients echoed back. This module stays free of the auth server's
+store and app: it is what the proxies import of ``authsvc``.
 """
 
 from __future__ import annotations
@@ -25,18 +31,16 @@ import hashlib
 import hmac
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import msgspec
+
+from httpio.errors import ClientError, Unauthorized
+from topology.schema import MIN_KEY_BYTES, AuthKey, GatewayConfig, derive_kid
 
 # A signed token is ~300 bytes; anything past this is garbage we refuse before any work.
 MAX_TOKEN_BYTES = 4096
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
-
-
-class AuthKey(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    kid: str
-    secret: str
 
 
 class Claims(msgspec.Struct, frozen=True):
@@ -93,11 +97,6 @@ class TokenNotYetValid(InvalidToken):
     reason = "not_yet_valid"
 
 
-def derive_kid(secret: str) -> str:
-    """The kid of the legacy single ``Auth_key``: stable across processes, reveals nothing."""
-    return "k-" + hashlib.sha256(secret.encode("utf-8")).hexdigest()[:8]
-
-
 INTERNAL_HEADER = b"x-gateway-internal"
 # The client address a proxy vouches for when it forwards a request to the auth service:
 # ``<address>;<HMAC-SHA256(key, address)>``. Only auth servers ever see it (the proxy sends it
@@ -107,8 +106,6 @@ CLIENT_HEADER = b"x-gateway-client"
 # Keys published with the original project or in the articles it was built from: a token
 # signed with one of these proves nothing.
 PUBLISHED_KEYS = frozenset({"private_key", "your-secret-key"})
-# RFC 7518 3.2: an HS256 key must be at least as long as the hash output (256 bits).
-MIN_KEY_BYTES = 32
 
 
 def _internal_mac(secret: bytes) -> bytes:
@@ -198,6 +195,11 @@ class KeyRing:
 
     def __repr__(self) -> str:
         return f"<KeyRing kids={list(self._keys)} signing={self._signing_kid!r}>"
+
+
+def key_ring_of(config: GatewayConfig) -> KeyRing:
+    """The ring config.json's ``Auth_key``/``Auth_keys`` describe (ValueError: none)."""
+    return KeyRing.from_config(config.auth_key, tuple(config.auth_keys))
 
 
 _encode_json = msgspec.json.Encoder().encode
@@ -290,3 +292,56 @@ def verify_token(ring: KeyRing, token: str, *, now: float, leeway_s: int = 0) ->
     if claims.nbf is not None and now + leeway_s < claims.nbf:
         raise TokenNotYetValid("token is not valid yet")
     return claims
+
+
+# -- how a request carries a token ----------------------------------------------------------
+class _SigninBody(msgspec.Struct):
+    token: str
+
+
+_decode_signin = msgspec.json.Decoder(_SigninBody).decode
+
+
+def extract_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The bearer token a request carries, or None if it carries none.
+
+    Raises `ClientError` (400 invalid_request) for a header we cannot read, or for two
+    different tokens at once (RFC 6750 2: clients MUST NOT use more than one method).
+    """
+    found: set[str] = set()
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, rest = value.strip().partition(b" ")
+            if scheme.lower() != b"bearer":
+                continue  # Basic and friends are not ours: as if absent
+            found.add(_ascii_token(rest.strip()))
+        elif name == b"authtoken":
+            value = value.strip()
+            if value.startswith(b"{"):
+                try:
+                    found.add(_ascii_token(_decode_signin(value).token.encode("utf-8")))
+                except msgspec.DecodeError:
+                    raise _invalid_request("AuthToken JSON has no string token field") from None
+            else:
+                found.add(_ascii_token(value))
+    if len(found) > 1:
+        raise _invalid_request("more than one token in the request")
+    return found.pop() if found else None
+
+
+def _ascii_token(raw: bytes) -> str:
+    if not raw or not raw.isascii() or b" " in raw:
+        raise _invalid_request("token is empty or not a single ASCII word")
+    return raw.decode("ascii")
+
+
+def _invalid_request(detail: str) -> ClientError:
+    challenge = b'Bearer realm="gateway", error="invalid_request"'
+    return ClientError(detail, headers=((b"www-authenticate", challenge),))
+
+
+def refusal_for(exc: TokenError) -> ClientError:
+    """The response error for a token check that failed."""
+    if isinstance(exc, MalformedToken):
+        return _invalid_request(f"malformed token: {exc}")
+    return Unauthorized(f"token refused: {exc.reason}", error="invalid_token")

@@ -51,7 +51,7 @@ from urllib.parse import parse_qsl
 
 import trio
 
-from backends.static_files import StaticFile, StaticSite, is_not_modified
+from backends.static_files import StaticFile, StaticSite
 from httpio.errors import ClientError, encode_error
 from httpio.messages import Request, Response, json_response
 
@@ -323,9 +323,7 @@ class BackendApp:
 
     def _static(self, request: Request, file: StaticFile) -> Response:
         headers = file.validator_headers()
-        if is_not_modified(
-            file, request.header(b"if-none-match"), request.header(b"if-modified-since")
-        ):
+        if file.not_modified_for(request.headers):
             self.not_modified += 1
             return Response(304, headers)
         self.static_hits += 1

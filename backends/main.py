@@ -15,7 +15,7 @@ import argparse
 
 from backends.app import MAX_DELAY_S, BackendApp
 from backends.static_files import StaticSite
-from httpio.run import run_server
+from httpio.run import run_server, serving
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,7 +59,7 @@ def build_app(args: argparse.Namespace) -> BackendApp:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     app = build_app(args)
-    run_server(app, args.port, name=app.name, host=args.host)
+    run_server(serving(app), args.port, name=app.name, host=args.host)
 
 
 if __name__ == "__main__":

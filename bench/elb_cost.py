@@ -23,15 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.caddy import free_port
+from bench.parse import BenchResult
 from bench.run import SCENARIOS, Overrides, acquire_token, request_headers, run_scenario
 from httpio.handoff import FLEET_ENV
 from topology.fleet_lock import FleetLock
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_listening(port: int, timeout_s: float = 10.0) -> None:
@@ -53,6 +49,37 @@ def wait_linked(log: Path, timeout_s: float = 10.0) -> None:
             return
         time.sleep(0.05)
     raise SystemExit(f"the ELB opened no hand-off link (see {log}): it would only relay")
+
+
+Row = tuple[str, str, BenchResult]
+
+
+def measure(args: argparse.Namespace, elb: str, token: str) -> list[Row]:
+    """Each scenario, straight to the proxy and through the new ELB, alternating."""
+    rows = []
+    for scenario_name, overrides in (
+        ("regular", Overrides(requests=args.requests)),
+        ("wrk", Overrides(duration="8s")),
+    ):
+        scenario = SCENARIOS[scenario_name]
+        headers = request_headers(scenario, token)
+        for side, origin in (("direct", args.proxy), ("elb", elb)) * args.rounds:
+            run = run_scenario(scenario, origin + args.path, headers, overrides)
+            rows.append((scenario_name, side, run.result))
+            print(
+                f"{scenario_name:8} {side:7} {run.result.requests_per_s:9.1f} req/s"
+                f"  failures={run.result.failures}  p99={run.result.p99_ms} ms",
+                flush=True,
+            )
+    return rows
+
+
+def print_ratios(rows: list[Row]) -> None:
+    for name in ("regular", "wrk"):
+        direct = [r.requests_per_s for n, s, r in rows if n == name and s == "direct"]
+        via = [r.requests_per_s for n, s, r in rows if n == name and s == "elb"]
+        ratio = (sum(via) / len(via)) / (sum(direct) / len(direct))
+        print(f"{name}: ELB keeps {100 * ratio:.1f} % of the direct throughput")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,29 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             wait_listening(port)
             wait_linked(Path(tmp) / "elb.log")
-            rows = []
-            for scenario_name, overrides in (
-                ("regular", Overrides(requests=args.requests)),
-                ("wrk", Overrides(duration="8s")),
-            ):
-                scenario = SCENARIOS[scenario_name]
-                headers = request_headers(scenario, token)
-                for side, origin in (
-                    ("direct", args.proxy),
-                    ("elb", f"http://127.0.0.1:{port}"),
-                ) * args.rounds:
-                    run = run_scenario(scenario, origin + args.path, headers, overrides)
-                    rows.append((scenario_name, side, run.result))
-                    print(
-                        f"{scenario_name:8} {side:7} {run.result.requests_per_s:9.1f} req/s"
-                        f"  failures={run.result.failures}  p99={run.result.p99_ms} ms",
-                        flush=True,
-                    )
-            for name in ("regular", "wrk"):
-                direct = [r.requests_per_s for n, s, r in rows if n == name and s == "direct"]
-                via = [r.requests_per_s for n, s, r in rows if n == name and s == "elb"]
-                ratio = (sum(via) / len(via)) / (sum(direct) / len(direct))
-                print(f"{name}: ELB keeps {100 * ratio:.1f} % of the direct throughput")
+            print_ratios(measure(args, f"http://127.0.0.1:{port}", token))
         finally:
             elb.terminate()
             elb.wait(10)

@@ -15,9 +15,10 @@ socket errors (connect, read, write, timeout) are the closest equivalent and are
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 
 import msgspec
+
+from topology.table import format_rows as format_rows  # the benchmarks print tables with it
 
 
 class BenchOutputError(Exception):
@@ -187,19 +188,6 @@ def _cell(value: float | int | None) -> str:
     if isinstance(value, int):
         return str(value)
     return f"{value:.2f}"
-
-
-def format_rows(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
-    """Fixed-width columns: the first left-aligned, the numbers right-aligned."""
-    table = [tuple(header), *map(tuple, lines)]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(line, widths, strict=True))
-        )
-        for line in table
-    )
 
 
 def format_table(rows: list[tuple[str, BenchResult]]) -> str:

@@ -49,12 +49,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
+import trio
 
 from bench import run
 from bench.caddy import free_port
 from bench.parse import BenchOutputError, BenchResult, format_rows
 from httpio.balance import Endpoint, ServicePool, normalize_policy
 from httpio.health import Outcome
+from httpio.health_check import probe_origin
 
 BIN = Path(sys.executable).parent
 SERVICE = "web"
@@ -64,6 +66,7 @@ COST_POLICIES = ("round_robin", "p2c", "least_conn")
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 HTTP_TIMEOUT_S = 10.0
+PROBE_TIMEOUT_S = 1.0  # one readiness probe; the deadline over all of them is READY_TIMEOUT_S
 HEALTHCHECK_INTERVAL_S = 5  # the slow instance must stay "healthy": only its answers are slow
 PYTHON_CLIENT_MAX_REQUESTS = 1_000_000  # per thread; the duration ends a run long before
 PICK_SAMPLES = 20000  # in-process picks timed per policy by --cost (~0.1 s each)
@@ -135,15 +138,14 @@ def get_json(url: str, path: str) -> Any:
 
 
 def wait_ready(child: Child) -> None:
+    """Until ``child`` passes the health probe every process uses (`httpio.health_check`)."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if child.process.poll() is not None:
             raise RuntimeError(f"{child.name} exited with status {child.process.returncode}")
-        try:
-            get_json(child.url, "/health")
+        if trio.run(probe_origin, child.url, "/health", PROBE_TIMEOUT_S):
             return
-        except (OSError, RuntimeError, ValueError):
-            time.sleep(0.05)
+        time.sleep(0.05)
     raise RuntimeError(f"{child.name} did not answer /health within {READY_TIMEOUT_S:g}s")
 
 
@@ -252,13 +254,22 @@ def drive_python(url: str, connections: int, duration_s: float) -> run.Run:
     samples = sorted(ms * 1000 for per_thread in latencies for ms in per_thread)
     if not samples:
         raise BenchOutputError(f"the python client got no answer from {url}")
-    result = BenchResult(
+    result = python_result(samples, elapsed, sum(errors), sum(non_2xx))
+    command = ["python-client", "-c", str(connections), "-d", f"{duration_s:g}s", url]
+    return run.Run(result, command, "")
+
+
+def python_result(
+    samples: Sequence[float], elapsed: float, errors: int, non_2xx: int
+) -> BenchResult:
+    """The record of a python-client run: ``samples`` are latencies in ms, ascending."""
+    return BenchResult(
         tool="python",
         requests=len(samples),
         duration_s=round(elapsed, 3),
         requests_per_s=round(len(samples) / elapsed, 2),
-        failures=sum(errors),
-        non_2xx=sum(non_2xx),
+        failures=errors,
+        non_2xx=non_2xx,
         mean_ms=round(sum(samples) / len(samples), 3),
         p50_ms=round(percentile(samples, 50), 3),
         p99_ms=round(percentile(samples, 99), 3),
@@ -266,8 +277,6 @@ def drive_python(url: str, connections: int, duration_s: float) -> run.Run:
         transfer_kib_s=None,
         percentiles_ms={str(p): round(percentile(samples, p), 3) for p in (50, 75, 90, 99)},
     )
-    command = ["python-client", "-c", str(connections), "-d", f"{duration_s:g}s", url]
-    return run.Run(result, command, "")
 
 
 # -- the two modes ---------------------------------------------------------------------------

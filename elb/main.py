@@ -33,13 +33,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
-import msgspec
 import structlog
 import trio
 
@@ -54,11 +53,12 @@ from httpio.handoff import (
     handoff_address,
 )
 from httpio.health import HealthSettings
-from httpio.probe import probe_health
+from httpio.health_check import probe_round, run_on_schedule
+from httpio.listen import accept_loop, open_listeners, send_refusal, wrap_socket
 from httpio.proxyproto import build_v2
-from httpio.run import configure_logging
+from httpio.run import configure_logging, run_until_signalled
 from httpio.upstream import UpstreamPool, UpstreamTimeouts
-from topology.load import ConfigError, load_fleet, load_proxy_list
+from topology.load import ConfigError, load_elb_targets
 
 log = structlog.get_logger()
 
@@ -79,26 +79,6 @@ ELB_HEALTH = HealthSettings(
     panic=True,
 )
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
-class _Topology(msgspec.Struct):
-    regions: object = None
-
-
-def load_targets(path: Path, port: int) -> tuple[str, list[str]]:
-    """The region code and proxy URLs this ELB serves."""
-    try:
-        probe_doc = msgspec.yaml.decode(path.read_bytes(), type=_Topology)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-        probe_doc = _Topology()
-    if probe_doc.regions is not None:
-        fleet = load_fleet(path)
-        for region in fleet.regions:
-            if region.elb_port == port:
-                return region.code, [f"http://{fleet.host}:{p}" for p in region.proxy_ports]
-        raise ConfigError(path, "$.regions", f"no region has elb_port {port}")
-    proxies = load_proxy_list(path)
-    return proxies.region_code, list(proxies.available_zone)
 
 
 def _handoff_address(endpoint: Endpoint) -> HandoffAddress | None:
@@ -179,16 +159,20 @@ class Elb:
             )
         return change
 
-    async def watch_health(self, nursery: trio.Nursery) -> None:
-        while True:
-            deadline = trio.current_time() + CHECK_INTERVAL_S
-            async with trio.open_nursery() as checks:
-                for target in self._by_index:
-                    checks.start_soon(self._check, target, nursery)
-            await trio.sleep_until(deadline)
+    async def watch_health(self, nursery: trio.Nursery) -> NoReturn:
+        """Probe every proxy each ``CHECK_INTERVAL_S``, all at once; links open in ``nursery``."""
+        every_proxy = trio.CapacityLimiter(max(1, len(self.targets)))
 
-    async def _check(self, target: Target, nursery: trio.Nursery) -> None:
-        passed = await probe_health(self.checker, target.url, ELB_HEALTH.path, ELB_HEALTH.timeout_s)
+        def checked(url: str, passed: bool) -> None:
+            self._checked(self.targets[url], passed, nursery)
+
+        async def one_round() -> float:
+            await probe_round(self.checker, list(self.targets), ELB_HEALTH, checked, every_proxy)
+            return CHECK_INTERVAL_S
+
+        await run_on_schedule(one_round)
+
+    def _checked(self, target: Target, passed: bool, nursery: trio.Nursery) -> None:
         address = target.handoff_address
         if passed and target.link is None and address is not None and not target.linking:
             # in the background: a hand-shake that stalls must not delay the next probes
@@ -225,12 +209,12 @@ class Elb:
             closed = await link.closed_connections()
             if closed < 0:
                 break
-            state.in_flight = max(0, state.in_flight - closed)
+            state.ended(closed)
         link.close()
         if target.link is link:
             target.link = None
             log.info("handoff_link_down", proxy=target.url, peer_pid=link.peer_pid)
-            state.in_flight = 0
+            state.forget_in_flight()
             self.observe(target, Evidence.GONE)
 
     # -- connections -------------------------------------------------------------------------
@@ -244,31 +228,11 @@ class Elb:
         self._accepting.cancel()
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        # Accepting on a plain socket (a duplicate of the listener's descriptor) and waiting
-        # through trio only when the backlog is empty: per connection the ELB then makes
-        # its accept, sendmsg and close syscalls and little else, with no SocketStream and
-        # no scheduler checkpoint. Under ab this is most of what the ELB does.
-        raw = socket.socket(fileno=os.dup(listener.socket.fileno()))
-        try:
-            while True:
-                try:
-                    client, _ = raw.accept()
-                except BlockingIOError:
-                    try:
-                        await trio.lowlevel.wait_readable(raw)
-                    except trio.ClosedResourceError:
-                        return
-                    continue
-                except OSError as exc:
-                    if raw.fileno() == -1 or listener.socket.fileno() == -1:
-                        return
-                    log.warning("accept_failed", error=str(exc))
-                    await trio.sleep(0.05)
-                    continue
-                self.accepted += 1
-                await self._dispatch(client, nursery)
-        finally:
-            raw.close()
+        async def accepted(client: socket.socket) -> None:
+            self.accepted += 1
+            await self._dispatch(client, nursery)
+
+        await accept_loop(listener, accepted, server=self.name)
 
     async def _dispatch(
         self,
@@ -285,7 +249,7 @@ class Elb:
             state = self.balancer.pick_state(candidates) if candidates else None
             if state is None:
                 self.refused += 1
-                nursery.start_soon(_refuse, _stream(client))
+                nursery.start_soon(_refuse, wrap_socket(client))
                 return
             target = self._by_index[state.index]
             link = target.link
@@ -331,7 +295,7 @@ class Elb:
                 log.warning("relay_connect_failed", proxy=target.url, error=repr(exc))
                 await self._dispatch(plain_client, nursery, (*tried, target))
                 return
-            client = _stream(plain_client)
+            client = wrap_socket(plain_client)
             client_sock = client.socket
             self.relayed += 1
             try:
@@ -365,11 +329,6 @@ class Elb:
                 target.link = None
 
 
-def _stream(client: socket.socket) -> trio.SocketStream:
-    client.setblocking(False)
-    return trio.SocketStream(trio.socket.from_stdlib_socket(client))
-
-
 async def _copy(src: trio.SocketStream, dst: trio.SocketStream) -> None:
     try:
         while data := await src.receive_some(RELAY_CHUNK):
@@ -382,10 +341,7 @@ async def _copy(src: trio.SocketStream, dst: trio.SocketStream) -> None:
 async def _refuse(stream: trio.SocketStream) -> None:
     answer = unavailable_response("no_healthy_proxy", "no proxy of this region is available")
     try:
-        with trio.move_on_after(1.0):
-            await stream.send_all(answer)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        pass
+        await send_refusal(stream, answer)
     finally:
         await trio.aclose_forcefully(stream)
 
@@ -407,32 +363,36 @@ def inherited_socket(fd: int, port: int) -> socket.socket:
 
 
 async def run_elb(elb: Elb, port: int, inherited: socket.socket | None = None) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-            if inherited is not None:
-                listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(inherited))]
-            else:
-                listeners = await trio.open_tcp_listeners(port, host="127.0.0.1", backlog=4096)
-            nursery.start_soon(elb.watch_health, nursery)
-            nursery.start_soon(elb.serve, listeners, nursery)
-            log.info(
-                "listening",
-                port=port,
-                region=elb.region,
-                proxies=list(elb.targets),
-                inherited=inherited is not None,
-                pid=os.getpid(),
-            )
-            async for signum in signals:
-                log.info("stopping", signal=signal.Signals(signum).name, relays=elb.relays_open)
-                elb.stop_accepting()
-                for listener in listeners:
-                    await listener.aclose()
-                with trio.move_on_after(DRAIN_TIMEOUT_S):
-                    await elb.wait_relays_done()
-                elb.close_links()
-                nursery.cancel_scope.cancel()
-                break
+    """Serve until SIGTERM/SIGINT, then stop accepting and let relays finish (up to
+    ``DRAIN_TIMEOUT_S``); handed-off connections are their proxies' already."""
+    listeners: list[trio.SocketListener] = []
+
+    async def start(nursery: trio.Nursery) -> None:
+        if inherited is not None:
+            listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(inherited)))
+        else:
+            listeners.extend(await open_listeners(port))
+        nursery.start_soon(elb.watch_health, nursery)
+        nursery.start_soon(elb.serve, listeners, nursery)
+        log.info(
+            "listening",
+            port=port,
+            region=elb.region,
+            proxies=list(elb.targets),
+            inherited=inherited is not None,
+            pid=os.getpid(),
+        )
+
+    async def drain() -> None:
+        log.info("stopping", relays=elb.relays_open)
+        elb.stop_accepting()
+        for listener in listeners:
+            await listener.aclose()
+        with trio.move_on_after(DRAIN_TIMEOUT_S):
+            await elb.wait_relays_done()
+        elb.close_links()
+
+    await run_until_signalled(elb.name, start, drain)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -447,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     try:
-        region, urls = load_targets(args.topology, args.port)
+        region, urls = load_elb_targets(args.topology, args.port)
     except ConfigError as err:
         print(f"elb: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -51,11 +51,11 @@ import random
 from bisect import bisect_left
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from httpio.errors import NoHealthyInstance
 from httpio.health import HealthSettings, HealthTracker, Outcome, Transition
 from httpio.limits import RETRY_AFTER
+from httpio.origin import origin_url, parse_origin
 
 EWMA_ALPHA = 0.3
 UNMEASURED_LATENCY_S = 0.010
@@ -110,16 +110,12 @@ class Endpoint:
 
     @classmethod
     def parse(cls, url: str, weight: int = 1) -> Endpoint:
-        """Split "http://host:port" (no DNS); a missing port is the scheme's default."""
-        parts = urlsplit(url.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"instance URL must look like http://host:port, not {url!r}")
+        """An instance at ``url`` (`httpio.origin.parse_origin`'s rule; no DNS), named by its
+        canonical ``http://host:port``."""
         if weight < 1:
             raise ValueError(f"instance weight must be >= 1, not {weight} ({url})")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        host = parts.hostname
-        shown = f"[{host}]" if ":" in host else host
-        return cls(f"{parts.scheme}://{shown}:{port}", host, port, weight)
+        host, port, _ = parse_origin(url)
+        return cls(origin_url(host, port), host, port, weight)
 
 
 def _hash64(data: str) -> int:
@@ -153,6 +149,15 @@ class InstanceState:
 
     def begin(self) -> None:
         self.in_flight += 1
+
+    def ended(self, count: int) -> None:
+        """``count`` requests or connections ended with no latency to learn from (an ELB's
+        proxy reports its closed connections in batches)."""
+        self.in_flight = max(0, self.in_flight - count)
+
+    def forget_in_flight(self) -> None:
+        """Nothing is in flight there any more (a proxy that went away took its connections)."""
+        self.in_flight = 0
 
     def end(self, latency_s: float | None, ok: bool) -> None:
         """`latency_s=None` (cancelled) frees the slot without a sample."""

@@ -5,7 +5,7 @@ request and one lost packet took an instance out. Here two independent signals f
 machine per instance, as Envoy (active health checking + outlier detection) and HAProxy
 (``rise``/``fall``) do:
 
-- *active* checks (``CHECK_PASSED``/``CHECK_FAILED``) from ``proxy.health_checker``: ``fall``
+- *active* checks (``CHECK_PASSED``/``CHECK_FAILED``) from ``httpio.health_check``: ``fall``
   consecutive failures take an instance out until ``rise`` consecutive successes bring it back,
   so one flapping probe neither ejects nor restores it (HAProxy defaults are rise=2, fall=3);
 - *passive* outcomes of real requests (``REQUEST_OK``/``REQUEST_FAILED``), Envoy's outlier

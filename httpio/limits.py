@@ -7,16 +7,21 @@ and HAProxy's ``maxconn``/``maxqueue``, each service has two counters: requests 
 and requests waiting for an upstream connection. When a counter is full the proxy answers
 ``503 overloaded`` with ``Retry-After: 1`` immediately (RFC 9110 15.6.4, 10.2.3).
 
-The counters are pure: ``try_acquire()``/``release()``, or ``with limiter.in_flight.hold():``
-which raises ``Overloaded``. ``ServiceLimits`` holds these and the per-service timeouts and retry
-count from msa.yaml; each timeout has its unit in its name and one call site in the proxy.
+The counters are pure: ``try_acquire()``/``release()``, and ``refusal()`` is the
+``Overloaded`` to answer when one is full. ``ServiceLimits`` holds these and the per-service
+timeouts and retry count from msa.yaml; each timeout has its unit in its name and one call
+site in the proxy.
 
 The timeouts of one proxied request, in the order they run:
 
 - ``connect_timeout_s`` (1 s): the TCP connect of one try.
-- ``per_try_timeout_s`` (2 s): from the end of the request to the response head, on one try
-  (Envoy's ``per_try_timeout``; it is what the upstream pool calls
-  ``response_head_timeout_s``). A try that runs out is a timeout: outlier evidence against
+- the response-head timeout of one try, from the end of the request to the response head.
+  In code it has one name, ``response_head_timeout_s`` (`ServiceLimits.response_head_timeout_s`
+  computes it, `proxy.retry.Attempts` cuts it to the deadline left, and the upstream pool's
+  head scope is its one call site, with config.json's ``Upstream.response_head_timeout_s`` the
+  default for exchanges that set none: probes, region forwards). msa.yaml spells it
+  ``per_try_timeout_s`` (Envoy's ``per_try_timeout``, kept so that written files mean what
+  they meant), 2 s by default. A try that runs out is a timeout: outlier evidence against
   the instance, and retried on another one when the request may be sent twice. 2 s is ten
   times the longest response head seen under ``make concurrent`` (169 ms; bench/RESULTS.md);
   it is also what bounds the cost of a hung instance: a request caught on one waits at most
@@ -32,13 +37,12 @@ The timeouts of one proxied request, in the order they run:
   long as it takes.
 
 Files written before ``per_try_timeout_s`` existed set ``response_timeout_s`` alone, meaning
-the head timeout of each try: they keep that meaning (it is then the per-try timeout too).
+the head timeout of each try: they keep that meaning (it is then the per-try timeout too),
+which `ServiceLimits.response_head_timeout_s` is the one place to decide.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
 from typing import Annotated
 
 import msgspec
@@ -61,8 +65,8 @@ class ServiceLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     response_timeout_s: Annotated[float, Meta(gt=0)] | None = None  # over all tries; None: none
     retries: Annotated[int, Meta(ge=0)] = 1
 
-    def per_try_head_timeout_s(self) -> float:
-        """How long one try may wait for the response head."""
+    def response_head_timeout_s(self) -> float:
+        """How long one try may wait for its response head (see the module header)."""
         if self.per_try_timeout_s is not None:
             return self.per_try_timeout_s
         if self.response_timeout_s is not None:
@@ -98,16 +102,6 @@ class ConcurrencyLimit:
         where = f"{subject}: " if subject else ""
         return Overloaded(f"{where}{self.name} limit of {self.limit} reached", headers=RETRY_AFTER)
 
-    @contextmanager
-    def hold(self, service: str = "") -> Iterator[None]:
-        """Hold one slot for the block, or raise Overloaded (503, Retry-After: 1) at once."""
-        if not self.try_acquire():
-            raise self.refusal(f"service {service!r}" if service else "")
-        try:
-            yield
-        finally:
-            self.release()
-
     def statistics(self) -> dict[str, int]:
         return {
             "in_use": self.in_use,
@@ -133,14 +127,6 @@ class ServiceLimiter:
         self.limits = limits
         self.in_flight.limit = limits.max_in_flight
         self.pending.limit = limits.max_pending
-
-    def admit(self) -> AbstractContextManager[None]:
-        """`with limiter.admit():` around the whole proxied request (all attempts)."""
-        return self.in_flight.hold(self.service)
-
-    def wait_for_connection(self) -> AbstractContextManager[None]:
-        """`with limiter.wait_for_connection():` around the wait for an upstream connection."""
-        return self.pending.hold(self.service)
 
     def statistics(self) -> dict[str, object]:
         return {

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 import msgspec
 
 from httpio.errors import GatewayError
-from httpio.protocol import Headers
+from httpio.protocol import Headers, header_value
 
 if TYPE_CHECKING:
     from httpio.server import RequestBody
@@ -63,10 +63,7 @@ class Request:
     via_elb: bool = False  # arrived through an ELB (handed off, or behind a PROXY header)
 
     def header(self, name: bytes) -> bytes | None:
-        for n, v in self.headers:
-            if n == name:
-                return v
-        return None
+        return header_value(self.headers, name)
 
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -100,10 +100,17 @@ def strip_hop_by_hop(headers: Headers) -> Headers:
 
 
 def header_value(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of field ``name`` (lowercase: h11 lowercases every name it parses,
+    and ours are written so), or None."""
     for n, v in headers:
         if n == name:
             return v
     return None
+
+
+def header_values(headers: Headers, name: bytes) -> list[bytes]:
+    """Every value of field ``name``, in order (a list field may span several lines)."""
+    return [v for n, v in headers if n == name]
 
 
 SERVED_METHODS: tuple[bytes, ...] = (

@@ -1,38 +1,43 @@
-"""Entry points: listeners, ``serve_tcp`` for tests, and a process's main loop.
+"""A process's main loop: logging, the trio loop, and SIGTERM/SIGINT turned into a drain.
 
-`run_server` is what a console script calls: structlog set up for JSON lines, the trio
-loop, and SIGTERM/SIGINT turned into a graceful drain (stop accepting, finish what is in
-flight up to ``drain_timeout_s``, exit 0). `serve_until_signalled` is the same for a
-process that builds its own handler and background tasks (the proxy).
+`run_until_signalled` is the one signal loop every process has (the HTTP servers and the
+ELB): ``start(nursery)`` brings the process up, the first SIGTERM or SIGINT calls
+``drain()`` (stop accepting, let what is in flight finish, up to the process's own drain
+deadline), and then everything left is cancelled and the process exits 0.
+`serve_until_signalled` is that loop for an `HttpServer` whose ``setup(nursery, server)``
+starts background tasks (health checks, config reload) and returns the handler;
+`run_server` is what a console script calls, with a setup (`serving` makes one of a plain
+handler). `serve_tcp` serves a handler on a port for tests.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import signal
-import socket
 from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 import trio
 
 from httpio.errors import GatewayError
+from httpio.listen import listener_port, open_listeners
 from httpio.messages import Handler, Request, Response
 from httpio.protocol import h11
 from httpio.server import HttpServer, ServerLimits
 
 log = structlog.get_logger()
 
-
-async def open_listeners(port: int, host: str = "127.0.0.1") -> list[trio.SocketListener]:
-    listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
-    return listeners
+Setup = Callable[[trio.Nursery, HttpServer], Awaitable[Handler]]
 
 
-def listener_port(listeners: list[trio.SocketListener]) -> int:
-    return int(listeners[0].socket.getsockname()[1])
+def serving(handler: Handler) -> Setup:
+    """The setup of a process that needs nothing but its handler (a backend)."""
+
+    async def setup(nursery: trio.Nursery, server: HttpServer) -> Handler:
+        return handler
+
+    return setup
 
 
 async def serve_tcp(
@@ -53,7 +58,22 @@ async def serve_tcp(
         task_status.started(listener_port(listeners))
 
 
-Setup = Callable[[trio.Nursery, HttpServer], Awaitable[Handler]]
+async def run_until_signalled(
+    name: str,
+    start: Callable[[trio.Nursery], Awaitable[None]],
+    drain: Callable[[], Awaitable[None]],
+) -> None:
+    """``start(nursery)``, then wait for SIGTERM/SIGINT; on the first, ``drain()`` and cancel
+    whatever still runs in ``nursery``."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await start(nursery)
+            async for signum in signals:
+                log.info("draining", server=name, signal=signal.Signals(signum).name)
+                await drain()
+                nursery.cancel_scope.cancel()
+                break
+    log.info("stopped", server=name)
 
 
 async def serve_until_signalled(
@@ -66,34 +86,26 @@ async def serve_until_signalled(
     trusted_proxies: Iterable[str] = (),
     extra: Callable[[trio.Nursery, HttpServer], Awaitable[None]] | None = None,
 ) -> None:
-    """Run a process's server: ``setup(nursery, server)`` starts background tasks (health
-    checks, config reload) in ``nursery`` and returns the handler. SIGTERM/SIGINT drain."""
-    limits = limits or ServerLimits()
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as background:
-            server = HttpServer(_not_ready, limits, name=name, trusted_proxies=trusted_proxies)
-            server.handler = await setup(background, server)
-            try:
-                listeners = await open_listeners(port, host)
-            except OSError as exc:
-                log.error("listen_failed", server=name, port=port, error=str(exc))
-                raise SystemExit(2) from exc
-            for listener in listeners:
-                listener.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            async with trio.open_nursery() as serving:
-                await serving.start(server.serve_listeners, listeners)
-                if extra is not None:
-                    await extra(serving, server)
-                log.info("listening", server=name, port=listener_port(listeners), h11=h11.__name__)
-                async for signum in signals:
-                    log.info("draining", server=name, signal=signal.Signals(signum).name)
-                    for listener in listeners:
-                        await listener.aclose()
-                    await server.drain()
-                    serving.cancel_scope.cancel()
-                    break
-            background.cancel_scope.cancel()
-    log.info("stopped", server=name)
+    """Run a process's `HttpServer` until a signal drains it. ``setup`` runs before the port
+    is opened (a server that listens answers at once); ``extra`` after (the proxy's hand-off
+    socket)."""
+    server = HttpServer(
+        _not_ready, limits or ServerLimits(), name=name, trusted_proxies=trusted_proxies
+    )
+
+    async def start(nursery: trio.Nursery) -> None:
+        server.handler = await setup(nursery, server)
+        try:
+            listeners = await open_listeners(port, host)
+        except OSError as exc:
+            log.error("listen_failed", server=name, port=port, error=str(exc))
+            raise SystemExit(2) from exc
+        await nursery.start(server.serve_listeners, listeners)
+        if extra is not None:
+            await extra(nursery, server)
+        log.info("listening", server=name, port=listener_port(listeners), h11=h11.__name__)
+
+    await run_until_signalled(name, start, server.drain)
 
 
 async def _not_ready(request: Request) -> Response:
@@ -118,22 +130,13 @@ def configure_logging(name: str) -> None:
 
 
 def run_server(
-    setup: Setup | Handler,
+    setup: Setup,
     port: int,
     *,
     name: str,
     limits: ServerLimits | None = None,
     host: str = "127.0.0.1",
 ) -> None:
-    """Console-script entry: logging, the trio loop, drain on a signal, exit status 0.
-
-    ``setup`` is either a plain handler or an ``async def setup(nursery, server) -> handler``.
-    """
+    """Console-script entry: logging, the trio loop, drain on a signal, exit status 0."""
     configure_logging(name)
-
-    async def _plain(nursery: trio.Nursery, server: HttpServer) -> Handler:
-        return setup  # type: ignore[return-value]
-
-    is_setup = len(inspect.signature(setup).parameters) == 2
-    chosen: Setup = setup if is_setup else _plain  # type: ignore[assignment]
-    trio.run(lambda: serve_until_signalled(chosen, port, name=name, limits=limits, host=host))
+    trio.run(lambda: serve_until_signalled(setup, port, name=name, limits=limits, host=host))

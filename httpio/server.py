@@ -42,7 +42,6 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Iterable
-from email.utils import formatdate
 from typing import Annotated, Any
 
 import msgspec
@@ -50,6 +49,7 @@ import structlog
 import trio
 
 from httpio import proxyproto, sockio
+from httpio.dates import http_date
 from httpio.errors import (
     ClientError,
     GatewayError,
@@ -59,8 +59,9 @@ from httpio.errors import (
     Unimplemented,
     unavailable_response,
 )
-from httpio.messages import Handler, Request, Response, error_response
-from httpio.protocol import h11, reason_for, refuse_request
+from httpio.listen import accept_loop, send_refusal, wrap_socket
+from httpio.messages import Handler, Request, Response, ResponseBody, error_response
+from httpio.protocol import Headers, h11, reason_for, refuse_request
 
 log = structlog.get_logger()
 access_log = structlog.get_logger("access")
@@ -225,7 +226,7 @@ class _Clock:
         now = int(time.time())
         if now != self._second:
             self._second = now
-            self._value = formatdate(now, usegmt=True).encode()
+            self._value = http_date(now)
         return self._value
 
 
@@ -274,6 +275,7 @@ class HttpServer:
         self.drain_started = trio.Event()
         self.access_log = False  # one JSON line per response, logger "access"
         self._nursery: trio.Nursery | None = None
+        self._listeners: list[trio.SocketListener] = []
 
     def __repr__(self) -> str:
         return (
@@ -299,22 +301,17 @@ class HttpServer:
     ) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self._listeners.extend(listeners)
             for listener in listeners:
                 nursery.start_soon(self._accept_loop, listener)
             task_status.started()
 
     async def _accept_loop(self, listener: trio.SocketListener) -> None:
         async with listener:
-            while not self.draining:
-                try:
-                    stream = await listener.accept()
-                except trio.ClosedResourceError:
-                    return
-                except OSError as exc:  # EMFILE and friends: back off, keep serving
-                    log.warning("accept_failed", server=self.name, error=str(exc))
-                    await trio.sleep(0.1)
-                    continue
-                self.start_connection(stream)
+            await accept_loop(listener, self._accepted, server=self.name)
+
+    async def _accepted(self, client: socket.socket) -> None:
+        self.start_connection(wrap_socket(client))
 
     def start_connection(
         self,
@@ -331,6 +328,8 @@ class HttpServer:
         """Stop accepting, close idle connections, and wait for requests in flight."""
         self.draining = True
         self.drain_started.set()
+        for listener in self._listeners:
+            await listener.aclose()
         for scope in list(self._idle):
             scope.cancel()
         if self._nursery is not None:
@@ -382,8 +381,7 @@ class HttpServer:
 
     async def _refuse(self, stream: trio.SocketStream) -> None:
         answer = unavailable_response("too_many_connections", "server is at its connection limit")
-        with trio.move_on_after(1.0):
-            await stream.send_all(answer)
+        await send_refusal(stream, answer)
 
     async def _serve(self, stream: trio.SocketStream, via_elb: bool) -> None:
         limits = self.limits
@@ -455,27 +453,8 @@ class HttpServer:
             if event is h11.NEED_DATA:
                 # Nothing of a request has arrived yet: a drain may close this connection.
                 unstarted = waiting_idle or (first and not conn.trailing_data[0])
-                if self.draining and unstarted:
-                    return None
-                scope = trio.CancelScope(deadline=deadline)
-                if unstarted:
-                    self._idle.add(scope)
-                try:
-                    with scope:
-                        if waiting_idle:
-                            # Park on readiness alone: an idle connection then holds a
-                            # shallower stack (10,000 idle connections: -1 KiB each).
-                            await trio.lowlevel.wait_readable(stream.socket)
-                        data = await sockio.receive(stream.socket)
-                finally:
-                    if unstarted:
-                        self._idle.discard(scope)
-                if scope.cancelled_caught:
-                    if unstarted or self.draining:
-                        return None  # not a byte of a request: nothing to answer
-                    await self._send_error_and_close(
-                        stream, conn, RequestTimeout("request head not received in time")
-                    )
+                data = await self._head_bytes(stream, conn, deadline, waiting_idle, unstarted)
+                if data is None:
                     return None
                 if not data and not conn.trailing_data[0] and conn.their_state is h11.IDLE:
                     return None  # clean close between requests
@@ -497,6 +476,39 @@ class HttpServer:
                     return None
                 return event
             return None  # ConnectionClosed or PAUSED oddities: nothing more to serve
+
+    async def _head_bytes(
+        self,
+        stream: trio.SocketStream,
+        conn: Any,
+        deadline: float,
+        waiting_idle: bool,
+        unstarted: bool,
+    ) -> bytes | None:
+        """The next bytes of a request head (b"": the peer closed), or None when the
+        connection ends here: drained or timed out with no byte of a request (closed without
+        a word), or timed out mid-head (answered 408 first)."""
+        if self.draining and unstarted:
+            return None
+        scope = trio.CancelScope(deadline=deadline)
+        if unstarted:
+            self._idle.add(scope)
+        try:
+            with scope:
+                if waiting_idle:
+                    # Park on readiness alone: an idle connection then holds a
+                    # shallower stack (10,000 idle connections: -1 KiB each).
+                    await trio.lowlevel.wait_readable(stream.socket)
+                data = await sockio.receive(stream.socket)
+        finally:
+            if unstarted:
+                self._idle.discard(scope)
+        if not scope.cancelled_caught:
+            return data
+        if not (unstarted or self.draining):
+            timeout = RequestTimeout("request head not received in time")
+            await self._send_error_and_close(stream, conn, timeout)
+        return None
 
     def _make_request(
         self,
@@ -597,28 +609,30 @@ class HttpServer:
         body = response.body
         status = response.status
         no_body = request.method == "HEAD" or status in (204, 304) or status < 200
-        if isinstance(body, bytes):
-            if not no_body or request.method == "HEAD":
-                if not any(n == b"content-length" for n, _ in headers):
-                    headers.append((b"content-length", b"%d" % len(body)))
-            try:
-                out = conn.send(
-                    h11.Response(status_code=status, headers=headers, reason=reason_for(status))
-                )
-            except h11.LocalProtocolError as exc:
-                raise _Closed from exc
-            if body and not no_body:
-                out += conn.send(h11.Data(data=body))
-            out += conn.send(h11.EndOfMessage())
-            await self._write(stream, out)
+        if not isinstance(body, bytes):
+            await self._send_streamed(stream, conn, request, status, headers, body, no_body)
             return
+        if not no_body or request.method == "HEAD":
+            if not any(n == b"content-length" for n, _ in headers):
+                headers.append((b"content-length", b"%d" % len(body)))
+        out = _head(conn, status, headers)
+        if body and not no_body:
+            out += conn.send(h11.Data(data=body))
+        await self._write(stream, out + conn.send(h11.EndOfMessage()))
+
+    async def _send_streamed(
+        self,
+        stream: trio.SocketStream,
+        conn: Any,
+        request: Request,
+        status: int,
+        headers: Headers,
+        body: ResponseBody,
+        no_body: bool,
+    ) -> None:
+        """A streamed body after its head, as few writes as it allows; closed in any case."""
         try:
-            try:
-                head = conn.send(
-                    h11.Response(status_code=status, headers=headers, reason=reason_for(status))
-                )
-            except h11.LocalProtocolError as exc:
-                raise _Closed from exc
+            head = _head(conn, status, headers)
             if no_body:
                 await stream.send_all(head + conn.send(h11.EndOfMessage()))
                 return
@@ -697,11 +711,20 @@ class HttpServer:
             out += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
         except h11.LocalProtocolError:
             return
-        with trio.move_on_after(1.0):
-            await stream.send_all(out)
+        await send_refusal(stream, out)
         # The client may still be sending the rest of what we refused (a head too large):
         # without a lingering close the kernel's RST could destroy this answer.
         await self._linger(stream)
+
+
+def _head(conn: Any, status: int, headers: Headers) -> bytes:
+    """The response head's bytes; a head h11 refuses to write ends the connection."""
+    try:
+        return conn.send(  # type: ignore[no-any-return]
+            h11.Response(status_code=status, headers=headers, reason=reason_for(status))
+        )
+    except h11.LocalProtocolError as exc:
+        raise _Closed from exc
 
 
 def _parse_error(exc: Any, limits: ServerLimits) -> GatewayError:

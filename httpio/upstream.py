@@ -29,12 +29,12 @@ import trio
 
 from httpio import sockio
 from httpio.errors import (
-    GatewayError,
     UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
 from httpio.limits import ConcurrencyLimit
+from httpio.origin import Origin
 from httpio.protocol import Headers, h11
 
 RECEIVE_SIZE = 65536
@@ -56,31 +56,8 @@ class BodySource(Protocol):
     async def read(self) -> bytes: ...
 
 
-class Origin:
-    """``http://host:port`` split once; ``host`` is resolved once and cached by the pool."""
-
-    __slots__ = ("host", "host_header", "key", "port", "url")
-
-    def __init__(self, url: str) -> None:
-        scheme, sep, rest = url.partition("://")
-        if not sep or scheme != "http":
-            raise ValueError(f"only http:// origins are supported, got {url!r}")
-        hostport = rest.split("/", 1)[0]
-        host, colon, port = hostport.rpartition(":")
-        if not colon or not port.isdigit():
-            host, port = hostport, "80"
-        self.url = url.rstrip("/")
-        self.host = host.strip("[]")
-        self.port = int(port)
-        self.host_header = hostport.encode()
-        self.key = (self.host, self.port)
-
-    def __repr__(self) -> str:
-        return f"Origin({self.url!r})"
-
-
 class _Connection:
-    __slots__ = ("_poll", "conn", "origin", "rested_at", "reused", "stream")
+    __slots__ = ("_poll", "conn", "origin", "request_sent", "rested_at", "reused", "stream")
 
     def __init__(self, stream: trio.SocketStream, origin: Origin) -> None:
         self.stream = stream
@@ -88,6 +65,7 @@ class _Connection:
         self.origin = origin
         self.rested_at = 0.0
         self.reused = False
+        self.request_sent = False  # some byte of the current request went out
         # Registered once: each check is then one poll(2) call (select.select built three
         # lists per call and was 4 % of a proxy's CPU under load).
         self._poll = select.poll()
@@ -173,7 +151,7 @@ class UpstreamResponse:
                 if ahead is not None and type(ahead) is h11.EndOfMessage:
                     self.finished = self._done = True
                     self._c = None
-                    self._pool._release(c)
+                    self._pool.check_in(c)
                 elif ahead is not None and ahead is not h11.NEED_DATA:
                     self._ahead = ahead  # another chunk already buffered: next read's
                 return bytes(event.data)
@@ -181,7 +159,7 @@ class UpstreamResponse:
                 self._done = True
                 self.finished = True
                 self._c = None
-                self._pool._release(c)
+                self._pool.check_in(c)
                 return b""
             await self._discard()
             raise UpstreamProtocolError(f"{c.origin.url}: unexpected {kind.__name__}")
@@ -207,7 +185,7 @@ class UpstreamResponse:
         c, self._c = self._c, None
         self._done = True
         if c is not None:
-            await self._pool._close(c)
+            await self._pool.discard(c)
 
 
 class UpstreamPool:
@@ -278,19 +256,18 @@ class UpstreamPool:
                 else (b"transfer-encoding", b"chunked"),
             ]
         replayable = isinstance(body, bytes) and method in IDEMPOTENT
-        attempt = 0
-        while True:
+        for attempt in (1, 2):
             c = await self._acquire(o, connect_timeout_s, connect_slots)
-            try:
-                return await self._exchange(
-                    c, method, target, headers, body, response_head_timeout_s
-                )
-            except _DeadOnReuse as dead:
-                if replayable and attempt == 0:
-                    attempt += 1
-                    self.retried += 1
-                    continue
-                raise dead.error from None
+            outcome = await self._exchange(
+                c, method, target, headers, body, response_head_timeout_s
+            )
+            if type(outcome) is UpstreamResponse:
+                return outcome
+            assert isinstance(outcome, UpstreamUnreachable)
+            if not (replayable and attempt == 1):
+                raise outcome
+            self.retried += 1  # the reused connection had died: once more on a fresh one
+        raise AssertionError("unreachable")
 
     async def _acquire(
         self,
@@ -301,16 +278,14 @@ class UpstreamPool:
         """An idle pooled connection, or a new one; ``connect_slots`` bounds the connects in
         progress at once (a service's ``max_pending``): past it `Overloaded` (503 with
         Retry-After) rather than one more connect piling onto a stalled upstream."""
-        idle = self._idle.get(o.key)
-        now = trio.current_time()
-        while idle:
-            c = idle.pop()
-            if now - c.rested_at < self.timeouts.idle_timeout_s and c.looks_alive():
-                c.reused = True
-                self.reused += 1
-                self.in_use += 1
-                return c
-            await self._close(c, counted=False)
+        c, stale = self._take_idle(o)
+        for dead in stale:
+            await self._close(dead, counted=False)
+        if c is not None:
+            c.reused = True
+            self.reused += 1
+            self.in_use += 1
+            return c
         address = await self._resolve(o.host)
         timeout = (
             self.timeouts.connect_timeout_s if connect_timeout_s is None else connect_timeout_s
@@ -331,6 +306,20 @@ class UpstreamPool:
         self.in_use += 1
         return _Connection(stream, o)
 
+    def _take_idle(self, o: Origin) -> tuple[_Connection | None, list[_Connection]]:
+        """Decide, with no I/O: the most recently rested connection to ``o`` still fit for
+        reuse (None: open one), and the stale ones found on the way, which the caller closes
+        (shielded), as httpcore's pool returns what to close instead of closing it."""
+        idle = self._idle.get(o.key)
+        stale: list[_Connection] = []
+        now = trio.current_time()
+        while idle:
+            c = idle.pop()
+            if now - c.rested_at < self.timeouts.idle_timeout_s and c.looks_alive():
+                return c, stale
+            stale.append(c)
+        return None, stale
+
     async def _resolve(self, host: str) -> str:
         address = self._addresses.get(host)
         if address is None:
@@ -349,82 +338,91 @@ class UpstreamPool:
         headers: Headers,
         body: bytes | BodySource,
         response_head_timeout_s: float | None,
-    ) -> UpstreamResponse:
+    ) -> UpstreamResponse | UpstreamUnreachable:
+        """Send one request on ``c`` and read the response head. Returns the response, or,
+        when ``c`` was a reused connection that died before a byte of an answer, the error to
+        raise unless the request goes again on a fresh connection. Any other failure closes
+        ``c`` and raises."""
         conn = c.conn
         url = c.origin.url
-        sent_any = False
+        c.request_sent = False
+        timeout = (
+            self.timeouts.response_head_timeout_s
+            if response_head_timeout_s is None
+            else response_head_timeout_s
+        )
         try:
-            out = conn.send(h11.Request(method=method, target=target, headers=headers))
+            head = conn.send(h11.Request(method=method, target=target, headers=headers))
             if isinstance(body, bytes):
                 if body:
-                    out += conn.send(h11.Data(data=body))
-                out += conn.send(h11.EndOfMessage())
-                await sockio.send_all(c.stream.socket, out)
+                    head += conn.send(h11.Data(data=body))
+                await sockio.send_all(c.stream.socket, head + conn.send(h11.EndOfMessage()))
             else:
-                await c.stream.send_all(out)
-                sent_any = True
-                while chunk := await body.read():
-                    await c.stream.send_all(conn.send(h11.Data(data=chunk)))
-                await c.stream.send_all(conn.send(h11.EndOfMessage()))
-            sent_any = True
-            timeout = (
-                self.timeouts.response_head_timeout_s
-                if response_head_timeout_s is None
-                else response_head_timeout_s
-            )
+                await self._send_streamed(c, head, body)
+            c.request_sent = True
+            event = None
             # A bare CancelScope rather than fail_after: this sits on every request, and
             # fail_after's generator-based context manager cost ~2 % of the proxy's CPU.
-            with trio.CancelScope(deadline=trio.current_time() + timeout):
+            with trio.CancelScope(deadline=trio.current_time() + timeout) as waiting:
                 # The answer cannot be there yet: wait for readiness before the first
                 # recv rather than let it fail with EAGAIN (one syscall per request).
                 await trio.lowlevel.wait_readable(c.stream.socket)
-                got_bytes = False
-                while True:
-                    event = conn.next_event()
-                    if event is h11.NEED_DATA:
-                        data = await sockio.receive(c.stream.socket)
-                        if not data and not got_bytes and c.reused:
-                            raise _DeadOnReuse(
-                                UpstreamUnreachable(
-                                    f"{url}: closed a reused connection", bytes_sent=True
-                                )
-                            )
-                        got_bytes = got_bytes or bool(data)
-                        conn.receive_data(data)
-                        continue
-                    kind = type(event)
-                    if kind is h11.Response:
-                        return UpstreamResponse(self, c, event)
-                    if kind is h11.InformationalResponse:
-                        continue  # 100 Continue and friends: not ours to relay
-                    raise UpstreamProtocolError(
-                        f"{url}: unexpected {kind.__name__}", bytes_sent=True
-                    )
-            raise trio.TooSlowError  # only a cancelled scope gets here
-        except _DeadOnReuse:
-            await self._close(c)
-            raise
-        except trio.TooSlowError:
-            await self._close(c)
-            raise UpstreamTimeout(f"{url}: no response head in time", bytes_sent=True) from None
+                event = await self._next_head_event(c)
+            if event is not None and not waiting.cancelled_caught:
+                return UpstreamResponse(self, c, event)
         except h11.RemoteProtocolError as exc:
             await self._close(c)
             raise UpstreamProtocolError(f"{url}: {exc}", bytes_sent=True) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             await self._close(c)
-            error = UpstreamUnreachable(f"{url}: connection reset", bytes_sent=sent_any)
+            reset = UpstreamUnreachable(f"{url}: connection reset", bytes_sent=c.request_sent)
             if c.reused:
-                raise _DeadOnReuse(error) from None
-            raise error from exc
-        except GatewayError:
-            # the request body source failed (client too slow, too large): not the upstream's
+                return reset
+            raise reset from exc
+        except BaseException:  # the body source failed (a slow client), a cancellation...
             await self._close(c)
             raise
-        except BaseException:
-            await self._close(c)
-            raise
+        await self._close(c)
+        if waiting.cancelled_caught:
+            raise UpstreamTimeout(f"{url}: no response head in time", bytes_sent=True)
+        return UpstreamUnreachable(f"{url}: closed a reused connection", bytes_sent=True)
 
-    def _release(self, c: _Connection) -> None:
+    async def _send_streamed(self, c: _Connection, head: bytes, body: BodySource) -> None:
+        """The head, then the body chunk by chunk as its source yields it."""
+        conn = c.conn
+        await c.stream.send_all(head)
+        c.request_sent = True
+        while chunk := await body.read():
+            await c.stream.send_all(conn.send(h11.Data(data=chunk)))
+        await c.stream.send_all(conn.send(h11.EndOfMessage()))
+
+    @staticmethod
+    async def _next_head_event(c: _Connection) -> Any:
+        """The response head's h11 event; None when a reused connection closed before sending
+        a byte (it had died while idle). Informational responses are skipped: not ours to
+        relay."""
+        conn = c.conn
+        got_bytes = False
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await sockio.receive(c.stream.socket)
+                if not data and not got_bytes and c.reused:
+                    return None
+                got_bytes = got_bytes or bool(data)
+                conn.receive_data(data)
+                continue
+            kind = type(event)
+            if kind is h11.Response:
+                return event
+            if kind is not h11.InformationalResponse:
+                raise UpstreamProtocolError(
+                    f"{c.origin.url}: unexpected {kind.__name__}", bytes_sent=True
+                )
+
+    def check_in(self, c: _Connection) -> None:
+        """An exchange on ``c`` is over (its response read to the end): pooled again when both
+        sides of h11 are done, else closed. Called by the `UpstreamResponse` it gave out."""
         self.in_use -= 1
         conn = c.conn
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
@@ -436,6 +434,10 @@ class UpstreamPool:
                 return
         self.closed += 1
         c.stream.socket.close()
+
+    async def discard(self, c: _Connection) -> None:
+        """Close ``c``, in use until now (a response cut short or abandoned), shielded."""
+        await self._close(c)
 
     async def _close(self, c: _Connection, *, counted: bool = True) -> None:
         if counted:
@@ -455,9 +457,3 @@ class UpstreamPool:
         keep_set = set(keep)
         for url in [u for u in self._origins if u not in keep_set]:
             del self._origins[url]
-
-
-class _DeadOnReuse(Exception):
-    def __init__(self, error: UpstreamUnreachable) -> None:
-        super().__init__(str(error))
-        self.error = error

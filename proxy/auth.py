@@ -21,11 +21,11 @@ heard from the feed for ``max_revocation_lag_s`` stops answering, so a proxy cut
 auth servers falls back to introspection (which then fails with 503): it never keeps
 honouring a token it may no longer know to be revoked (fail closed).
 
-Token forms accepted, newest first: ``Authorization: Bearer <t>`` (RFC 6750 2.1),
-``AuthToken: <t>``, and ``AuthToken: {"token": ...}``, the whole JSON sign-in response the
-original's clients echoed back. Error mapping follows RFC 6750 3.1: no token -> 401 with a bare
-challenge; unreadable -> 400 invalid_request; refused -> 401 invalid_token; wrong role -> 403
-insufficient_scope.
+How a request carries a token (three forms) and what a refused one is answered with are the
+published token format's (`authsvc.tokens.extract_token`, `refusal_for`: the auth server's
+signout reads tokens the same way). Error mapping follows RFC 6750 3.1: no token -> 401 with
+a bare challenge; unreadable -> 400 invalid_request; refused -> 401 invalid_token; wrong role
+-> 403 insufficient_scope.
 """
 
 from __future__ import annotations
@@ -34,22 +34,18 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import msgspec
-
 from authsvc.tokens import (
     Claims,
     InvalidToken,
     KeyRing,
-    MalformedToken,
     TokenError,
+    extract_token,
+    refusal_for,
     verify_token,
 )
-from httpio.errors import ClientError, Forbidden, Unauthorized
+from httpio.errors import Forbidden, Unauthorized
 
 Headers = list[tuple[bytes, bytes]]
-
-IDENTITY_HEADERS = (b"x-user", b"x-user-role")
-_STRIPPED = frozenset(IDENTITY_HEADERS)
 
 
 # -- policy and verdicts ----------------------------------------------------------------------
@@ -90,59 +86,6 @@ class TokenRevoked(InvalidToken):
     reason = "revoked"
 
 
-# -- extraction -------------------------------------------------------------------------------
-class _SigninBody(msgspec.Struct):
-    token: str
-
-
-_decode_signin = msgspec.json.Decoder(_SigninBody).decode
-
-
-def extract_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The bearer token a request carries, or None if it carries none.
-
-    Raises `ClientError` (400 invalid_request) for a header we cannot read, or for two
-    different tokens at once (RFC 6750 2: clients MUST NOT use more than one method).
-    """
-    found: set[str] = set()
-    for name, value in headers:
-        if name == b"authorization":
-            scheme, _, rest = value.strip().partition(b" ")
-            if scheme.lower() != b"bearer":
-                continue  # Basic and friends are not ours: as if absent
-            found.add(_ascii_token(rest.strip()))
-        elif name == b"authtoken":
-            value = value.strip()
-            if value.startswith(b"{"):
-                try:
-                    found.add(_ascii_token(_decode_signin(value).token.encode("utf-8")))
-                except msgspec.DecodeError:
-                    raise _invalid_request("AuthToken JSON has no string token field") from None
-            else:
-                found.add(_ascii_token(value))
-    if len(found) > 1:
-        raise _invalid_request("more than one token in the request")
-    return found.pop() if found else None
-
-
-def _ascii_token(raw: bytes) -> str:
-    if not raw or not raw.isascii() or b" " in raw:
-        raise _invalid_request("token is empty or not a single ASCII word")
-    return raw.decode("ascii")
-
-
-def _invalid_request(detail: str) -> ClientError:
-    challenge = b'Bearer realm="gateway", error="invalid_request"'
-    return ClientError(detail, headers=((b"www-authenticate", challenge),))
-
-
-def refusal_for(exc: TokenError) -> ClientError:
-    """The response error for a token check that failed."""
-    if isinstance(exc, MalformedToken):
-        return _invalid_request(f"malformed token: {exc}")
-    return Unauthorized(f"token refused: {exc.reason}", error="invalid_token")
-
-
 def check_role(claims: Claims, policy: AuthPolicy) -> None:
     if policy.allowed_roles and claims.role not in policy.allowed_roles:
         challenge = b'Bearer realm="gateway", error="insufficient_scope"'
@@ -150,16 +93,6 @@ def check_role(claims: Claims, policy: AuthPolicy) -> None:
             f"role {claims.role!r} may not use this service",
             headers=((b"www-authenticate", challenge),),
         )
-
-
-def rewrite_identity_headers(headers: Headers, claims: Claims | None) -> Headers:
-    """Headers for the backend: whatever identity the client claimed is dropped, and the
-    verified one (if any) is added. Backends trust ``X-User`` only because we do this."""
-    out = [(name, value) for name, value in headers if name not in _STRIPPED]
-    if claims is not None:
-        out.append((b"x-user", claims.sub.encode("utf-8")))
-        out.append((b"x-user-role", claims.role.encode("utf-8")))
-    return out
 
 
 # -- the cache --------------------------------------------------------------------------------

@@ -14,9 +14,11 @@
   normally and 5 s at worst.
 
 Auth servers are interchangeable (one shared database), so each call starts at the next
-origin in turn and moves on to the others when one is down, slow or answers 5xx. The per-call
-budget (``request_timeout_s``, 2 s) is far below the pool's general response timeout: an auth
-server that does not answer in 2 s is better skipped than waited for.
+origin in turn and moves on to the others when one is down, slow or answers 5xx. Each call has
+``CONNECT_TIMEOUT_S`` (2 s) to connect, ``RESPONSE_HEAD_TIMEOUT_S`` (2 s) for the head of the
+answer and ``CALL_TIMEOUT_S`` (4 s) for the whole of it, body included, far below the pool's
+general response timeout: an auth server that does not answer in 2 s is better skipped than
+waited for.
 """
 
 from __future__ import annotations
@@ -32,12 +34,16 @@ import trio
 from authsvc.tokens import INTERNAL_HEADER, Claims
 from httpio.errors import DependencyUnavailable, Unauthorized, UpstreamError
 from httpio.messages import Request
+from httpio.single_flight import SingleFlight
 from httpio.upstream import UpstreamPool
-from proxy.auth import Allowed, Authorizer, AuthPolicy
+from proxy.auth import Authorizer, AuthPolicy, NeedsIntrospection, Verdict
 
 log = structlog.get_logger()
 
 _MAX_RESPONSE_BYTES = 1 << 20
+CONNECT_TIMEOUT_S = 2.0
+RESPONSE_HEAD_TIMEOUT_S = 2.0
+CALL_TIMEOUT_S = CONNECT_TIMEOUT_S + RESPONSE_HEAD_TIMEOUT_S
 _PRUNE_EVERY_S = 60.0
 
 
@@ -72,15 +78,6 @@ class _AuthServerFailed(Exception):
     """One auth server did not give a usable answer; try the next."""
 
 
-class _Pending:
-    __slots__ = ("done", "error", "result")
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.result: Claims | None = None
-        self.error: Exception | None = None
-
-
 class AuthClient:
     def __init__(
         self,
@@ -90,18 +87,16 @@ class AuthClient:
         *,
         clock: Callable[[], float] = time.time,
         poll_interval_s: float = 1.0,
-        request_timeout_s: float = 2.0,
     ) -> None:
         self.pool = pool
         self.authorizer = authorizer
         self.clock = clock
         self.poll_interval_s = poll_interval_s
-        self.request_timeout_s = request_timeout_s
         self.cursor = 0
         self.users_cursor = 0
         self._origins: list[str] = list(auth_origins)
         self._next = 0
-        self._inflight: dict[str, _Pending] = {}
+        self._flights: SingleFlight[str, Claims] = SingleFlight()
         self._last_prune = 0.0
         self.introspections = 0
         self.coalesced = 0
@@ -123,7 +118,7 @@ class AuthClient:
             "users_cursor": self.users_cursor,
             "introspections": self.introspections,
             "coalesced": self.coalesced,
-            "inflight": len(self._inflight),
+            "inflight": len(self._flights),
             "polls_ok": self.polls_ok,
             "polls_failed": self.polls_failed,
             "origin_failures": self.origin_failures,
@@ -135,39 +130,40 @@ class AuthClient:
         self._origins = list(auth_origins)
 
     # -- the decision, end to end ------------------------------------------------------------
-    async def authorize(self, request: Request, policy: AuthPolicy) -> Claims | None:
-        """Claims of the caller (None on a public path), or raise the error to answer with.
-        A cached verdict, garbage and forgeries are all answered without a network call."""
-        verdict = self.authorizer.decide(request.headers, request.path, policy, self.clock())
-        if isinstance(verdict, Allowed):
-            return verdict.claims
-        claims = await self.introspect(verdict.token)
-        return self.authorizer.accept_introspection(verdict, claims, policy, self.clock())
+    def decide(self, request: Request, policy: AuthPolicy) -> Verdict:
+        """`Allowed` (a cached verdict or a public path: no network call), `NeedsIntrospection`
+        (then `settle`), or raise the error to answer with (garbage, forgeries, a refused
+        role are all refused here)."""
+        return self.authorizer.decide(request.headers, request.path, policy, self.clock())
+
+    async def settle(self, pending: NeedsIntrospection, policy: AuthPolicy) -> Claims:
+        """Ask an auth server about a token `decide` could not answer; its verdict's claims,
+        or raise the error to answer with."""
+        claims = await self.introspect(pending.token)
+        return self.authorizer.accept_introspection(pending, claims, policy, self.clock())
 
     # -- introspection -----------------------------------------------------------------------
     async def introspect(self, token: str) -> Claims:
         """The token's claims if an auth server says it is active; `Unauthorized` if inactive;
         `DependencyUnavailable` if no auth server answers."""
-        pending = self._inflight.get(token)
-        if pending is not None:
+        flight = self._flights.join(token)
+        if flight is not None:
             self.coalesced += 1
-            await pending.done.wait()
-            if pending.error is not None:
-                raise pending.error
-            assert pending.result is not None
-            return pending.result
-        pending = self._inflight[token] = _Pending()
+            await flight.wait()
+            return flight.outcome()
+        flight = self._flights.lead(token)
+        assert flight is not None  # no checkpoint since join() found none
         try:
-            pending.result = await self._introspect_once(token)
-            return pending.result
+            claims = await self._introspect_once(token)
         except Exception as exc:
-            pending.error = exc
+            self._flights.land(token, flight, error=exc)
             raise
-        finally:
-            del self._inflight[token]
-            if pending.result is None and pending.error is None:  # we were cancelled
-                pending.error = DependencyUnavailable("introspection was cancelled")
-            pending.done.set()
+        except BaseException:  # cancelled: the waiters must not wait for us
+            cancelled = DependencyUnavailable("introspection was cancelled")
+            self._flights.land(token, flight, error=cancelled)
+            raise
+        self._flights.land(token, flight, result=claims)
+        return claims
 
     async def _introspect_once(self, token: str) -> Claims:
         self.introspections += 1
@@ -249,15 +245,15 @@ class AuthClient:
         headers = [(INTERNAL_HEADER, self.authorizer.ring.internal_proof())]
         if body:
             headers.append(_JSON)
-        with trio.move_on_after(self.request_timeout_s * 2) as scope:
+        with trio.move_on_after(CALL_TIMEOUT_S) as scope:
             response = await self.pool.request(
                 origin,
                 method,
                 target,
                 headers,
                 body,
-                connect_timeout_s=self.request_timeout_s,
-                response_head_timeout_s=self.request_timeout_s,
+                connect_timeout_s=CONNECT_TIMEOUT_S,
+                response_head_timeout_s=RESPONSE_HEAD_TIMEOUT_S,
             )
             raw = await response.read_all(_MAX_RESPONSE_BYTES)
         if scope.cancelled_caught:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -18,14 +19,15 @@ import trio
 
 from httpio.balance import ServicePool
 from httpio.handoff import UnsafeRuntimeDir, handoff_address, serve_handoffs
+from httpio.health_check import run_health_checks
 from httpio.messages import Handler
+from httpio.origin import Origin
 from httpio.run import configure_logging, serve_until_signalled
 from httpio.server import HttpServer
-from httpio.upstream import Origin, UpstreamPool
+from httpio.upstream import UpstreamPool
 from proxy.app import ProxyApp
-from proxy.health_checker import run_health_checks
 from proxy.state import ProxyConfig, ProxyPaths, load_proxy_config, watch_config
-from proxy.wiring import attach_services
+from proxy.wiring import start_auth, start_cache
 from topology.load import ConfigError
 
 log = structlog.get_logger()
@@ -68,6 +70,44 @@ async def supervise_health_checks(app: ProxyApp) -> None:
             changed = trio.Event()
 
 
+def follow(server: HttpServer, config: ProxyConfig) -> None:
+    """The access log switch, and the original's RS_print_or_not / MSA_print_or_not."""
+    server.access_log = config.gateway.access_log
+    if config.gateway.print_region_structure:
+        log.info("region_structure", region=config.region, regions=config.regions)
+    if config.gateway.print_service_map:
+        log.info("service_map", services=config.summary()["services"])
+
+
+async def start_proxy(
+    config: ProxyConfig, paths: ProxyPaths, name: str, nursery: trio.Nursery, server: HttpServer
+) -> Handler:
+    """The auth layer, the cache and the app, then the config watch and the health checks,
+    all in ``nursery``; the handler the server is to call."""
+    upstream = UpstreamPool(config.gateway.upstream)
+    auth = await start_auth(config, upstream, nursery, proxy=name)
+    cache = await start_cache(config, nursery)
+    app = ProxyApp(config, upstream, name=name, auth=auth, cache=cache)
+    follow(server, app.config)
+    app.on_reload.append(partial(follow, server))
+    await nursery.start(
+        watch_config, paths, app.apply, lambda: app.config.gateway.config_check_interval_s
+    )
+    nursery.start_soon(supervise_health_checks, app)
+    return app.handle
+
+
+async def accept_handoffs(port: int, nursery: trio.Nursery, server: HttpServer) -> None:
+    """Connections handed over by an ELB of this fleet on this host, besides the TCP port."""
+    try:
+        address = handoff_address(port)
+    except (UnsafeRuntimeDir, ValueError) as exc:
+        log.error("handoff_disabled", error=str(exc))
+        return
+    if address is not None:
+        await nursery.start(serve_handoffs, server, address)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="proxy", description=__doc__.splitlines()[0])
     parser.add_argument("port", type=int)
@@ -84,46 +124,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     name = args.name or f"proxy-{config.region}-{args.port}"
     configure_logging(name)
-    upstream = UpstreamPool(config.gateway.upstream)
-    app = ProxyApp(config, upstream, name=name)
-
-    def show(config: ProxyConfig) -> None:
-        """The original's RS_print_or_not / MSA_print_or_not, and the access log switch."""
-        if config.gateway.print_region_structure:
-            log.info("region_structure", region=config.region, regions=config.regions)
-        if config.gateway.print_service_map:
-            log.info("service_map", services=config.summary()["services"])
-
-    async def setup(nursery: trio.Nursery, server: HttpServer) -> Handler:
-        def follow(config: ProxyConfig) -> None:
-            server.access_log = config.gateway.access_log
-            show(config)
-
-        follow(app.config)
-        app.on_reload.append(follow)
-        await nursery.start(
-            watch_config, paths, app.apply, lambda: app.config.gateway.config_check_interval_s
-        )
-        nursery.start_soon(supervise_health_checks, app)
-        await attach_services(app, nursery)
-        return app.handle
-
-    async def extra(nursery: trio.Nursery, server: HttpServer) -> None:
-        try:
-            address = handoff_address(args.port)
-        except (UnsafeRuntimeDir, ValueError) as exc:
-            log.error("handoff_disabled", error=str(exc))
-            return
-        if address is not None:
-            await nursery.start(serve_handoffs, server, address)
-
     trio.run(
         lambda: serve_until_signalled(
-            setup,
+            partial(start_proxy, config, paths, name),
             args.port,
             name=name,
             limits=config.gateway.server,
             trusted_proxies=elb_addresses(config),
-            extra=extra,
+            extra=partial(accept_handoffs, args.port),
         )
     )

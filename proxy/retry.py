@@ -1,6 +1,8 @@
 """Whether a failed try of a proxied request is tried again, and what the client gets if not.
 
-Pure decisions for `proxy.app.ProxyApp.fetch`, which does the I/O; where a retry goes is
+Pure decisions for the forward filter (`proxy.filters.forward`), which does the I/O: `Attempts`
+keeps the tries of one request and says, after each failure, whether and how it goes again and
+how long the next try may wait for its response head; where a retry goes is
 `httpio.balance.ServicePool.pick_retry`'s decision, and whether the fleet can afford it the
 retry budget's (`httpio.retry_budget`).
 
@@ -33,10 +35,18 @@ client sees one code for "auth is down" whether it signs in or presents a token.
 from __future__ import annotations
 
 import enum
+import math
 
-from httpio.errors import DependencyUnavailable, GatewayError, NoHealthyInstance, UpstreamError
+from httpio.balance import Endpoint
+from httpio.errors import (
+    DependencyUnavailable,
+    GatewayError,
+    NoHealthyInstance,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from httpio.health import Outcome
-from httpio.limits import RETRY_AFTER
+from httpio.limits import RETRY_AFTER, ServiceLimits
 
 
 class Verdict(enum.Enum):
@@ -99,3 +109,94 @@ def unavailable(err: NoHealthyInstance, *, dependency: bool) -> GatewayError:
     if dependency:
         return DependencyUnavailable(err.detail, headers=RETRY_AFTER)
     return err
+
+
+def outcome_of(err: UpstreamError) -> Outcome:
+    """What a failed try tells the instance's health: whether any byte reached it, and
+    whether it timed out or broke."""
+    timed_out = isinstance(err, UpstreamTimeout)
+    if not err.bytes_sent:  # nothing reached the instance
+        return Outcome.CONNECT_TIMEOUT if timed_out else Outcome.CONNECT_FAILURE
+    return Outcome.TIMEOUT if timed_out else Outcome.RESET
+
+
+class Attempts:
+    """The tries of one proxied request so far, and what they allow next. Pure: the caller
+    passes monotonic times in and does every I/O.
+
+    ``replayable``: the method is idempotent and the proxy holds the whole body; ``dependency``:
+    the service is the gateway's auth service (its outage reads ``dependency_unavailable``)."""
+
+    __slots__ = (
+        "_deadline_s",
+        "_first_started",
+        "_max_retries",
+        "_per_try_s",
+        "dependency",
+        "reached_any",
+        "replayable",
+        "retries_done",
+        "service",
+        "tried",
+    )
+
+    def __init__(
+        self, service: str, limits: ServiceLimits, *, replayable: bool, dependency: bool
+    ) -> None:
+        self.service = service
+        self.replayable = replayable
+        self.dependency = dependency
+        self._per_try_s = limits.response_head_timeout_s()
+        self._deadline_s = limits.response_timeout_s
+        self._max_retries = limits.retries
+        self._first_started: float | None = None
+        self.tried: list[Endpoint] = []
+        self.retries_done = 0
+        self.reached_any = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<Attempts {self.service} tried={len(self.tried)} retries={self.retries_done}"
+            f" reached_any={self.reached_any}>"
+        )
+
+    def response_head_timeout_s(self, started: float) -> float:
+        """How long the try starting at ``started`` may wait for its response head: the
+        per-try timeout, cut to what is left of the request's deadline, if it has one."""
+        if self._first_started is None:
+            self._first_started = started
+        if self._deadline_s is None:
+            return self._per_try_s
+        return min(self._per_try_s, self._deadline_s - (started - self._first_started))
+
+    def failed(
+        self, endpoint: Endpoint, err: UpstreamError, outcome: Outcome, now: float
+    ) -> Verdict:
+        """Record a try on ``endpoint`` that failed with ``err`` at ``now``; the verdict."""
+        self.tried.append(endpoint)
+        self.reached_any = self.reached_any or err.bytes_sent
+        started = self._first_started if self._first_started is not None else now
+        left = math.inf if self._deadline_s is None else self._deadline_s - (now - started)
+        return decide_retry(
+            outcome=outcome,
+            request_sent=err.bytes_sent,
+            replayable=self.replayable,
+            retries_done=self.retries_done,
+            max_retries=self._max_retries,
+            time_left_s=left,
+        )
+
+    def going_again(self, verdict: Verdict) -> None:
+        """The request goes to another instance on ``verdict`` (one of `TRY_AGAIN`)."""
+        if verdict is Verdict.RETRY:
+            self.retries_done += 1
+
+    def final_error(self, last: UpstreamError) -> GatewayError:
+        """What the client gets when the last try failed with ``last``."""
+        return final_error(
+            last,
+            reached_any=self.reached_any,
+            service=self.service,
+            dependency=self.dependency,
+            tries=len(self.tried),
+        )

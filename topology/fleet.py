@@ -69,6 +69,7 @@ from topology.supervisor import (
     Supervisor,
 )
 from topology.supervisor import FleetStartError as FleetStartError
+from topology.table import format_rows
 
 DEFAULT_TOPOLOGY = Path(__file__).resolve().parent / "fleet.yaml"
 
@@ -147,13 +148,52 @@ def plan_fleet(
     fleet's key signs unless config.json names one, and the auth database lives there."""
     topology_path = Path(topology_path)
     run = Path(run_dir).resolve()
-    logs = run / "logs"
-    host = topology.host
+    files = run_files(topology, topology_path, run, state)
+    specs = _Specs(run, topology.host, launchers)
+    db = (state.path if state is not None else run) / topology.auth.db
+    groups = [
+        specs.redis(topology),
+        specs.backends(topology),
+        specs.auth_servers(topology, db),
+        specs.proxies(topology),
+        specs.elbs(topology),
+    ]
+    return FleetPlan(topology, run, files, tuple(g for g in groups if g))
 
-    def url(port: int) -> str:
-        return f"http://{host}:{port}"
+
+def run_files(
+    topology: FleetTopology, topology_path: Path, run: Path, state: PersistentState | None
+) -> dict[Path, bytes]:
+    """The files each process reads, in the original's formats: one config.json, and per
+    region its service map, region structure and proxy list."""
+    config = gateway_config(topology, topology_path)
+    config = with_fleet_key(config, state) if state is not None else config
+    files = {run / "config.json": encode_json(config) + b"\n"}
+    every_elb = [RegionSpec(r.code, [_url(topology.host, r.elb_port)]) for r in topology.regions]
+    for region in topology.regions:
+        code = region.code
+        files[run / f"msa_{code}.yaml"] = (topology_path.parent / region.msa).read_bytes()
+        files[run / f"rs_{code}.yaml"] = encode_yaml(RegionStructure(code, every_elb))
+        files[run / f"r_{code}.yaml"] = encode_yaml(
+            ProxyList(code, [_url(topology.host, p) for p in region.proxy_ports])
+        )
+    return files
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Specs:
+    """The `ChildSpec` of each process of a fleet run from ``run``, one group at a time."""
+
+    run: Path
+    host: str
+    launchers: Launchers
 
     def child(
+        self,
         kind: str,
         name: str,
         port: int,
@@ -163,78 +203,56 @@ def plan_fleet(
         probe: Probe = "http",
         listen: bool = False,
     ) -> ChildSpec:
-        launcher = launchers.get(kind, f"no launcher for {kind}")
+        launcher = self.launchers.get(kind, f"no launcher for {kind}")
         argv = None if isinstance(launcher, str) else (*launcher, *args)
         missing = launcher if isinstance(launcher, str) else ""
-        log = logs / f"{name}.log"
-        return ChildSpec(name, kind, port, argv, log, probe, region, host, missing, listen)
+        log = self.run / "logs" / f"{name}.log"
+        return ChildSpec(name, kind, port, argv, log, probe, region, self.host, missing, listen)
 
-    files: dict[Path, bytes] = {}
-    config_path = run / "config.json"
-    config = gateway_config(topology, topology_path)
-    config = with_fleet_key(config, state) if state is not None else config
-    files[config_path] = encode_json(config) + b"\n"
-    every_elb = [RegionSpec(r.code, [url(r.elb_port)]) for r in topology.regions]
-    for region in topology.regions:
-        code = region.code
-        files[run / f"msa_{code}.yaml"] = (topology_path.parent / region.msa).read_bytes()
-        files[run / f"rs_{code}.yaml"] = encode_yaml(RegionStructure(code, every_elb))
-        files[run / f"r_{code}.yaml"] = encode_yaml(
-            ProxyList(code, [url(p) for p in region.proxy_ports])
-        )
-
-    groups: list[tuple[ChildSpec, ...]] = []
-    if topology.redis.enabled:
+    def redis(self, topology: FleetTopology) -> tuple[ChildSpec, ...]:
+        if not topology.redis.enabled:
+            return ()
         p = topology.redis.port
-        redis_args = ["--port", str(p), "--bind", host, "--save", ""]
-        redis_args += ["--appendonly", "no", "--dir", str(run)]
-        groups.append((child("redis", "redis", p, redis_args, probe="redis"),))
-    faults = ["--test-faults"] if topology.backends.test_faults else []
-    groups.append(
-        tuple(
-            child("backend", f"backend-{p}", p, [str(p), "--name", f"backend-{p}", *faults])
+        args = ["--port", str(p), "--bind", self.host, "--save", ""]
+        args += ["--appendonly", "no", "--dir", str(self.run)]
+        return (self.child("redis", "redis", p, args, probe="redis"),)
+
+    def backends(self, topology: FleetTopology) -> tuple[ChildSpec, ...]:
+        faults = ["--test-faults"] if topology.backends.test_faults else []
+        return tuple(
+            self.child("backend", f"backend-{p}", p, [str(p), "--name", f"backend-{p}", *faults])
             for p in topology.backends.ports
         )
-    )
-    db = (state.path if state is not None else run) / topology.auth.db
-    auth_args = ["--config", str(config_path), "--db", str(db)]
-    groups.append(
-        tuple(
-            child("authsvc", f"authsvc-{p}", p, [str(p), *auth_args]) for p in topology.auth.ports
+
+    def auth_servers(self, topology: FleetTopology, db: Path) -> tuple[ChildSpec, ...]:
+        args = ["--config", str(self.run / "config.json"), "--db", str(db)]
+        return tuple(
+            self.child("authsvc", f"authsvc-{p}", p, [str(p), *args]) for p in topology.auth.ports
         )
-    )
-    groups.append(
-        tuple(
-            child(
-                "proxy",
-                f"proxy-{r.code}-{p}",
-                p,
-                [
-                    str(p),
-                    str(run / f"msa_{r.code}.yaml"),
-                    str(run / f"rs_{r.code}.yaml"),
-                    str(config_path),
-                ],
-                region=r.code,
-            )
+
+    def proxies(self, topology: FleetTopology) -> tuple[ChildSpec, ...]:
+        def files(code: str) -> list[str]:
+            names = (f"msa_{code}.yaml", f"rs_{code}.yaml", "config.json")
+            return [str(self.run / n) for n in names]
+
+        return tuple(
+            self.child("proxy", f"proxy-{r.code}-{p}", p, [str(p), *files(r.code)], region=r.code)
             for r in topology.regions
             for p in r.proxy_ports
         )
-    )
-    groups.append(
-        tuple(
-            child(
+
+    def elbs(self, topology: FleetTopology) -> tuple[ChildSpec, ...]:
+        return tuple(
+            self.child(
                 "elb",
                 f"elb-{r.code}-{r.elb_port}",
                 r.elb_port,
-                [str(r.elb_port), str(run / f"r_{r.code}.yaml")],
+                [str(r.elb_port), str(self.run / f"r_{r.code}.yaml")],
                 region=r.code,
                 listen=True,
             )
             for r in topology.regions
         )
-    )
-    return FleetPlan(topology, run, files, tuple(g for g in groups if g))
 
 
 def write_run_files(plan: FleetPlan) -> None:
@@ -278,15 +296,11 @@ class TableRow:
 
 def format_table(rows: Sequence[TableRow]) -> str:
     header = ("NAME", "KIND", "REGION", "PORT", "PID", "STATUS", "LOG")
-    cells = [header] + [
+    cells = [
         (r.name, r.kind, r.region or "-", str(r.port), str(r.pid or "-"), r.status, r.log)
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header) - 1)]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]
-        for row in cells
-    )
+    return format_rows(header, cells, left=len(header))
 
 
 def _relative(path: Path) -> str:

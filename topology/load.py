@@ -8,13 +8,15 @@ that exists) are done here and report the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import msgspec
 
 from httpio.balance import normalize_policy
-from httpio.upstream import Origin
+from httpio.origin import Origin
+from httpio.redis_client import parse_redis_address
 from topology.schema import (
     FleetTopology,
     GatewayConfig,
@@ -60,11 +62,16 @@ def decode(path: str | Path, kind: type[T]) -> T:
         raise ConfigError(p, "", f"not valid {p.suffix.lstrip('.') or 'YAML'}: {exc}") from None
 
 
-def check_url(file: str | Path, where: str, url: str) -> None:
+def check_field(file: str | Path, where: str, rule: Callable[[str], object], value: str) -> None:
+    """A ValueError of ``rule(value)`` as a `ConfigError` naming the file and field path."""
     try:
-        Origin(url)
+        rule(value)
     except ValueError as exc:
         raise ConfigError(file, where, str(exc)) from None
+
+
+def check_url(file: str | Path, where: str, url: str) -> None:
+    check_field(file, where, Origin, url)
 
 
 def load_msa(path: str | Path) -> MsaFile:
@@ -89,10 +96,7 @@ def load_msa(path: str | Path) -> MsaFile:
 
 
 def check_policy(file: str | Path, where: str, policy: str) -> None:
-    try:
-        normalize_policy(policy)
-    except ValueError as exc:
-        raise ConfigError(file, where, str(exc)) from None
+    check_field(file, where, normalize_policy, policy)
 
 
 def load_region_structure(path: str | Path) -> RegionStructure:
@@ -118,9 +122,7 @@ def load_proxy_list(path: str | Path) -> ProxyList:
 def load_config(path: str | Path) -> GatewayConfig:
     config = decode(path, GatewayConfig)
     check_policy(path, "$.Load_balancer_policy", config.load_balancer_policy)
-    _, colon, port = config.redis_address.rpartition(":")
-    if not colon or not port.isdigit():
-        raise ConfigError(path, "$.Redis_address", "expected host:port")
+    check_field(path, "$.Redis_address", parse_redis_address, config.redis_address)
     return config
 
 
@@ -150,3 +152,25 @@ def load_fleet(path: str | Path) -> FleetTopology:
     if fleet.config is not None:
         load_config(base / fleet.config)
     return fleet
+
+
+class _Topology(msgspec.Struct):
+    regions: object = None
+
+
+def load_elb_targets(path: str | Path, port: int) -> tuple[str, list[str]]:
+    """The region code and proxy URLs the ELB on ``port`` serves: from a fleet topology (the
+    region whose ``elb_port`` it is) or from the original's ``r_*.yaml`` proxy list, told
+    apart by a top-level ``regions``."""
+    try:
+        probe_doc = msgspec.yaml.decode(Path(path).read_bytes(), type=_Topology)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        probe_doc = _Topology()
+    if probe_doc.regions is not None:
+        fleet = load_fleet(path)
+        for region in fleet.regions:
+            if region.elb_port == port:
+                return region.code, [f"http://{fleet.host}:{p}" for p in region.proxy_ports]
+        raise ConfigError(path, "$.regions", f"no region has elb_port {port}")
+    proxies = load_proxy_list(path)
+    return proxies.region_code, list(proxies.available_zone)

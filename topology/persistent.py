@@ -29,8 +29,7 @@ from pathlib import Path
 
 import msgspec
 
-from authsvc.tokens import MIN_KEY_BYTES, AuthKey, derive_kid
-from topology.schema import GatewayConfig
+from topology.schema import MIN_KEY_BYTES, AuthKey, GatewayConfig, derive_kid
 
 KEY_FILE = "fleet.key"
 _KEY_BYTES = 32

@@ -19,23 +19,123 @@ swaps one reference, so a request never sees half a config.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta, Struct, field
 
-from authsvc.passwords import ScryptParams
-from authsvc.throttle import AuthLimits
-from authsvc.tokens import AuthKey
 from httpio.health import HealthSettings
 from httpio.limits import ServiceLimits
 from httpio.server import ServerLimits
 from httpio.upstream import UpstreamTimeouts
-from proxy.cache.policy import CacheSettings, ServiceCacheSettings
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
 PositiveInt = Annotated[int, Meta(ge=1)]
 Seconds = Annotated[float, Meta(gt=0)]
+
+
+# -- sections one server reads -----------------------------------------------------------------
+# They live here, not in their consumer, so that the loader can check a whole file and no
+# consumer imports another's package for a field type (the proxies read config.json too).
+MiB = 1_048_576
+# RFC 7518 3.2: an HS256 key must be at least as long as the hash output (256 bits).
+MIN_KEY_BYTES = 32
+# Refuse absurd costs coming from a config file or a tampered row: N up to 2**20 (1 GiB at
+# r=8) is already far beyond an interactive login.
+SCRYPT_MAX_LOG2_N = 20
+# A cache namespace: ``:``-separated words of letters, digits and ``_.-`` (`proxy.cache.keys`
+# says why keys of two namespaces then never meet).
+NAMESPACE_PATTERN = r"^[A-Za-z][A-Za-z0-9_.\-]*(:[A-Za-z][A-Za-z0-9_.\-]*)*$"
+_TOKEN = r"^[!#$%&'*+.^_`|~0-9a-z-]+$"  # RFC 9110 5.6.2, lowercase
+
+
+class AuthKey(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One of ``Auth_keys`` (`authsvc.tokens.KeyRing` signs with the newest)."""
+
+    kid: str
+    secret: str
+
+
+def derive_kid(secret: str) -> str:
+    """The kid of the legacy single ``Auth_key``: stable across processes, reveals nothing."""
+    return "k-" + hashlib.sha256(secret.encode("utf-8")).hexdigest()[:8]
+
+
+class ScryptParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``Scrypt`` in config.json; the defaults and their cost are `authsvc.passwords`'."""
+
+    n: int = 16384
+    r: int = 8
+    p: int = 1
+    dklen: int = 32
+
+    def __post_init__(self) -> None:
+        if self.n < 2 or self.n & (self.n - 1) or self.n > 1 << SCRYPT_MAX_LOG2_N:
+            raise ValueError(f"scrypt n must be a power of two in [2, 2**{SCRYPT_MAX_LOG2_N}]")
+        if not (1 <= self.r <= 64 and 1 <= self.p <= 16 and 16 <= self.dklen <= 64):
+            raise ValueError("scrypt parameters out of range (1<=r<=64, 1<=p<=16, 16<=dklen<=64)")
+
+    @property
+    def maxmem(self) -> int:
+        # OpenSSL needs 128*r*(N+2) for V plus 128*r*p for B; leave 1 MiB of slack.
+        return 128 * self.r * (self.n + 2 + self.p) + (1 << 20)
+
+
+class FailureRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    free: Annotated[int, Meta(ge=1)]
+    max_s: Seconds
+    base_s: Seconds = 1.0
+    forget_after_s: Seconds = 3600.0
+
+    def lockout_s(self, failures: int) -> float:
+        """How long ``failures`` consecutive failures lock out further attempts."""
+        if failures < self.free:
+            return 0.0
+        return min(self.max_s, self.base_s * 2.0 ** min(failures - self.free, 64))
+
+
+class AuthLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``Auth_limits`` in config.json; the defaults are those `authsvc.throttle` explains."""
+
+    per_address: FailureRule = FailureRule(free=5, max_s=900.0)
+    per_user: FailureRule = FailureRule(free=20, max_s=30.0, forget_after_s=900.0)
+    signups_per_address: Annotated[int, Meta(ge=1)] = 20
+    signup_window_s: Seconds = 3600.0
+    concurrent_per_address: Annotated[int, Meta(ge=1)] = 16
+
+
+class ServiceCacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``cache:`` of one service in msa.yaml."""
+
+    enabled: bool = False
+    default_ttl_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=0)] = 2 * MiB
+    cache_errors: bool = False
+    # Request headers the origin's answers depend on without it saying Vary (lowercase).
+    key_headers: tuple[Annotated[str, msgspec.Meta(pattern=_TOKEN)], ...] = ()
+
+
+class CacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The cache section of config.json, shared by all services of a proxy.
+
+    ``memory_max_bytes`` bounds the per-process tier (in bytes the process really spends,
+    see `proxy.cache.memory`); ``memory_max_object_bytes`` keeps a few large bodies from
+    flushing many small ones. Redis timeouts fit a loaded machine rather than a fast Redis
+    (the reasons and what others use are in `httpio.redis_client`); after ``breaker_failures``
+    failures one after another (calls that failed side by side count once, see
+    `httpio.breaker`) Redis is skipped for ``breaker_open_s``. A request waiting for
+    another's identical fetch gives up after ``coalesce_timeout_s`` and fetches itself.
+    """
+
+    memory_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 64 * MiB
+    memory_max_object_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1 * MiB
+    redis_connect_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    redis_command_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
+    breaker_failures: Annotated[int, msgspec.Meta(ge=1)] = 3
+    breaker_open_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    coalesce_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    namespace: Annotated[str, msgspec.Meta(pattern=NAMESPACE_PATTERN)] = "gw:v2"
 
 
 # -- msa*.yaml ---------------------------------------------------------------------------------

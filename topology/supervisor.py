@@ -2,7 +2,8 @@
 
 Children come in dependency groups (redis, then backends, auth servers, proxies, ELBs). A
 group is started all at once and must be *ready* before the next starts: for an HTTP child
-that means ``GET /health`` answers 200, for Redis that ``PING`` answers ``+PONG``; a port
+that means ``GET /health`` passes the probe every process uses (`httpio.health_check`: 2xx
+or 3xx in time), for Redis that ``PING`` answers ``+PONG``; a port
 that merely accepts connections is not enough, because our servers listen before their
 first health check has run. A child that does not come up within ``ready_timeout_s`` (15 s:
 a cold Python start with imports takes about half a second here, so this only trips on a
@@ -43,9 +44,11 @@ from typing import Literal
 
 import trio
 
+from httpio.health_check import probe_origin
 from topology.lifeline import ChildProcess, start_child
 
 Probe = Literal["http", "redis", "tcp"]
+PROBE_TIMEOUT_S = 1.0  # one readiness check; a child that is up answers in milliseconds
 Output = Callable[[str], None]
 STANDBY_BACKLOG = 4096  # as the servers' own listeners
 
@@ -158,8 +161,12 @@ def _open_log(path: Path, argv: Sequence[str]) -> int:
     return fd
 
 
-async def probe_once(spec: ChildSpec, timeout_s: float = 1.0) -> bool:
-    """One readiness check; False on any failure (refused, reset, wrong answer, slow)."""
+async def probe_once(spec: ChildSpec, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """One readiness check; False on any failure (refused, reset, wrong answer, slow). An
+    HTTP child is probed as every process probes another (`httpio.health_check.probe_origin`),
+    so a child that is up holds no idle connection of ours."""
+    if spec.probe == "http":
+        return await probe_origin(f"http://{spec.host}:{spec.port}", "/health", timeout_s)
     with trio.move_on_after(timeout_s):
         try:
             stream = await trio.open_tcp_stream(spec.host, spec.port)
@@ -168,16 +175,8 @@ async def probe_once(spec: ChildSpec, timeout_s: float = 1.0) -> bool:
         async with stream:
             if spec.probe == "tcp":
                 return True
-            if spec.probe == "redis":
-                request, expect = b"PING\r\n", b"+PONG"
-            else:
-                request = (
-                    f"GET /health HTTP/1.1\r\nHost: {spec.host}:{spec.port}\r\n"
-                    "Connection: close\r\n\r\n"
-                ).encode()
-                expect = b"200"
             try:
-                await stream.send_all(request)
+                await stream.send_all(b"PING\r\n")
                 answer = b""
                 while b"\r\n" not in answer and len(answer) < 4096:
                     data = await stream.receive_some(4096)
@@ -186,11 +185,7 @@ async def probe_once(spec: ChildSpec, timeout_s: float = 1.0) -> bool:
                     answer += data
             except (trio.BrokenResourceError, OSError):
                 return False
-            line = answer.split(b"\r\n", 1)[0]
-            if spec.probe == "redis":
-                return line.startswith(expect)
-            parts = line.split(b" ", 2)
-            return len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1] == expect
+            return answer.startswith(b"+PONG")
     return False
 
 

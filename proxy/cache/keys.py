@@ -53,7 +53,6 @@ DIGEST_MARK = "|#="
 FORWARDED_MARK = ";f="
 _DIGEST_CHARS = len(DIGEST_MARK) + 64
 
-NAMESPACE_PATTERN = r"^[A-Za-z][A-Za-z0-9_.\-]*(:[A-Za-z][A-Za-z0-9_.\-]*)*$"
 # RFC 3986 3.2.2, narrowed to what real clients send: DNS names, IPv4, IPv6 literals. The
 # sub-delims a reg-name may hold (";", "=", "," ...) are left out so that FORWARDED_MARK
 # and the key's own punctuation can never appear inside a host.

@@ -33,30 +33,30 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from email.utils import formatdate
-from typing import Protocol
 from urllib.parse import parse_qsl
 
 import msgspec
 import trio
 
 from httpio.breaker import CircuitBreaker
+from httpio.dates import http_date
 from httpio.errors import ClientError
 from httpio.messages import Request, Response, ResponseBody, json_response
+from httpio.protocol import header_value
+from httpio.redis_client import RedisPool, RedisSettings
+from httpio.single_flight import Flight, SingleFlight
 from proxy.cache.keys import cache_key
 from proxy.cache.memory import MemoryTier
 from proxy.cache.policy import (
     CachedResponse,
-    CacheSettings,
     Lookup,
     RequestFacts,
-    ServiceCacheSettings,
     StoreVerdict,
     VaryIndex,
     decide_storage,
     encode_stored,
+    entry_not_modified,
     examine_request,
-    is_not_modified,
     make_entry,
     new_vary_index,
     not_modified_headers,
@@ -64,16 +64,11 @@ from proxy.cache.policy import (
     variant_key,
 )
 from proxy.cache.store import TieredStore
-from proxy.redis_client import RedisPool, RedisSettings
+from topology.schema import CacheSettings, ServiceCacheSettings
 
 HIT, MISS, BYPASS = b"HIT", b"MISS", b"BYPASS"
 
 Fetch = Callable[[], Awaitable[Response]]
-
-
-class HasCacheSettings(Protocol):
-    @property
-    def cache(self) -> ServiceCacheSettings: ...
 
 
 class PurgeRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -190,7 +185,7 @@ class HttpCache:
             "cache-redis", failures=settings.breaker_failures, open_s=settings.breaker_open_s
         )
         self.store = TieredStore(memory, redis, breaker, namespace=settings.namespace, clock=clock)
-        self._inflight: dict[str, trio.Event] = {}
+        self._flights: SingleFlight[str, None] = SingleFlight()
         self._waiting = 0
         self._stats: Counter[str] = Counter()
         # Both keyed by a fixed vocabulary of reasons (plus status codes), never by request.
@@ -201,14 +196,14 @@ class HttpCache:
         s = self._stats
         return (
             f"<HttpCache {self.settings.namespace} hits={s['hits']} misses={s['misses']} "
-            f"bypasses={s['bypasses']} inflight={len(self._inflight)} {self.store!r}>"
+            f"bypasses={s['bypasses']} inflight={len(self._flights)} {self.store!r}>"
         )
 
     def statistics(self) -> dict[str, object]:
         return {
             **{k: self._stats[k] for k in ("hits", "misses", "bypasses", "not_modified")},
             **{k: self._stats[k] for k in ("coalesced", "stored", "store_failed", "too_large")},
-            "inflight": len(self._inflight),
+            "inflight": len(self._flights),
             "waiting": self._waiting,
             "bypass_reasons": dict(self._bypass_reasons),
             "not_storable": dict(self._not_storable),
@@ -228,9 +223,6 @@ class HttpCache:
         await self.store.run_subscriber(
             retry_s=self.settings.breaker_open_s, task_status=task_status
         )
-
-    def enabled_for(self, service: HasCacheSettings) -> bool:
-        return service.cache.enabled
 
     async def purge(self, *, key: str | None = None, prefix: str | None = None) -> int:
         """Fleet-wide purge of one key (with its Vary variants) or of a key prefix; both must
@@ -285,42 +277,47 @@ class HttpCache:
                 await self.store.invalidate(key)
             return self._bypass(response, facts.reason)
 
-        required = settings.key_headers
-        if facts.mode is Lookup.LOOKUP:
-            leader = self._inflight.get(key)
-            if leader is not None:
-                await self._wait_for(key, leader)
-            found = await self._lookup(key, request, facts, required)
-            if found.entry is not None:
-                return self._serve(found.entry, request)
-            if found.degraded:
-                return self._bypass(await fetch(), found.degraded)
-            leader = self._inflight.get(key)
-            if leader is not None:
-                await self._wait_for(key, leader)
-                found = await self._lookup(key, request, facts, required)
-                if found.entry is not None:
-                    return self._serve(found.entry, request)
-        else:  # REFRESH: skip the entry, but learn the Vary index to store under
-            found = await self._lookup(key, request, facts, required)
-            if found.degraded:
-                return self._bypass(await fetch(), found.degraded)
-
+        found = await self._find(key, request, facts, settings.key_headers, fetch)
+        if isinstance(found, Response):
+            return found
         if request.method == "HEAD":
             self._stats["misses"] += 1
             return _label(await fetch(), MISS)
         return await self._fetch_and_fill(request, facts, key, found.index, settings, fetch)
 
-    async def _wait_for(self, key: str, leader: trio.Event) -> None:
+    async def _find(
+        self, key: str, request: Request, facts: RequestFacts, required: Sequence[str], fetch: Fetch
+    ) -> Response | _Found:
+        """The answer when the cache gives one: a hit (once a fetch in flight for ``key`` has
+        landed, if there is one), or a bypass while Redis is in trouble. Otherwise what was
+        found to fill under: for a REFRESH, only the Vary index (the entry is skipped)."""
+        if facts.mode is Lookup.REFRESH:
+            found = await self._lookup(key, request, facts, required)
+            return self._bypass(await fetch(), found.degraded) if found.degraded else found
+        # Look once (after the fetch in flight, if any); on a miss look once more only if a
+        # fetch took off meanwhile, since its answer is about to be stored.
+        for second in (False, True):
+            flight = self._flights.join(key)
+            if flight is not None:
+                await self._wait_for(key, flight)
+            elif second:
+                break
+            found = await self._lookup(key, request, facts, required)
+            if found.entry is not None:
+                return self._serve(found.entry, request)
+            if found.degraded and not second:
+                return self._bypass(await fetch(), found.degraded)
+        return found
+
+    async def _wait_for(self, key: str, flight: Flight[None]) -> None:
         self._stats["coalesced"] += 1
         self._waiting += 1
         try:
-            with trio.move_on_after(self.settings.coalesce_timeout_s) as scope:
-                await leader.wait()
+            landed = await flight.wait(self.settings.coalesce_timeout_s)
         finally:
             self._waiting -= 1
-        if scope.cancelled_caught and self._inflight.get(key) is leader:
-            del self._inflight[key]  # a leader that never finished must not block the key
+        if not landed:
+            self._flights.abandon(key, flight)  # a leader that never finished must not block
 
     async def _lookup(
         self, key: str, request: Request, facts: RequestFacts, required: Sequence[str]
@@ -346,7 +343,7 @@ class HttpCache:
     def _serve(self, entry: CachedResponse, request: Request) -> Response:
         age = (b"age", b"%d" % int(entry.age(self._clock())))
         self._stats["hits"] += 1
-        if is_not_modified(request.headers, entry.headers):
+        if entry_not_modified(request.headers, entry):
             self._stats["not_modified"] += 1
             return Response(304, [*not_modified_headers(entry.headers), age, (b"x-cache", HIT)])
         headers = [*entry.headers, age, (b"x-cache", HIT)]
@@ -370,15 +367,11 @@ class HttpCache:
         fetch: Fetch,
     ) -> Response:
         self._stats["misses"] += 1
-        done = trio.Event()
-        leading = key not in self._inflight
-        if leading:
-            self._inflight[key] = done
+        flight = self._flights.lead(key)  # None: another request leads; fetch alongside
 
         def release() -> None:
-            done.set()
-            if self._inflight.get(key) is done:
-                del self._inflight[key]
+            if flight is not None:
+                self._flights.land(key, flight)
 
         try:
             response = await fetch()
@@ -400,29 +393,36 @@ class HttpCache:
         async def store(body: bytes) -> None:
             await self._store(key, index, request, verdict, response, body)
 
+        await self._keep(response, settings.max_body_bytes, store, release)
+        return _label(response, MISS)
+
+    async def _keep(
+        self,
+        response: Response,
+        limit: int,
+        store: Callable[[bytes], Awaitable[None]],
+        release: Callable[[], None],
+    ) -> None:
+        """Store a whole body now, or tee a streamed one to store at its end; a body larger
+        than ``limit`` is only passed on. ``release`` runs once, whatever happens."""
         body = response.body
         if isinstance(body, bytes):
             try:
-                if len(body) <= settings.max_body_bytes:
+                if len(body) <= limit:
                     await store(body)
                 else:
                     self._stats["too_large"] += 1
             finally:
                 release()
-            return _label(response, MISS)
+            return
         length = response_length(response)
-        if length is not None and length > settings.max_body_bytes:
+        if length is not None and length > limit:
             self._stats["too_large"] += 1
             release()
-            return _label(response, MISS)
+            return
         response.body = _TeeBody(
-            body,
-            limit=settings.max_body_bytes,
-            declared=length,
-            on_complete=store,
-            on_finish=release,
+            body, limit=limit, declared=length, on_complete=store, on_finish=release
         )
-        return _label(response, MISS)
 
     async def _store(
         self,
@@ -434,7 +434,7 @@ class HttpCache:
         body: bytes,
     ) -> None:
         now = self._clock()
-        date = formatdate(now, usegmt=True).encode()
+        date = http_date(int(now))
         entry = make_entry(response.status, response.headers, body, verdict, now, date)
         items: list[tuple[str, CachedResponse | VaryIndex, bytes]]
         if verdict.vary:
@@ -454,7 +454,5 @@ class HttpCache:
 
 
 def response_length(response: Response) -> int | None:
-    for name, value in response.headers:
-        if name.lower() == b"content-length" and value.strip().isdigit():
-            return int(value)
-    return None
+    value = header_value(response.headers, b"content-length")
+    return int(value) if value is not None and value.strip().isdigit() else None

@@ -16,7 +16,7 @@ The gateway is a *shared* cache in RFC 9111 terms, so:
   shared (RFC 9111 3.5: ``public``, ``s-maxage`` or ``must-revalidate``) *and* states its own
   lifetime (``s-maxage``, ``max-age`` or ``Expires``); the service's ``default_ttl_s`` never
   applies to it. Credentials are every form of token the proxy accepts (``Authorization``,
-  ``AuthToken``: see `proxy.auth.extract_token`), ``Proxy-Authorization``, and ``Cookie``
+  ``AuthToken``: see `authsvc.tokens.extract_token`), ``Proxy-Authorization``, and ``Cookie``
   (Varnish's built-in VCL does not even look up a request with a cookie). That the proxy
   checks the token before it consults the cache decides who may *read* an entry, not what
   an entry may hold: a backend that answers ``/echo`` or ``/me`` with the caller's identity
@@ -53,19 +53,16 @@ no longer be reached and expire on their own.
 from __future__ import annotations
 
 import enum
-import re
 import secrets
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from typing import Annotated
 
 import msgspec
 
-from httpio.protocol import Headers, header_value, strip_hop_by_hop
+from httpio.conditional import is_not_modified
+from httpio.dates import parse_http_date
+from httpio.protocol import Headers, header_value, header_values, strip_hop_by_hop
 from proxy.cache import keys
-from proxy.cache.keys import NAMESPACE_PATTERN
-
-MiB = 1_048_576
+from topology.schema import ServiceCacheSettings
 
 # RFC 9111 4.2.2 via RFC 9110 15.1: heuristically cacheable status codes.
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
@@ -109,41 +106,6 @@ FORWARDED_HEADERS = frozenset(
     {b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-port", b"forwarded"}
 )
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-_TOKEN = r"^[!#$%&'*+.^_`|~0-9a-z-]+$"  # RFC 9110 5.6.2, lowercase
-
-
-# -- settings ---------------------------------------------------------------------------------
-class ServiceCacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """``cache:`` of one service in msa.yaml."""
-
-    enabled: bool = False
-    default_ttl_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
-    max_body_bytes: Annotated[int, msgspec.Meta(ge=0)] = 2 * MiB
-    cache_errors: bool = False
-    # Request headers the origin's answers depend on without it saying Vary (lowercase).
-    key_headers: tuple[Annotated[str, msgspec.Meta(pattern=_TOKEN)], ...] = ()
-
-
-class CacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The cache section of config.json, shared by all services of a proxy.
-
-    ``memory_max_bytes`` bounds the per-process tier (in bytes the process really spends,
-    see `proxy.cache.memory`); ``memory_max_object_bytes`` keeps a few large bodies from
-    flushing many small ones. Redis timeouts fit a loaded machine rather than a fast Redis
-    (the reasons and what others use are in `proxy.redis_client`); after ``breaker_failures``
-    failures one after another (calls that failed side by side count once, see
-    `httpio.breaker`) Redis is skipped for ``breaker_open_s``. A request waiting for
-    another's identical fetch gives up after ``coalesce_timeout_s`` and fetches itself.
-    """
-
-    memory_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 64 * MiB
-    memory_max_object_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1 * MiB
-    redis_connect_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
-    redis_command_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
-    breaker_failures: Annotated[int, msgspec.Meta(ge=1)] = 3
-    breaker_open_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
-    coalesce_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
-    namespace: Annotated[str, msgspec.Meta(pattern=NAMESPACE_PATTERN)] = "gw:v2"
 
 
 # -- stored records ---------------------------------------------------------------------------
@@ -183,10 +145,6 @@ def decode_stored(data: bytes) -> Stored | None:
 
 
 # -- header parsing ---------------------------------------------------------------------------
-def header_values(headers: Headers, name: bytes) -> list[bytes]:
-    return [v for n, v in headers if n.lower() == name]
-
-
 def parse_cache_control(headers: Headers) -> dict[str, str | None]:
     """Directives of every ``Cache-Control`` field, names lowercased, values unquoted."""
     return _directives(header_values(headers, b"cache-control"))
@@ -209,15 +167,6 @@ def _seconds(value: str | None) -> int | None:
     return int(value)
 
 
-def parse_http_date(value: bytes | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return parsedate_to_datetime(value.decode("latin-1")).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
 def parse_vary(headers: Headers) -> tuple[str, ...]:
     names: set[str] = set()
     for value in header_values(headers, b"vary"):
@@ -225,15 +174,6 @@ def parse_vary(headers: Headers) -> tuple[str, ...]:
             if token.strip():
                 names.add(token.strip().lower())
     return tuple(sorted(names))
-
-
-_ETAG = re.compile(r'(W/)?"[^"]*"')
-
-
-def _opaque_tags(value: bytes) -> set[str]:
-    """Entity tags of an ``If-None-Match``/``ETag`` list, weak prefix dropped (8.8.3.2)."""
-    text = value.decode("latin-1")
-    return {m.group(0).removeprefix("W/") for m in _ETAG.finditer(text)}
 
 
 # -- requests ---------------------------------------------------------------------------------
@@ -316,24 +256,35 @@ def examine_request(method: str, headers: Headers) -> RequestFacts:
         authority = None if normal is None else keys.authority_of(normal, forwarded)
     cc = _directives(cache_control) if cache_control is not None else _NO_DIRECTIVES
 
-    def facts(mode: Lookup, reason: str = "") -> RequestFacts:
-        return RequestFacts(mode, reason, authority, authenticated, unsafe, cc)
+    mode, reason = lookup_mode(method, authority, routing is not None, ranged, cc, pragma)
+    return RequestFacts(mode, reason, authority, authenticated, unsafe, cc)
 
+
+def lookup_mode(
+    method: str,
+    authority: str | None,
+    rerouted: bool,
+    ranged: bool,
+    cc: dict[str, str | None],
+    pragma: list[bytes] | None,
+) -> tuple[Lookup, str]:
+    """Whether a request may read the cache, only refresh it, or neither, and why (the
+    module header gives the rules, in this order)."""
     if method not in ("GET", "HEAD"):
-        return facts(Lookup.BYPASS, "method")
+        return Lookup.BYPASS, "method"
     if authority is None:
-        return facts(Lookup.BYPASS, "host")
-    if routing is not None:
-        return facts(Lookup.BYPASS, "routing header")
+        return Lookup.BYPASS, "host"
+    if rerouted:
+        return Lookup.BYPASS, "routing header"
     if ranged:
-        return facts(Lookup.BYPASS, "range")
+        return Lookup.BYPASS, "range"
     if "no-store" in cc:
-        return facts(Lookup.BYPASS, "request no-store")
+        return Lookup.BYPASS, "request no-store"
     if "no-cache" in cc or cc.get("max-age") == "0":
-        return facts(Lookup.REFRESH, "request no-cache")
+        return Lookup.REFRESH, "request no-cache"
     if not cc and pragma is not None and any(b"no-cache" in v.lower() for v in pragma):
-        return facts(Lookup.REFRESH, "request pragma no-cache")
-    return facts(Lookup.LOOKUP)
+        return Lookup.REFRESH, "request pragma no-cache"
+    return Lookup.LOOKUP, ""
 
 
 def request_accepts(cc: dict[str, str | None], entry: CachedResponse, now: float) -> bool:
@@ -456,22 +407,12 @@ def new_vary_index(names: tuple[str, ...], expires_at: float) -> VaryIndex:
 
 
 # -- conditional requests ---------------------------------------------------------------------
-def is_not_modified(request_headers: Headers, entry_headers: Headers) -> bool:
-    """RFC 9110 13.2.2 steps 3 and 4 for a GET/HEAD answered by the cache."""
-    if_none_match = header_values(request_headers, b"if-none-match")
-    if if_none_match:
-        etag = header_value(entry_headers, b"etag")
-        if any(v.strip() == b"*" for v in if_none_match):
-            return True
-        if etag is None:
-            return False
-        wanted: set[str] = set()
-        for value in if_none_match:
-            wanted |= _opaque_tags(value)
-        return bool(_opaque_tags(etag) & wanted)
-    since = parse_http_date(header_value(request_headers, b"if-modified-since"))
-    modified = parse_http_date(header_value(entry_headers, b"last-modified"))
-    return since is not None and modified is not None and modified <= since
+def entry_not_modified(request_headers: Headers, entry: CachedResponse) -> bool:
+    """Whether a conditional GET/HEAD is answered 304 from ``entry`` (`httpio.conditional`)."""
+    headers = entry.headers
+    return is_not_modified(
+        request_headers, header_value(headers, b"etag"), header_value(headers, b"last-modified")
+    )
 
 
 def not_modified_headers(entry_headers: Headers) -> list[tuple[bytes, bytes]]:

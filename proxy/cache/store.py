@@ -30,9 +30,9 @@ import trio
 
 from httpio.breaker import BreakerTransition, CircuitBreaker
 from httpio.errors import DependencyUnavailable
+from httpio.redis_client import Arg, RedisPool, RedisReplyError, RedisUnavailable
 from proxy.cache.memory import MemoryTier
 from proxy.cache.policy import CachedResponse, Stored, decode_stored
-from proxy.redis_client import Arg, RedisPool, RedisReplyError, RedisUnavailable
 
 log = structlog.get_logger()
 

@@ -11,23 +11,16 @@ from typing import Any
 import pytest
 import trio
 
-from authsvc.app import AuthApp, AuthSettings
-from authsvc.passwords import ScryptParams
+from authsvc.app import AuthApp
 from authsvc.store import UserStore
 from authsvc.tokens import CLIENT_HEADER, INTERNAL_HEADER
 from httpio.run import serve_tcp
 from httpio.upstream import UpstreamPool
+from tests.support.clock import FakeClock
+from topology.schema import GatewayConfig, ScryptParams
 
 SECRET = "test-secret-" * 4
-SETTINGS = AuthSettings(Auth_key=SECRET, Token_ttl_s=600, Scrypt=ScryptParams(n=16))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+SETTINGS = GatewayConfig(auth_key=SECRET, token_ttl_s=600, scrypt=ScryptParams(n=16))
 
 
 class Server:
@@ -54,16 +47,16 @@ class Server:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(1_700_000_000.0)
 
 
 async def serve(
     nursery: trio.Nursery,
     db: Path,
-    clock: Clock,
+    clock: FakeClock,
     pool: UpstreamPool,
-    settings: AuthSettings = SETTINGS,
+    settings: GatewayConfig = SETTINGS,
     **options: Any,
 ) -> Server:
     """One more auth server on ``db``: several of them on one file are a fleet's."""
@@ -82,7 +75,7 @@ async def pool() -> AsyncIterator[UpstreamPool]:
 
 @pytest.fixture
 async def server(
-    nursery: trio.Nursery, tmp_path: Path, clock: Clock, pool: UpstreamPool
+    nursery: trio.Nursery, tmp_path: Path, clock: FakeClock, pool: UpstreamPool
 ) -> AsyncIterator[Server]:
     server = await serve(nursery, tmp_path / "auth.db", clock, pool)
     yield server

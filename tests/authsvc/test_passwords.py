@@ -7,13 +7,13 @@ import pytest
 
 from authsvc.passwords import (
     MalformedHash,
-    ScryptParams,
     hash_password,
     make_dummy_hash,
     needs_rehash,
     parse_hash,
     verify_password,
 )
+from topology.schema import ScryptParams
 
 # Cheap parameters keep the suite fast; the defaults are exercised once below.
 FAST = ScryptParams(n=1 << 4, r=8, p=1)

@@ -6,16 +6,15 @@ import msgspec
 import pytest
 
 from authsvc.throttle import (
-    AuthLimits,
     ConcurrencyGate,
     Counter,
-    FailureRule,
     after_failure,
     after_signup,
     locked_for,
     retry_after,
     signup_wait,
 )
+from topology.schema import AuthLimits, FailureRule
 
 HARD = AuthLimits().per_address
 GENTLE = AuthLimits().per_user

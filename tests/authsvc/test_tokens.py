@@ -9,7 +9,6 @@ import pytest
 
 from authsvc.tokens import (
     MAX_TOKEN_BYTES,
-    AuthKey,
     BadSignature,
     Claims,
     KeyRing,
@@ -18,10 +17,12 @@ from authsvc.tokens import (
     TokenNotYetValid,
     UnknownKey,
     UnsupportedAlgorithm,
-    derive_kid,
+    extract_token,
     issue_token,
     verify_token,
 )
+from httpio.errors import ClientError
+from topology.schema import AuthKey, derive_kid
 
 NOW = 1_700_000_000.0
 # PyJWT warns (an error under filterwarnings=error) about HMAC keys under 32 bytes.
@@ -253,3 +254,50 @@ def test_client_proof_is_ours_alone() -> None:
         None,
     ):
         assert ring.vouched_client(forged) is None
+
+
+def challenge(err: Exception) -> bytes:
+    assert isinstance(err, ClientError)
+    return dict(err.headers)[b"www-authenticate"]
+
+
+# -- extraction -------------------------------------------------------------------------------
+def test_extract_bearer() -> None:
+    assert extract_token([(b"authorization", b"Bearer abc.def.ghi")]) == "abc.def.ghi"
+    assert extract_token([(b"authorization", b"bearer   abc")]) == "abc"
+
+
+def test_extract_authtoken_raw_and_json() -> None:
+    assert extract_token([(b"authtoken", b"abc.def.ghi")]) == "abc.def.ghi"
+    signin_body = b'{"token":"abc.def.ghi","token_type":"Bearer","expires_in":3600,"username":"a"}'
+    assert extract_token([(b"authtoken", signin_body)]) == "abc.def.ghi"
+    assert extract_token([(b"authtoken", b'  {"token": "t1"}  ')]) == "t1"
+
+
+def test_extract_missing() -> None:
+    assert extract_token([]) is None
+    assert extract_token([(b"host", b"x")]) is None
+    assert extract_token([(b"authorization", b"Basic YWxhZGRpbjpvcGVuc2VzYW1l")]) is None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"authtoken", b'{"username": "a"}')],
+        [(b"authtoken", b'{"token": 5}')],
+        [(b"authtoken", b"{not json")],
+        [(b"authorization", b"Bearer ")],
+        [(b"authorization", b"Bearer a b")],
+        [(b"authtoken", "tökén".encode())],
+        [(b"authorization", b"Bearer one"), (b"authtoken", b"two")],
+    ],
+)
+def test_extract_unreadable_is_400(headers: Any) -> None:
+    with pytest.raises(ClientError) as info:
+        extract_token(headers)
+    assert info.value.status == 400
+    assert b'error="invalid_request"' in challenge(info.value)
+
+
+def test_same_token_twice_is_fine() -> None:
+    assert extract_token([(b"authorization", b"Bearer t"), (b"authtoken", b"t")]) == "t"

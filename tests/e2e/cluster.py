@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import free_ports, request, wait_for
+from tests.e2e.harness import request
+from tests.support.polling import wait_for
+from tests.support.ports import free_ports
 
 BIN = Path(sys.executable).parent
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
-import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,22 +21,10 @@ from typing import Any
 import pytest
 import trio
 
+from tests.support.ports import free_ports
 from topology.fleet import Fleet, open_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 @dataclass
@@ -49,6 +35,17 @@ class Reply:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+def outcome(reply: Reply) -> tuple[int, str]:
+    """The status, and the ``error`` of the JSON body every error answer has ("" when the
+    answer is no error of ours: a success, a backend's own status)."""
+    try:
+        doc = reply.json()
+    except ValueError:
+        return reply.status, ""
+    error = doc.get("error", "") if isinstance(doc, dict) else ""
+    return reply.status, error if isinstance(error, str) else ""
 
 
 def request(
@@ -69,16 +66,6 @@ def request(
         return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
     finally:
         conn.close()
-
-
-def wait_for(predicate: Callable[[], bool], *, timeout_s: float = 15.0, what: str = "") -> None:
-    """Poll a condition until it holds; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}")
 
 
 @dataclass

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import wait_for
+from tests.support.polling import wait_for
 
 BIN = Path(sys.executable).parent
 BACKEND, PROXY, ELB = 15080, 16080, 19080  # the same numbers in both namespaces

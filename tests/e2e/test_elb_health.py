@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.e2e.harness import free_ports
-from tests.polling import wait_until
+from tests.support.polling import wait_until
+from tests.support.ports import free_ports
 from topology.fleet import Fleet, find_launchers, open_fleet
 
 DEADLINE_S = 30.0

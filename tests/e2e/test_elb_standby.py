@@ -9,7 +9,8 @@ import signal
 import threading
 import time
 
-from tests.e2e.harness import RunningFleet, request, wait_for
+from tests.e2e.harness import RunningFleet, request
+from tests.support.polling import wait_for
 
 WORKERS = 4
 MAX_REQUESTS_PER_WORKER = 1500  # bounds, in case the restart never comes

@@ -6,7 +6,8 @@ import signal
 import threading
 import time
 
-from tests.e2e.harness import RunningFleet, request, wait_for
+from tests.e2e.harness import RunningFleet, request
+from tests.support.polling import wait_for
 
 
 def test_proxy_killed_under_load_elb_routes_around_it(fleet: RunningFleet, token: str) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import signal
 
-from tests.e2e.harness import Reply, RunningFleet, post_json, wait_for
+from tests.e2e.harness import Reply, RunningFleet, post_json
+from tests.support.polling import wait_for
 
 
 def test_signin_with_every_auth_server_down_is_503_with_retry_after(fleet: RunningFleet) -> None:

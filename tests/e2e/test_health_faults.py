@@ -21,7 +21,7 @@ import pytest
 
 from httpio.limits import DEFAULT_PER_TRY_TIMEOUT_S
 from tests.e2e.cluster import Cluster, Load, proxy_cluster
-from tests.e2e.harness import wait_for
+from tests.support.polling import wait_for
 
 WORKERS = 8
 WARMUP_REQUESTS = 40

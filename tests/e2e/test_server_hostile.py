@@ -23,8 +23,10 @@ from typing import Any
 import pytest
 import trio
 
-from tests.e2e.harness import free_ports, request, wait_for
+from tests.e2e.harness import request
 from tests.httpio.test_server import RawClient, Reply, assert_error, connect
+from tests.support.polling import wait_for
+from tests.support.ports import free_ports
 
 BIN = Path(sys.executable).parent
 IDLE_CONNECTIONS = 400

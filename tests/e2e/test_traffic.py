@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.cluster import Cluster, Load, proxy_cluster
-from tests.e2e.harness import request, wait_for
+from tests.e2e.harness import request
+from tests.support.polling import wait_for
 
 WORKERS = 8  # client threads; half keep their connection alive, half reconnect every request
 WARMUP_REQUESTS = 40  # completed before the kill, across all workers

@@ -19,6 +19,7 @@ from httpio.balance import (
 )
 from httpio.errors import NoHealthyInstance
 from httpio.health import HealthSettings, Outcome, State
+from tests.support.clock import FakeClock
 
 SEED_CONFIG = Path("/work/shared/seed-resources/config.json")
 
@@ -30,14 +31,6 @@ def endpoints(n: int, weights: list[int] | None = None) -> list[Endpoint]:
 
 def ports(picks: list[Endpoint | None]) -> list[int]:
     return [p.port - 5000 for p in picks if p is not None]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # -- names --------------------------------------------------------------------------------------

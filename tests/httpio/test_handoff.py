@@ -34,8 +34,8 @@ from httpio.handoff import (
     private_dir,
     serve_handoffs,
 )
+from httpio.listen import open_listeners
 from httpio.messages import Request, Response, json_response
-from httpio.run import open_listeners
 from httpio.server import HttpServer
 
 DEADLINE_S = 10.0

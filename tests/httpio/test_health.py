@@ -15,18 +15,11 @@ from httpio.health import (
     outcome_of_status,
 )
 from httpio.limits import DEFAULT_PER_TRY_TIMEOUT_S
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 def tracker(n: int = 1, **settings: object) -> tuple[HealthTracker, FakeClock]:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     t = HealthTracker(msgspec.convert(settings, HealthSettings), clock, [f"i{k}" for k in range(n)])
     return t, clock
 

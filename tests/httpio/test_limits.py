@@ -24,31 +24,23 @@ def test_release_without_acquire_is_a_bug() -> None:
         ConcurrencyLimit("max_pending", 1).release()
 
 
-def test_hold_raises_overloaded_with_retry_after() -> None:
+def test_a_refusal_is_overloaded_with_retry_after() -> None:
     limiter = ServiceLimiter("video", ServiceLimits(max_in_flight=1))
-    with limiter.admit():
-        with pytest.raises(Overloaded) as info, limiter.admit():
-            pass
-    err = info.value
+    assert limiter.in_flight.try_acquire()
+    assert not limiter.in_flight.try_acquire()
+    err = limiter.in_flight.refusal("service 'video'")
     assert err.status == 503 and err.code == "overloaded"
     assert err.headers == ((b"retry-after", b"1"),)
     assert "video" in err.detail and "max_in_flight" in err.detail
+    limiter.in_flight.release()
     assert limiter.in_flight.in_use == 0
-
-
-def test_hold_releases_when_the_block_fails() -> None:
-    limiter = ServiceLimiter("video", ServiceLimits(max_pending=1))
-    with pytest.raises(KeyError), limiter.wait_for_connection():
-        raise KeyError("boom")
-    assert limiter.pending.in_use == 0
-    with limiter.wait_for_connection():
-        assert limiter.pending.in_use == 1
 
 
 def test_zero_pending_refuses_every_wait() -> None:
     limiter = ServiceLimiter("image", ServiceLimits(max_pending=0))
-    with pytest.raises(Overloaded, match="max_pending"), limiter.wait_for_connection():
-        pass
+    assert not limiter.pending.try_acquire()
+    assert isinstance(limiter.pending.refusal(), Overloaded)
+    assert "max_pending" in limiter.pending.refusal().detail
 
 
 def test_resize_keeps_current_counts() -> None:
@@ -68,7 +60,7 @@ def test_service_limits_schema() -> None:
     assert limits.max_in_flight == 1024 and limits.max_pending == 1024
     assert limits.connect_timeout_s == 1.0 and limits.response_timeout_s is None
     assert (limits.retries, limits.per_try_timeout_s) == (2, 0.5)
-    assert limits.per_try_head_timeout_s() == 0.5
+    assert limits.response_head_timeout_s() == 0.5
     with pytest.raises(msgspec.ValidationError, match="unknown field"):
         msgspec.convert({"max_inflight": 3}, ServiceLimits)
     with pytest.raises(msgspec.ValidationError, match=r"\$.max_in_flight"):
@@ -80,13 +72,13 @@ def test_service_limits_schema() -> None:
 def test_head_timeouts_per_try_and_over_all_tries() -> None:
     # Nothing set: every try has the default per-try timeout, and no overall deadline.
     default = ServiceLimits()
-    assert default.per_try_head_timeout_s() == DEFAULT_PER_TRY_TIMEOUT_S == 2.0
+    assert default.response_head_timeout_s() == DEFAULT_PER_TRY_TIMEOUT_S == 2.0
     assert default.response_timeout_s is None
     # A file from before per_try_timeout_s: response_timeout_s alone keeps its old meaning,
     # the head timeout of each try (and now also the deadline over all of them).
     old = msgspec.convert({"response_timeout_s": 60}, ServiceLimits)
-    assert old.per_try_head_timeout_s() == 60.0 and old.response_timeout_s == 60.0
+    assert old.response_head_timeout_s() == 60.0 and old.response_timeout_s == 60.0
     both = msgspec.convert({"per_try_timeout_s": 1.5, "response_timeout_s": 4}, ServiceLimits)
-    assert both.per_try_head_timeout_s() == 1.5 and both.response_timeout_s == 4.0
+    assert both.response_head_timeout_s() == 1.5 and both.response_timeout_s == 4.0
     with pytest.raises(msgspec.ValidationError, match=r"\$.per_try_timeout_s"):
         msgspec.convert({"per_try_timeout_s": 0}, ServiceLimits)

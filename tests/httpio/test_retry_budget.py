@@ -6,18 +6,11 @@ import msgspec
 import pytest
 
 from httpio.retry_budget import RetryBudget, RetryBudgetSettings
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 500.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 def budget(**settings: object) -> tuple[RetryBudget, FakeClock]:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     return RetryBudget(msgspec.convert(settings, RetryBudgetSettings), clock=clock), clock
 
 

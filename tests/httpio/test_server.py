@@ -21,11 +21,12 @@ import trio
 import trio.testing
 
 from httpio.errors import ClientError, RouteNotFound, Unauthorized, UpstreamTimeout
+from httpio.listen import listener_port, open_listeners
 from httpio.messages import Handler, Request, Response, json_response
 from httpio.proxyproto import SIGNATURE, build_v2
-from httpio.run import listener_port, open_listeners, serve_tcp
+from httpio.run import serve_tcp
 from httpio.server import HttpServer, ServerLimits
-from tests.polling import wait_until
+from tests.support.polling import wait_until
 
 DEADLINE_S = 10.0  # per client read; the server timeouts under test are all shorter
 DATE = re.compile(rb"\r\ndate: ([^\r]*)\r\n")

@@ -28,7 +28,7 @@ from tests.httpio.test_server import (
     get,
     serving,
 )
-from tests.polling import wait_until
+from tests.support.polling import wait_until
 
 SERVED = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 

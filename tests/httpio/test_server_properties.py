@@ -38,13 +38,13 @@ import trio
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from httpio.listen import listener_port, open_listeners
 from httpio.messages import Request, Response, json_response
-from httpio.run import listener_port, open_listeners
 from httpio.server import HttpServer, ServerLimits
 from httpio.upstream import UpstreamPool
 from proxy.app import ProxyApp
 from proxy.state import ProxyConfig
-from tests.e2e.harness import wait_for
+from tests.support.polling import wait_for
 from topology.schema import GatewayConfig, MsaFile, RegionSpec, RegionStructure, ServiceSpec
 
 REGION = "ko_KR"

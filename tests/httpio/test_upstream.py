@@ -21,8 +21,9 @@ import trio.testing
 
 from httpio.errors import UpstreamTimeout, UpstreamUnreachable
 from httpio.messages import Request, Response, json_response
+from httpio.origin import Origin
 from httpio.run import serve_tcp
-from httpio.upstream import Origin, UpstreamPool, UpstreamTimeouts
+from httpio.upstream import UpstreamPool, UpstreamTimeouts
 
 DEADLINE_S = 10.0
 BIG = 1 << 20

@@ -27,8 +27,10 @@ from httpio.protocol import Headers, h11
 from httpio.run import serve_tcp
 from httpio.server import RequestBody, ServerLimits
 from httpio.upstream import UpstreamPool
+from proxy import forwarding
 from proxy.app import ProxyApp
 from proxy.state import ProxyConfig
+from tests.support.ports import held_port
 from topology.schema import (
     GatewayConfig,
     InstanceSpec,
@@ -135,9 +137,8 @@ class Resetter:
 @pytest.fixture
 def refused_url() -> Iterator[str]:
     """An instance with nothing listening: a port held bound for the test, never listening."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with held_port() as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @asynccontextmanager
@@ -589,7 +590,8 @@ async def test_a_failure_while_relaying_the_head_frees_everything(
 
     async with serving(a.handle) as urls:
         async with proxy_for(make_config(service("svc", *urls))) as proxy:
-            monkeypatch.setattr(proxy.app, "_relayed", broken)
+            # the response-header rewrite of every relayed answer (the response_headers filter)
+            monkeypatch.setattr(forwarding, "client_response_headers", broken)
             status, _, _ = await proxy.call("GET", "/svc/x")
             assert status == 500
             assert_nothing_held(proxy)

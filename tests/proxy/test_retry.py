@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from httpio.balance import Endpoint
 from httpio.errors import (
     DependencyUnavailable,
     NoHealthyInstance,
@@ -14,7 +15,8 @@ from httpio.errors import (
     UpstreamUnreachable,
 )
 from httpio.health import Outcome
-from proxy.retry import Verdict, decide_retry, final_error, unavailable
+from httpio.limits import ServiceLimits
+from proxy.retry import Attempts, Verdict, decide_retry, final_error, outcome_of, unavailable
 
 Out = Outcome
 
@@ -103,3 +105,41 @@ def test_every_instance_out_before_any_try() -> None:
     down = unavailable(err, dependency=True)
     assert isinstance(down, DependencyUnavailable) and down.detail == err.detail
     assert down.headers == ((b"retry-after", b"1"),)
+
+
+# -- the tries of one request ---------------------------------------------------------------
+A, B = Endpoint.parse("http://10.0.0.1:80"), Endpoint.parse("http://10.0.0.2:80")
+
+
+def test_attempts_cut_each_head_timeout_to_the_deadline_left() -> None:
+    limits = ServiceLimits(per_try_timeout_s=2.0, response_timeout_s=3.0, retries=1)
+    attempts = Attempts("svc", limits, replayable=True, dependency=False)
+    assert attempts.response_head_timeout_s(100.0) == 2.0
+    timeout = UpstreamTimeout("slow", bytes_sent=True)
+    verdict = attempts.failed(A, timeout, outcome_of(timeout), now=102.0)
+    assert verdict is Verdict.RETRY
+    attempts.going_again(verdict)
+    assert attempts.response_head_timeout_s(102.0) == 1.0  # 3 s over all tries, 2 s gone
+    assert attempts.failed(B, timeout, outcome_of(timeout), now=103.0) is Verdict.DEADLINE_PASSED
+    assert attempts.tried == [A, B] and attempts.retries_done == 1
+    assert attempts.final_error(timeout) is timeout  # it reached an instance: its own error
+
+
+def test_attempts_without_a_deadline_give_each_try_the_per_try_timeout() -> None:
+    attempts = Attempts("svc", ServiceLimits(), replayable=False, dependency=True)
+    assert attempts.response_head_timeout_s(0.0) == attempts.response_head_timeout_s(50.0) == 2.0
+    refused = UpstreamUnreachable("refused")
+    assert outcome_of(refused) is Outcome.CONNECT_FAILURE
+    verdict = attempts.failed(A, refused, outcome_of(refused), now=1.0)
+    assert verdict is Verdict.NEXT_INSTANCE
+    attempts.going_again(verdict)
+    assert attempts.retries_done == 0  # a refused connect does not count
+    final = attempts.final_error(refused)
+    assert isinstance(final, DependencyUnavailable) and "1 tried" in final.detail
+    assert repr(attempts) == "<Attempts svc tried=1 retries=0 reached_any=False>"
+
+
+def test_outcome_of_says_whether_the_instance_was_reached() -> None:
+    assert outcome_of(UpstreamTimeout("x")) is Outcome.CONNECT_TIMEOUT
+    assert outcome_of(UpstreamTimeout("x", bytes_sent=True)) is Outcome.TIMEOUT
+    assert outcome_of(UpstreamProtocolError("x", bytes_sent=True)) is Outcome.RESET

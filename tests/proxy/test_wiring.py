@@ -1,4 +1,4 @@
-"""The auth layer as `proxy.wiring` attaches it: key checks at start and on reload, and the
+"""The auth layer as `proxy.wiring` starts it: key checks at start and on reload, and the
 client address a proxy vouches for to the auth service."""
 
 from __future__ import annotations
@@ -11,14 +11,22 @@ import msgspec
 import pytest
 import trio
 
-from authsvc.tokens import CLIENT_HEADER, AuthKey
+from authsvc.tokens import CLIENT_HEADER
 from httpio.messages import Request
 from httpio.upstream import UpstreamPool
 from proxy.app import ProxyApp
+from proxy.filters.auth import VouchClient, client_address
 from proxy.hop import HOP_HEADER, sign_hop
 from proxy.state import ProxyConfig
-from proxy.wiring import attach_auth, client_address
-from topology.schema import GatewayConfig, MsaFile, RegionSpec, RegionStructure, ServiceSpec
+from proxy.wiring import AuthLayer, start_auth
+from topology.schema import (
+    AuthKey,
+    GatewayConfig,
+    MsaFile,
+    RegionSpec,
+    RegionStructure,
+    ServiceSpec,
+)
 
 STRONG = "wiring-test-key-that-is-long-enough!"
 
@@ -58,11 +66,17 @@ async def health(app: ProxyApp) -> dict[str, Any]:
     return msgspec.json.decode(response.body)  # type: ignore[no-any-return]
 
 
+async def proxy_app(
+    config: ProxyConfig, upstream: UpstreamPool, nursery: trio.Nursery
+) -> tuple[ProxyApp, AuthLayer]:
+    auth = await start_auth(config, upstream, nursery, proxy="p")
+    return ProxyApp(config, upstream, name="p", auth=auth), auth
+
+
 async def test_published_key_runs_loudly_until_replaced(
     nursery: trio.Nursery, upstream: UpstreamPool
 ) -> None:
-    app = ProxyApp(config(auth_key="private_key"), upstream, name="p")
-    await attach_auth(app, nursery)
+    app, _ = await proxy_app(config(auth_key="private_key"), upstream, nursery)
     assert len(app.warnings) == 1 and "published" in app.warnings[0]
     assert (await health(app))["warnings"] == app.warnings
     app.apply(config(auth_keys=[AuthKey("k2", STRONG)]))
@@ -75,22 +89,24 @@ async def test_no_key_cannot_start_and_cannot_be_reloaded_to(
     nursery: trio.Nursery, upstream: UpstreamPool
 ) -> None:
     with pytest.raises(SystemExit):
-        await attach_auth(ProxyApp(config(), upstream, name="p"), nursery)
-    app = ProxyApp(config(auth_keys=[AuthKey("k", STRONG)]), upstream, name="p")
-    client = await attach_auth(app, nursery)
+        await start_auth(config(), upstream, nursery, proxy="p")
+    app, auth = await proxy_app(config(auth_keys=[AuthKey("k", STRONG)]), upstream, nursery)
     app.apply(config())
-    assert client.authorizer.ring.signing_kid == "k"  # the previous keys are kept
+    assert auth.client.authorizer.ring.signing_kid == "k"  # the previous keys are kept
 
 
 async def test_requests_to_the_auth_service_carry_the_vouched_client(
     nursery: trio.Nursery, upstream: UpstreamPool
 ) -> None:
-    app = ProxyApp(config(auth_keys=[AuthKey("k", STRONG)]), upstream, name="p")
-    client = await attach_auth(app, nursery)
-    assert app.authorize is not None
-    headers = await app.authorize(request([], peer="203.0.113.5"), app.config.services["auth"])
+    app, auth = await proxy_app(config(auth_keys=[AuthKey("k", STRONG)]), upstream, nursery)
+    vouch = app.chains.chain("auth").filters[0]
+    assert isinstance(vouch, VouchClient)
+    chain, ex = app.chains.exchange(request([], peer="203.0.113.5"), b"req-1")
+    assert chain is app.chains.chain("auth")
+    assert vouch.on_request(ex) is None
+    headers = ex.identity
     assert len(headers) == 1 and headers[0][0] == CLIENT_HEADER
-    assert client.authorizer.ring.vouched_client(headers[0][1]) == "203.0.113.5"
+    assert auth.client.authorizer.ring.vouched_client(headers[0][1]) == "203.0.113.5"
 
 
 def test_client_behind_another_regions_proxy_is_the_one_it_saw() -> None:
@@ -102,8 +118,13 @@ def test_client_behind_another_regions_proxy_is_the_one_it_saw() -> None:
         (b"x-forwarded-for", b"10.0.0.1, 198.51.100.9"),
         (HOP_HEADER, mark),
     ]
-    assert client_address(app, request(hopped, peer="127.0.0.1")) == "198.51.100.9"
+
+    def seen_from(headers: list[tuple[bytes, bytes]], peer: str) -> str:
+        _, ex = app.chains.exchange(request(headers, peer=peer), rid)
+        return client_address(ex)
+
+    assert seen_from(hopped, "127.0.0.1") == "198.51.100.9"
     forged = sign_hop(b"private_key", "en_US", rid, time.time())
     claimed = [(n, forged if n == HOP_HEADER else v) for n, v in hopped]
-    assert client_address(app, request(claimed, peer="192.0.2.4")) == "192.0.2.4"
-    assert client_address(app, request(hopped[:2], peer="192.0.2.4")) == "192.0.2.4"
+    assert seen_from(claimed, "192.0.2.4") == "192.0.2.4"
+    assert seen_from(hopped[:2], "192.0.2.4") == "192.0.2.4"

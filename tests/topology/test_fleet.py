@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +15,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.e2e.harness import wait_for
+from tests.support.polling import wait_for
+from tests.support.ports import free_ports
 from topology import fleet as fleet_module
 from topology.fleet import (
     FleetStartError,
@@ -247,17 +247,6 @@ def test_missing_redis_says_how_to_install_it(topology_path, monkeypatch, capsys
 
 
 # -- one real fleet ----------------------------------------------------------------------------
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def tiny_topology(tmp_path: Path) -> Path:
     backend, auth, proxy, elb, redis = free_ports(5)
     (tmp_path / "msa.yaml").write_text(

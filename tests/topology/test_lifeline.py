@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.polling import wait_until
+from tests.support.polling import wait_until
 from topology.fleet_lock import process_started
 from topology.lifeline import start_child
 

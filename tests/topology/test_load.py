@@ -4,6 +4,7 @@ expectation; fleet topologies refuse port clashes. No event loop, no sockets."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from topology.load import (
     ConfigError,
     load_config,
+    load_elb_targets,
     load_fleet,
     load_msa,
     load_proxy_list,
@@ -217,3 +219,68 @@ def test_port_out_of_range(tmp_path):
         "regions:\n  - {code: kr, elb_port: 70000, proxy_ports: [6000], msa: msa.yaml}\n",
     )
     assert refusal(load_fleet, path).startswith("fleet.yaml: $.regions[0].elb_port: ")
+
+
+# -- what an ELB serves -----------------------------------------------------------------------
+def write_fleet(base: Path) -> Path:
+    for name in ("msa_kr.yaml", "msa_en.yaml"):
+        shutil.copy(DATA / name, base / name)
+    path = base / "fleet.yaml"
+    path.write_text(
+        """\
+regions:
+  - {code: ko_KR, elb_port: 19000, proxy_ports: [16000, 16001], msa: msa_kr.yaml}
+  - {code: en_US, elb_port: 19001, proxy_ports: [16002], msa: msa_en.yaml}
+backends: {ports: [15000]}
+redis: {enabled: false}
+"""
+    )
+    return path
+
+
+def test_load_targets_from_a_fleet_topology_by_elb_port(tmp_path: Path) -> None:
+    fleet = write_fleet(tmp_path)
+    assert load_elb_targets(fleet, 19000) == (
+        "ko_KR",
+        ["http://127.0.0.1:16000", "http://127.0.0.1:16001"],
+    )
+    assert load_elb_targets(fleet, 19001) == ("en_US", ["http://127.0.0.1:16002"])
+
+
+def test_load_targets_from_a_fleet_topology_with_no_region_on_the_port(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_elb_targets(write_fleet(tmp_path), 19002)
+    assert info.value.where == "$.regions"
+    assert "19002" in str(info.value)
+
+
+def test_load_targets_from_the_default_fleet() -> None:
+    assert load_elb_targets(TOPOLOGY / "fleet.yaml", 9001) == (
+        "en_US",
+        ["http://127.0.0.1:6002", "http://127.0.0.1:6003"],
+    )
+
+
+def test_load_targets_from_the_originals_proxy_list() -> None:
+    # the port does not matter for an r_*.yaml: the file names one region
+    assert load_elb_targets(DATA / "r_kr.yaml", 9000) == (
+        "ko_KR",
+        ["http://localhost:6000", "http://localhost:6001"],
+    )
+    assert load_elb_targets(DATA / "r_en.yaml", 1234)[0] == "en_US"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "region_code: ko_KR\navailable_zone: [5]\n",
+        "region_code: ko_KR\navailable_zone: ['ftp://x:1']\n",
+        "available_zone: []\n",
+        "regions: [{code: ko_KR}]\n",
+    ],
+)
+def test_load_targets_refuses_a_broken_file(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError):
+        load_elb_targets(path, 9000)

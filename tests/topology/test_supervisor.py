@@ -5,7 +5,6 @@ on a clock: tests wait on the supervisor's state with a deadline."""
 from __future__ import annotations
 
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -14,7 +13,8 @@ import trio
 
 from httpio.messages import Request, Response, json_response
 from httpio.run import serve_tcp
-from tests.polling import wait_until
+from tests.support.polling import wait_until
+from tests.support.ports import free_port
 from topology.supervisor import (
     Backoff,
     ChildSpec,
@@ -64,12 +64,6 @@ def test_read_log_tail(tmp_path):
 
 
 # -- probes ------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def spec(port: int, probe: str = "http", argv=None, log: Path | None = None) -> ChildSpec:
     return ChildSpec("x", "test", port, argv, log or Path("/dev/null"), probe)  # type: ignore[arg-type]
 

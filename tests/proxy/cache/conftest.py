@@ -7,16 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxy.redis_client import RedisPool, RedisSettings
-from tests.redisproc import RedisProcess, running_redis
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from httpio.redis_client import RedisPool, RedisSettings
+from tests.support.clock import FakeClock
+from tests.support.redisproc import RedisProcess, running_redis
 
 
 @pytest.fixture
@@ -36,4 +29,4 @@ async def redis_pool(redis_server):
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1_700_000_000.0)

@@ -20,7 +20,7 @@ from proxy.cache.keys import (
     service_prefix,
     variant_key,
 )
-from proxy.cache.policy import CacheSettings
+from topology.schema import CacheSettings
 
 NS = "gw:v1"
 

@@ -13,10 +13,10 @@ import trio
 from httpio.breaker import BreakerState
 from httpio.errors import ClientError, DependencyUnavailable, UpstreamUnreachable
 from httpio.messages import Request, Response
+from httpio.redis_client import RedisPool, RedisSettings
 from proxy.cache.layer import HttpCache
-from proxy.cache.policy import CacheSettings, ServiceCacheSettings
-from proxy.redis_client import RedisPool, RedisSettings
-from tests.polling import wait_until
+from tests.support.polling import wait_until
+from topology.schema import CacheSettings, ServiceCacheSettings
 
 ON = ServiceCacheSettings(enabled=True, default_ttl_s=30.0, max_body_bytes=1000)
 SETTINGS = CacheSettings(namespace="gw:t", breaker_failures=1, breaker_open_s=0.05)
@@ -500,18 +500,6 @@ async def test_without_redis_the_memory_tier_still_caches(origin):
 def test_statistics_shape():
     stats = HttpCache(SETTINGS, None, clock=time.time).statistics()
     assert {"hits", "misses", "bypasses", "coalesced", "not_storable", "store"} <= stats.keys()
-
-
-# -- wiring for the proxy ---------------------------------------------------------------------
-class Spec:
-    def __init__(self, cache: ServiceCacheSettings) -> None:
-        self.cache = cache
-
-
-async def test_enabled_for_reads_the_service_settings():
-    cache = HttpCache(SETTINGS, None)
-    assert cache.enabled_for(Spec(ON))
-    assert not cache.enabled_for(Spec(ServiceCacheSettings()))
 
 
 async def test_admin_purge_by_json_body_or_query(cache, origin, redis_pool):

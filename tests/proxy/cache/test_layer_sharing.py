@@ -12,7 +12,7 @@ import pytest
 
 from httpio.messages import Request, Response
 from proxy.cache.layer import HttpCache
-from proxy.cache.policy import CacheSettings, ServiceCacheSettings
+from topology.schema import CacheSettings, ServiceCacheSettings
 
 ON = ServiceCacheSettings(enabled=True, default_ttl_s=30.0)
 SETTINGS = CacheSettings(namespace="gw:t")

@@ -4,14 +4,7 @@ import pytest
 
 from proxy.cache.memory import MemoryTier, entry_cost
 from proxy.cache.policy import CachedResponse, VaryIndex
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 def entry(body: bytes = b"x" * 100) -> CachedResponse:
@@ -20,12 +13,12 @@ def entry(body: bytes = b"x" * 100) -> CachedResponse:
 
 def tier(max_bytes: int = 10_000, max_object_bytes: int = 5_000, clock=None) -> MemoryTier:
     return MemoryTier(
-        max_bytes=max_bytes, max_object_bytes=max_object_bytes, clock=clock or FakeClock()
+        max_bytes=max_bytes, max_object_bytes=max_object_bytes, clock=clock or FakeClock(1000.0)
     )
 
 
 def test_put_get_and_expiry_with_an_injected_clock():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     memory = tier(clock=clock)
     assert memory.put("k", entry(), expires_at=1030.0)
     assert memory.get("k") == entry()

@@ -8,11 +8,11 @@ import trio
 
 from httpio.breaker import BreakerState, CircuitBreaker
 from httpio.errors import DependencyUnavailable
+from httpio.redis_client import RedisPool, RedisSettings
 from proxy.cache.memory import MemoryTier
 from proxy.cache.policy import CachedResponse, VaryIndex, decode_stored, encode_stored
 from proxy.cache.store import TieredStore, escape_glob
-from proxy.redis_client import RedisPool, RedisSettings
-from tests.polling import wait_until
+from tests.support.polling import wait_until
 
 NS = "gw:test"
 

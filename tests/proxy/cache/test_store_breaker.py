@@ -14,11 +14,11 @@ import pytest
 import trio
 
 from httpio.breaker import BreakerState, CircuitBreaker
+from httpio.redis_client import RedisPool, RedisSettings
 from proxy.cache.memory import MemoryTier
-from proxy.cache.policy import CacheSettings
 from proxy.cache.store import BREAKER_OPEN, REDIS_FAILED, TieredStore
-from proxy.redis_client import RedisPool, RedisSettings
-from tests.redisproc import RedisProcess
+from tests.support.redisproc import RedisProcess
+from topology.schema import CacheSettings
 
 NS = "gw:test"
 FAILURES = CacheSettings().breaker_failures  # the shipped threshold

@@ -1,15 +1,11 @@
-"""The demo backend: its static assets (pure), its misbehaviour parsing (pure), and the
-handler served for real by httpio.server on a free port, read with a tiny h11 client."""
+"""`backends.app`: the misbehaviour parsing (pure), and the handler served for real by
+httpio.server on a free port, read with a tiny h11 client."""
 
 from __future__ import annotations
 
 import hashlib
-import re
-import struct
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import h11
@@ -27,140 +23,12 @@ from backends.app import (
     parse_byte_count,
     parse_misbehaviour,
 )
-from backends.main import build_app, parse_args
 from backends.static_files import (
-    BUILTIN_MTIME,
     PDF_SIZE,
-    StaticFile,
     StaticSite,
-    etag_matches,
-    generate_builtin_assets,
-    is_not_modified,
-    normalize_request_path,
-    render_pdf,
 )
-from httpio.errors import ClientError, RouteNotFound
+from httpio.errors import ClientError
 from httpio.run import serve_tcp
-
-# -- static assets ------------------------------------------------------------------------------
-
-
-def test_builtin_assets_are_deterministic() -> None:
-    assert generate_builtin_assets() == generate_builtin_assets()
-
-
-def test_png_is_a_valid_40kb_png() -> None:
-    png = generate_builtin_assets()["image.png"]
-    assert 35_000 <= len(png) <= 45_000
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, {}
-    while pos < len(png):
-        (length,) = struct.unpack(">I", png[pos : pos + 4])
-        kind, data = png[pos + 4 : pos + 8], png[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", png[pos + 8 + length : pos + 12 + length])
-        assert zlib.crc32(kind + data) == crc, kind
-        chunks[kind] = data
-        pos += 12 + length
-    assert list(chunks) == [b"IHDR", b"IDAT", b"IEND"]
-    width, height, depth, colour = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-    assert (depth, colour) == (8, 2)
-    assert len(zlib.decompress(chunks[b"IDAT"])) == height * (1 + 3 * width)
-
-
-def test_pdf_is_exactly_one_megabyte_with_a_consistent_xref() -> None:
-    pdf = generate_builtin_assets()["large.pdf"]
-    assert len(pdf) == PDF_SIZE
-    assert pdf.startswith(b"%PDF-1.4\n") and pdf.endswith(b"%%EOF\n")
-    startxref = int(pdf.rsplit(b"startxref\n", 1)[1].split(b"\n")[0])
-    lines = pdf[startxref:].split(b"\n")
-    assert lines[0] == b"xref"
-    count = int(lines[1].split()[1])
-    for number in range(1, count):
-        offset = int(lines[2 + number][:10])
-        assert pdf[offset:].startswith(b"%d 0 obj\n" % number)
-    streams = list(re.finditer(rb"/Length (\d+) >>\nstream\n", pdf))
-    assert len(streams) == 40
-    for match in streams:
-        end = match.end() + int(match.group(1))
-        assert pdf[end : end + 9] == b"endstream"
-    assert b"/Count 40" in pdf
-
-
-def test_pdf_of_another_size_is_exact_too() -> None:
-    assert len(render_pdf(size=300_000)) == 300_000
-
-
-def _file(body: bytes = b"x", mtime: int = BUILTIN_MTIME) -> StaticFile:
-    return StaticFile.build("/a.css", body, mtime)
-
-
-def test_static_file_headers() -> None:
-    f = _file()
-    assert f.content_type == b"text/css; charset=utf-8"
-    assert f.etag.startswith(b'"') and f.etag.endswith(b'"')
-    headers = dict(f.validator_headers())
-    assert headers[b"last-modified"] == b"Wed, 01 Aug 2018 00:00:00 GMT"
-    assert headers[b"cache-control"] == b"public, max-age=60"
-    assert StaticFile.build("/x.bin", b"", 0).content_type == b"application/octet-stream"
-
-
-def test_etag_matching_is_weak_and_takes_lists() -> None:
-    etag = b'"abc"'
-    assert etag_matches(b'"abc"', etag)
-    assert etag_matches(b'W/"abc"', etag)
-    assert etag_matches(b'"zzz", W/"abc"', etag)
-    assert etag_matches(b"*", etag)
-    assert not etag_matches(b'"abcd"', etag)
-
-
-def test_if_none_match_wins_over_if_modified_since() -> None:
-    f = _file()
-    late = b"Sat, 01 Sep 2018 00:00:00 GMT"
-    early = b"Sun, 01 Jul 2018 00:00:00 GMT"
-    assert is_not_modified(f, f.etag, None)
-    assert is_not_modified(f, None, late)
-    assert is_not_modified(f, None, b"Wed, 01 Aug 2018 00:00:00 GMT")
-    assert not is_not_modified(f, None, early)
-    assert not is_not_modified(f, b'"other"', late)  # If-None-Match decides alone
-    assert not is_not_modified(f, None, b"not a date")
-    assert not is_not_modified(f, None, None)
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [("/", "/index.html"), ("/a/", "/a/index.html"), ("/a%20b.css", "/a b.css")],
-)
-def test_normalize_request_path(raw: str, expected: str) -> None:
-    assert normalize_request_path(raw) == expected
-
-
-@pytest.mark.parametrize("raw", ["/../etc/passwd", "/a/%2e%2e/b", "/a%00", "/a\\b"])
-def test_normalize_refuses_traversal(raw: str) -> None:
-    with pytest.raises(ClientError):
-        normalize_request_path(raw)
-
-
-def test_site_from_directory(tmp_path: Path) -> None:
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "index.html").write_bytes(b"<p>hi</p>")
-    (tmp_path / "sub" / "data.json").write_bytes(b"{}")
-    (tmp_path / "link.txt").symlink_to("/etc/hostname")
-    site = StaticSite.from_directory(tmp_path)
-    assert site.paths() == ["/index.html", "/sub/data.json"]
-    assert site.lookup("/").body == b"<p>hi</p>"
-    assert site.lookup("/sub/data.json").content_type == b"application/json"
-    with pytest.raises(RouteNotFound):
-        site.lookup("/link.txt")
-    with pytest.raises(ClientError):
-        site.lookup("/%ff")
-    assert "files=2" in repr(site)
-    assert site.statistics()["bytes"] == len(b"<p>hi</p>") + 2
-
-
-def test_site_from_missing_directory(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
-        StaticSite.from_directory(tmp_path / "nope")
-
 
 # -- misbehaviour parsing -----------------------------------------------------------------------
 
@@ -371,6 +239,13 @@ async def test_conditional_requests(backend: Running) -> None:
     assert backend.app.not_modified == 3
 
 
+async def test_an_if_none_match_list_on_two_lines_is_one_list(backend: Running) -> None:
+    """RFC 9110 5.3, as the proxy's cache reads it (`httpio.conditional`)."""
+    etag = backend.app.site.lookup("/image.png").etag
+    two_lines = [("if-none-match", b'"nope"'), ("if-none-match", etag)]
+    assert (await fetch(backend.port, "GET", "/image.png", two_lines)).status == 304
+
+
 async def test_static_errors(backend: Running) -> None:
     missing = await fetch(backend.port, "GET", "/nope.html")
     assert missing.status == 404 and missing.json()["error"] == "not_found"
@@ -511,30 +386,3 @@ async def test_stats_and_repr(backend: Running) -> None:
     assert stats["requests"] == 2 and stats["static_hits"] == 1
     assert stats["site"]["files"] == 4
     assert "demo" in repr(backend.app)
-
-
-# -- command line -------------------------------------------------------------------------------
-
-
-def test_build_app_from_arguments(tmp_path: Path) -> None:
-    (tmp_path / "index.html").write_bytes(b"root")
-    app = build_app(parse_args(["5002", "--root", str(tmp_path), "--name", "video-1"]))
-    assert app.name == "video-1" and app.port == 5002
-    assert app.site.paths() == ["/index.html"]
-    default = build_app(parse_args(["5003"]))
-    assert default.name == "backend-5003" and "/large.pdf" in default.site
-    with pytest.raises(SystemExit):
-        build_app(parse_args(["5004", "--root", str(tmp_path / "missing")]))
-
-
-def test_fault_switches_are_off_unless_asked_for() -> None:
-    assert not build_app(parse_args(["5000"])).test_faults
-    assert build_app(parse_args(["5000", "--test-faults"])).test_faults
-
-
-def test_delay_ms_option_is_parsed_and_bounded() -> None:
-    from backends.main import build_app, parse_args
-
-    assert build_app(parse_args(["5000", "--delay-ms", "20"])).delay_s == 0.02
-    with pytest.raises(SystemExit):
-        parse_args(["5000", "--delay-ms", "-1"])

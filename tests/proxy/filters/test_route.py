@@ -1,4 +1,4 @@
-"""`proxy.routing`: pure functions, called directly (no event loop, no sockets)."""
+"""`proxy.filters.route`: pure functions, called directly (no event loop, no sockets)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 
 from httpio.errors import LoopDetected, RouteNotFound
 from httpio.protocol import Headers
+from proxy.filters.route import Local, Remote, requested_region, route, split_service
 from proxy.hop import HOP_HEADER
-from proxy.routing import Local, Remote, requested_region, route, split_service
 
 REGIONS = ("ko_KR", "en_US")
 SERVICES = ("image", "video", "auth")

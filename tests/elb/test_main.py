@@ -13,7 +13,6 @@ import ast
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -26,14 +25,14 @@ import trio
 import trio.testing
 
 from elb.ejection import Verdict
-from elb.main import Elb, inherited_socket, load_targets, main, run_elb
+from elb.main import Elb, inherited_socket, main, run_elb
 from httpio.handoff import HandoffAddress, handoff_address, serve_handoffs
+from httpio.listen import listener_port, open_listeners
 from httpio.messages import Request, Response, json_response
 from httpio.protocol import h11
-from httpio.run import listener_port, open_listeners
 from httpio.server import HttpServer
-from tests.polling import wait_until
-from topology.load import ConfigError
+from tests.support.polling import wait_until
+from tests.support.ports import held_port
 
 DEADLINE_S = 10
 DATA = Path(__file__).parent.parent / "topology" / "data"
@@ -41,70 +40,6 @@ REPO = Path(__file__).parent.parent.parent
 
 
 # -- which proxies ----------------------------------------------------------------------------
-def write_fleet(base: Path) -> Path:
-    for name in ("msa_kr.yaml", "msa_en.yaml"):
-        shutil.copy(DATA / name, base / name)
-    path = base / "fleet.yaml"
-    path.write_text(
-        """\
-regions:
-  - {code: ko_KR, elb_port: 19000, proxy_ports: [16000, 16001], msa: msa_kr.yaml}
-  - {code: en_US, elb_port: 19001, proxy_ports: [16002], msa: msa_en.yaml}
-backends: {ports: [15000]}
-redis: {enabled: false}
-"""
-    )
-    return path
-
-
-def test_load_targets_from_a_fleet_topology_by_elb_port(tmp_path: Path) -> None:
-    fleet = write_fleet(tmp_path)
-    assert load_targets(fleet, 19000) == (
-        "ko_KR",
-        ["http://127.0.0.1:16000", "http://127.0.0.1:16001"],
-    )
-    assert load_targets(fleet, 19001) == ("en_US", ["http://127.0.0.1:16002"])
-
-
-def test_load_targets_from_a_fleet_topology_with_no_region_on_the_port(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError) as info:
-        load_targets(write_fleet(tmp_path), 19002)
-    assert info.value.where == "$.regions"
-    assert "19002" in str(info.value)
-
-
-def test_load_targets_from_the_default_fleet() -> None:
-    assert load_targets(REPO / "topology" / "fleet.yaml", 9001) == (
-        "en_US",
-        ["http://127.0.0.1:6002", "http://127.0.0.1:6003"],
-    )
-
-
-def test_load_targets_from_the_originals_proxy_list() -> None:
-    # the port does not matter for an r_*.yaml: the file names one region
-    assert load_targets(DATA / "r_kr.yaml", 9000) == (
-        "ko_KR",
-        ["http://localhost:6000", "http://localhost:6001"],
-    )
-    assert load_targets(DATA / "r_en.yaml", 1234)[0] == "en_US"
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "region_code: ko_KR\navailable_zone: [5]\n",
-        "region_code: ko_KR\navailable_zone: ['ftp://x:1']\n",
-        "available_zone: []\n",
-        "regions: [{code: ko_KR}]\n",
-    ],
-)
-def test_load_targets_refuses_a_broken_file(tmp_path: Path, text: str) -> None:
-    path = tmp_path / "r.yaml"
-    path.write_text(text)
-    with pytest.raises(ConfigError):
-        load_targets(path, 9000)
-
-
 def test_only_proxies_on_this_host_get_a_hand_off_address(fleet: str) -> None:
     elb = Elb(
         "ko_KR",
@@ -135,9 +70,8 @@ def fleet(monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture
 def refused_url() -> Iterator[str]:
     """A proxy with nothing listening: a port held bound for the test, never listening."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with held_port() as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 class ProxyLike:
@@ -348,7 +282,7 @@ async def test_a_refused_relay_connect_goes_to_another_proxy(fleet: str, refused
 # -- layering ---------------------------------------------------------------------------------
 def test_the_elb_imports_no_other_server() -> None:
     """Imports point one way: ``httpio`` <- ``topology`` <- the servers, none importing
-    another (the health probe the ELB needs lives in `httpio.probe`)."""
+    another (the health probe the ELB needs lives in `httpio.health_check`)."""
     servers = {"proxy", "authsvc", "backends"}
     found = []
     for path in sorted((REPO / "elb").glob("*.py")):

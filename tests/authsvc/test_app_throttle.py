@@ -15,11 +15,12 @@ import pytest
 import trio
 
 from authsvc import passwords
-from authsvc.app import load_auth_settings
-from authsvc.throttle import AuthLimits
+from authsvc.app import load_auth_config
 from httpio.upstream import UpstreamPool
-from tests.authsvc.conftest import SETTINGS, Clock, Server, serve, vouched
-from tests.polling import wait_until
+from tests.authsvc.conftest import SETTINGS, Server, serve, vouched
+from tests.support.clock import FakeClock
+from tests.support.polling import wait_until
+from topology.schema import AuthLimits
 
 ATTACKER, USER_ELSEWHERE = "198.51.100.66", "203.0.113.10"
 
@@ -35,7 +36,7 @@ async def signup(server: Server, address: str, username: str, password: str = "p
 
 
 async def test_failures_from_one_address_lock_that_address_only(
-    server: Server, clock: Clock
+    server: Server, clock: FakeClock
 ) -> None:
     assert (await signup(server, USER_ELSEWHERE, "alice", "right"))[0] == 201
     for _ in range(5):
@@ -56,7 +57,7 @@ async def test_failures_from_one_address_lock_that_address_only(
     assert server.app.counters["signin_failures"] == 6
 
 
-async def test_a_success_clears_the_pair(server: Server, clock: Clock) -> None:
+async def test_a_success_clears_the_pair(server: Server, clock: FakeClock) -> None:
     await signup(server, USER_ELSEWHERE, "alice", "right")
     for _ in range(4):
         await signin(server, USER_ELSEWHERE, "alice", "typo")
@@ -66,7 +67,7 @@ async def test_a_success_clears_the_pair(server: Server, clock: Clock) -> None:
 
 
 async def test_guessing_spread_over_many_addresses_slows_the_username_gently(
-    server: Server, clock: Clock
+    server: Server, clock: FakeClock
 ) -> None:
     await signup(server, USER_ELSEWHERE, "alice", "right")
     for i in range(20):
@@ -82,7 +83,7 @@ async def test_guessing_spread_over_many_addresses_slows_the_username_gently(
 
 
 async def test_throttles_are_fleet_wide(
-    nursery: trio.Nursery, tmp_path: Path, clock: Clock, pool: UpstreamPool
+    nursery: trio.Nursery, tmp_path: Path, clock: FakeClock, pool: UpstreamPool
 ) -> None:
     """Four auth servers behind round robin must not give four times the guesses."""
     db = tmp_path / "auth.db"
@@ -95,10 +96,10 @@ async def test_throttles_are_fleet_wide(
 
 
 async def test_signups_per_address(
-    nursery: trio.Nursery, tmp_path: Path, clock: Clock, pool: UpstreamPool
+    nursery: trio.Nursery, tmp_path: Path, clock: FakeClock, pool: UpstreamPool
 ) -> None:
     limits = AuthLimits(signups_per_address=3, signup_window_s=600)
-    settings = msgspec.structs.replace(SETTINGS, Auth_limits=limits)
+    settings = msgspec.structs.replace(SETTINGS, auth_limits=limits)
     db = tmp_path / "auth.db"
     fleet = [await serve(nursery, db, clock, pool, settings) for _ in range(2)]
     for i in range(3):
@@ -113,10 +114,10 @@ async def test_signups_per_address(
 
 
 async def test_concurrent_signups_cannot_overshoot_the_limit(
-    nursery: trio.Nursery, tmp_path: Path, clock: Clock, pool: UpstreamPool
+    nursery: trio.Nursery, tmp_path: Path, clock: FakeClock, pool: UpstreamPool
 ) -> None:
     limits = AuthLimits(signups_per_address=2, concurrent_per_address=10)
-    settings = msgspec.structs.replace(SETTINGS, Auth_limits=limits)
+    settings = msgspec.structs.replace(SETTINGS, auth_limits=limits)
     server = await serve(nursery, tmp_path / "auth.db", clock, pool, settings)
     statuses: list[int] = []
 
@@ -130,7 +131,7 @@ async def test_concurrent_signups_cannot_overshoot_the_limit(
     assert server.app.store.count_users() == 2
 
 
-async def test_the_address_is_the_one_a_proxy_vouches_for(server: Server, clock: Clock) -> None:
+async def test_the_address_is_the_one_a_proxy_vouches_for(server: Server, clock: FakeClock) -> None:
     """Without the fleet key's MAC, an X-Gateway-Client or X-Forwarded-For is the client's
     say-so: the throttle keys on the TCP peer (127.0.0.1 here) instead."""
     await signup(server, USER_ELSEWHERE, "alice", "right")
@@ -148,12 +149,12 @@ async def test_the_address_is_the_one_a_proxy_vouches_for(server: Server, clock:
 async def test_one_address_cannot_fill_the_password_queue(
     nursery: trio.Nursery,
     tmp_path: Path,
-    clock: Clock,
+    clock: FakeClock,
     pool: UpstreamPool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     limits = AuthLimits(concurrent_per_address=2)
-    settings = msgspec.structs.replace(SETTINGS, Auth_limits=limits)
+    settings = msgspec.structs.replace(SETTINGS, auth_limits=limits)
     server = await serve(nursery, tmp_path / "auth.db", clock, pool, settings, hash_concurrency=4)
     await signup(server, USER_ELSEWHERE, "alice", "right")
     release = threading.Event()
@@ -190,15 +191,15 @@ def test_limits_come_from_config_json(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
     key = {"kid": "k", "secret": "s" * 32}
     path.write_text(json.dumps({"Auth_keys": [key], "Auth_limits": {"signups_per_address": 5}}))
-    settings = load_auth_settings(path)
-    assert settings.Auth_limits.signups_per_address == 5
-    assert settings.Auth_limits.per_address.free == 5
+    settings = load_auth_config(path)
+    assert settings.auth_limits.signups_per_address == 5
+    assert settings.auth_limits.per_address.free == 5
 
 
 async def test_another_clients_sign_in_goes_ahead_of_a_burst(
     nursery: trio.Nursery,
     tmp_path: Path,
-    clock: Clock,
+    clock: FakeClock,
     pool: UpstreamPool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -1,4 +1,4 @@
-"""`proxy.health_checker`: probes, rounds, and the fixed schedule.
+"""`httpio.health_check`: probes, rounds, and the fixed schedule.
 
 The scheduling tests use a fake upstream on trio's autojump clock, so intervals and probe
 timeouts cost no wall time and every round starts at an exact, predictable instant. One test
@@ -7,7 +7,6 @@ probes real servers (a listening one and a refused port) through the real upstre
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -16,10 +15,11 @@ import trio
 from httpio.balance import Endpoint, ServicePool
 from httpio.errors import UpstreamTimeout, UpstreamUnreachable
 from httpio.health import HealthSettings, State
+from httpio.health_check import USER_AGENT, check_round, probe_health, run_health_checks
 from httpio.messages import Request, Response, json_response
 from httpio.run import serve_tcp
 from httpio.upstream import UpstreamPool
-from proxy.health_checker import USER_AGENT, check_round, probe, run_health_checks
+from tests.support.ports import held_port
 
 A = "http://10.0.0.1:5000"
 B = "http://10.0.0.2:5000"
@@ -115,7 +115,7 @@ async def test_probe_verdicts(
 ) -> None:
     upstream = FakeUpstream({A: mode})
     start = trio.current_time()
-    assert await probe(upstream, Endpoint.parse(A), SETTINGS) is passed
+    assert await probe_health(upstream, A, SETTINGS.path, SETTINGS.timeout_s) is passed
     assert upstream.probes == [(start, A, "GET", "/healthz")]
     if mode == "hang":
         assert trio.current_time() == start + SETTINGS.timeout_s
@@ -125,7 +125,7 @@ async def test_probe_verdicts(
 
 async def test_probe_says_who_it_is() -> None:
     upstream = FakeUpstream({A: 200})
-    await probe(upstream, Endpoint.parse(A), SETTINGS)
+    await probe_health(upstream, A, SETTINGS.path, SETTINGS.timeout_s)
     assert upstream.headers == [[(b"user-agent", USER_AGENT)]]
 
 
@@ -281,9 +281,8 @@ async def test_reloaded_health_settings_take_effect_at_the_next_round(
 @pytest.fixture
 def refused_port() -> Iterator[int]:
     """A port that refuses connections for the whole test: bound, never listening."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
+    with held_port() as port:
+        yield port
 
 
 async def test_check_round_against_real_servers(refused_port: int) -> None:

@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 import pytest
 
-from authsvc.tokens import AuthKey, Claims, KeyRing, issue_token
+from authsvc.tokens import Claims, KeyRing, issue_token
 from httpio.errors import ClientError, Forbidden, Unauthorized
 from proxy.auth import (
     Allowed,
@@ -13,9 +11,9 @@ from proxy.auth import (
     AuthPolicy,
     NeedsIntrospection,
     VerdictCache,
-    extract_token,
-    rewrite_identity_headers,
 )
+from proxy.filters.auth import identity_headers
+from topology.schema import AuthKey
 
 NOW = 1_700_000_000.0
 RING = KeyRing.from_config("proxy-auth-test-key-" * 2)
@@ -30,60 +28,6 @@ def token_for(role: str = "user", ttl_s: int = 3600, ring: KeyRing = RING) -> tu
 def challenge(err: Exception) -> bytes:
     assert isinstance(err, ClientError)
     return dict(err.headers)[b"www-authenticate"]
-
-
-# -- extraction -------------------------------------------------------------------------------
-def test_extract_bearer() -> None:
-    assert extract_token([(b"authorization", b"Bearer abc.def.ghi")]) == "abc.def.ghi"
-    assert extract_token([(b"authorization", b"bearer   abc")]) == "abc"
-
-
-def test_extract_authtoken_raw_and_json() -> None:
-    assert extract_token([(b"authtoken", b"abc.def.ghi")]) == "abc.def.ghi"
-    signin_body = b'{"token":"abc.def.ghi","token_type":"Bearer","expires_in":3600,"username":"a"}'
-    assert extract_token([(b"authtoken", signin_body)]) == "abc.def.ghi"
-    assert extract_token([(b"authtoken", b'  {"token": "t1"}  ')]) == "t1"
-
-
-def test_extract_missing() -> None:
-    assert extract_token([]) is None
-    assert extract_token([(b"host", b"x")]) is None
-    assert extract_token([(b"authorization", b"Basic YWxhZGRpbjpvcGVuc2VzYW1l")]) is None
-
-
-@pytest.mark.parametrize(
-    "headers",
-    [
-        [(b"authtoken", b'{"username": "a"}')],
-        [(b"authtoken", b'{"token": 5}')],
-        [(b"authtoken", b"{not json")],
-        [(b"authorization", b"Bearer ")],
-        [(b"authorization", b"Bearer a b")],
-        [(b"authtoken", "tökén".encode())],
-        [(b"authorization", b"Bearer one"), (b"authtoken", b"two")],
-    ],
-)
-def test_extract_unreadable_is_400(headers: Any) -> None:
-    with pytest.raises(ClientError) as info:
-        extract_token(headers)
-    assert info.value.status == 400
-    assert b'error="invalid_request"' in challenge(info.value)
-
-
-def test_same_token_twice_is_fine() -> None:
-    assert extract_token([(b"authorization", b"Bearer t"), (b"authtoken", b"t")]) == "t"
-
-
-# -- identity headers -------------------------------------------------------------------------
-def test_rewrite_identity_headers_strips_client_claims() -> None:
-    _, claims = token_for("admin")
-    headers = [(b"host", b"x"), (b"x-user", b"mallory"), (b"x-user-role", b"root")]
-    assert rewrite_identity_headers(headers, claims) == [
-        (b"host", b"x"),
-        (b"x-user", b"alice"),
-        (b"x-user-role", b"admin"),
-    ]
-    assert rewrite_identity_headers(headers, None) == [(b"host", b"x")]
 
 
 # -- the cache --------------------------------------------------------------------------------
@@ -176,7 +120,7 @@ def test_missing_token_is_bare_401() -> None:
 
 
 def admit(auth: Authorizer, token: str, verdict: Claims, policy: AuthPolicy = ANY_USER) -> Claims:
-    """What `AuthClient.authorize` does once the auth server answered ``verdict``."""
+    """What `AuthClient.settle` does once the auth server answered ``verdict``."""
     pending = NeedsIntrospection(token, verdict, auth.cache.user_epoch)
     return auth.accept_introspection(pending, verdict, policy, NOW)
 
@@ -244,7 +188,7 @@ def test_the_verdicts_role_wins_over_the_tokens_claim() -> None:
     token, claims = token_for("user")
     promoted = msgspec.structs.replace(claims, role="admin")
     assert admit(auth, token, promoted, ADMINS) == promoted
-    assert rewrite_identity_headers([], promoted)[-1] == (b"x-user-role", b"admin")
+    assert identity_headers(promoted)[-1] == (b"x-user-role", b"admin")
 
 
 def test_a_changed_user_loses_every_cached_verdict() -> None:

@@ -1,21 +1,21 @@
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import msgspec
 import pytest
 import trio
 
-from proxy.redis_client import (
+from httpio.redis_client import (
     RedisPool,
     RedisReplyError,
     RedisSettings,
     RedisUnavailable,
     parse_redis_address,
 )
-from tests.polling import wait_until
-from tests.redisproc import RedisProcess, running_redis
+from tests.support.polling import wait_until
+from tests.support.ports import held_port
+from tests.support.redisproc import RedisProcess, running_redis
 
 
 @pytest.fixture
@@ -132,9 +132,7 @@ async def test_auth_and_select_on_connect(tmp_path):
 
 
 async def test_connect_refused_is_unavailable():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+    with held_port() as port:  # bound, not listening: connections are refused
         pool = RedisPool(RedisSettings(port=port))
         with pytest.raises(RedisUnavailable, match="cannot connect"):
             await pool.execute("PING")

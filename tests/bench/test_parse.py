@@ -1,26 +1,13 @@
-"""The bench harness: ab and wrk report parsers on outputs captured from real runs against
+"""`bench.parse`: the ab and wrk report parsers, on outputs captured from real runs against
 the demo backend (normal, non-2xx, length failures, truncated bodies, refused, timed out),
-the command lines the scenarios build, the token dance, and one real short ab run."""
+and the table they print."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import urllib.request
-from pathlib import Path
-
 import msgspec
 import pytest
-import trio
 
-from backends.app import BackendApp
-from backends.static_files import StaticSite
-from bench import run
-from bench.caddy import caddy_config, running_caddy
 from bench.parse import BenchOutputError, format_table, parse_ab, parse_wrk
-from httpio.errors import Unauthorized
-from httpio.messages import Request, Response, json_response
-from httpio.run import serve_tcp
 
 # -- outputs captured from ab 2.3 and wrk 4 against `backend` (trailing spaces stripped) ------
 
@@ -346,141 +333,3 @@ def test_result_is_json_ready_and_the_table_lines_up() -> None:
     assert lines[1].split() == ["regular", "5450.00", "0", "0", "3.67", "4.00", "5.00"]
     assert lines[2].split()[2] == "8434"
     assert len({len(line) for line in lines}) == 1
-
-
-# -- scenarios and commands ---------------------------------------------------------------------
-
-
-def test_scenarios_copy_the_original_makefile() -> None:
-    s = run.SCENARIOS
-    assert (s["regular"].concurrency, s["regular"].requests) == (20, 30000)
-    assert (s["concurrent"].concurrency, s["concurrent"].requests) == (1000, 30000)
-    assert (s["signin"].requests, s["signin"].path) == (6000, "/auth/signin")
-    assert s["region"].region == "en_US" and s["region"].path.startswith("/sound/")
-    assert s["image"].path == "/image/image.png" and s["large"].path == "/video/large.pdf"
-    assert (s["wrk"].tool, s["wrk"].concurrency, s["wrk"].duration) == ("wrk", 50, "10s")
-
-
-def test_ab_command_is_bounded_and_carries_headers() -> None:
-    scenario = run.SCENARIOS["region"]
-    headers = run.request_headers(scenario, "tok")
-    assert headers == [("Authorization", "Bearer tok"), ("X-Region", "en_US")]
-    url = "http://127.0.0.1:9000/sound/index.html"
-    cmd = run.build_command(scenario, url, headers)
-    assert cmd == [
-        "ab",
-        "-s",
-        "10",
-        "-c",
-        "20",
-        "-n",
-        "30000",
-        "-H",
-        "Authorization: Bearer tok",
-        "-H",
-        "X-Region: en_US",
-        url,
-    ]
-    assert "Authorization: Bearer <redacted>" in run.redact(cmd)
-    small = run.build_command(scenario, url, [], run.Overrides(requests=5, keepalive=True))
-    assert small[:8] == ["ab", "-s", "10", "-c", "5", "-n", "5", "-k"]
-
-
-def test_signin_posts_json_without_a_token() -> None:
-    scenario = run.SCENARIOS["signin"]
-    assert run.request_headers(scenario, "tok") == []
-    cmd = run.build_command(scenario, "http://e/auth/signin", [], body_file="/tmp/b.json")
-    assert cmd[-5:] == ["-p", "/tmp/b.json", "-T", "application/json", "http://e/auth/signin"]
-    assert msgspec.json.decode(run.signin_body("u", "p")) == {"username": "u", "password": "p"}
-
-
-def test_wrk_command_is_bounded() -> None:
-    cmd = run.build_command(run.SCENARIOS["wrk"], "http://e/x", [], run.Overrides(duration="2s"))
-    assert cmd == [
-        "wrk",
-        "-c",
-        "50",
-        "-t",
-        "2",
-        "-d",
-        "2s",
-        "--timeout",
-        "10s",
-        "--latency",
-        "http://e/x",
-    ]
-
-
-def test_caddy_config_is_plain_http_on_loopback() -> None:
-    config = caddy_config(9100, "127.0.0.1:5002")
-    assert config["admin"] == {"disabled": True}
-    server = config["apps"]["http"]["servers"]["bench"]  # type: ignore[index]
-    assert server["listen"] == ["127.0.0.1:9100"]
-    assert server["automatic_https"] == {"disable": True}
-
-
-# -- against real sockets -----------------------------------------------------------------------
-
-
-def _refusing_port() -> tuple[socket.socket, int]:
-    """A port bound but not listening: connecting to it is refused."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    return sock, int(sock.getsockname()[1])
-
-
-def test_preflight_names_the_unreachable_fleet() -> None:
-    sock, port = _refusing_port()
-    with sock, pytest.raises(run.FleetUnavailable, match=f"127.0.0.1:{port}"):
-        run.preflight(f"http://127.0.0.1:{port}/video/index.html", [], run.SCENARIOS["regular"])
-
-
-async def fake_auth(request: Request) -> Response:
-    body = msgspec.json.decode(await request.body.read_all())
-    if request.path == "/auth/signup":
-        return json_response(409 if body["username"] == "exists" else 201, {})
-    if request.path == "/auth/signin" and body["password"] == "right":
-        return json_response(200, {"token": "t-" + body["username"], "token_type": "Bearer"})
-    raise Unauthorized("bad credentials")
-
-
-async def test_acquire_token_signs_up_then_in(nursery: trio.Nursery) -> None:
-    port = await nursery.start(serve_tcp, fake_auth, 0)
-    elb = f"http://127.0.0.1:{port}"
-    token = await trio.to_thread.run_sync(run.acquire_token, elb, "bench", "right")
-    assert token == "t-bench"
-    assert await trio.to_thread.run_sync(run.acquire_token, elb, "exists", "right") == "t-exists"
-    with pytest.raises(run.TokenUnavailable, match="401"):
-        await trio.to_thread.run_sync(run.acquire_token, elb, "bench", "wrong")
-
-
-@pytest.mark.skipif(shutil.which("ab") is None, reason="ab (apache2-utils) is not installed")
-async def test_a_short_real_ab_run(nursery: trio.Nursery, tmp_path: Path) -> None:
-    app = BackendApp(StaticSite.builtin(), name="bench-test")
-    port = await nursery.start(serve_tcp, app, 0)
-    url = f"http://127.0.0.1:{port}/image.png"
-    scenario = run.SCENARIOS["image"]
-    overrides = run.Overrides(requests=50, concurrency=5)
-    outcome = await trio.to_thread.run_sync(run.run_scenario, scenario, url, [], overrides)
-    assert outcome.result.requests == 50 and outcome.result.failures == 0
-    assert app.static_hits == 50
-    path = run.save_record(tmp_path, "image", url, outcome)
-    saved = msgspec.json.decode(path.read_bytes())
-    assert saved["result"]["requests"] == 50 and "Complete requests" in saved["output"]
-
-
-@pytest.mark.skipif(shutil.which("caddy") is None, reason="caddy is not installed")
-async def test_caddy_proxies_one_hop_and_stops(nursery: trio.Nursery) -> None:
-    app = BackendApp(StaticSite.builtin(), name="behind-caddy")
-    port = await nursery.start(serve_tcp, app, 0)
-
-    def through_caddy() -> tuple[int, bytes, int]:
-        with running_caddy(f"127.0.0.1:{port}") as caddy_port:
-            request = urllib.request.Request(f"http://127.0.0.1:{caddy_port}/health")
-            status, body = run._open(request, 10.0)
-        return status, body, caddy_port
-
-    status, body, caddy_port = await trio.to_thread.run_sync(through_caddy)
-    assert status == 200 and msgspec.json.decode(body)["name"] == "behind-caddy"
-    with pytest.raises(OSError):  # stopped: nothing listens there any more
-        socket.create_connection(("127.0.0.1", caddy_port), timeout=1).close()

@@ -7,13 +7,16 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from authsvc.main import main, run_command
 from authsvc.store import UserStore
+from tests.support.polling import wait_for
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,12 +55,6 @@ def test_server_without_a_key_says_where_one_comes_from(
     assert "fleet" in capsys.readouterr().err
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def health(port: int) -> dict[str, object] | None:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
@@ -70,9 +67,10 @@ def health(port: int) -> dict[str, object] | None:
     return json.loads(data.split(b"\r\n\r\n", 1)[1])  # type: ignore[no-any-return]
 
 
-def test_the_originals_config_runs_loudly(tmp_path: Path) -> None:
-    """``Auth_key: private_key``: the server starts, logs an error and says so on /health."""
-    config = ROOT / "tests" / "topology" / "data" / "config.json"
+@contextmanager
+def authsvc_process(config: Path, tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """``authsvc PORT --config CONFIG`` started by hand, ready; its port and log. Stopped by
+    its PID with SIGTERM."""
     port = free_port()
     log = tmp_path / "authsvc.log"
     with log.open("wb") as out:
@@ -91,17 +89,43 @@ def test_the_originals_config_runs_loudly(tmp_path: Path) -> None:
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 30
-        answer = None
-        while answer is None and proc.poll() is None and time.monotonic() < deadline:
-            answer = health(port)
-            time.sleep(0.05)
-        assert answer is not None, log.read_text()
-        warnings = answer["warnings"]
-        assert isinstance(warnings, list) and "published" in warnings[0]
+        wait_for(
+            lambda: proc.poll() is not None or health(port) is not None,
+            timeout_s=30,
+            what="authsvc answering /health",
+        )
+        assert proc.poll() is None, log.read_text()
+        yield port, log
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def test_the_originals_config_runs_loudly(tmp_path: Path) -> None:
+    """``Auth_key: private_key``: the server starts, logs an error and says so on /health."""
+    config = ROOT / "tests" / "topology" / "data" / "config.json"
+    with authsvc_process(config, tmp_path) as (port, log):
+        answer = health(port)
+        assert answer is not None
+        warnings = answer["warnings"]
+        assert isinstance(warnings, list) and "published" in warnings[0]
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     weak = [line for line in lines if line["event"] == "auth_key_weak"]
     assert weak and weak[0]["level"] == "error"
+
+
+def test_the_server_limits_of_config_json_apply(tmp_path: Path) -> None:
+    """``Server`` in config.json bounds the auth server's listener as it bounds a proxy's."""
+    config = tmp_path / "config.json"
+    key = {"kid": "k", "secret": "s" * 32}
+    config.write_text(json.dumps({"Auth_keys": [key], "Server": {"max_head_bytes": 2048}}))
+    with authsvc_process(config, tmp_path) as (port, _):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            filler = b"x-filler: " + b"a" * 3000 + b"\r\n"
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n" + filler + b"\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 ")
+    assert json.loads(body)["error"] == "headers_too_large"

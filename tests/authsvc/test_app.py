@@ -12,22 +12,17 @@ import msgspec
 import pytest
 import trio
 
-from authsvc.app import AuthSettings, ConfigError, load_auth_settings
-from authsvc.passwords import ScryptParams
-from authsvc.tokens import (
-    INTERNAL_HEADER,
-    AuthKey,
-    Claims,
-    KeyRing,
-    issue_token,
-    verify_token,
-)
+from authsvc.app import load_auth_config
+from authsvc.tokens import INTERNAL_HEADER, Claims, KeyRing, issue_token, key_ring_of, verify_token
 from httpio.errors import DependencyUnavailable, Forbidden, Unauthorized
 from httpio.messages import Request
 from httpio.upstream import UpstreamPool
-from proxy.auth import Authorizer, AuthPolicy, VerdictCache
+from proxy.auth import Allowed, Authorizer, AuthPolicy, VerdictCache
 from proxy.auth_client import AuthClient
-from tests.authsvc.conftest import SECRET, SETTINGS, Clock, Server, serve, vouched
+from tests.authsvc.conftest import SECRET, SETTINGS, Server, serve, vouched
+from tests.support.clock import FakeClock
+from topology.load import ConfigError
+from topology.schema import AuthKey, GatewayConfig, ScryptParams
 
 
 def bearer(token: str) -> list[tuple[bytes, bytes]]:
@@ -118,14 +113,14 @@ async def test_wrong_credentials_look_the_same(server: Server) -> None:
 
 async def test_signin_upgrades_old_hash(server: Server) -> None:
     await signup_and_signin(server)
-    server.app.settings = AuthSettings(Auth_key=SECRET, Scrypt=ScryptParams(n=32))
+    server.app.config = GatewayConfig(auth_key=SECRET, scrypt=ScryptParams(n=32))
     await server.call("POST", "/signin", {"username": "alice", "password": "pw"})
     user = server.app.store.get_user("alice")
     assert user is not None and user.password_hash.startswith("$scrypt$ln=5,")
     assert (await server.call("POST", "/signin", {"username": "alice", "password": "pw"}))[0] == 200
 
 
-async def test_introspect_signout_revocations(server: Server, clock: Clock) -> None:
+async def test_introspect_signout_revocations(server: Server, clock: FakeClock) -> None:
     token = (await signup_and_signin(server))["token"]
     status, _, answer = await server.call("POST", "/introspect", {"token": token})
     assert status == 200 and answer["active"] and answer["sub"] == "alice"
@@ -176,9 +171,9 @@ async def test_token_of_a_deleted_user_is_inactive(server: Server) -> None:
 
 
 async def test_weak_keys_are_on_every_health_answer(
-    nursery: trio.Nursery, tmp_path: Path, clock: Clock, pool: UpstreamPool
+    nursery: trio.Nursery, tmp_path: Path, clock: FakeClock, pool: UpstreamPool
 ) -> None:
-    settings = msgspec.structs.replace(SETTINGS, Auth_key="private_key")
+    settings = msgspec.structs.replace(SETTINGS, auth_key="private_key")
     weak = await serve(nursery, tmp_path / "auth.db", clock, pool, settings)
     for _ in range(2):
         status, _, body = await weak.call("GET", "/health")
@@ -188,7 +183,7 @@ async def test_weak_keys_are_on_every_health_answer(
     assert (await signup_and_signin(weak))["role"] == "user"
 
 
-async def test_introspect_refusals(server: Server, clock: Clock) -> None:
+async def test_introspect_refusals(server: Server, clock: FakeClock) -> None:
     token = (await signup_and_signin(server))["token"]
     clock.now += 600
     _, _, answer = await server.call("POST", "/introspect", {"token": token})
@@ -198,7 +193,7 @@ async def test_introspect_refusals(server: Server, clock: Clock) -> None:
     assert (await server.call("POST", "/introspect", {"nope": 1}))[0] == 400
 
 
-async def test_signout_errors(server: Server, clock: Clock) -> None:
+async def test_signout_errors(server: Server, clock: FakeClock) -> None:
     assert (await server.call("POST", "/signout"))[0] == 401
     assert (await server.call("POST", "/signout", headers=bearer("garbage")))[0] == 400
     forged, _ = issue_token(
@@ -238,7 +233,7 @@ async def test_concurrent_signups_in_one_process(server: Server) -> None:
     assert server.app.store.count_users() == 20
 
 
-def test_load_auth_settings(tmp_path: Path) -> None:
+def test_load_auth_config(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
     path.write_text(
         json.dumps(
@@ -250,14 +245,14 @@ def test_load_auth_settings(tmp_path: Path) -> None:
             }
         )
     )
-    settings = load_auth_settings(path)
-    assert settings.key_ring().signing_kid == "k2" and settings.Scrypt.n == 1024
-    assert settings.Token_ttl_s == 3600
+    settings = load_auth_config(path)
+    assert key_ring_of(settings).signing_kid == "k2" and settings.scrypt.n == 1024
+    assert settings.token_ttl_s == 3600
     path.write_text(json.dumps({"Auth_key": "", "Scrypt": {"n": 1000}}))
     with pytest.raises(ConfigError, match=r"config\.json"):
-        load_auth_settings(path)
+        load_auth_config(path)
     with pytest.raises(ConfigError):
-        load_auth_settings(tmp_path / "missing.json")
+        load_auth_config(tmp_path / "missing.json")
 
 
 # -- the proxy's client against it --------------------------------------------------------------
@@ -272,119 +267,128 @@ def make_request(headers: list[tuple[bytes, bytes]], path: str = "/api") -> Requ
     return Request("GET", path, path, "", list(headers), "1.1", ("127.0.0.1", 1), None)  # type: ignore[arg-type]
 
 
-def make_client(server: Server, clock: Clock, origins: list[str] | None = None) -> AuthClient:
+async def authorize(client: AuthClient, request: Request, policy: AuthPolicy) -> Claims | None:
+    """What the proxy's token check does with the client: decide, and settle only when the
+    decision needs the auth server (`proxy.filters.auth.TokenCheck`)."""
+    verdict = client.decide(request, policy)
+    if isinstance(verdict, Allowed):
+        return verdict.claims
+    return await client.settle(verdict, policy)
+
+
+def make_client(server: Server, clock: FakeClock, origins: list[str] | None = None) -> AuthClient:
     authorizer = Authorizer(KeyRing.from_config(SECRET), VerdictCache(max_revocation_lag_s=5))
     return AuthClient(server.pool, origins or [server.origin], authorizer, clock=clock)
 
 
-async def test_client_introspects_once_then_uses_cache(server: Server, clock: Clock) -> None:
+async def test_client_introspects_once_then_uses_cache(server: Server, clock: FakeClock) -> None:
     token = (await signup_and_signin(server))["token"]
     client = make_client(server, clock, [dead_origin(), server.origin])
     assert await client.poll_once()
     policy = AuthPolicy()
     for _ in range(3):
-        claims = await client.authorize(make_request(bearer(token)), policy)
+        claims = await authorize(client, make_request(bearer(token)), policy)
         assert claims is not None and claims.sub == "alice"
     assert client.introspections == 1
     assert server.app.counters["introspections"] == 1
-    assert await client.authorize(make_request([], "/x"), AuthPolicy(public=True)) is None
+    assert await authorize(client, make_request([], "/x"), AuthPolicy(public=True)) is None
 
 
-async def test_client_refuses_garbage_without_calling(server: Server, clock: Clock) -> None:
+async def test_client_refuses_garbage_without_calling(server: Server, clock: FakeClock) -> None:
     client = make_client(server, clock)
     await client.poll_once()
     with pytest.raises(Exception) as info:
-        await client.authorize(make_request(bearer("garbage")), AuthPolicy())
+        await authorize(client, make_request(bearer("garbage")), AuthPolicy())
     assert getattr(info.value, "status", None) == 400
     assert client.introspections == 0
     token = (await signup_and_signin(server, role="user"))["token"]
     with pytest.raises(Forbidden):
-        await client.authorize(
-            make_request(bearer(token)), AuthPolicy(allowed_roles=frozenset({"admin"}))
+        await authorize(
+            client, make_request(bearer(token)), AuthPolicy(allowed_roles=frozenset({"admin"}))
         )
     assert client.introspections == 1  # the role is the verdict's, not the token's claim
 
 
-async def test_client_sees_revocation_through_feed(server: Server, clock: Clock) -> None:
+async def test_client_sees_revocation_through_feed(server: Server, clock: FakeClock) -> None:
     token = (await signup_and_signin(server))["token"]
     client = make_client(server, clock)
     await client.poll_once()
-    await client.authorize(make_request(bearer(token)), AuthPolicy())
+    await authorize(client, make_request(bearer(token)), AuthPolicy())
     await server.call("POST", "/signout", headers=bearer(token))
     assert await client.poll_once()
     with pytest.raises(Unauthorized):
-        await client.authorize(make_request(bearer(token)), AuthPolicy())
+        await authorize(client, make_request(bearer(token)), AuthPolicy())
     assert client.introspections == 1  # refused from the revoked set, no second call
 
 
 async def test_client_follows_grants_and_deletions_through_the_feed(
-    server: Server, clock: Clock
+    server: Server, clock: FakeClock
 ) -> None:
     token = (await signup_and_signin(server))["token"]
     client = make_client(server, clock)
     admins = AuthPolicy(allowed_roles=frozenset({"admin"}))
     await client.poll_once()
     with pytest.raises(Forbidden):
-        await client.authorize(make_request(bearer(token)), admins)
-    claims = await client.authorize(make_request(bearer(token)), AuthPolicy())
+        await authorize(client, make_request(bearer(token)), admins)
+    claims = await authorize(client, make_request(bearer(token)), AuthPolicy())
     assert claims is not None and claims.role == "user" and client.introspections == 1
 
     server.app.store.set_role("alice", "admin")
     assert await client.poll_once()
-    claims = await client.authorize(make_request(bearer(token)), admins)
+    claims = await authorize(client, make_request(bearer(token)), admins)
     assert claims is not None and claims.role == "admin" and client.introspections == 2
-    assert await client.authorize(make_request(bearer(token)), admins) == claims
+    assert await authorize(client, make_request(bearer(token)), admins) == claims
     assert client.introspections == 2  # cached again until the next change
 
     server.app.store.delete_user("alice")
     assert await client.poll_once()
     with pytest.raises(Unauthorized) as info:
-        await client.authorize(make_request(bearer(token)), AuthPolicy())
+        await authorize(client, make_request(bearer(token)), AuthPolicy())
     assert "unknown_user" in info.value.detail
     assert client.users_cursor > 0 and client.statistics()["users_cursor"] == client.users_cursor
 
 
 async def test_client_revoked_before_first_sight_is_refused_by_introspection(
-    server: Server, clock: Clock
+    server: Server, clock: FakeClock
 ) -> None:
     token = (await signup_and_signin(server))["token"]
     await server.call("POST", "/signout", headers=bearer(token))
     client = make_client(server, clock)
     with pytest.raises(Unauthorized):
-        await client.authorize(make_request(bearer(token)), AuthPolicy())
+        await authorize(client, make_request(bearer(token)), AuthPolicy())
 
 
-async def test_client_fails_closed_when_no_auth_server(server: Server, clock: Clock) -> None:
+async def test_client_fails_closed_when_no_auth_server(server: Server, clock: FakeClock) -> None:
     token = (await signup_and_signin(server))["token"]
     client = make_client(server, clock, [dead_origin(), dead_origin()])
     assert not await client.poll_once()
     with pytest.raises(DependencyUnavailable):
-        await client.authorize(make_request(bearer(token)), AuthPolicy())
+        await authorize(client, make_request(bearer(token)), AuthPolicy())
     assert client.polls_failed == 1 and client.origin_failures == 4
 
 
 async def test_client_stops_trusting_cache_when_feed_goes_silent(
-    server: Server, clock: Clock
+    server: Server, clock: FakeClock
 ) -> None:
     token = (await signup_and_signin(server))["token"]
     client = make_client(server, clock)
     await client.poll_once()
-    await client.authorize(make_request(bearer(token)), AuthPolicy())
+    await authorize(client, make_request(bearer(token)), AuthPolicy())
     client.set_origins([dead_origin()])
     clock.now += 6
     assert not await client.poll_once()
     with pytest.raises(DependencyUnavailable):
-        await client.authorize(make_request(bearer(token)), AuthPolicy())
+        await authorize(client, make_request(bearer(token)), AuthPolicy())
 
 
-async def test_client_coalesces_concurrent_introspections(server: Server, clock: Clock) -> None:
+async def test_client_coalesces_concurrent_introspections(server: Server, clock: FakeClock) -> None:
     token = (await signup_and_signin(server))["token"]
     client = make_client(server, clock)
     await client.poll_once()
     results: list[Claims | None] = []
 
     async def one() -> None:
-        results.append(await client.authorize(make_request(bearer(token)), AuthPolicy()))
+        results.append(await authorize(client, make_request(bearer(token)), AuthPolicy()))
 
     async with trio.open_nursery() as nursery:
         for _ in range(5):
@@ -394,7 +398,7 @@ async def test_client_coalesces_concurrent_introspections(server: Server, clock:
 
 
 async def test_poll_revocations_task_reports_started(
-    server: Server, clock: Clock, nursery: trio.Nursery
+    server: Server, clock: FakeClock, nursery: trio.Nursery
 ) -> None:
     client = make_client(server, clock)
     await nursery.start(client.poll_revocations)

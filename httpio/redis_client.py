@@ -3,9 +3,11 @@
 redis-py speaks asyncio and threads, not trio. Its own fast path is hiredis, a sans-IO RESP
 parser (``hiredis.pack_command`` encodes, ``Reader.feed``/``Reader.gets`` decode, ``gets``
 returns a sentinel while a reply is incomplete), so the protocol is not ours to write: this
-module only owns connections, timeouts and the pool, as httpcore does for HTTP.
+module only owns connections, timeouts and the pool, as httpcore does for HTTP. It lives in
+`httpio` because it is a general client, not the cache's: any process may talk to Redis, and
+the loader checks ``Redis_address`` with the same `parse_redis_address` the pool dials by.
 
-Redis is an optional dependency of the cache, so every failure is fast and named:
+The proxy's cache treats Redis as optional, so every failure is fast and named:
 
 - `RedisUnavailable`: could not connect, AUTH/SELECT refused, no reply within
   ``command_timeout_s``, or the connection broke. Callers (the cache's breaker) bypass Redis.
@@ -90,6 +92,7 @@ class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 def parse_redis_address(address: str) -> tuple[str, int]:
+    """``host:port`` (an IPv6 host may be bracketed); ValueError for anything else."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise ValueError(f"Redis address must be host:port, not {address!r}")
