@@ -9,7 +9,8 @@ with no body answered with a Content-Length, as the benchmark's backend answers:
 - it reads a request head up to ``\\r\\n\\r\\n`` and forwards the bytes unchanged except the
   version, sent upstream as HTTP/1.1 so that the upstream connection stays open;
 - it takes an idle upstream connection from a list (or opens one), reads the answer's head
-  and Content-Length bytes of body, sends them back and puts the connection back;
+  and Content-Length bytes of body, sends them back and puts the connection back; a
+  connection the backend closed while it was idle costs one retry on a new one;
 - it keeps an HTTP/1.0 client's connection open when the request asks for ``keep-alive``
   (``ab -k``; the backend then says ``Connection: keep-alive`` in its answer), and closes
   it after any other HTTP/1.0 request (``ab``).
@@ -48,28 +49,49 @@ def content_length(head: bytes) -> int:
     return 0
 
 
+async def ask(upstream: Upstream, request: bytes) -> bytes | None:
+    """The answer (head and body) of one request; None if the connection was closed."""
+    stream, pending = upstream
+    try:
+        await stream.send_all(request)
+        head = await read_head(stream, pending)
+        if head is None:
+            return None
+        body_left = content_length(head) - len(pending)
+        while body_left > 0:
+            data = await stream.receive_some(_RECEIVE)
+            if not data:
+                return None
+            pending += data
+            body_left -= len(data)
+    except trio.BrokenResourceError:
+        return None
+    answer = head + bytes(pending)
+    pending.clear()
+    return answer
+
+
 async def relay(client: trio.SocketStream, upstream_port: int, idle: list[Upstream]) -> None:
     inbox = bytearray()
     while (head := await read_head(client, inbox)) is not None:
         line, _, rest = head.partition(b"\r\n")
         closes = line.endswith(b"HTTP/1.0") and b"keep-alive" not in rest.lower()
-        if idle:
-            upstream, pending = idle.pop()
-        else:
-            upstream, pending = await trio.open_tcp_stream("127.0.0.1", upstream_port), bytearray()
-        await upstream.send_all(line[:-3] + b"1.1\r\n" + rest)
-        answer = await read_head(upstream, pending)
+        request = line[:-3] + b"1.1\r\n" + rest
+        # An idle connection the backend has closed meanwhile gets one retry on a new one.
+        while True:
+            if idle:
+                upstream, fresh = idle.pop(), False
+            else:
+                stream = await trio.open_tcp_stream("127.0.0.1", upstream_port)
+                upstream, fresh = (stream, bytearray()), True
+            answer = await ask(upstream, request)
+            if answer is not None or fresh:
+                break
+            await upstream[0].aclose()
         if answer is None:
             return
-        body_left = content_length(answer) - len(pending)
-        while body_left > 0:
-            data = await upstream.receive_some(_RECEIVE)
-            if not data:
-                return
-            pending += data
-            body_left -= len(data)
-        await client.send_all(answer + bytes(pending))
-        idle.append((upstream, bytearray()))
+        await client.send_all(answer)
+        idle.append(upstream)
         if closes:
             return
 

@@ -11,12 +11,14 @@ import os
 import shutil
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import msgspec
 import pytest
+import trio
 
-from bench import anchors, hop, hop_report
+from bench import anchors, hop, hop_report, relay
 from bench.parse import BenchResult
 from proxy.state import ProxyPaths, load_proxy_config
 
@@ -344,3 +346,50 @@ def test_anchors_pass_the_backends_answer_through_and_are_stopped_on_error() -> 
         raise Planned
     for pid in pids:
         assert not _alive(pid), f"pid {pid} still runs"
+
+
+# -- the reference relay -----------------------------------------------------------------------
+async def _serve_once_then_close(stream: trio.SocketStream) -> None:
+    """A backend that answers one request per connection and then closes it without saying
+    so: to the relay, every idle connection it keeps is stale."""
+    async with stream:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(4096)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+
+async def _ask(client: trio.SocketStream, buffer: bytearray) -> bytes | None:
+    await client.send_all(b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n")
+    head = await relay.read_head(client, buffer)
+    if head is None:
+        return None
+    while len(buffer) < relay.content_length(head):
+        buffer += await client.receive_some(4096)
+    body = bytes(buffer)
+    buffer.clear()
+    return body
+
+
+async def test_relay_retries_once_on_a_connection_the_backend_closed(
+    nursery: trio.Nursery,
+) -> None:
+    backends = await nursery.start(
+        partial(trio.serve_tcp, _serve_once_then_close, 0, host="127.0.0.1")
+    )
+    backend_port = backends[0].socket.getsockname()[1]
+    idle: list[relay.Upstream] = []
+
+    async def handle(client: trio.SocketStream) -> None:
+        async with client:
+            await relay.relay(client, backend_port, idle)
+
+    relays = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    client = await trio.open_tcp_stream("127.0.0.1", relays[0].socket.getsockname()[1])
+    async with client:
+        buffer = bytearray()
+        with trio.fail_after(5):
+            assert await _ask(client, buffer) == b"ok"
+            assert await _ask(client, buffer) == b"ok"  # its idle upstream was closed
+    for stream, _ in idle:
+        await stream.aclose()
