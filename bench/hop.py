@@ -43,6 +43,7 @@ import os
 import platform
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -599,9 +600,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def exit_on_termination() -> None:
+    """SIGTERM and SIGHUP end this process through its ``finally`` blocks, as Ctrl-C does, so
+    what it started is stopped (their default action would leave the children running)."""
+
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, leave)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     run.raise_open_files_limit()
+    exit_on_termination()
     loads = [LOADS[name] for name in args.loads]
     started = time.strftime("%Y%m%dT%H%M%S", time.localtime())
     try:
@@ -609,8 +622,10 @@ def main(argv: list[str] | None = None) -> int:
             targets = start_targets(lab, args.targets)
             if args.hold:
                 for target in targets:
-                    print(f"{target.name}: {target.url} (pid {target.pid})")
-                print("holding; Ctrl-C stops everything", file=sys.stderr)
+                    print(f"target {target.name} {target.url} pid {target.pid}")
+                for child in lab.children.started:
+                    print(f"process {child.name} pid {child.process.pid}")
+                print("holding; Ctrl-C stops everything", flush=True)
                 while True:
                     time.sleep(3600)
             load_before = os.getloadavg()

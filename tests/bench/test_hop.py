@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -393,3 +396,48 @@ async def test_relay_retries_once_on_a_connection_the_backend_closed(
             assert await _ask(client, buffer) == b"ok"  # its idle upstream was closed
     for stream, _ in idle:
         await stream.aclose()
+
+
+def _read_until_holding(harness: subprocess.Popen[bytes], timeout_s: float) -> list[int]:
+    """The PIDs the harness says it started, read until it says it holds (or the deadline)."""
+    assert harness.stdout is not None
+    fd = harness.stdout.fileno()
+    seen = b""
+    deadline = time.monotonic() + timeout_s
+    while b"holding" not in seen and (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([fd], [], [], left)
+        chunk = os.read(fd, 4096) if ready else b""
+        if not chunk:
+            break
+        seen += chunk
+    lines = seen.decode().splitlines()
+    if not any(line.startswith("holding") for line in lines):
+        raise AssertionError(f"the harness did not hold within {timeout_s}s: {lines}")
+    return [int(line.split()[-1]) for line in lines if line.startswith("process ")]
+
+
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed (bash scripts/system-deps.sh)")
+def test_sigterm_stops_everything_the_harness_started() -> None:
+    harness = subprocess.Popen(
+        [sys.executable, "-m", "bench.hop", "--hold", "--targets", "nginx"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    pids: list[int] = []
+    try:
+        pids = _read_until_holding(harness, 30.0)
+        assert len(pids) == 2  # the backend and the front nginx
+        assert all(_alive(pid) for pid in pids)
+        harness.terminate()
+        assert harness.wait(timeout=15) == 128 + signal.SIGTERM
+        left = [pid for pid in pids if _alive(pid)]
+        assert left == []
+    finally:
+        if harness.poll() is None:
+            harness.kill()
+            harness.wait()
+        for pid in pids:  # whatever the harness failed to stop, so no test leaves it behind
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        assert harness.stdout is not None
+        harness.stdout.close()
