@@ -7,7 +7,7 @@ TOPOLOGY ?= topology/fleet.yaml
 ELB ?= http://127.0.0.1:9000
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: fleet test check system-deps install regular region concurrent image large signin wrk bench bench-caddy bench-hop elb-cost idle policies policy-cost clean
+.PHONY: fleet test check system-deps install regular region concurrent image large signin wrk bench bench-caddy bench-hop bench-hop-profile elb-cost idle policies policy-cost clean
 
 BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
@@ -57,6 +57,11 @@ bench-caddy: $(STAMP)
 # here (issue 14); ARGS="--rounds 3 --duration 8" etc., see python -m bench.hop --help
 bench-hop: system-deps $(BENCH_STAMP)
 	$(PY) -m bench.hop $(ARGS)
+
+# where one proxied request's CPU goes, per layer (py-spy, strace, perf), under bench-hop's wrk
+# load; ARGS="--target relay" profiles the reference relay instead
+bench-hop-profile: system-deps $(BENCH_STAMP)
+	$(PY) -m bench.hop_profile --strace --perf --speedscope $(ARGS)
 
 # the ELB hop: one proxy of the running fleet, directly and behind a fresh ELB, same run
 elb-cost: $(STAMP)
