@@ -198,21 +198,40 @@ def break_down(stacks: Iterable[tuple[list[Frame], int]]) -> Breakdown:
     return Breakdown(sum(layers.values()), dict(layers.most_common()), dict(details.most_common()))
 
 
+def is_kernel_layer(layer: str) -> bool:
+    return layer.startswith("syscall: ")
+
+
 def layer_rows(
-    breakdown: Breakdown, cpu_us_per_request: float | None, top_details: int = 2
+    breakdown: Breakdown,
+    user_us: float | None,
+    system_us: float | None,
+    top_details: int = 2,
 ) -> list[tuple[str, str, str, str]]:
-    """(layer, share, us/request, main callers) rows, largest first."""
+    """(layer, share of py-spy's samples, us per request, main callers) rows, largest first.
+
+    py-spy stops the process to read each stack, and those stops land on syscall
+    boundaries more often than their on-CPU time warrants: its syscall layers held ~40 % of
+    the samples where perf's on-CPU sampling and /proc both put the kernel at ~19 %. So the
+    microseconds are not shares times the total: the syscall layers divide the measured
+    system time between them, every other layer the user time, each by its samples."""
     rows = []
     total = breakdown.samples or 1
+    kernel = sum(n for layer, n in breakdown.layers.items() if is_kernel_layer(layer)) or 1
+    user = sum(n for layer, n in breakdown.layers.items() if not is_kernel_layer(layer)) or 1
     for layer, count in breakdown.layers.items():
-        share = count / total
-        us = "-" if cpu_us_per_request is None else f"{share * cpu_us_per_request:.1f}"
+        if user_us is None or system_us is None:
+            us = "-"
+        elif is_kernel_layer(layer):
+            us = f"{count / kernel * system_us:.1f}"
+        else:
+            us = f"{count / user * user_us:.1f}"
         callers = [
             f"{detail} {n / count:.0%}"
             for (lay, detail), n in breakdown.details.items()
             if lay == layer
         ][:top_details]
-        rows.append((layer, f"{share:.1%}", us, ", ".join(callers)))
+        rows.append((layer, f"{count / total:.1%}", us, ", ".join(callers)))
     return rows
 
 
@@ -377,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         load_after = os.getloadavg()
     breakdown = break_down(parse_raw(raw.read_text()))
     cpu_us = cpu["user_us_per_request"] + cpu["system_us_per_request"]
-    rows = layer_rows(breakdown, cpu_us)
+    rows = layer_rows(breakdown, cpu["user_us_per_request"], cpu["system_us_per_request"])
     summary = {
         "target": args.target,
         "started": stamp,
@@ -404,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         f" {cpu_us:.1f} us CPU per request ({cpu['user_us_per_request']:.1f} user,"
         f" {cpu['system_us_per_request']:.1f} system); h11: {H11_NAME}"
     )
-    print(format_rows(("layer", "share", "us/req", "main callers"), rows))
+    print(format_rows(("layer", "py-spy share", "us/req", "main callers"), rows))
     if syscalls is not None:
         per = ", ".join(f"{k} {v:g}" for k, v in list(syscalls["per_request"].items())[:8])
         print(f"syscalls per request: {syscalls['total_per_request']:g} ({per})")

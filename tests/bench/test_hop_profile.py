@@ -81,10 +81,12 @@ def test_break_down_and_rows_give_shares_and_microseconds() -> None:
     breakdown = break_down(parse_raw(RAW))
     assert breakdown.samples == 100
     assert list(breakdown.layers)[:2] == ["syscall: send", "h11"]  # largest first
-    rows = layer_rows(breakdown, cpu_us_per_request=200.0)
-    assert rows[0] == ("syscall: send", "40.0%", "80.0", "HttpServer._write 100%")
-    assert ("h11", "30.0%", "60.0", "UpstreamPool._exchange 100%") in rows
-    assert layer_rows(breakdown, None)[0][2] == "-"
+    # 50 syscall samples share the 40 us of system time, 50 others the 160 us of user time
+    rows = layer_rows(breakdown, user_us=160.0, system_us=40.0)
+    assert rows[0] == ("syscall: send", "40.0%", "32.0", "HttpServer._write 100%")
+    assert ("h11", "30.0%", "96.0", "UpstreamPool._exchange 100%") in rows
+    assert sum(float(row[2]) for row in rows) == pytest.approx(200.0)
+    assert layer_rows(breakdown, None, None)[0][2] == "-"
 
 
 STRACE = """\
