@@ -1,27 +1,32 @@
 """``make bench-hop-profile`` / ``python -m bench.hop_profile``: where one proxied request's
-CPU goes, per layer, under `bench.hop`'s wrk load (``wrk -t1 -c50``, keep-alive).
+CPU goes, per layer, under one of `bench.hop`'s loads (``--load``: ``wrk -t1 -c50``
+keep-alive by default, or ``ab -c20``, a new connection per request).
 
 It starts the target of `bench.hop` named by ``--target`` (our ``proxy`` by default, or the
-reference ``relay``) in front of the same nginx backend, warms it up, then measures in three
-windows of ``--seconds`` each, so that no tool disturbs another's figure:
+reference ``relay``) in front of the same nginx backend, warms it up, then measures in
+separate windows of ``--seconds`` each, so that no tool disturbs another's figure:
 
 1. CPU per request, with nothing attached: the process's user and system time from
-   ``/proc/PID/stat`` over a wrk run, divided by the requests wrk completed. System time is
-   the kernel's work on our behalf: the syscalls and the loopback TCP stack under them.
+   ``/proc/PID/stat`` over a run of the load, divided by the requests it completed. System
+   time is the kernel's work on our behalf: the syscalls and the loopback TCP stack under
+   them (this kernel has no IRQ time accounting, so softirq work lands there too).
 2. Where it goes: ``py-spy record --native --format raw`` (collapsed stacks, native frames
-   included) during a wrk run. `classify` puts each sample in one layer: a syscall (the
-   sample stood in ``write``, ``read``, ``poll``, ``epoll_ctl``...: kernel time shows up
-   there, because py-spy sees the thread sitting in the libc wrapper), h11 (frames of the
-   mypyc-compiled h11, or of ``h11/`` when pure), trio (scheduling, its epoll bookkeeping,
-   its socket wrappers), or our own code, by component (routing, header rewriting, request
-   ids, limiters, balancing and health, the server loop, the upstream pool...). Shares times
-   the CPU per request of window 1 give microseconds per request per layer.
-3. Syscalls per request (``--strace``, when strace is installed): ``strace -c -f`` during a
-   wrk run; counts are exact even though strace slows the process (its times are not used).
+   included) during another run. `classify` puts each sample in one layer: a syscall (the
+   sample stood in ``write``, ``read``, ``poll``, ``epoll_ctl``... in libc), the cyclic GC,
+   h11 (frames of the mypyc-compiled h11, or of ``h11/`` when pure), trio (scheduling and
+   cancel scopes, its epoll bookkeeping, its socket wrappers), or our own code by component
+   (routing, header rewriting, request ids, limiters, balancing and health, the server loop,
+   the upstream pool...). The syscall layers divide window 1's system time between them,
+   the others its user time (`layer_rows` says why py-spy's raw shares are not used).
+3. ``--strace``: syscalls per request, ``strace -c -f`` during a run (the counts are exact;
+   strace slows the process, so its times are not used).
+4. ``--perf``: ``perf record -e cpu-clock`` (on-CPU samples only), split by shared object
+   (kernel, libpython, the compiled h11, libc): the check on windows 1 and 2.
+5. ``--speedscope``: a py-spy profile for humans (speedscope.app).
 
 py-spy must be allowed to ptrace the target (root, or ``kernel.yama.ptrace_scope=0``). The
-raw profile, a speedscope file for humans (``py-spy record --format speedscope``, a fourth
-window when ``--speedscope``) and a JSON summary go to ``bench/results/``.
+raw profile, the speedscope file and a JSON summary go to
+``bench/results/hop-profile-<target>-<load>-<time>/``.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import hop
-from bench.parse import format_rows, parse_wrk
+from bench.parse import BenchResult, format_rows, parse_ab, parse_wrk
 from httpio.protocol import H11_NAME
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -243,16 +248,20 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
-def wrk(target: hop.Target, seconds: int) -> list[str]:
-    return hop.load_command(hop.LOADS["wrk"], target.url, target.headers, seconds)
+def drive(target: hop.Target, load: hop.Load, seconds: int) -> list[str]:
+    return hop.load_command(load, target.url, target.headers, seconds)
 
 
-def measure_cpu(target: hop.Target, seconds: int) -> dict[str, float]:
+def parsed(load: hop.Load, output: str) -> BenchResult:
+    return parse_wrk(output) if load.tool == "wrk" else parse_ab(output)
+
+
+def measure_cpu(target: hop.Target, load: hop.Load, seconds: int) -> dict[str, float]:
     assert target.pid is not None
     user0, system0 = cpu_seconds(target.pid)
-    out = subprocess.run(wrk(target, seconds), capture_output=True, text=True, check=True)
+    out = subprocess.run(drive(target, load, seconds), capture_output=True, text=True)
     user1, system1 = cpu_seconds(target.pid)
-    result = parse_wrk(out.stdout)
+    result = parsed(load, out.stdout)
     requests = max(result.requests, 1)
     return {
         "requests": result.requests,
@@ -263,24 +272,31 @@ def measure_cpu(target: hop.Target, seconds: int) -> dict[str, float]:
     }
 
 
-def under_load(target: hop.Target, seconds: int, tool: list[str]) -> tuple[str, str]:
-    """Run ``tool`` (a profiler attached to the target) while wrk loads the target for a
-    second longer on each side; returns (wrk's output, the tool's output)."""
-    load = subprocess.Popen(
-        wrk(target, seconds + 2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+def under_load(
+    target: hop.Target, load: hop.Load, seconds: int, tool: list[str]
+) -> tuple[str, str]:
+    """Run ``tool`` (a profiler attached to the target) while the load runs against the
+    target for a second longer on each side; returns (the load's output, the tool's)."""
+    tester = subprocess.Popen(
+        drive(target, load, seconds + 2),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         time.sleep(1)
         attached = subprocess.run(tool, capture_output=True, text=True, timeout=seconds + 60)
-        out, _ = load.communicate(timeout=seconds + 60)
+        out, _ = tester.communicate(timeout=seconds + 60)
     finally:
-        if load.poll() is None:
-            load.kill()
-            load.wait()
+        if tester.poll() is None:
+            tester.kill()
+            tester.wait()
     return out, attached.stdout + attached.stderr
 
 
-def count_syscalls(target: hop.Target, seconds: int, out_dir: Path) -> dict[str, Any]:
+def count_syscalls(
+    target: hop.Target, load: hop.Load, seconds: int, out_dir: Path
+) -> dict[str, Any]:
     """strace -c over one wrk run; counts per request (strace's own times are not kept)."""
     assert target.pid is not None
     summary = out_dir / "strace.txt"
@@ -291,7 +307,7 @@ def count_syscalls(target: hop.Target, seconds: int, out_dir: Path) -> dict[str,
     )
     try:
         time.sleep(1)  # attached
-        out = subprocess.run(wrk(target, seconds), capture_output=True, text=True, check=True)
+        out = subprocess.run(drive(target, load, seconds), capture_output=True, text=True)
     finally:
         tracer.send_signal(signal.SIGINT)  # detach: strace writes its summary
         try:
@@ -299,7 +315,7 @@ def count_syscalls(target: hop.Target, seconds: int, out_dir: Path) -> dict[str,
         except subprocess.TimeoutExpired:
             tracer.kill()
             tracer.wait()
-    requests = max(parse_wrk(out.stdout).requests, 1)
+    requests = max(parsed(load, out.stdout).requests, 1)
     calls = parse_strace_summary(summary.read_text())
     return {
         "requests": requests,
@@ -310,7 +326,7 @@ def count_syscalls(target: hop.Target, seconds: int, out_dir: Path) -> dict[str,
     }
 
 
-def perf_shares(target: hop.Target, seconds: int, out_dir: Path) -> dict[str, Any]:
+def perf_shares(target: hop.Target, load: hop.Load, seconds: int, out_dir: Path) -> dict[str, Any]:
     """On-CPU samples only (``perf record -e cpu-clock``), split by the code they were in:
     the kernel, the interpreter (libpython: our code, trio, everything in Python), the
     compiled h11, libc. A check on py-spy, whose samples also count time spent runnable
@@ -319,7 +335,7 @@ def perf_shares(target: hop.Target, seconds: int, out_dir: Path) -> dict[str, An
     data = out_dir / "perf.data"
     record = ["perf", "record", "-e", "cpu-clock", "-F", "999", "-p", str(target.pid)]
     record += ["-o", str(data), "--", "sleep", str(seconds)]
-    under_load(target, seconds, record)
+    under_load(target, load, seconds, record)
     report = ["perf", "report", "-i", str(data), "--no-children", "--stdio", "-g", "none"]
     by_dso = subprocess.run([*report, "--sort", "dso"], capture_output=True, text=True)
     by_symbol = subprocess.run([*report, "--sort", "dso,sym"], capture_output=True, text=True)
@@ -356,6 +372,7 @@ def parse_strace_summary(text: str) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.hop_profile", description=__doc__)
     parser.add_argument("--target", default="proxy", help="a bench.hop target with a process")
+    parser.add_argument("--load", default="wrk", choices=sorted(hop.LOADS))
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--strace", action="store_true", help="count syscalls per request")
     parser.add_argument("--speedscope", action="store_true", help="also write a speedscope file")
@@ -369,36 +386,38 @@ def main(argv: list[str] | None = None) -> int:
         print("error: py-spy is not installed (pip install -e '.[bench]')", file=sys.stderr)
         return 1
     hop.exit_on_termination()
+    load = hop.LOADS[args.load]
     stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime())
-    out_dir = args.out / f"hop-profile-{args.target}-{stamp}"
+    out_dir = args.out / f"hop-profile-{args.target}-{args.load}-{stamp}"
     out_dir.mkdir(parents=True, exist_ok=True)
     with hop.lab_running() as lab:
         (target,) = hop.start_targets(lab, [args.target])
         if target.pid is None:
             print(f"error: {args.target} has no process of ours to profile", file=sys.stderr)
             return 1
-        subprocess.run(wrk(target, WARMUP_S), capture_output=True, check=True)
+        subprocess.run(drive(target, load, WARMUP_S), capture_output=True)
         load_before = os.getloadavg()
-        cpu = measure_cpu(target, args.seconds)
+        cpu = measure_cpu(target, load, args.seconds)
         raw = out_dir / "profile.raw"
         attach = [spy, "record", "-p", str(target.pid), "-r", str(SAMPLE_RATE_HZ)]
         attach += ["-d", str(args.seconds)]
         record = [*attach, "--native", "--format", "raw", "-o", str(raw)]
-        spied_wrk, spy_out = under_load(target, args.seconds, record)
+        spied, spy_out = under_load(target, load, args.seconds, record)
         if not raw.exists():
             print(f"error: py-spy wrote nothing:\n{spy_out}", file=sys.stderr)
             return 1
         if args.speedscope:
             scope = [*attach, "--format", "speedscope", "-o", str(out_dir / "profile.json")]
-            under_load(target, args.seconds, scope)
-        syscalls = count_syscalls(target, args.seconds, out_dir) if args.strace else None
-        perf = perf_shares(target, args.seconds, out_dir) if args.perf else None
+            under_load(target, load, args.seconds, scope)
+        syscalls = count_syscalls(target, load, args.seconds, out_dir) if args.strace else None
+        perf = perf_shares(target, load, args.seconds, out_dir) if args.perf else None
         load_after = os.getloadavg()
     breakdown = break_down(parse_raw(raw.read_text()))
     cpu_us = cpu["user_us_per_request"] + cpu["system_us_per_request"]
     rows = layer_rows(breakdown, cpu["user_us_per_request"], cpu["system_us_per_request"])
     summary = {
         "target": args.target,
+        "load": drive(target, load, args.seconds),
         "started": stamp,
         "h11": H11_NAME,
         "loadavg_before": [round(x, 2) for x in load_before],
@@ -407,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         "profile": {
             "command": record,
             "samples": breakdown.samples,
-            "requests_per_s_while_sampled": parse_wrk(spied_wrk).requests_per_s,
+            "requests_per_s_while_sampled": parsed(load, spied).requests_per_s,
             "layers": breakdown.layers,
             "details": [
                 {"layer": layer, "detail": detail, "samples": n}
@@ -419,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(
-        f"{args.target}: {cpu['requests_per_s']:,.0f} req/s at {cpu['cpu_share']:.0%} of a core;"
+        f"{args.target} under {args.load}: {cpu['requests_per_s']:,.0f} req/s at {cpu['cpu_share']:.0%} of a core;"
         f" {cpu_us:.1f} us CPU per request ({cpu['user_us_per_request']:.1f} user,"
         f" {cpu['system_us_per_request']:.1f} system); h11: {H11_NAME}"
     )
