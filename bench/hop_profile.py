@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import hop
+from bench.hop_lab import Target, lab_running
 from bench.parse import BenchResult, format_rows, parse_ab, parse_wrk
 from httpio.protocol import H11_NAME
 
@@ -95,7 +96,7 @@ COMPONENTS: tuple[tuple[str, frozenset[str] | None, str], ...] = (
     ("httpio/sockio.py", None, "socket calls, Python side (httpio/sockio.py)"),
     ("httpio/", None, "other httpio"),
     ("proxy/", None, "other proxy"),
-    ("bench/relay.py", None, "the relay's own code"),
+    ("bench/hop_relay.py", None, "the relay's own code"),
 )
 
 _FRAME = re.compile(r"^(?P<name>.*) \((?P<where>[^()]*)\)$")
@@ -248,7 +249,7 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
-def drive(target: hop.Target, load: hop.Load, seconds: int) -> list[str]:
+def drive(target: Target, load: hop.Load, seconds: int) -> list[str]:
     return hop.load_command(load, target.url, target.headers, seconds)
 
 
@@ -256,7 +257,7 @@ def parsed(load: hop.Load, output: str) -> BenchResult:
     return parse_wrk(output) if load.tool == "wrk" else parse_ab(output)
 
 
-def measure_cpu(target: hop.Target, load: hop.Load, seconds: int) -> dict[str, float]:
+def measure_cpu(target: Target, load: hop.Load, seconds: int) -> dict[str, float]:
     assert target.pid is not None
     user0, system0 = cpu_seconds(target.pid)
     out = subprocess.run(drive(target, load, seconds), capture_output=True, text=True)
@@ -272,9 +273,7 @@ def measure_cpu(target: hop.Target, load: hop.Load, seconds: int) -> dict[str, f
     }
 
 
-def under_load(
-    target: hop.Target, load: hop.Load, seconds: int, tool: list[str]
-) -> tuple[str, str]:
+def under_load(target: Target, load: hop.Load, seconds: int, tool: list[str]) -> tuple[str, str]:
     """Run ``tool`` (a profiler attached to the target) while the load runs against the
     target for a second longer on each side; returns (the load's output, the tool's)."""
     tester = subprocess.Popen(
@@ -294,9 +293,7 @@ def under_load(
     return out, attached.stdout + attached.stderr
 
 
-def count_syscalls(
-    target: hop.Target, load: hop.Load, seconds: int, out_dir: Path
-) -> dict[str, Any]:
+def count_syscalls(target: Target, load: hop.Load, seconds: int, out_dir: Path) -> dict[str, Any]:
     """strace -c over one wrk run; counts per request (strace's own times are not kept)."""
     assert target.pid is not None
     summary = out_dir / "strace.txt"
@@ -326,7 +323,7 @@ def count_syscalls(
     }
 
 
-def perf_shares(target: hop.Target, load: hop.Load, seconds: int, out_dir: Path) -> dict[str, Any]:
+def perf_shares(target: Target, load: hop.Load, seconds: int, out_dir: Path) -> dict[str, Any]:
     """On-CPU samples only (``perf record -e cpu-clock``), split by the code they were in:
     the kernel, the interpreter (libpython: our code, trio, everything in Python), the
     compiled h11, libc. A check on py-spy, whose samples also count time spent runnable
@@ -390,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime())
     out_dir = args.out / f"hop-profile-{args.target}-{args.load}-{stamp}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    with hop.lab_running() as lab:
+    with lab_running() as lab:
         (target,) = hop.start_targets(lab, [args.target])
         if target.pid is None:
             print(f"error: {args.target} has no process of ours to profile", file=sys.stderr)

@@ -1,6 +1,6 @@
 """A REFERENCE, not part of the product: the least a trio process can do per proxied request.
 
-``python -m bench.relay PORT UPSTREAM_PORT``. Issue 14 quotes "a 30-line trio relay that only
+``python -m bench.hop_relay PORT UPSTREAM_PORT``. Issue 14 quotes "a 30-line trio relay that only
 looks for ``\\r\\n\\r\\n`` and forwards bytes over one upstream connection" as the floor of
 what trio itself costs; this is that relay, kept so the number can be measured again in the
 same run as the anchors (`bench.hop`, target ``relay``). It knows just enough HTTP for GETs
@@ -112,7 +112,7 @@ async def serve(port: int, upstream_port: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2 or not all(a.isdigit() for a in args):
-        raise SystemExit("usage: python -m bench.relay PORT UPSTREAM_PORT")
+        raise SystemExit("usage: python -m bench.hop_relay PORT UPSTREAM_PORT")
     try:
         trio.run(serve, int(args[0]), int(args[1]))
     except KeyboardInterrupt:
