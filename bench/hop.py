@@ -24,7 +24,7 @@ before and after) goes to ``bench/results/hop-<time>.json`` and a PNG chart next
 
 Everything is started here, on free ports of 127.0.0.1, with its config, logs, pid files and
 temp paths in one private temporary directory, and stopped by its PID (SIGTERM, then
-SIGKILL) on the way out, on an error or Ctrl-C too.
+SIGKILL) on the way out, on an error, Ctrl-C or SIGTERM too.
 
 A target is a name, a label and a function that starts what it needs in the `Lab` and
 returns where to aim. Another scenario is a line in `TARGETS` (plus its pair in
