@@ -7,7 +7,9 @@ TOPOLOGY ?= topology/fleet.yaml
 ELB ?= http://127.0.0.1:9000
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: fleet test check system-deps install regular region concurrent image large signin wrk bench bench-caddy elb-cost idle policies policy-cost chaos soak clean
+.PHONY: fleet test check system-deps install regular region concurrent image large signin wrk bench bench-caddy bench-hop bench-hop-profile elb-cost idle policies policy-cost chaos soak clean
+
+BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -17,6 +19,12 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 install: system-deps $(STAMP)
+
+# the optional `bench` extra (matplotlib for charts, py-spy for profiles)
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) install -q -e '.[dev,fast,bench]'
+	@rm -f $(VENV)/.bench-installed-*
+	@touch $@
 
 # redis-server, ab (apache2-utils) and wrk from Debian's packages when missing.
 system-deps:
@@ -44,6 +52,16 @@ bench: $(STAMP)
 # one proxy hop vs Caddy (GOMAXPROCS=1) in front of the same backend, same run
 bench-caddy: $(STAMP)
 	$(PY) -m bench.caddy --backend http://127.0.0.1:5002 --path /index.html --proxy-url http://127.0.0.1:6000/video/index.html $(if $(TOKEN),--token $(TOKEN))
+
+# one proxy hop vs nginx, HAProxy and Caddy in front of one fast nginx backend, all started
+# here (issue 14); ARGS="--rounds 3 --duration 8" etc., see python -m bench.hop --help
+bench-hop: system-deps $(BENCH_STAMP)
+	$(PY) -m bench.hop $(ARGS)
+
+# where one proxied request's CPU goes, per layer (py-spy, strace, perf), under bench-hop's wrk
+# load; ARGS="--target relay" profiles the reference relay instead
+bench-hop-profile: system-deps $(BENCH_STAMP)
+	$(PY) -m bench.hop_profile --strace --perf --speedscope $(ARGS)
 
 # the ELB hop: one proxy of the running fleet, directly and behind a fresh ELB, same run
 elb-cost: $(STAMP)

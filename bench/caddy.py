@@ -86,9 +86,9 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], deadline: float) -
 
 
 @contextmanager
-def running_caddy(upstream: str, port: int = 0) -> Iterator[int]:
-    """Run caddy in front of ``upstream`` ("127.0.0.1:5002"); yields the port it listens on,
-    and stops that one process (by its PID) on exit."""
+def running_caddy(upstream: str, port: int = 0, *, gomaxprocs: int = 1) -> Iterator[int]:
+    """Run caddy in front of ``upstream`` ("127.0.0.1:5002") on ``gomaxprocs`` cores; yields
+    the port it listens on, and stops that one process (by its PID) on exit."""
     binary = shutil.which("caddy")
     if binary is None:
         raise CaddyUnavailable("caddy is not installed (apt-get install -y caddy)")
@@ -98,7 +98,7 @@ def running_caddy(upstream: str, port: int = 0) -> Iterator[int]:
         config.write_text(json.dumps(caddy_config(port, upstream)))
         env = dict(
             os.environ,
-            GOMAXPROCS="1",
+            GOMAXPROCS=str(gomaxprocs),
             HOME=home,
             XDG_DATA_HOME=home,
             XDG_CONFIG_HOME=home,

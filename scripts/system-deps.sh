@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Installs the system programs the fleet, the tests and the benchmarks use, from Debian's
-# packages, when they are missing: redis-server, ab (apache2-utils), wrk, caddy (for `make bench-caddy`).
+# packages, when they are missing: redis-server, ab (apache2-utils), wrk, caddy (for `make bench-caddy`),
+# nginx and haproxy (the anchors of `make bench-hop`, which runs its own instances from private
+# configs; where an init system runs, Debian also starts their default services on install: the
+# benchmark neither needs nor touches those).
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v ab >/dev/null || missing+=(apache2-utils)
 command -v wrk >/dev/null || missing+=(wrk)
 command -v caddy >/dev/null || missing+=(caddy)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
