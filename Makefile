@@ -7,7 +7,7 @@ TOPOLOGY ?= topology/fleet.yaml
 ELB ?= http://127.0.0.1:9000
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: fleet test check system-deps install regular region concurrent image large signin wrk bench bench-caddy bench-hop bench-hop-profile elb-cost idle policies policy-cost chaos soak clean
+.PHONY: fleet server proxy benchmark test check system-deps install regular region concurrent image large signin wrk bench bench-caddy bench-hop bench-hop-profile elb-cost idle policies policy-cost chaos soak clean
 
 BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
@@ -33,6 +33,18 @@ system-deps:
 fleet: install
 	$(VENV)/bin/fleet $(TOPOLOGY)
 
+# the original's two halves, each in its own terminal (Redis goes with the proxies)
+server: install
+	$(VENV)/bin/fleet $(TOPOLOGY) --only backends,auth
+
+proxy: install
+	$(VENV)/bin/fleet $(TOPOLOGY) --only proxies,elbs
+
+# the original's make benchmark: its own fleet, the script's checks and loads, then stops it
+# (ARGS=--free-ports when the default ports are taken)
+benchmark: install
+	$(PY) -m bench.benchmark --topology $(TOPOLOGY) $(ARGS)
+
 test: install
 	$(PY) -m pytest
 	GATEWAY_H11=pure $(PY) -m pytest
@@ -43,7 +55,14 @@ check: $(STAMP)
 	$(VENV)/bin/mypy .
 
 # -- benchmarks against a running fleet (make fleet in another terminal) -------------------------
-regular region concurrent image large signin wrk: $(STAMP)
+# the original's request.sh sections: their checks, then their load (ab), on TOPOLOGY's ports
+regular concurrent image large signin: $(STAMP)
+	$(PY) -m bench.benchmark $@ --topology $(TOPOLOGY)
+
+region: $(STAMP)
+	$(PY) -m bench.benchmark regional --topology $(TOPOLOGY)
+
+wrk: $(STAMP)
 	$(PY) -m bench.run $@ --elb $(ELB)
 
 bench: $(STAMP)

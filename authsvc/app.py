@@ -6,7 +6,8 @@ so any of them can answer any request and a proxy may ask whichever one is up.
 Two kinds of blocking work leave the event loop for worker threads, each behind its own
 ``trio.CapacityLimiter``:
 
-- scrypt (~24 ms and 16 MiB each with the defaults): at most ``hash_concurrency`` at once,
+- password hashing (argon2id, ~25 ms and 19 MiB each with the defaults; `authsvc.passwords`):
+  at most ``hash_concurrency`` at once,
   one per core by default, because more only adds memory and queueing inside the kernel.
   Waiting callers are served round robin by client address (`authsvc.fairness`), so one
   client's burst does not queue in front of everyone else. Past ``max_waiting_hashes``
@@ -200,7 +201,7 @@ class AuthApp:
         self._hash_threads = trio.CapacityLimiter(hash_slots)
         self._db_limiter = trio.CapacityLimiter(db_concurrency)
         self._max_waiting_hashes = max_waiting_hashes
-        self._dummy_hash = passwords.make_dummy_hash(config.scrypt)
+        self._dummy_hash = passwords.make_dummy_hash(passwords.configured_params(self.config))
         self._gate = ConcurrencyGate(config.auth_limits.concurrent_per_address)
         self.counters = {
             "signups": 0,
@@ -337,7 +338,10 @@ class AuthApp:
         if (wait := signup_wait(counter, limits, now)) > 0:
             raise self._throttled("too many signups from your address", wait)
         stored = await self._hash(
-            address, passwords.hash_password, body.password, self.config.scrypt
+            address,
+            passwords.hash_password,
+            body.password,
+            passwords.configured_params(self.config),
         )
 
         def count_signup(counter: Counter | None) -> Counter:
@@ -389,9 +393,12 @@ class AuthApp:
             raise Unauthorized(_WRONG_CREDENTIALS, error="")
         if pair in counters:
             await self._db(self.store.delete_counters, (pair,))
-        if passwords.needs_rehash(stored, self.config.scrypt):
+        if passwords.needs_rehash(stored, passwords.configured_params(self.config)):
             upgraded = await self._hash(
-                address, passwords.hash_password, body.password, self.config.scrypt
+                address,
+                passwords.hash_password,
+                body.password,
+                passwords.configured_params(self.config),
             )
             await self._db(self.store.update_password_hash, user.username, upgraded)
         return self._signed_in(user)

@@ -1,18 +1,25 @@
-"""Password hashing: scrypt (RFC 7914) from the standard library, parameters stored per hash.
+"""Password hashing: argon2id (RFC 9106) by default, scrypt (RFC 7914) still read and made.
 
-The original kept bcrypt hashes in PostgreSQL. We use ``hashlib.scrypt`` so the auth server
-needs no compiled dependency beyond OpenSSL, with a fresh 16-byte random salt per user.
+The original kept bcrypt hashes in PostgreSQL; we started with ``hashlib.scrypt`` at the scrypt
+paper's interactive N=2**14, which is below OWASP's Password Storage Cheat Sheet (argon2id
+m=19 MiB, t=2, p=1; where argon2id is unavailable, scrypt N=2**17, r=8, p=1, or one of its
+listed equivalents such as N=2**14, r=8, p=5). At those equal strengths, measured on the
+development machine (2 cores, one hash per core in worker threads, as the auth server runs
+them; ``python -m bench.hashes``) argon2id costs ~25 ms a hash and scrypt 160-370 ms, because
+OpenSSL computes scrypt's ``p`` lanes one after another and N=2**17 needs 128 MiB. So argon2id
+(``argon2-cffi``, which releases the GIL while it hashes) makes every new hash unless
+config.json says ``"Password_hash": "scrypt"``; ``Argon2id`` and ``Scrypt`` hold the costs.
 
-Every stored hash carries the parameters it was made with, in the PHC string format
-(``$scrypt$ln=14,r=8,p=1$<salt>$<hash>``, unpadded base64), so the configured cost can be
-raised later: old hashes keep verifying with their own parameters and ``needs_rehash`` tells
-the caller to replace them at the next successful sign-in.
+Every stored hash is a PHC string carrying its algorithm and parameters
+(``$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>``, ``$scrypt$ln=17,r=8,p=1$<salt>$<hash>``,
+unpadded base64), so either kind verifies with its own parameters whatever is configured now,
+and ``needs_rehash`` tells the caller to replace a hash made with another algorithm or other
+costs at the next successful sign-in: the hashes of an existing user database move to the
+configured policy one sign-in at a time, without a reset.
 
-Defaults are those of the scrypt paper for interactive logins: N=2**14, r=8, p=1, which needs
-128*r*N = 16 MiB and measured ~24 ms per verify on the development machine (2 cores).
-The comparison is ``hmac.compare_digest`` so a wrong password leaks no prefix length.
-
-Pure and blocking: callers on an event loop run these in a worker thread.
+The comparison is constant-time (``hmac.compare_digest``; argon2's own check for argon2id),
+so a wrong password leaks no prefix length. Pure and blocking: callers on an event loop run
+these in a worker thread.
 """
 
 from __future__ import annotations
@@ -22,9 +29,31 @@ import hashlib
 import hmac
 import os
 
-from topology.schema import SCRYPT_MAX_LOG2_N, ScryptParams
+from argon2 import PasswordHasher, Type, extract_parameters
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from topology.schema import SCRYPT_MAX_LOG2_N, Argon2Params, GatewayConfig, ScryptParams
 
 _SALT_BYTES = 16
+
+
+def _hasher(params: Argon2Params) -> PasswordHasher:
+    return PasswordHasher(
+        time_cost=params.time_cost,
+        memory_cost=params.memory_kib,
+        parallelism=params.parallelism,
+        hash_len=params.hash_len,
+        salt_len=_SALT_BYTES,
+        type=Type.ID,
+    )
+
+
+HashParams = Argon2Params | ScryptParams
+
+
+def configured_params(config: GatewayConfig) -> HashParams:
+    """What new hashes are made with: config.json's ``Password_hash`` and its costs."""
+    return config.argon2id if config.password_hash == "argon2id" else config.scrypt
 
 
 class MalformedHash(ValueError):
@@ -51,9 +80,11 @@ def _derive(password: str, salt: bytes, params: ScryptParams) -> bytes:
     )
 
 
-def hash_password(password: str, params: ScryptParams, *, salt: bytes | None = None) -> str:
+def hash_password(password: str, params: HashParams, *, salt: bytes | None = None) -> str:
     """Return the PHC-format string to store for ``password``."""
     salt = os.urandom(_SALT_BYTES) if salt is None else salt
+    if isinstance(params, Argon2Params):
+        return _hasher(params).hash(password, salt=salt)
     return _phc(params, salt, _derive(password, salt, params))
 
 
@@ -84,22 +115,62 @@ def parse_hash(stored: str) -> tuple[ScryptParams, bytes, bytes]:
     return params, salt, digest
 
 
+def parse_argon2_hash(stored: str) -> tuple[Argon2Params, int]:
+    """The parameters of a stored argon2id hash and its salt length; MalformedHash otherwise."""
+    try:
+        found = extract_parameters(stored)
+        if found.type is not Type.ID:
+            raise ValueError("not argon2id")
+        params = Argon2Params(
+            memory_kib=found.memory_cost,
+            time_cost=found.time_cost,
+            parallelism=found.parallelism,
+            hash_len=found.hash_len,
+        )
+    except (InvalidHashError, ValueError, TypeError) as exc:
+        raise MalformedHash(f"unreadable password hash: {exc}") from None
+    return params, found.salt_len
+
+
+def stored_params(stored: str) -> tuple[HashParams, int]:
+    """The algorithm's parameters a stored hash was made with, and its salt length."""
+    if stored.startswith("$argon2id$"):
+        return parse_argon2_hash(stored)
+    params, salt, _ = parse_hash(stored)
+    return params, len(salt)
+
+
 def verify_password(password: str, stored: str) -> bool:
-    """True when ``password`` matches ``stored``; costs one scrypt with the stored params."""
-    params, salt, digest = parse_hash(stored)
-    return hmac.compare_digest(_derive(password, salt, params), digest)
+    """True when ``password`` matches ``stored``; costs one hash with the stored params."""
+    if stored.startswith("$argon2"):
+        params, _ = parse_argon2_hash(stored)  # refuses absurd costs before any work
+        try:
+            return _hasher(params).verify(stored, password)
+        except VerifyMismatchError:
+            return False
+        except (VerificationError, InvalidHashError) as exc:
+            raise MalformedHash(f"unreadable password hash: {exc}") from None
+    scrypt_params, salt, digest = parse_hash(stored)
+    return hmac.compare_digest(_derive(password, salt, scrypt_params), digest)
 
 
-def needs_rehash(stored: str, params: ScryptParams) -> bool:
-    """True when ``stored`` was made with other parameters than the configured ones."""
-    stored_params, salt, _ = parse_hash(stored)
-    return stored_params != params or len(salt) != _SALT_BYTES
+def needs_rehash(stored: str, params: HashParams) -> bool:
+    """True when ``stored`` was made with another algorithm or other parameters than the
+    configured ones (an scrypt hash under an argon2id policy, a cheaper N ...)."""
+    made_with, salt_len = stored_params(stored)
+    return made_with != params or salt_len != _SALT_BYTES
 
 
-def make_dummy_hash(params: ScryptParams) -> str:
+def make_dummy_hash(params: HashParams) -> str:
     """A stored hash that no password matches, verified against when a username does not exist
-    so that "no such user" and "wrong password" cost the same scrypt and cannot be told apart
-    by time. Random salt and digest rather than a real hash: verifying costs the full scrypt
-    all the same, and making it costs none, so an auth server does no scrypt before it listens
-    (with ``Scrypt: {n: 2**20}`` one hash takes seconds)."""
-    return _phc(params, os.urandom(_SALT_BYTES), os.urandom(params.dklen))
+    so that "no such user" and "wrong password" cost the same hash and cannot be told apart
+    by time. Random salt and digest rather than a real hash: verifying costs the full hash
+    all the same, and making it costs none, so an auth server does no hashing before it
+    listens (with ``Scrypt: {n: 2**20}`` one hash takes seconds)."""
+    salt = os.urandom(_SALT_BYTES)
+    if isinstance(params, Argon2Params):
+        return (
+            f"$argon2id$v=19$m={params.memory_kib},t={params.time_cost},p={params.parallelism}"
+            f"${_b64encode(salt)}${_b64encode(os.urandom(params.hash_len))}"
+        )
+    return _phc(params, salt, os.urandom(params.dklen))

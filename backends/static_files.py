@@ -13,7 +13,13 @@ a shared proxy cache treat them as one representation (RFC 9110 8.8.3).
 - ``large.pdf``: a real PDF 1.4 (ISO 32000-1 7.5: header, numbered objects, a byte-exact
   ``xref`` table, trailer, ``startxref``) whose pages carry uncompressed text, padded with
   PDF comments inside the last content stream to exactly ``PDF_SIZE`` bytes.
-- ``index.html`` and ``style.css``: small text pages that reference the other two.
+- ``style.css``: a small stylesheet.
+- The names the original's ``http_root`` held, so that its benchmark script and clients find
+  them: ``index.html`` (a page linking everything), ``test.css`` and ``test.jpg`` (a real
+  512x384 baseline JPEG of ~41 KB, made once with Pillow, which the backends do not need at
+  run time) are packaged files under ``backends/static/``; ``test.pdf`` is generated like
+  ``large.pdf``, at the original's 928,147 bytes. Packaged files get ``BUILTIN_MTIME`` too, so
+  Last-Modified does not depend on when the repository was checked out.
 
 ``--root DIR`` replaces the set with the files under DIR, read once into memory (serving from
 memory keeps the hot path free of blocking file I/O, which trio would have to push to a
@@ -44,6 +50,8 @@ BUILTIN_MTIME = 1533081600
 CACHE_CONTROL = b"public, max-age=60"
 PNG_SIZE_TARGET = 40_000
 PDF_SIZE = 1_000_000
+ORIGINAL_PDF_SIZE = 928_147  # the original's test.pdf
+PACKAGED_DIR = Path(__file__).with_name("static")
 
 CONTENT_TYPES: dict[str, bytes] = {
     ".html": b"text/html; charset=utf-8",
@@ -173,29 +181,17 @@ class StaticSite:
 # -- generators ---------------------------------------------------------------------------------
 def generate_builtin_assets() -> dict[str, bytes]:
     return {
-        "index.html": render_index_html(),
         "style.css": render_style_css(),
         "image.png": render_png(),
         "large.pdf": render_pdf(),
+        "test.pdf": render_pdf(ORIGINAL_PDF_SIZE),
+        **read_packaged_assets(),
     }
 
 
-def render_index_html() -> bytes:
-    return b"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>Gateway demo backend</title>
-<link rel="stylesheet" href="style.css">
-</head>
-<body>
-<h1>Gateway demo backend</h1>
-<p>A static page served from memory by a demo backend behind the API gateway.</p>
-<p><img src="image.png" alt="gradient" width="136" height="102"></p>
-<p><a href="large.pdf">A one-megabyte PDF</a></p>
-</body>
-</html>
-"""
+def read_packaged_assets(directory: Path = PACKAGED_DIR) -> dict[str, bytes]:
+    """``index.html``, ``test.css``, ``test.jpg``: the files shipped in ``backends/static/``."""
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir()) if path.is_file()}
 
 
 def render_style_css() -> bytes:

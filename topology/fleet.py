@@ -21,6 +21,13 @@ orphan of an earlier one is alive and that every port is free, and names what is
 (`topology.fleet_lock`); children die with a launcher that is SIGKILLed
 (`topology.lifeline`).
 
+``fleet --only backends,auth`` and ``fleet --only proxies,elbs`` run the two halves of one
+topology from two terminals (the original's ``make server`` and ``make proxy``), so each
+can be watched on its own. Redis goes with the proxies, its only clients (their cache).
+Both halves read the same state directory (``run/state/``: the fleet key that the auth
+servers sign with and the proxies verify with, and the user database), and each half takes
+a lock of its own (`topology.fleet_lock`), so neither refuses the other.
+
 Tests and benchmarks use `open_fleet` (an async context manager yielding a `Fleet`), which
 is strict by default: anything missing or failed raises `FleetStartError`.
 """
@@ -28,6 +35,7 @@ is strict by default: anything missing or failed raises `FleetStartError`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import os
 import secrets
@@ -84,6 +92,15 @@ REDIS_INSTALL_HINT = (
     "redis-server not found on PATH: install it (Debian/Ubuntu: `apt-get install redis-server`; "
     "macOS: `brew install redis`) or set `redis: {enabled: false}` in the topology"
 )
+
+# ``fleet --only`` names -> the kind of child each selects; Redis comes with the proxies.
+FLEET_PARTS: dict[str, str] = {
+    "redis": "redis",
+    "backends": "backend",
+    "auth": "authsvc",
+    "proxies": "proxy",
+    "elbs": "elb",
+}
 
 # A launcher is the argv prefix that runs a program, or a string saying why it cannot run.
 Launchers = Mapping[str, tuple[str, ...] | str]
@@ -153,7 +170,7 @@ def plan_fleet(
     db = (state.path if state is not None else run) / topology.auth.db
     groups = [
         specs.redis(topology),
-        specs.backends(topology),
+        specs.backends(topology, topology_path),
         specs.auth_servers(topology, db),
         specs.proxies(topology),
         specs.elbs(topology),
@@ -217,8 +234,13 @@ class _Specs:
         args += ["--appendonly", "no", "--dir", str(self.run)]
         return (self.child("redis", "redis", p, args, probe="redis"),)
 
-    def backends(self, topology: FleetTopology) -> tuple[ChildSpec, ...]:
+    def backends(self, topology: FleetTopology, topology_path: Path) -> tuple[ChildSpec, ...]:
         faults = ["--test-faults"] if topology.backends.test_faults else []
+        if topology.backends.root is not None:
+            root = (topology_path.parent / topology.backends.root).resolve()
+            if not root.is_dir():
+                raise ConfigError(topology_path, "$.backends.root", f"{root} is not a directory")
+            faults = [*faults, "--root", str(root)]
         return tuple(
             self.child("backend", f"backend-{p}", p, [str(p), "--name", f"backend-{p}", *faults])
             for p in topology.backends.ports
@@ -253,6 +275,37 @@ class _Specs:
             )
             for r in topology.regions
         )
+
+
+def parse_parts(text: str) -> frozenset[str]:
+    """``"backends,auth"`` -> the parts named; ValueError naming the unknown ones."""
+    parts = frozenset(name.strip() for name in text.split(",") if name.strip())
+    unknown = sorted(parts - FLEET_PARTS.keys())
+    if unknown or not parts:
+        raise ValueError(
+            f"--only {text!r}: unknown part(s) {', '.join(unknown) or '(none given)'};"
+            f" choose from {', '.join(FLEET_PARTS)}"
+        )
+    return parts
+
+
+def select_parts(
+    groups: Sequence[tuple[ChildSpec, ...]], parts: frozenset[str]
+) -> tuple[tuple[ChildSpec, ...], ...]:
+    """The children of ``parts`` only, in start order. Redis is the proxies' (the cache's
+    store: no backend or auth server talks to it), so it comes with ``proxies``."""
+    kinds = {FLEET_PARTS[p] for p in parts}
+    if "proxies" in parts:
+        kinds.add("redis")
+    selected = (tuple(c for c in group if c.kind in kinds) for group in groups)
+    return tuple(group for group in selected if group)
+
+
+def part_name(parts: frozenset[str] | None) -> str:
+    """The lock's name for a launcher of ``parts``: "" for the whole fleet."""
+    if parts is None or parts >= FLEET_PARTS.keys() - {"redis"}:
+        return ""
+    return "+".join(p for p in FLEET_PARTS if p in parts)
 
 
 def write_run_files(plan: FleetPlan) -> None:
@@ -509,7 +562,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--run-dir", help="use this directory as is (default: <run_dir>/<timestamp>)"
     )
+    parser.add_argument(
+        "--only",
+        metavar="PARTS",
+        help=f"run only these parts, comma-separated: {', '.join(FLEET_PARTS)}"
+        " (Redis comes with proxies), e.g. backends,auth or proxies,elbs",
+    )
     args = parser.parse_args(argv)
+    try:
+        parts = parse_parts(args.only) if args.only is not None else None
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         topology = load_fleet(args.topology)
     except ConfigError as exc:
@@ -517,15 +580,17 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     launchers = find_launchers()
     redis = launchers["redis"]
-    if topology.redis.enabled and isinstance(redis, str):
+    wants_redis = parts is None or "proxies" in parts or "redis" in parts
+    if topology.redis.enabled and wants_redis and isinstance(redis, str):
         print(f"fleet: {redis}", file=sys.stderr)
         raise SystemExit(2)
     base = Path(args.run_dir) if args.run_dir else Path(topology.run_dir)
-    lock = FleetLock(base)
+    lock = FleetLock(base, part_name(parts))
     try:
-        ports = {
-            c.name: c.port for c in plan_fleet(topology, args.topology, base, launchers).children
-        }
+        groups = plan_fleet(topology, args.topology, base, launchers).groups
+        if parts is not None:
+            groups = select_parts(groups, parts)
+        ports = {c.name: c.port for group in groups for c in group}
         blocked = obstacles(lock, ports, topology.host)
     except (ConfigError, OSError) as exc:
         print(f"fleet: {exc}", file=sys.stderr)
@@ -540,6 +605,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, OSError) as exc:
         print(f"fleet: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if parts is not None:
+        plan = dataclasses.replace(plan, groups=select_parts(plan.groups, parts))
     _print(f"fleet: run directory {_relative(plan.run_dir)}")
     trio.run(run_until_signalled, plan, _print, lock)
 

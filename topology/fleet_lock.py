@@ -127,12 +127,15 @@ def port_in_use(host: str, port: int) -> bool:
 
 # -- the lock and the state file ---------------------------------------------------------------
 class FleetLock:
-    """``fleet.lock`` and ``fleet.json`` in a run directory base."""
+    """``fleet.lock`` and ``fleet.json`` in a run directory base; for a launcher of a part of
+    the fleet (``fleet --only``), ``fleet-<part>.lock`` and ``fleet-<part>.json``, so that the
+    two halves of one fleet run side by side (their ports keep them from overlapping)."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, part: str = "") -> None:
         self.base = base
-        self.lock_path = base / LOCK_NAME
-        self.state_path = base / STATE_NAME
+        suffix = f"-{part}" if part else ""
+        self.lock_path = base / LOCK_NAME.replace("fleet", f"fleet{suffix}", 1)
+        self.state_path = base / STATE_NAME.replace("fleet", f"fleet{suffix}", 1)
         self._fd: int | None = None
 
     def __repr__(self) -> str:
@@ -162,7 +165,7 @@ class FleetLock:
             return None
 
     def write_state(self, state: FleetState) -> None:
-        tmp = self.state_path.with_name(f".{STATE_NAME}.{os.getpid()}")
+        tmp = self.state_path.with_name(f".{self.state_path.name}.{os.getpid()}")
         tmp.write_bytes(msgspec.json.format(msgspec.json.encode(state), indent=2) + b"\n")
         os.replace(tmp, self.state_path)
 

@@ -62,10 +62,17 @@ def derive_kid(secret: str) -> str:
     return "k-" + hashlib.sha256(secret.encode("utf-8")).hexdigest()[:8]
 
 
-class ScryptParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """``Scrypt`` in config.json; the defaults and their cost are `authsvc.passwords`'."""
+Algorithm = Literal["argon2id", "scrypt"]
+# The same guard as scrypt's for argon2id: at most 1 GiB and 16 passes.
+ARGON2_MAX_KIB = 1 << 20
+ARGON2_MAX_T = 16
 
-    n: int = 16384
+
+class ScryptParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``Scrypt`` in config.json; the default is OWASP's minimum (128 MiB per hash;
+    `authsvc.passwords` says what it costs)."""
+
+    n: int = 1 << 17
     r: int = 8
     p: int = 1
     dklen: int = 32
@@ -80,6 +87,23 @@ class ScryptParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def maxmem(self) -> int:
         # OpenSSL needs 128*r*(N+2) for V plus 128*r*p for B; leave 1 MiB of slack.
         return 128 * self.r * (self.n + 2 + self.p) + (1 << 20)
+
+
+class Argon2Params(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``Argon2id`` in config.json; the default is OWASP's minimum (m=19 MiB, t=2, p=1)."""
+
+    memory_kib: int = 19456  # 19 MiB
+    time_cost: int = 2
+    parallelism: int = 1
+    hash_len: int = 32
+
+    def __post_init__(self) -> None:
+        if not (8 * self.parallelism <= self.memory_kib <= ARGON2_MAX_KIB):
+            raise ValueError(f"argon2 memory_kib must be in [8*parallelism, {ARGON2_MAX_KIB}]")
+        if not (1 <= self.time_cost <= ARGON2_MAX_T and 1 <= self.parallelism <= 16):
+            raise ValueError(f"argon2 out of range (1<=time_cost<={ARGON2_MAX_T}, 1<=p<=16)")
+        if not 16 <= self.hash_len <= 64:
+            raise ValueError("argon2 hash_len must be in [16, 64]")
 
 
 class FailureRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -203,6 +227,8 @@ class GatewayConfig(Struct, frozen=True, forbid_unknown_fields=True):
     auth_service: str = field(default="auth", name="Auth_service")
     auth_keys: list[AuthKey] = field(default_factory=list, name="Auth_keys")  # oldest first
     token_ttl_s: Annotated[int, Meta(ge=1, le=86400 * 30)] = field(default=3600, name="Token_ttl_s")
+    password_hash: Algorithm = field(default="argon2id", name="Password_hash")
+    argon2id: Argon2Params = field(default_factory=Argon2Params, name="Argon2id")
     scrypt: ScryptParams = field(default_factory=ScryptParams, name="Scrypt")
     auth_limits: AuthLimits = field(default_factory=AuthLimits, name="Auth_limits")
     server: ServerLimits = field(default_factory=ServerLimits, name="Server")
@@ -231,6 +257,9 @@ class FleetAuth(Struct, frozen=True, forbid_unknown_fields=True):
 
 class FleetBackends(Struct, frozen=True, forbid_unknown_fields=True):
     ports: list[Port] = field(default_factory=list)
+    # serve the files under this directory (relative to the topology file; e.g. the
+    # original's http_root) instead of the built-in set (generated + backends/static/)
+    root: str | None = None
     # the demo backends obey ?drop=1, ?status=N ... (backend --test-faults): tests only
     test_faults: bool = False
 

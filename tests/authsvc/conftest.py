@@ -20,7 +20,10 @@ from tests.support.clock import FakeClock
 from topology.schema import GatewayConfig, ScryptParams
 
 SECRET = "test-secret-" * 4
-SETTINGS = GatewayConfig(auth_key=SECRET, token_ttl_s=600, scrypt=ScryptParams(n=16))
+# Cheap scrypt keeps these suites fast; argon2id, the default, has its own tests.
+SETTINGS = GatewayConfig(
+    auth_key=SECRET, token_ttl_s=600, password_hash="scrypt", scrypt=ScryptParams(n=16)
+)
 
 
 class Server:

@@ -113,7 +113,9 @@ async def test_wrong_credentials_look_the_same(server: Server) -> None:
 
 async def test_signin_upgrades_old_hash(server: Server) -> None:
     await signup_and_signin(server)
-    server.app.config = GatewayConfig(auth_key=SECRET, scrypt=ScryptParams(n=32))
+    server.app.config = GatewayConfig(
+        auth_key=SECRET, password_hash="scrypt", scrypt=ScryptParams(n=32)
+    )
     await server.call("POST", "/signin", {"username": "alice", "password": "pw"})
     user = server.app.store.get_user("alice")
     assert user is not None and user.password_hash.startswith("$scrypt$ln=5,")

@@ -384,5 +384,5 @@ async def test_stats_and_repr(backend: Running) -> None:
     await fetch(backend.port, "GET", "/index.html")
     stats = (await fetch(backend.port, "GET", "/stats")).json()
     assert stats["requests"] == 2 and stats["static_hits"] == 1
-    assert stats["site"]["files"] == 4
+    assert stats["site"]["files"] == 7
     assert "demo" in repr(backend.app)

@@ -21,21 +21,29 @@ from tests.support.ports import held_port
 # -- scenarios and commands ---------------------------------------------------------------------
 
 
-def test_scenarios_copy_the_original_makefile() -> None:
+def test_scenarios_are_the_original_scripts_loads() -> None:
+    """benchmark/request.sh: concurrency 20 (2000), 30000 requests (100000 regular, 6000 signin)."""
     s = run.SCENARIOS
-    assert (s["regular"].concurrency, s["regular"].requests) == (20, 30000)
-    assert (s["concurrent"].concurrency, s["concurrent"].requests) == (1000, 30000)
-    assert (s["signin"].requests, s["signin"].path) == (6000, "/auth/signin")
-    assert s["region"].region == "en_US" and s["region"].path.startswith("/sound/")
-    assert s["image"].path == "/image/image.png" and s["large"].path == "/video/large.pdf"
+    assert list(s)[:6] == ["signin", "region", "regular", "concurrent", "image", "large"]
+    assert (s["regular"].concurrency, s["regular"].requests) == (20, 100000)
+    assert s["regular"].path == s["concurrent"].path == "/video/test.css"
+    assert (s["concurrent"].concurrency, s["concurrent"].requests) == (2000, 30000)
+    assert (s["signin"].concurrency, s["signin"].requests) == (20, 6000)
+    assert s["signin"].path == "/auth/signin"
+    assert (
+        run.SIGNIN_TEST.read_bytes() == b'{\n"username" : "lilpump",\n"password" : "guccigang"\n}\n'
+    )
+    assert s["region"].region == "en_US" and s["region"].path == "/video/index.html"
+    assert s["image"].path == "/video/test.jpg" and s["large"].path == "/video/test.pdf"
+    assert all(s[n].requests == 30000 for n in ("region", "image", "large"))
     assert (s["wrk"].tool, s["wrk"].concurrency, s["wrk"].duration) == ("wrk", 50, "10s")
 
 
 def test_ab_command_is_bounded_and_carries_headers() -> None:
     scenario = run.SCENARIOS["region"]
     headers = run.request_headers(scenario, "tok")
-    assert headers == [("Authorization", "Bearer tok"), ("X-Region", "en_US")]
-    url = "http://127.0.0.1:9000/sound/index.html"
+    assert headers == [("Authorization", "Bearer tok"), ("Accept-Language", "en_US")]
+    url = "http://127.0.0.1:9000/video/index.html"
     cmd = run.build_command(scenario, url, headers)
     assert cmd == [
         "ab",
@@ -48,7 +56,7 @@ def test_ab_command_is_bounded_and_carries_headers() -> None:
         "-H",
         "Authorization: Bearer tok",
         "-H",
-        "X-Region: en_US",
+        "Accept-Language: en_US",
         url,
     ]
     assert "Authorization: Bearer <redacted>" in run.redact(cmd)

@@ -134,6 +134,7 @@ service:
             "Config_check_interval": 1,
             "Load_balancer_policy": "round_robin",
             "Scrypt": {"n": 1024, "r": 8, "p": 1},
+            "Argon2id": {"memory_kib": 1024, "time_cost": 1},
         }
     )
     (base / "config.json").write_text(json.dumps(config))
