@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
+import os
 import re
 import sys
 
@@ -26,6 +27,7 @@ import structlog
 import trio
 
 from authsvc.app import ROLE_PATTERN, AuthApp, load_auth_config
+from authsvc.arenas import cap_malloc_arenas
 from authsvc.store import StoreBusy, UserStore
 from httpio.messages import Handler
 from httpio.run import run_server
@@ -103,6 +105,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"authsvc: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
+    # as many arenas as hashing slots (AuthApp's default): RSS levels off (authsvc.arenas)
+    arenas_capped = cap_malloc_arenas(os.cpu_count() or 1)
+
     async def setup(nursery: trio.Nursery, server: HttpServer) -> Handler:
         store = await trio.to_thread.run_sync(UserStore, args.db)
         for problem in store.migration_report:
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         app = AuthApp(settings, store)
         for warning in app.warnings:
             log.error("auth_key_weak", warning=warning)
-        log.info("authsvc_ready", db=args.db, ring=repr(app.ring))
+        log.info("authsvc_ready", db=args.db, ring=repr(app.ring), arenas_capped=arenas_capped)
         return app.handle
 
     run_server(setup, args.port, name=f"authsvc:{args.port}", limits=settings.server)

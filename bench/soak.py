@@ -7,7 +7,8 @@ first region's ELB), plus two streams of always-new URLs on the cached service, 
 straight to one proxy of that region so that each proxy's series answers one question:
 
 - ``new-fill`` to the region's first proxy: ``/video/bytes/<B>?fill=<n>&cache-control=
-  max-age=<T>``, stored for ``T`` = a third of the soak, with ``B`` chosen so that they
+  public, max-age=<T>``, stored for ``T`` = a third of the soak (``public``: the requests
+  carry a token, and a shared cache keeps an answer to one only when it says so, RFC 9111 3.5), with ``B`` chosen so that they
   fill the memory tier to its cap (``Cache.memory_max_bytes`` of the shipped config.json)
   after ``T / 3``. The tier reaches its cap early in the warm-up and must evict from then
   on: does RSS level off once it is at its cap? (Redis keeps them for ``T``, about three
@@ -301,7 +302,8 @@ def soak_streams(
     the second (the first too, when the region has only one)."""
     half = max(1, round(new_rate / 2))
     fill_path = (
-        f"/{SERVICE}/bytes/{fill.body_bytes}?fill={{n}}&cache-control=max-age%3D{fill.ttl_s}"
+        f"/{SERVICE}/bytes/{fill.body_bytes}?fill={{n}}"
+        f"&cache-control=public%2C%20max-age%3D{fill.ttl_s}"
     )
     return [
         Stream("mix", None, load_mix(rate)),

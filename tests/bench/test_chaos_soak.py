@@ -99,7 +99,7 @@ def test_each_new_url_stream_goes_to_one_proxy():
     (f,) = fill.classes
     (e,) = expiring.classes
     assert f"/bytes/{plan.body_bytes}?fill=3&" in f.path.format(n=3)
-    assert "max-age%3D200" in f.path
+    assert "cache-control=public%2C%20max-age%3D200" in f.path
     assert e.path.format(n=7).endswith("/index.html?soak=7")
     assert f.weight == e.weight == 20
     _, alone_fill, alone_expiring = soak_streams(100, 40, plan, ["proxy-a"])
