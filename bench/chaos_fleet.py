@@ -164,8 +164,11 @@ class Layout:
         return self.topology.host, self.topology.regions[region].elb_port
 
 
-def write_bench_topology(base: Path, source: Path = DEFAULT_TOPOLOGY) -> Layout:
-    """Write ``base/fleet.yaml`` and the regions' msa files: ``source`` on free ports."""
+def write_bench_topology(
+    base: Path, source: Path = DEFAULT_TOPOLOGY, *, test_faults: bool = False
+) -> Layout:
+    """Write ``base/fleet.yaml`` and the regions' msa files: ``source`` on free ports, with
+    the demo backends' query switches on when ``test_faults`` (the soak's ``cache-control=``)."""
     base.mkdir(parents=True, exist_ok=True)
     source = source.resolve()
     topology = load_fleet(source)
@@ -180,6 +183,9 @@ def write_bench_topology(base: Path, source: Path = DEFAULT_TOPOLOGY) -> Layout:
     ours = remap_topology(topology, ports, msa)
     if ours.config is not None:
         ours = msgspec.structs.replace(ours, config=str(source.parent / ours.config))
+    if test_faults:
+        backends = msgspec.structs.replace(ours.backends, test_faults=True)
+        ours = msgspec.structs.replace(ours, backends=backends)
     path = base / "fleet.yaml"
     path.write_bytes(encode_yaml(ours))
     return Layout(path, ours, ports)
@@ -194,13 +200,16 @@ class BenchFleet:
     source: Path = DEFAULT_TOPOLOGY
     out: Callable[[str], None] = print
     layout: Layout | None = None
+    test_faults: bool = False  # the demo backends' query switches (soak: cache-control=)
     run_dir: Path | None = None
     stopped: set[str] = field(default_factory=set)  # children we sent SIGSTOP
     _box: dict[str, Any] = field(default_factory=dict)
     _thread: threading.Thread | None = None
 
     def __enter__(self) -> BenchFleet:
-        self.layout = write_bench_topology(self.base / "topology", self.source)
+        self.layout = write_bench_topology(
+            self.base / "topology", self.source, test_faults=self.test_faults
+        )
         self.run_dir = make_run_dir(self.base, datetime.now())
         sockets = self.run_dir / "sockets"
         sockets.mkdir(mode=0o700, exist_ok=True)

@@ -383,7 +383,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"soak: {isolation}", flush=True)
     samples: list[Sample] = []
     interrupted = ""
-    with BenchFleet(RUN_BASE / "soak", out=lambda line: print(line, flush=True)) as fleet:
+    out = lambda line: print(line, flush=True)  # noqa: E731
+    # test_faults: the fill stream asks the backend for its Cache-Control (``cache-control=``)
+    with BenchFleet(RUN_BASE / "soak", out=out, test_faults=True) as fleet:
         assert fleet.layout is not None and fleet.run_dir is not None
         print(fleet.call(fleet.fleet.table), flush=True)
         region = fleet.layout.topology.regions[0]
