@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 
 class ResponseBody(Protocol):
+    """A streamed response body. It may also have ``finished`` (bool): true once the end is
+    known to be buffered, so that ``read()`` returns b"" and ``aclose()`` does no I/O."""
+
     async def read(self) -> bytes: ...
 
     async def aclose(self) -> None: ...

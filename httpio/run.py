@@ -12,6 +12,7 @@ handler). `serve_tcp` serves a handler on a port for tests.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -68,6 +69,11 @@ async def run_until_signalled(
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await start(nursery)
+            # What start-up built (modules, config, pools) lives as long as the process: out
+            # of the cyclic collector's sight, a full collection under load walks only what
+            # requests allocate (CPython's advice for gc.freeze; the GC was 4 % of a proxy's
+            # CPU per request, issue 14).
+            gc.freeze()
             async for signum in signals:
                 log.info("draining", server=name, signal=signal.Signals(signum).name)
                 await drain()

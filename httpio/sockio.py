@@ -8,7 +8,8 @@ only when the kernel says ``EAGAIN``. ``OSError`` goes through as it is: every c
 treats it like ``BrokenResourceError``.
 
 Skipping the checkpoint when the data is already there is safe for fairness here: each
-proxied request waits at least once (for its upstream's answer), and that wait yields.
+proxied request yields once while its upstream works (`httpio.upstream`), and the server
+loop yields every few requests of a connection whose heads are always already there.
 Cancellation is noticed at the next wait, which is where timeouts matter.
 """
 
@@ -43,6 +44,15 @@ async def send_all(sock: trio.socket.SocketType, data: bytes, sent: int = 0) -> 
                 sent += os.write(fd, view[sent:])
             except BlockingIOError:
                 continue
+
+
+def try_receive(sock: trio.socket.SocketType, size: int = RECEIVE_SIZE) -> bytes | None:
+    """What the kernel holds now (b"": the peer closed), or None when nothing has arrived
+    yet; the caller decides how, and under which deadline, to wait."""
+    try:
+        return os.read(sock.fileno(), size)
+    except BlockingIOError:
+        return None
 
 
 async def receive(sock: trio.socket.SocketType, size: int = RECEIVE_SIZE) -> bytes:

@@ -25,7 +25,7 @@ from httpio.listen import listener_port, open_listeners
 from httpio.messages import Handler, Request, Response, json_response
 from httpio.proxyproto import SIGNATURE, build_v2
 from httpio.run import serve_tcp
-from httpio.server import HttpServer, ServerLimits
+from httpio.server import YIELD_EVERY_REQUESTS, HttpServer, ServerLimits
 from tests.support.polling import wait_until
 
 DEADLINE_S = 10.0  # per client read; the server timeouts under test are all shorter
@@ -280,6 +280,32 @@ async def test_pipelined_requests_are_answered_in_order() -> None:
         replies = [await client.read_response() for _ in range(4)]
     assert [r.body for r in replies[1:3]] == [b"ping", b"hello"]
     assert [replies[0].json()["query"], replies[3].json()["query"]] == ["n=1", "n=2"]
+
+
+async def test_pipelined_requests_to_a_handler_that_never_waits_let_others_run() -> None:
+    # Heads already buffered are read without waiting; the server still yields now and then.
+    ticks = 0
+    seen: list[int] = []
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    async def never_waits(request: Request) -> Response:
+        seen.append(ticks)
+        return Response(200, [], b"ok")
+
+    count = 4 * YIELD_EVERY_REQUESTS
+    async with serving(never_waits) as (_, port), connect(port) as client:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            await client.send(get("/") * count)
+            replies = [await client.read_response() for _ in range(count)]
+            nursery.cancel_scope.cancel()
+    assert [r.body for r in replies] == [b"ok"] * count
+    assert len(set(seen)) >= 3  # the ticker ran between requests of the one connection
 
 
 async def test_unread_request_body_is_skipped_before_the_next_request() -> None:
