@@ -40,7 +40,13 @@ from httpio.messages import Request, Response
 from httpio.protocol import Headers, strip_hop_by_hop
 from httpio.upgrade import UpgradeAnswer, open_upgrade
 from httpio.upstream import UpstreamPool
-from httpio.websocket import POLICY_VIOLATION, handshake_problem, is_upgrade, switched_headers
+from httpio.websocket import (
+    POLICY_VIOLATION,
+    UPGRADE_HEADERS,
+    handshake_problem,
+    is_upgrade,
+    switched_headers,
+)
 from httpio.websocket import upstream_handshake_headers as handshake_headers
 from httpio.ws_relay import Relay, RelayLimits
 from proxy import retry
@@ -61,6 +67,7 @@ HANDSHAKE_TIMEOUT_S = 10.0
 # A relay to another region's ELB: the serving region enforces the service's limits.
 REGION_LIMITS = RelayLimits(idle_timeout_s=0, max_message_bytes=1 << 62, ping_interval_s=30.0)
 REGION_DRAIN_S = 5.0
+_UPGRADE_NAMES = frozenset(n for n, _ in UPGRADE_HEADERS)
 
 
 def relay_limits(settings: WebSocketSettings) -> RelayLimits:
@@ -104,7 +111,9 @@ class WebSocketHandshake:
 
     def on_response(self, ex: Exchange, response: Response) -> Response:
         if response.status == 101 and isinstance(ex.upgrade, Handshake):
-            response.headers = answer_headers(response.headers, ex.upgrade)
+            # response_headers stripped the hop-by-hop fields on the way: this hop's again
+            headers = [h for h in response.headers if h[0] not in _UPGRADE_NAMES]
+            response.headers = answer_headers(headers, ex.upgrade) + UPGRADE_HEADERS
         return response
 
 
