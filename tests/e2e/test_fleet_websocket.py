@@ -319,11 +319,10 @@ async def test_reload_keeps_untouched_and_drains_removed_instances(ws_fleet: Any
     b = layout["b"]
     base: Path = layout["base"]
     proxy = fleet.kr_proxies[0]
+    msa = base / "run" / "msa_ko_KR.yaml"  # the copy the launcher gave the proxies
     async with open_websocket_url(ws_url(proxy, "/chat/ws/echo"), extra_headers=bearer(ws_token)) as chat:
-        async with open_websocket_url(ws_url(proxy, "/quiet/ws/echo"), extra_headers=bearer(ws_token)) as _:
-            pass
         # A reload that adds a service and leaves chat as it was.
-        (base / "msa_kr.yaml").write_text(_msa_kr(b, layout["auth_ports"][0], [b[0]]) + f"""  - name: extra
+        msa.write_text(_msa_kr(b, layout["auth_ports"][0], [b[0]]) + f"""  - name: extra
     instance: ["{b[2]}"]
 """)
 
@@ -334,7 +333,7 @@ async def test_reload_keeps_untouched_and_drains_removed_instances(ws_fleet: Any
         await chat.send_message("still here")
         assert await chat.get_message() == "still here"
         # A reload that moves chat to another instance: drain_s (1 s), then 1001.
-        (base / "msa_kr.yaml").write_text(_msa_kr(b, layout["auth_ports"][0], [b[2]]))
+        msa.write_text(_msa_kr(b, layout["auth_ports"][0], [b[2]]))
         assert await closed_code(chat, timeout_s=20) == 1001
 
 
