@@ -115,7 +115,9 @@ config: config.json
 
 
 @pytest.fixture(scope="module")
-def ws_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningFleet, dict[str, Any]]]:
+def ws_fleet(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RunningFleet, dict[str, Any]]]:
     base = tmp_path_factory.mktemp("wsfleet")
     layout = write_topology(base)
     box: dict[str, Any] = {}
@@ -181,8 +183,8 @@ def ws_url(http_url: str, path: str) -> str:
     return "ws://" + http_url.removeprefix("http://") + path
 
 
-def bearer(token: str) -> list[tuple[str, str]]:
-    return [("Authorization", f"Bearer {token}")]
+def bearer(token: str) -> list[tuple[bytes, bytes]]:
+    return [(b"Authorization", f"Bearer {token}".encode())]
 
 
 async def closed_code(ws: WebSocketConnection, timeout_s: float = 10.0) -> int | None:
@@ -192,14 +194,16 @@ async def closed_code(ws: WebSocketConnection, timeout_s: float = 10.0) -> int |
             while True:
                 await ws.get_message()
         except ConnectionClosed as exc:
-            return exc.reason.code
+            return exc.reason.code if exc.reason is not None else None
     return None
 
 
 async def test_echo_text_and_binary_through_the_elb(ws_fleet: Any, ws_token: str) -> None:
     fleet, _ = ws_fleet
     url = ws_url(fleet.kr_elb, "/chat/ws/echo")
-    async with open_websocket_url(url, extra_headers=bearer(ws_token), max_message_size=2 << 20) as ws:
+    async with open_websocket_url(
+        url, extra_headers=bearer(ws_token), max_message_size=2 << 20
+    ) as ws:
         for size in SIZES:
             text = "é" * (size // 2) if size else ""
             await ws.send_message(text)
@@ -222,12 +226,12 @@ async def test_ticks_end_with_a_normal_close(ws_fleet: Any, ws_token: str) -> No
 async def test_each_token_form_opens_the_socket(ws_fleet: Any, ws_token: str, form: str) -> None:
     fleet, _ = ws_fleet
     path = "/chat/ws/echo"
-    headers: list[tuple[str, str]] = []
+    headers: list[tuple[bytes, bytes]] = []
     protocols: list[str] = []
     if form == "authorization":
         headers = bearer(ws_token)
     elif form == "authtoken":
-        headers = [("AuthToken", ws_token)]
+        headers = [(b"AuthToken", ws_token.encode())]
     elif form == "subprotocol":
         protocols = ["bearer", ws_token]
     else:
@@ -244,21 +248,25 @@ async def test_a_refused_token_gets_401_and_no_101(ws_fleet: Any) -> None:
     fleet, _ = ws_fleet
     for headers in ([], bearer("not-a-token.at.all"), bearer("eyJ.eyJ.sig")):
         with pytest.raises(ConnectionRejected) as caught:
-            async with open_websocket_url(ws_url(fleet.kr_elb, "/chat/ws/echo"), extra_headers=headers):
+            async with open_websocket_url(
+                ws_url(fleet.kr_elb, "/chat/ws/echo"), extra_headers=headers
+            ):
                 pass
         assert caught.value.status_code in (400, 401)
 
 
 async def test_cross_region_with_x_region(ws_fleet: Any, ws_token: str) -> None:
     fleet, _ = ws_fleet
-    headers = [*bearer(ws_token), ("X-Region", "en_US")]
-    async with open_websocket_url(ws_url(fleet.kr_elb, "/sound/ws/echo"), extra_headers=headers) as ws:
+    headers = [*bearer(ws_token), (b"X-Region", b"en_US")]
+    async with open_websocket_url(
+        ws_url(fleet.kr_elb, "/sound/ws/echo"), extra_headers=headers
+    ) as ws:
         await ws.send_message(b"\x00" * 70000)
         assert await ws.get_message() == b"\x00" * 70000
     # the subprotocol form, moved into Authorization by the first region's proxy
     url = ws_url(fleet.kr_elb, "/sound/ws/echo")
     async with open_websocket_url(
-        url, extra_headers=[("X-Region", "en_US")], subprotocols=["bearer", ws_token]
+        url, extra_headers=[(b"X-Region", b"en_US")], subprotocols=["bearer", ws_token]
     ) as ws:
         assert ws.subprotocol == "bearer"
         await ws.send_message("across")
@@ -267,21 +275,27 @@ async def test_cross_region_with_x_region(ws_fleet: Any, ws_token: str) -> None:
 
 async def test_a_message_over_the_limit_closes_with_1009(ws_fleet: Any, ws_token: str) -> None:
     fleet, _ = ws_fleet
-    async with open_websocket_url(ws_url(fleet.kr_elb, "/chat/ws/echo"), extra_headers=bearer(ws_token)) as ws:
+    async with open_websocket_url(
+        ws_url(fleet.kr_elb, "/chat/ws/echo"), extra_headers=bearer(ws_token)
+    ) as ws:
         await ws.send_message(b"x" * ((1 << 20) + 1))
         assert await closed_code(ws) == 1009
 
 
 async def test_idle_socket_is_closed_with_1001(ws_fleet: Any, ws_token: str) -> None:
     fleet, _ = ws_fleet
-    async with open_websocket_url(ws_url(fleet.kr_elb, "/quiet/ws/echo"), extra_headers=bearer(ws_token)) as ws:
+    async with open_websocket_url(
+        ws_url(fleet.kr_elb, "/quiet/ws/echo"), extra_headers=bearer(ws_token)
+    ) as ws:
         assert await closed_code(ws) == 1001
 
 
 async def test_plain_service_serves_an_upgrade_as_http(ws_fleet: Any, ws_token: str) -> None:
     fleet, _ = ws_fleet
     with pytest.raises(ConnectionRejected) as caught:
-        async with open_websocket_url(ws_url(fleet.kr_elb, "/plain/ws/echo"), extra_headers=bearer(ws_token)):
+        async with open_websocket_url(
+            ws_url(fleet.kr_elb, "/plain/ws/echo"), extra_headers=bearer(ws_token)
+        ):
             pass
     assert caught.value.status_code == 404  # the backend's own answer to a GET there
 
@@ -289,11 +303,18 @@ async def test_plain_service_serves_an_upgrade_as_http(ws_fleet: Any, ws_token: 
 async def test_revoked_token_closes_with_1008(ws_fleet: Any) -> None:
     fleet, _ = ws_fleet
     token = await trio.to_thread.run_sync(_sign_in, fleet, "ws-leaver")
-    async with open_websocket_url(ws_url(fleet.kr_elb, "/chat/ws/echo"), extra_headers=bearer(token)) as ws:
+    async with open_websocket_url(
+        ws_url(fleet.kr_elb, "/chat/ws/echo"), extra_headers=bearer(token)
+    ) as ws:
         await ws.send_message("before")
         assert await ws.get_message() == "before"
         r = await trio.to_thread.run_sync(
-            lambda: request(fleet.kr_elb, "/auth/signout", method="POST", headers={"authorization": f"Bearer {token}"})
+            lambda: request(
+                fleet.kr_elb,
+                "/auth/signout",
+                method="POST",
+                headers={"authorization": f"Bearer {token}"},
+            )
         )
         assert r.status == 200
         assert await closed_code(ws, timeout_s=15) == 1008
@@ -302,7 +323,7 @@ async def test_revoked_token_closes_with_1008(ws_fleet: Any) -> None:
 async def test_backend_killed_mid_conversation(ws_fleet: Any, ws_token: str) -> None:
     fleet, layout = ws_fleet
     url = ws_url(fleet.kr_elb, "/sound/ws/echo")
-    headers = [*bearer(ws_token), ("X-Region", "en_US")]
+    headers = [*bearer(ws_token), (b"X-Region", b"en_US")]
     pid = await trio.to_thread.run_sync(fleet.pid, f"backend-{layout['backends'][1]}")
     async with open_websocket_url(url, extra_headers=headers) as ws:
         await ws.send_message("one")
@@ -314,20 +335,32 @@ async def test_backend_killed_mid_conversation(ws_fleet: Any, ws_token: str) -> 
     assert (await trio.to_thread.run_sync(request, fleet.kr_elb, "/health")).status == 200
 
 
-async def test_reload_keeps_untouched_and_drains_removed_instances(ws_fleet: Any, ws_token: str) -> None:
+async def test_reload_keeps_untouched_and_drains_removed_instances(
+    ws_fleet: Any, ws_token: str
+) -> None:
     fleet, layout = ws_fleet
     b = layout["b"]
     base: Path = layout["base"]
     proxy = fleet.kr_proxies[0]
     msa = base / "run" / "msa_ko_KR.yaml"  # the copy the launcher gave the proxies
-    async with open_websocket_url(ws_url(proxy, "/chat/ws/echo"), extra_headers=bearer(ws_token)) as chat:
+    async with open_websocket_url(
+        ws_url(proxy, "/chat/ws/echo"), extra_headers=bearer(ws_token)
+    ) as chat:
         # A reload that adds a service and leaves chat as it was.
-        msa.write_text(_msa_kr(b, layout["auth_ports"][0], [b[0]]) + f"""  - name: extra
+        msa.write_text(
+            _msa_kr(b, layout["auth_ports"][0], [b[0]])
+            + f"""  - name: extra
     instance: ["{b[2]}"]
-""")
+"""
+        )
 
         def reloaded() -> bool:
-            return request(proxy, "/extra/health", headers={"authorization": f"Bearer {ws_token}"}).status == 200
+            return (
+                request(
+                    proxy, "/extra/health", headers={"authorization": f"Bearer {ws_token}"}
+                ).status
+                == 200
+            )
 
         await wait_until(lambda: trio.to_thread.run_sync(reloaded), timeout_s=20, interval_s=0.2)
         await chat.send_message("still here")
@@ -342,7 +375,9 @@ async def test_sigterm_drains_with_1001(ws_fleet: Any, ws_token: str) -> None:
     proxy = fleet.kr_proxies[1]
     port = proxy.rsplit(":", 1)[1]
     pid = await trio.to_thread.run_sync(fleet.pid, f"proxy-ko_KR-{port}")
-    async with open_websocket_url(ws_url(proxy, "/chat/ws/echo"), extra_headers=bearer(ws_token)) as ws:
+    async with open_websocket_url(
+        ws_url(proxy, "/chat/ws/echo"), extra_headers=bearer(ws_token)
+    ) as ws:
         await ws.send_message("a")
         assert await ws.get_message() == "a"
         os.kill(pid, signal.SIGTERM)

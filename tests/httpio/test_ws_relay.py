@@ -26,7 +26,7 @@ class Peer:
             for event in self.ws.events():
                 return event
             data = await self.stream.receive_some(65536)
-            self.ws.receive_data(data or None)
+            self.ws.receive_data(bytes(data) or None)
 
 
 async def run_relay(limits: RelayLimits, nursery: trio.Nursery) -> tuple[Peer, Peer, Relay]:
@@ -57,7 +57,7 @@ async def test_messages_cross_both_ways_and_a_close_is_passed_on(autojump_clock:
 
 async def test_a_message_over_the_limit_closes_both_with_1009(autojump_clock: object) -> None:
     async with trio.open_nursery() as nursery:
-        browser, backend, relay = await run_relay(RelayLimits(max_message_bytes=100), nursery)
+        browser, backend, _ = await run_relay(RelayLimits(max_message_bytes=100), nursery)
         await browser.send(BytesMessage(data=b"x" * 101))
         closed = await browser.next_event()
         assert isinstance(closed, CloseConnection) and closed.code == 1009

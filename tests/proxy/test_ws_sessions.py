@@ -33,7 +33,9 @@ def test_a_removed_service_instance_or_switch_ends_them() -> None:
 
 def test_a_region_relay_ends_when_its_elb_goes() -> None:
     relayed = socket(None, "http://127.0.0.1:9001", region="en_US")
-    with_elb = make_config(elbs={"ko_KR": ["http://127.0.0.1:9"], "en_US": ["http://127.0.0.1:9001"]})
+    with_elb = make_config(
+        elbs={"ko_KR": ["http://127.0.0.1:9"], "en_US": ["http://127.0.0.1:9001"]}
+    )
     without = make_config(elbs={"ko_KR": ["http://127.0.0.1:9"]})
     assert stale([relayed], with_elb) == []
     assert stale([relayed], without) == [relayed]
