@@ -109,3 +109,18 @@ async def test_a_peer_that_stops_answering_pings_is_found(autojump_clock: object
                 break
         assert relay.close_codes[relay.client.side] == 1011
         assert "ping" in relay.close_why
+
+
+async def test_max_lifetime_closes_with_1001_even_when_busy(autojump_clock: object) -> None:
+    limits = RelayLimits(idle_timeout_s=0, ping_interval_s=0, max_lifetime_s=30)
+    async with trio.open_nursery() as nursery:
+        browser, backend, relay = await run_relay(limits, nursery)
+        started = trio.current_time()
+        while True:
+            await browser.send(TextMessage(data="busy"))
+            event = await backend.next_event()
+            if isinstance(event, CloseConnection):
+                break
+            await trio.sleep(1)
+        assert event.code == 1001 and 30 <= trio.current_time() - started < 32
+        assert "open for 30 s" in relay.close_why
