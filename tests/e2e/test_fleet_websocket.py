@@ -8,6 +8,7 @@ the other end-to-end tests must not see.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -33,9 +34,16 @@ from topology.fleet import open_fleet
 SIZES = [0, 125, 64 * 1024, 1 << 20]
 # trio-websocket 0.12's client leaves its socket to the garbage collector when the server
 # closes first (the 1000/1001/1008/1009 cases here); the warning is the client library's.
+# Collected here (the autouse fixture), under this filter, or a later test would report it.
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
 )
+
+
+@pytest.fixture(autouse=True)
+def _collect_client_sockets() -> Iterator[None]:
+    yield
+    gc.collect()
 
 
 def _msa_kr(b: list[str], auth: int, chat_instances: list[str]) -> str:
