@@ -161,10 +161,13 @@ async def run(args: argparse.Namespace) -> None:
             if args.idle:
                 pid = fleet.pids[f"proxy-ko_KR-{ports['proxy']}"]
                 before = rss_mib(pid)
+                opening = time.perf_counter()
                 streams, failures = await open_idle(
                     ports["proxy"], "/chat/ws/echo", token, args.idle
                 )
                 after = rss_mib(pid)
+                took = time.perf_counter() - opening
+                print(f"idle: {len(streams)} handshakes in {took:.1f} s", flush=True)
                 print(
                     f"idle: {len(streams)} WebSockets on one proxy: RSS {before:.1f} -> "
                     f"{after:.1f} MiB ({(after - before) * 1024 / max(1, len(streams)):.1f} KiB each)"
