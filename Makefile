@@ -7,7 +7,7 @@ TOPOLOGY ?= topology/fleet.yaml
 ELB ?= http://127.0.0.1:9000
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: fleet server proxy benchmark test check system-deps install regular region concurrent image large signin wrk bench bench-caddy bench-hop bench-hop-profile elb-cost idle policies policy-cost chaos soak clean
+.PHONY: fleet server proxy benchmark test check system-deps install regular region concurrent image large signin wrk bench bench-caddy bench-hop bench-hop-profile elb-cost idle policies policy-cost chaos soak clean ws
 
 BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
@@ -89,6 +89,11 @@ elb-cost: $(STAMP)
 # memory of 10,000 idle keep-alive connections on one proxy of the running fleet
 idle: $(STAMP)
 	$(PY) -m bench.idle --url http://127.0.0.1:6001/video/index.html -n 10000 --token $$($(PY) -c 'from bench.run import acquire_token; print(acquire_token("$(ELB)"))')
+
+# WebSocket echo through a fleet of its own vs straight to its backend, and 10,000 idle
+# WebSockets on one proxy (issue 13); ARGS="--duration 5 --connections 100 --idle 10000"
+ws: $(STAMP)
+	$(PY) -m bench.ws $(ARGS)
 
 # load-balancing policies against a slow instance (starts its own backends and proxies)
 policies: $(STAMP)

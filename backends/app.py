@@ -15,6 +15,7 @@ Endpoints
 - ``GET /bytes/<n>`` -> n bytes, byte k being ``k % 256``, with Content-Length, produced in
   64 KiB chunks from one precomputed buffer: a 1 GiB response costs no memory.
 - ``GET /stats`` -> the counters of `BackendApp.statistics`.
+- ``/ws/echo`` and ``/ws/ticks?n=N``: WebSockets (`backends.websocket`).
 - anything else -> a static file (see `backends.static_files`): GET and HEAD only.
 
 A process-wide ``delay_s`` (``backend --delay-ms MS``) delays every answer except ``/health``:
@@ -52,8 +53,11 @@ from urllib.parse import parse_qsl
 import trio
 
 from backends.static_files import StaticFile, StaticSite
+from backends.websocket import PATHS as WEBSOCKET_PATHS
+from backends.websocket import WebSocketEndpoint
 from httpio.errors import ClientError, encode_error
 from httpio.messages import Request, Response, json_response
+from httpio.websocket import is_upgrade
 
 ECHO_TEXT_LIMIT = 64 * 1024
 MAX_DELAY_S = 600.0
@@ -256,6 +260,8 @@ class BackendApp:
             return json_response(200, {"status": "ok", "name": self.name})
         if path == "/echo" or path.startswith("/echo/"):
             return await self._echo(request, serial)
+        if path in WEBSOCKET_PATHS and is_upgrade(request.method, request.headers):
+            return Response(101, [], WebSocketEndpoint(path, request.query))
         if path == "/upload":
             length, digest, _ = await self._consume(request, keep=0)
             return json_response(

@@ -33,6 +33,9 @@ Drain (SIGTERM/SIGINT via `run_server`): stop accepting, close idle keep-alive c
 let requests in flight finish and answer them with ``Connection: close``, and cancel what is
 left at ``drain_timeout_s``.
 
+A handler's 101 whose body is an `httpio.switch.SwitchedBody` switches the connection to
+another protocol (`httpio.switch`): the body serves it from then on, and it is closed after.
+
 Responses are written with as few ``send_all`` calls as the body allows: a bytes body goes
 out with its head in one write.
 """
@@ -62,6 +65,7 @@ from httpio.errors import (
 from httpio.listen import accept_loop, send_refusal, wrap_socket
 from httpio.messages import Handler, Request, Response, ResponseBody, error_response
 from httpio.protocol import Headers, h11, reason_for, refuse_request
+from httpio.switch import SwitchRefused, request_head, switch_protocols
 
 log = structlog.get_logger()
 access_log = structlog.get_logger("access")
@@ -576,6 +580,17 @@ class HttpServer:
                 "handler_failed", server=self.name, method=request.method, target=request.target
             )
             response = error_response(GatewayError("internal error while serving the request"))
+        if response.status == 101:  # an upgrade accepted: the connection is the body's now
+            try:
+                head = request_head(request.method, request.target, request.headers)
+                await switch_protocols(stream, conn, 101, response.headers, response.body, head)
+            except SwitchRefused as exc:
+                log.warning(
+                    "switch_refused", server=self.name, target=request.target, error=str(exc)
+                )
+            if self.access_log:
+                self._log_access(request, response, started)
+            raise _Closed
         if self.draining or conn.they_are_waiting_for_100_continue:
             # A client still waiting for 100 Continue may or may not send its body now
             # (RFC 9110 10.1.1): the next bytes cannot be trusted to be a request.

@@ -28,6 +28,7 @@ from proxy.cache import HttpCache
 from proxy.filters.chains import Chains, Parts, build_chains
 from proxy.state import ProxyConfig
 from proxy.wiring import AuthLayer
+from proxy.ws_sessions import OpenSockets
 from topology.schema import ServiceSpec
 
 
@@ -52,6 +53,8 @@ class ProxyApp:
         self.retry_budget = RetryBudget(clock=time.monotonic)
         self.started_at = time.time()
         self.on_reload: list[Callable[[ProxyConfig], None]] = []
+        self.websockets = OpenSockets()  # open WebSocket relays (proxy.ws_sessions)
+        self.on_reload.append(self.websockets.reloaded)
         self.config = config
         self.chains = self._build(config)
 
@@ -110,6 +113,7 @@ class ProxyApp:
             elb_pools=elbs,
             auth=self.auth.client if self.auth is not None else None,
             cache=self.cache,
+            websockets=self.websockets,
         )
         return build_chains(config, parts)
 
@@ -171,6 +175,7 @@ class ProxyApp:
                     "retry_budget": self.retry_budget.statistics(),
                     "upstream": self.upstream.statistics(),
                     "cache": self.cache.statistics() if self.cache is not None else None,
+                    "websockets": self.websockets.statistics(),
                 },
             )
         if request.path == "/admin/cache/purge" and request.method in ("POST", "DELETE"):

@@ -94,7 +94,14 @@ async def start_proxy(
         watch_config, paths, app.apply, lambda: app.config.gateway.config_check_interval_s
     )
     nursery.start_soon(supervise_health_checks, app)
+    nursery.start_soon(drain_websockets, server, app)
     return app.handle
+
+
+async def drain_websockets(server: HttpServer, app: ProxyApp) -> None:
+    """On SIGTERM, open WebSockets get their ``drain_s``, then a 1001 (`proxy.ws_sessions`)."""
+    await server.drain_started.wait()
+    app.websockets.shutting_down(server.limits.drain_timeout_s)
 
 
 async def accept_handoffs(port: int, nursery: trio.Nursery, server: HttpServer) -> None:

@@ -140,6 +140,24 @@ class ServiceCacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     key_headers: tuple[Annotated[str, msgspec.Meta(pattern=_TOKEN)], ...] = ()
 
 
+class WebSocketSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``websocket:`` of one service in msa.yaml (issue 13, `httpio.ws_relay`). Off unless
+    a service opts in: an upgrade to a service without it is answered 404, never relayed.
+    ``idle_timeout_s``: no frame either way for that long closes with 1001; pings every
+    ``ping_interval_s`` (Envoy's and nginx's common 30 s, under the 60 s of many NATs) find
+    dead peers; ``max_message_bytes`` (1 MiB) closes with 1009; ``max_lifetime_s`` 0 means
+    none; ``drain_s``: what open sockets get on SIGTERM or when a reload drops their service
+    or instance, before a 1001 (kept under the server's ``drain_timeout_s``). 0 switches a
+    timer off."""
+
+    enabled: bool = False
+    idle_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    max_message_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1 << 20
+    max_lifetime_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    ping_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    drain_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+
+
 class CacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The cache section of config.json, shared by all services of a proxy.
 
@@ -181,6 +199,7 @@ class ServiceSpec(Struct, frozen=True, forbid_unknown_fields=True):
     health: HealthSettings = field(default_factory=HealthSettings)
     limits: ServiceLimits = field(default_factory=ServiceLimits)
     cache: ServiceCacheSettings = field(default_factory=ServiceCacheSettings)
+    websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
 
     def instances(self) -> list[InstanceSpec]:
         return [i if isinstance(i, InstanceSpec) else InstanceSpec(url=i) for i in self.instance]

@@ -33,6 +33,9 @@ class CacheLookup:
         return f"<CacheLookup {self._region}:{self._service} {self._cache!r}>"
 
     async def around(self, ex: Exchange, rest: Stage) -> Response:
+        if ex.upgrade is not None:  # a WebSocket handshake is never stored nor served stored
+            return await rest.run(ex)
+
         async def fetch() -> Response:
             return await rest.run(ex)
 

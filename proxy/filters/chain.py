@@ -35,9 +35,10 @@ class Exchange:
     ``target`` is what the upstream is asked for (``/<rest>?<query>`` of a service's request,
     the whole target of one forwarded to another region); ``from_hop``: another region's
     proxy forwarded it (its hop mark verified); ``identity``: headers the auth filter vouches
-    for (``X-User``...), sent upstream after the client's own were dropped."""
+    for (``X-User``...), sent upstream after the client's own were dropped; ``upgrade``: the
+    request is a WebSocket handshake (`proxy.websocket.Handshake`), None for any other."""
 
-    __slots__ = ("from_hop", "identity", "request", "request_id", "target")
+    __slots__ = ("from_hop", "identity", "request", "request_id", "target", "upgrade")
 
     def __init__(self, request: Request, request_id: bytes, target: str, from_hop: bool) -> None:
         self.request = request
@@ -45,6 +46,7 @@ class Exchange:
         self.target = target
         self.from_hop = from_hop
         self.identity: Headers = _NO_HEADERS
+        self.upgrade: object | None = None  # a WebSocket handshake (proxy.filters.websocket)
 
     def __repr__(self) -> str:
         return f"<Exchange {self.request.method} {self.target} id={self.request_id.decode()}>"

@@ -34,8 +34,10 @@ from proxy.filters.chain import Chain, Exchange
 from proxy.filters.forward import Forward
 from proxy.filters.remote import RemoteForward
 from proxy.filters.response_headers import ResponseHeaders
+from proxy.filters.websocket import RemoteWebSocket, WebSocketForward, WebSocketHandshake
 from proxy.hop import HOP_HEADER, verified_hop
 from proxy.state import ProxyConfig
+from proxy.ws_sessions import OpenSockets
 from topology.schema import ServiceSpec
 
 # Headers only the gateway may set: never taken from a client (x-gateway-internal is the
@@ -55,6 +57,7 @@ class Parts:
     elb_pools: Mapping[str, ServicePool]
     auth: AuthClient | None = None
     cache: HttpCache | None = None
+    websockets: OpenSockets | None = None
 
 
 class Chains:
@@ -126,6 +129,8 @@ def hop_keys_of(config: ProxyConfig) -> list[bytes]:
 def service_filters(spec: ServiceSpec, config: ProxyConfig, parts: Parts) -> list[object]:
     """A service's filters in request order (see `proxy.filters` for where issue 11's go)."""
     filters: list[object] = []
+    if spec.websocket.enabled:
+        filters.append(WebSocketHandshake(enabled=True))
     if parts.auth is not None:
         filters.append(auth_filter(spec, config, parts.auth))
     if parts.cache is not None and config.gateway.cache_enabled and spec.cache.enabled:
@@ -133,6 +138,8 @@ def service_filters(spec: ServiceSpec, config: ProxyConfig, parts: Parts) -> lis
             CacheLookup(parts.cache, region=config.region, service=spec.name, settings=spec.cache)
         )
     filters.append(ResponseHeaders(parts.via))
+    if spec.websocket.enabled:
+        filters.append(websocket_forward(spec, config, parts))
     filters.append(
         Forward(
             spec.name,
@@ -147,6 +154,22 @@ def service_filters(spec: ServiceSpec, config: ProxyConfig, parts: Parts) -> lis
         )
     )
     return filters
+
+
+def websocket_forward(spec: ServiceSpec, config: ProxyConfig, parts: Parts) -> WebSocketForward:
+    checks_token = parts.auth is not None and spec.name != config.gateway.auth_service
+    return WebSocketForward(
+        spec.name,
+        pool=parts.pools[spec.name],
+        upstream=parts.upstream,
+        settings=spec.websocket,
+        connect_timeout_s=spec.limits.connect_timeout_s,
+        via=parts.via,
+        drop=IDENTITY_HEADERS,
+        sockets=parts.websockets,
+        auth=parts.auth if checks_token else None,
+        policy=policy_for(spec) if checks_token else None,
+    )
 
 
 def auth_filter(spec: ServiceSpec, config: ProxyConfig, client: AuthClient) -> object:
@@ -175,5 +198,17 @@ def build_chains(config: ProxyConfig, parts: Parts) -> Chains:
                 local_region=config.region,
                 hop_keys=hop_keys,
             )
-            regions[code] = Chain(f"region:{code}", [ResponseHeaders(parts.via), forward])
+            relay = RemoteWebSocket(
+                code,
+                pool=pool,
+                upstream=parts.upstream,
+                via=parts.via,
+                local_region=config.region,
+                hop_keys=hop_keys,
+                sockets=parts.websockets,
+            )
+            regions[code] = Chain(
+                f"region:{code}",
+                [WebSocketHandshake(True), ResponseHeaders(parts.via), relay, forward],
+            )
     return Chains(config, services, regions, hop_keys)

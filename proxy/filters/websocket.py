@@ -1,0 +1,337 @@
+"""WebSocket handshakes through a chain: read the token forms first, relay after the 101.
+
+Two filters, because the token check sits between them:
+
+    service:          websocket_handshake -> auth -> cache -> response_headers -> websocket -> forward
+    another region:   websocket_handshake -> response_headers -> websocket_to_region -> forward_to_region
+
+``websocket_handshake`` (first) marks the exchange as an upgrade when the service has
+``websocket: {enabled: true}`` (another region's service decides there: the forward to a
+region always relays), refuses a malformed handshake with 400 (RFC 6455 4.2.1, 4.4), and moves
+a subprotocol or query token into ``Authorization`` (`proxy.websocket`); on the way back it
+names ``bearer`` in the 101 when that was offered. Everything else a request meets (route
+resolution, the token check, rate limits, balancing) the handshake meets too; the cache lets
+an upgrade through untouched. A service without ``websocket`` serves the GET as plain HTTP,
+as before: ``Upgrade`` is hop-by-hop and never reaches it.
+
+``websocket`` / ``websocket_to_region`` (just before the terminal) open the upstream leg
+(`httpio.upgrade`: one fresh connection, the handshake headers of `httpio.websocket`), and
+answer a 101 whose body is a `WebSocketSession`; the server loop (`httpio.switch`) then hands
+it the client's connection and `httpio.ws_relay.Relay` joins the two. A non-101 answer goes
+back as an ordinary response. While a session lasts, its token is decided again every
+``TOKEN_CHECK_S`` from the verdict cache (the revocation feed updates it every second): a
+revoked or expired token closes the socket with 1008. A cross-region relay leaves message
+size and idle limits to the serving region (it pings its own legs).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import structlog
+import trio
+
+from httpio.balance import Endpoint, ServicePool
+from httpio.errors import ClientError, GatewayError, NoHealthyInstance, UpstreamError
+from httpio.health import Outcome
+from httpio.messages import Request, Response
+from httpio.protocol import Headers, strip_hop_by_hop
+from httpio.upgrade import UpgradeAnswer, open_upgrade
+from httpio.upstream import UpstreamPool
+from httpio.websocket import (
+    POLICY_VIOLATION,
+    UPGRADE_HEADERS,
+    handshake_problem,
+    is_upgrade,
+    switched_headers,
+)
+from httpio.websocket import upstream_handshake_headers as handshake_headers
+from httpio.ws_relay import Relay, RelayLimits
+from proxy import retry
+from proxy.auth import AuthPolicy, NeedsIntrospection
+from proxy.auth_client import AuthClient
+from proxy.filters.chain import Exchange, RequestAnswer
+from proxy.filters.forward import upstream_headers
+from proxy.filters.remote import hop_mark
+from proxy.hop import HOP_HEADER
+from proxy.websocket import Handshake, adopt_handshake_token, answer_headers, without_query_token
+from proxy.ws_sessions import OpenSocket, OpenSockets
+from topology.schema import WebSocketSettings
+
+log = structlog.get_logger()
+
+TOKEN_CHECK_S = 1.0
+HANDSHAKE_TIMEOUT_S = 10.0
+# A relay to another region's ELB: the serving region enforces the service's limits.
+REGION_LIMITS = RelayLimits(idle_timeout_s=0, max_message_bytes=1 << 62, ping_interval_s=30.0)
+REGION_DRAIN_S = 5.0
+_UPGRADE_NAMES = frozenset(n for n, _ in UPGRADE_HEADERS)
+
+
+def relay_limits(settings: WebSocketSettings) -> RelayLimits:
+    return RelayLimits(
+        idle_timeout_s=settings.idle_timeout_s,
+        max_message_bytes=settings.max_message_bytes,
+        max_lifetime_s=settings.max_lifetime_s,
+        ping_interval_s=settings.ping_interval_s,
+    )
+
+
+class BadHandshake(ClientError):
+    """400, with the version this gateway speaks (RFC 6455 4.4)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.headers = (*self.headers, (b"sec-websocket-version", b"13"))
+
+
+class WebSocketHandshake:
+    """``websocket_handshake``: see the module header."""
+
+    name = "websocket_handshake"
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __repr__(self) -> str:
+        return f"<WebSocketHandshake enabled={self.enabled}>"
+
+    def on_request(self, ex: Exchange) -> RequestAnswer:
+        request = ex.request
+        if not self.enabled or not is_upgrade(request.method, request.headers):
+            return None
+        problem = handshake_problem(request.headers)
+        if problem is not None:
+            raise BadHandshake(problem)
+        ex.upgrade = adopt_handshake_token(request)
+        ex.target = without_query_token(ex.target)
+        return None
+
+    def on_response(self, ex: Exchange, response: Response) -> Response:
+        if response.status == 101 and isinstance(ex.upgrade, Handshake):
+            # response_headers stripped the hop-by-hop fields on the way: this hop's again
+            headers = [h for h in response.headers if h[0] not in _UPGRADE_NAMES]
+            response.headers = answer_headers(headers, ex.upgrade) + UPGRADE_HEADERS
+        return response
+
+
+class WebSocketSession:
+    """The 101's body: given the client's connection, relays it to the upstream's, registered
+    in ``sockets`` (as ``describe(relay)`` says) while it lasts."""
+
+    def __init__(
+        self,
+        answer: UpgradeAnswer,
+        limits: RelayLimits,
+        name: str,
+        describe: Callable[[Relay], OpenSocket],
+        sockets: OpenSockets | None,
+        watch: TokenWatch | None = None,
+    ) -> None:
+        self._answer = answer
+        self._limits = limits
+        self._name = name
+        self._describe = describe
+        self._sockets = sockets
+        self._watch = watch
+        self._taken = False
+
+    def __repr__(self) -> str:
+        return f"<WebSocketSession {self._name} taken={self._taken}>"
+
+    async def take_over(self, stream: trio.SocketStream, trailing: bytes) -> None:
+        self._taken = True
+        answer = self._answer
+        assert answer.stream is not None
+        relay = Relay(
+            stream, trailing, answer.stream, answer.trailing, self._limits, name=self._name
+        )
+        socket = self._describe(relay)
+        if self._sockets is not None:
+            self._sockets.add(socket)
+        try:
+            if self._watch is not None:
+                await relay.run(self._watch.run)
+            else:
+                await relay.run()
+        finally:
+            if self._sockets is not None:
+                self._sockets.discard(socket)
+            codes = {f"to_{side.value}": code for side, code in relay.close_codes.items()}
+            log.info("websocket_closed", relay=relay.name, why=relay.close_why, **codes)
+
+    async def read(self) -> bytes:
+        return b""  # a 101 has no body: what follows it is the relay's
+
+    async def aclose(self) -> None:
+        if not self._taken and self._answer.stream is not None:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self._answer.stream)
+
+
+class TokenWatch:
+    """Decides the session's token again every ``TOKEN_CHECK_S``; closes with 1008 once it
+    is refused (revoked, expired, or its user's role no longer allowed)."""
+
+    def __init__(self, client: AuthClient, policy: AuthPolicy, request: Request) -> None:
+        self._client = client
+        self._policy = policy
+        self._request = request
+
+    async def run(self, relay: Relay) -> None:
+        while not relay.closing:
+            await trio.sleep(TOKEN_CHECK_S)
+            try:
+                verdict = self._client.decide(self._request, self._policy)
+                if isinstance(verdict, NeedsIntrospection):
+                    await self._client.settle(verdict, self._policy)
+            except ClientError as err:
+                relay.close(POLICY_VIOLATION, f"token refused: {err.detail}")
+                return
+            except GatewayError:
+                continue  # the auth servers are out of reach: asked again next time
+
+
+def _answer(answer: UpgradeAnswer, session: WebSocketSession) -> Response:
+    if answer.status == 101:
+        return Response(101, switched_headers(answer.headers), session)
+    return Response(answer.status, strip_hop_by_hop(answer.headers), answer.body)
+
+
+class WebSocketForward:
+    """``websocket``: an upgrade goes to one of the service's instances."""
+
+    name = "websocket"
+
+    def __init__(
+        self,
+        service: str,
+        *,
+        pool: ServicePool,
+        upstream: UpstreamPool,
+        settings: WebSocketSettings,
+        connect_timeout_s: float,
+        via: bytes,
+        drop: frozenset[bytes],
+        sockets: OpenSockets | None,
+        auth: AuthClient | None,
+        policy: AuthPolicy | None,
+    ) -> None:
+        self.service = service
+        self._pool = pool
+        self._upstream = upstream
+        self._settings = settings
+        self._limits = relay_limits(settings)
+        self._connect_timeout_s = connect_timeout_s
+        self._via = via
+        self._drop = drop
+        self._sockets = sockets
+        self._auth = auth
+        self._policy = policy
+
+    def __repr__(self) -> str:
+        return f"<WebSocketForward {self.service} {self._settings}>"
+
+    def on_request(self, ex: Exchange) -> RequestAnswer:
+        if ex.upgrade is None:
+            return None
+        return self._handshake(ex)
+
+    async def _handshake(self, ex: Exchange) -> Response:
+        headers = upstream_headers(ex, self._via, self._drop)
+        headers.extend(ex.identity)
+        try:
+            endpoint = self._pool.pick(client_ip=ex.request.client[0], url=ex.target)
+        except NoHealthyInstance as err:
+            raise retry.unavailable(err, dependency=False) from None
+        answer = await _open_on(
+            self._pool, self._upstream, endpoint, ex.target, headers, self._connect_timeout_s
+        )
+        watch = None
+        if self._auth is not None and self._policy is not None and not self._policy.public:
+            watch = TokenWatch(self._auth, self._policy, ex.request)
+        describe = partial(
+            OpenSocket, instance=endpoint.url, drain_s=self._settings.drain_s, service=self.service
+        )
+        name = f"{self.service}:{ex.request_id.decode()}"
+        session = WebSocketSession(answer, self._limits, name, describe, self._sockets, watch)
+        return _answer(answer, session)
+
+
+async def _open_on(
+    pool: ServicePool,
+    upstream: UpstreamPool,
+    endpoint: Endpoint,
+    target: str,
+    headers: Headers,
+    connect_timeout_s: float,
+) -> UpgradeAnswer:
+    """The handshake to ``endpoint``, its outcome fed to the pool's health."""
+    pool.begin(endpoint)
+    started = time.monotonic()
+    try:
+        answer = await open_upgrade(
+            upstream.origin(endpoint.url),
+            target,
+            handshake_headers(headers),
+            connect_timeout_s=connect_timeout_s,
+            response_head_timeout_s=HANDSHAKE_TIMEOUT_S,
+        )
+    except UpstreamError as err:
+        pool.end(endpoint, retry.outcome_of(err), time.monotonic() - started)
+        raise
+    except BaseException:
+        pool.end(endpoint, Outcome.CANCELLED, time.monotonic() - started)
+        raise
+    ok = Outcome.SUCCESS if answer.status < 500 else Outcome.RESET
+    pool.end(endpoint, ok, time.monotonic() - started)
+    return answer
+
+
+class RemoteWebSocket:
+    """``websocket_to_region``: an upgrade for another region goes to one of its ELBs."""
+
+    name = "websocket_to_region"
+
+    def __init__(
+        self,
+        region: str,
+        *,
+        pool: ServicePool,
+        upstream: UpstreamPool,
+        via: bytes,
+        local_region: str,
+        hop_keys: Sequence[bytes],
+        sockets: OpenSockets | None,
+    ) -> None:
+        self.region = region
+        self._pool = pool
+        self._upstream = upstream
+        self._via = via
+        self._local_region = local_region
+        self._hop_keys = tuple(hop_keys)
+        self._sockets = sockets
+
+    def __repr__(self) -> str:
+        return f"<RemoteWebSocket {self.region}>"
+
+    def on_request(self, ex: Exchange) -> RequestAnswer:
+        if ex.upgrade is None:
+            return None
+        return self._handshake(ex)
+
+    async def _handshake(self, ex: Exchange) -> Response:
+        headers = upstream_headers(ex, self._via, frozenset({HOP_HEADER}))
+        mark = hop_mark(self._hop_keys, self._local_region, ex.request_id, time.time())
+        headers.append((HOP_HEADER, mark))
+        endpoint = self._pool.pick()
+        answer = await _open_on(self._pool, self._upstream, endpoint, ex.target, headers, 1.0)
+        describe = partial(
+            OpenSocket, instance=endpoint.url, drain_s=REGION_DRAIN_S, region=self.region
+        )
+        name = f"region:{self.region}:{ex.request_id.decode()}"
+        return _answer(
+            answer, WebSocketSession(answer, REGION_LIMITS, name, describe, self._sockets)
+        )

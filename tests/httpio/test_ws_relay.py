@@ -1,0 +1,126 @@
+"""`httpio.ws_relay.Relay` over in-memory streams, wsproto peers at both ends, on the autojump
+clock (idle and ping timers cost no wall time)."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
+
+from httpio.ws_relay import Relay, RelayLimits
+
+
+class Peer:
+    """One end (the browser, or the backend) speaking frames over a memory stream."""
+
+    def __init__(self, stream: trio.abc.Stream, kind: ConnectionType) -> None:
+        self.stream = stream
+        self.ws = Connection(kind)
+
+    async def send(self, event: Event) -> None:
+        await self.stream.send_all(self.ws.send(event))
+
+    async def next_event(self) -> Event:
+        while True:
+            for event in self.ws.events():
+                return event
+            data = await self.stream.receive_some(65536)
+            self.ws.receive_data(bytes(data) or None)
+
+
+async def run_relay(limits: RelayLimits, nursery: trio.Nursery) -> tuple[Peer, Peer, Relay]:
+    browser_end, proxy_client = trio.testing.memory_stream_pair()
+    proxy_upstream, backend_end = trio.testing.memory_stream_pair()
+    relay = Relay(proxy_client, b"", proxy_upstream, b"", limits, name="t")
+    nursery.start_soon(relay.run)
+    return Peer(browser_end, ConnectionType.CLIENT), Peer(backend_end, ConnectionType.SERVER), relay
+
+
+async def test_messages_cross_both_ways_and_a_close_is_passed_on(autojump_clock: object) -> None:
+    async with trio.open_nursery() as nursery:
+        browser, backend, relay = await run_relay(RelayLimits(), nursery)
+        await browser.send(TextMessage(data="hi"))
+        assert (await backend.next_event()).data == "hi"  # type: ignore[attr-defined]
+        await backend.send(BytesMessage(data=b"\x00" * 70000))
+        got = b""
+        while len(got) < 70000:
+            got += (await browser.next_event()).data  # type: ignore[attr-defined]
+        await browser.send(CloseConnection(code=4001, reason="bye"))
+        closed = await backend.next_event()
+        assert isinstance(closed, CloseConnection) and closed.code == 4001
+        await backend.send(closed.response())
+        echoed = await browser.next_event()
+        assert isinstance(echoed, CloseConnection) and echoed.code == 4001
+    assert relay.messages == {relay.client.side: 1, relay.upstream.side: 1}
+
+
+async def test_a_message_over_the_limit_closes_both_with_1009(autojump_clock: object) -> None:
+    async with trio.open_nursery() as nursery:
+        browser, backend, _ = await run_relay(RelayLimits(max_message_bytes=100), nursery)
+        await browser.send(BytesMessage(data=b"x" * 101))
+        closed = await browser.next_event()
+        assert isinstance(closed, CloseConnection) and closed.code == 1009
+        told = await backend.next_event()
+        assert isinstance(told, CloseConnection) and told.code == 1009
+
+
+async def test_idle_closes_with_1001_and_pings_do_not_count(autojump_clock: object) -> None:
+    limits = RelayLimits(idle_timeout_s=60, ping_interval_s=10)
+    async with trio.open_nursery() as nursery:
+        browser, backend, relay = await run_relay(limits, nursery)
+
+        async def answer_pings(peer: Peer, codes: list[int]) -> None:
+            while True:
+                event = await peer.next_event()
+                if isinstance(event, Ping):
+                    await peer.send(event.response())
+                elif isinstance(event, CloseConnection):
+                    codes.append(event.code)
+                    return
+
+        codes: list[int] = []
+        started = trio.current_time()
+        async with trio.open_nursery() as peers:
+            peers.start_soon(answer_pings, browser, codes)
+            peers.start_soon(answer_pings, backend, codes)
+        assert codes == [1001, 1001]
+        assert 60 <= trio.current_time() - started < 70
+        assert "idle" in relay.close_why
+
+
+async def test_a_peer_that_stops_answering_pings_is_found(autojump_clock: object) -> None:
+    limits = RelayLimits(idle_timeout_s=0, ping_interval_s=10)
+    async with trio.open_nursery() as nursery:
+        browser, backend, relay = await run_relay(limits, nursery)
+
+        async def answer_pings() -> None:
+            while True:
+                event = await browser.next_event()
+                if isinstance(event, Ping):
+                    await browser.send(event.response())
+                elif isinstance(event, CloseConnection):
+                    return
+
+        nursery.start_soon(answer_pings)
+        while True:  # the backend reads but never answers
+            event = await backend.next_event()
+            if isinstance(event, CloseConnection):
+                break
+        assert relay.close_codes[relay.client.side] == 1011
+        assert "ping" in relay.close_why
+
+
+async def test_max_lifetime_closes_with_1001_even_when_busy(autojump_clock: object) -> None:
+    limits = RelayLimits(idle_timeout_s=0, ping_interval_s=0, max_lifetime_s=30)
+    async with trio.open_nursery() as nursery:
+        browser, backend, relay = await run_relay(limits, nursery)
+        started = trio.current_time()
+        while True:
+            await browser.send(TextMessage(data="busy"))
+            event = await backend.next_event()
+            if isinstance(event, CloseConnection):
+                break
+            await trio.sleep(1)
+        assert event.code == 1001 and 30 <= trio.current_time() - started < 32
+        assert "open for 30 s" in relay.close_why
