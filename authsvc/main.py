@@ -38,6 +38,7 @@ from httpio.messages import Handler
 from httpio.run import run_server
 from httpio.server import HttpServer
 from topology.load import ConfigError
+from topology.schema import parse_auth_store
 
 log = structlog.get_logger()
 
@@ -87,8 +88,13 @@ def run_command(argv: list[str]) -> int:
         return 2
     setting = store_setting(args, "")
     try:
+        parse_auth_store(setting)
+    except ValueError as exc:
+        print(f"authsvc: {exc}", file=sys.stderr)
+        return 2
+    try:
         store = open_store(setting)
-    except (StoreBusy, OSError, ValueError) as exc:
+    except (StoreBusy, OSError) as exc:
         print(f"authsvc: {describe_store(setting)}: {exc}", file=sys.stderr)
         return 2
     try:
@@ -126,7 +132,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
 
     setting = store_setting(args, settings.auth_store)
-    where = describe_store(setting)
+    try:
+        where = describe_store(setting)
+    except ValueError as exc:
+        print(f"authsvc: --store: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
     async def setup(nursery: trio.Nursery, server: HttpServer) -> Handler:
         store = await trio.to_thread.run_sync(open_store, setting)
