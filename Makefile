@@ -7,7 +7,7 @@ TOPOLOGY ?= topology/fleet.yaml
 ELB ?= http://127.0.0.1:9000
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: fleet server proxy benchmark test check system-deps install regular region concurrent image large signin wrk bench bench-caddy bench-hop bench-hop-profile elb-cost idle policies policy-cost chaos soak clean ws
+.PHONY: fleet server proxy benchmark test check system-deps install regular region concurrent image large signin wrk bench bench-caddy bench-hop bench-hop-profile elb-cost idle policies policy-cost chaos soak bench-hosts clean ws
 
 BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
@@ -81,6 +81,11 @@ bench-hop: system-deps $(BENCH_STAMP)
 # load; ARGS="--target relay" profiles the reference relay instead
 bench-hop-profile: system-deps $(BENCH_STAMP)
 	$(PY) -m bench.hop_profile --strace --perf --speedscope $(ARGS)
+
+# a fleet over hosts (issue 16): signup/signin rates on SQLite and on PostgreSQL, same run (starts
+# its own auth servers and PostgreSQL); the relay vs hand-off part comes with the hosts work
+bench-hosts: system-deps $(STAMP)
+	$(PY) -m bench.hosts $(ARGS)
 
 # the ELB hop: one proxy of the running fleet, directly and behind a fresh ELB, same run
 elb-cost: $(STAMP)

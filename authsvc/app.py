@@ -1,7 +1,8 @@
 """The auth server's HTTP handler: signup, signin, signout, introspection, revocation feed.
 
-Several of these processes share one SQLite file (`authsvc.store`); they share nothing else,
-so any of them can answer any request and a proxy may ask whichever one is up.
+Several of these processes share one `authsvc.store.Store` (a SQLite file on one host, or a
+PostgreSQL database for a fleet on several: `authsvc.engines`); they share nothing else, so
+any of them can answer any request and a proxy may ask whichever one is up.
 
 Two kinds of blocking work leave the event loop for worker threads, each behind its own
 ``trio.CapacityLimiter``:
@@ -13,7 +14,8 @@ Two kinds of blocking work leave the event loop for worker threads, each behind 
   client's burst does not queue in front of everyone else. Past ``max_waiting_hashes``
   queued callers we answer 503 at once rather than let a burst of sign-ins pile up seconds
   of latency (and memory) behind the limiter.
-- SQLite: as many threads as the store has connections, so no thread ever waits on the pool.
+- the store (SQLite or psycopg, both blocking): as many threads as the store has
+  connections, so no thread ever waits on the pool.
 
 Sign-in takes the same time for "no such user" and "wrong password": both run one scrypt
 (against a dummy hash when the user does not exist) and get the same 401 body, so neither
@@ -55,10 +57,10 @@ from authsvc.names import BadUsername, canonical_username, fold_username
 from authsvc.store import (
     CounterUpdate,
     Revocation,
+    Store,
     StoreBusy,
     UsernameTaken,
     UserRecord,
-    UserStore,
 )
 from authsvc.throttle import (
     ConcurrencyGate,
@@ -184,7 +186,7 @@ class AuthApp:
     def __init__(
         self,
         config: GatewayConfig,
-        store: UserStore,
+        store: Store,
         *,
         clock: Callable[[], float] = time.time,
         hash_concurrency: int | None = None,

@@ -1,5 +1,10 @@
-"""``authsvc PORT --config config.json [--db auth.sqlite3]``: one auth server process; and the
-operator's commands on its database: ``authsvc grant``, ``authsvc delete-user``, ``authsvc users``.
+"""``authsvc PORT --config config.json [--db auth.sqlite3 | --store SETTING]``: one auth server
+process; and the operator's commands on its database: ``authsvc grant``, ``authsvc delete-user``,
+``authsvc users``.
+
+The store is config.json's ``Auth_store`` (``sqlite:PATH``, the default, or
+``postgresql://...``; `authsvc.engines`), unless ``--store`` names another or ``--db PATH``
+a SQLite file (what `fleet` passes: the file in its state directory).
 
 The default fleet runs four servers on ports 8000-8003 against one database file; the file
 may be created by whichever starts first (schema creation is idempotent and runs in a write
@@ -10,7 +15,8 @@ and that is the file to pass (``run/latest/config.json``).
 A key shorter than 32 bytes or one published with the original project is logged as an error
 at every start and listed under ``warnings`` in every ``/health`` answer; the server runs.
 
-The operator's commands open the same SQLite file (WAL, so they work while the servers run)
+The operator's commands open the same store (a SQLite file in WAL mode, so they work while the
+servers run; or the PostgreSQL database)
 and take effect on every proxy within its revocation poll (about a second): roles are only
 ever granted here, never chosen at signup.
 """
@@ -28,11 +34,13 @@ import trio
 
 from authsvc.app import ROLE_PATTERN, AuthApp, load_auth_config
 from authsvc.arenas import cap_malloc_arenas
-from authsvc.store import StoreBusy, UserStore
+from authsvc.engines import describe_store, open_store
+from authsvc.store import StoreBusy
 from httpio.messages import Handler
 from httpio.run import run_server
 from httpio.server import HttpServer
 from topology.load import ConfigError
+from topology.schema import parse_auth_store
 
 log = structlog.get_logger()
 
@@ -43,8 +51,19 @@ def _parse_server_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="authsvc", description=__doc__.splitlines()[0])
     parser.add_argument("port", type=int)
     parser.add_argument("--config", default=None, help="config.json (Auth_key, Auth_keys...)")
-    parser.add_argument("--db", default="auth.sqlite3", help="SQLite file shared by the fleet")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--db", default=None, help="SQLite file shared by the fleet")
+    where.add_argument("--store", default=None, help="sqlite:PATH or postgresql://...")
     return parser.parse_args(argv)
+
+
+def store_setting(args: argparse.Namespace, configured: str) -> str:
+    """``--store``, else ``--db`` as ``sqlite:PATH``, else config.json's ``Auth_store``."""
+    if args.store:
+        return str(args.store)
+    if args.db:
+        return f"sqlite:{args.db}"
+    return configured
 
 
 def _parse_command(argv: list[str]) -> argparse.Namespace:
@@ -57,7 +76,9 @@ def _parse_command(argv: list[str]) -> argparse.Namespace:
     delete.add_argument("username")
     commands.add_parser("users", help="list users and roles")
     for sub in commands.choices.values():
-        sub.add_argument("--db", required=True, help="the fleet's SQLite file")
+        where = sub.add_mutually_exclusive_group(required=True)
+        where.add_argument("--db", help="the fleet's SQLite file")
+        where.add_argument("--store", help="sqlite:PATH or postgresql://... (Auth_store)")
     return parser.parse_args(argv)
 
 
@@ -67,10 +88,16 @@ def run_command(argv: list[str]) -> int:
     if args.command == "grant" and not re.fullmatch(ROLE_PATTERN, args.role):
         print(f"authsvc: role {args.role!r} must match {ROLE_PATTERN}", file=sys.stderr)
         return 2
+    setting = store_setting(args, "")
     try:
-        store = UserStore(args.db)
+        parse_auth_store(setting)
+    except ValueError as exc:
+        print(f"authsvc: {exc}", file=sys.stderr)
+        return 2
+    try:
+        store = open_store(setting)
     except (StoreBusy, OSError) as exc:
-        print(f"authsvc: {args.db}: {exc}", file=sys.stderr)
+        print(f"authsvc: {describe_store(setting)}: {exc}", file=sys.stderr)
         return 2
     try:
         if args.command == "users":
@@ -85,7 +112,8 @@ def run_command(argv: list[str]) -> int:
             done = store.delete_user(args.username)
             what = f"{done}: deleted"
         if done is None:
-            print(f"authsvc: no user {args.username!r} in {args.db}", file=sys.stderr)
+            where = describe_store(setting)
+            print(f"authsvc: no user {args.username!r} in {where}", file=sys.stderr)
             return 1
         print(what)
         return 0
@@ -107,15 +135,21 @@ def main(argv: list[str] | None = None) -> None:
 
     # as many arenas as hashing slots (AuthApp's default): RSS levels off (authsvc.arenas)
     arenas_capped = cap_malloc_arenas(os.cpu_count() or 1)
+    setting = store_setting(args, settings.auth_store)
+    try:
+        where = describe_store(setting)
+    except ValueError as exc:
+        print(f"authsvc: --store: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
     async def setup(nursery: trio.Nursery, server: HttpServer) -> Handler:
-        store = await trio.to_thread.run_sync(UserStore, args.db)
+        store = await trio.to_thread.run_sync(open_store, setting)
         for problem in store.migration_report:
-            log.warning("username_clash", db=args.db, problem=problem)
+            log.warning("username_clash", db=where, problem=problem)
         app = AuthApp(settings, store)
         for warning in app.warnings:
             log.error("auth_key_weak", warning=warning)
-        log.info("authsvc_ready", db=args.db, ring=repr(app.ring), arenas_capped=arenas_capped)
+        log.info("authsvc_ready", db=where, ring=repr(app.ring), arenas_capped=arenas_capped)
         return app.handle
 
     run_server(setup, args.port, name=f"authsvc:{args.port}", limits=settings.server)

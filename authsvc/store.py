@@ -1,4 +1,10 @@
-"""Users and revoked token ids in one SQLite file shared by every auth server process.
+"""The auth servers' `Store` (users, throttles, revocations, the user-change feed) and its
+SQLite implementation, one file shared by every auth server process on one host.
+
+`Store` is what `authsvc.app` calls; `authsvc.pgstore` implements it on PostgreSQL for a
+fleet spread over hosts, and `authsvc.engines` opens whichever ``Auth_store`` names. The
+records and errors below are the contract both keep (tests/authsvc/test_store_contract.py
+runs the same tests against both).
 
 The original kept users in PostgreSQL. The fleet runs four auth servers on one host, so a
 single SQLite file (stdlib, no daemon) is enough if it is used with care:
@@ -46,7 +52,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from authsvc.migrations import SCHEMA_VERSION, migrate, schema_version
 from authsvc.names import fold_username
@@ -57,13 +63,14 @@ _T = TypeVar("_T")
 DEFAULT_POOL_SIZE = 4
 _BUSY_TIMEOUT_S = 5.0
 _WRITE_ATTEMPTS = 5
-# Revocations of tokens that expired this long ago are deleted: every proxy has dropped them.
-_REVOCATION_GRACE_S = 60
-_MAX_ROWS_PER_PAGE = 1000  # of the revocation and user-change feeds
+# Both engines keep these. Revocations of tokens that expired this long ago are deleted:
+# every proxy has dropped them.
+REVOCATION_GRACE_S = 60
+MAX_ROWS_PER_PAGE = 1000  # of the revocation and user-change feeds
 
 # A proxy's cached verdict lives at most 300 s (proxy.auth.VerdictCache.max_age_s): a change
 # older than this cannot concern any verdict still cached, so its row may go.
-_USER_CHANGE_RETENTION_S = 3600
+USER_CHANGE_RETENTION_S = 3600
 
 
 class UsernameTaken(Exception):
@@ -72,6 +79,10 @@ class UsernameTaken(Exception):
 
 class StoreBusy(Exception):
     """The database stayed locked through every retry: we could not decide (503)."""
+
+
+class StoreUnavailable(StoreBusy):
+    """The database server could not be reached or broke the connection (503)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +112,38 @@ class Revocation:
     exp: int
 
 
+class Store(Protocol):
+    """Users, throttle counters, revocations and the user-change feed, shared by every auth
+    server of a fleet. Every method blocks (the app runs them in worker threads); every
+    write is durable when it returns; `StoreBusy` means "could not decide, try later"."""
+
+    migration_report: list[str]
+
+    def create_user(
+        self,
+        username: str,
+        password_hash: str,
+        role: str = "user",
+        *,
+        counters: tuple[CounterUpdate, ...] = (),
+    ) -> None: ...
+    def get_user(self, username: str) -> UserRecord | None: ...
+    def list_users(self) -> list[UserRecord]: ...
+    def update_password_hash(self, username: str, password_hash: str) -> None: ...
+    def set_role(self, username: str, role: str) -> str | None: ...
+    def delete_user(self, username: str) -> str | None: ...
+    def user_changes_since(self, cursor: int) -> tuple[int, list[str]]: ...
+    def count_users(self) -> int: ...
+    def read_counters(self, keys: tuple[str, ...]) -> dict[str, Counter]: ...
+    def update_counters(self, updates: tuple[CounterUpdate, ...]) -> dict[str, Counter]: ...
+    def delete_counters(self, keys: tuple[str, ...]) -> None: ...
+    def revoke(self, jti: str, exp: int) -> None: ...
+    def is_revoked(self, jti: str) -> bool: ...
+    def revocations_since(self, cursor: int) -> tuple[int, list[Revocation]]: ...
+    def close(self) -> None: ...
+    def statistics(self) -> dict[str, object]: ...
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
@@ -109,7 +152,7 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 
 class UserStore:
-    """Thread-safe facade over one SQLite file; every public method blocks."""
+    """The SQLite `Store`: a thread-safe facade over one file; every public method blocks."""
 
     def __init__(
         self,
@@ -291,7 +334,7 @@ class UserStore:
                 "INSERT INTO user_changes (username, changed_at) VALUES (?, ?)", (name, now)
             )
             conn.execute(
-                "DELETE FROM user_changes WHERE changed_at < ?", (now - _USER_CHANGE_RETENTION_S,)
+                "DELETE FROM user_changes WHERE changed_at < ?", (now - USER_CHANGE_RETENTION_S,)
             )
             return str(name)
 
@@ -360,7 +403,7 @@ class UserStore:
                 "INSERT OR IGNORE INTO revocations (jti, exp, revoked_at) VALUES (?, ?, ?)",
                 (jti, exp, now),
             )
-            conn.execute("DELETE FROM revocations WHERE exp < ?", (now - _REVOCATION_GRACE_S,))
+            conn.execute("DELETE FROM revocations WHERE exp < ?", (now - REVOCATION_GRACE_S,))
 
         self._write(insert)
 
@@ -386,7 +429,7 @@ class UserStore:
                 cursor = 0
             rows = conn.execute(
                 f"SELECT seq, {columns} FROM {table} WHERE seq > ? ORDER BY seq LIMIT ?",
-                (cursor, _MAX_ROWS_PER_PAGE),
+                (cursor, MAX_ROWS_PER_PAGE),
             ).fetchall()
         return (rows[-1][0] if rows else cursor), rows
 
@@ -401,6 +444,7 @@ class UserStore:
     def statistics(self) -> dict[str, object]:
         with self._lock:
             return {
+                "engine": "sqlite",
                 "path": self._path,
                 "connections": len(self._all),
                 "idle_connections": self._idle.qsize(),

@@ -41,6 +41,14 @@ that fails that way on a *reused* connection is retried once on a fresh one, aft
 the whole idle list (a restart kills all of them). The commands the cache sends (GET, SET PX,
 UNLINK, SCAN, PUBLISH of an idempotent purge) are safe to repeat.
 
+With ``sentinels`` set, the address is not ``host:port`` but whatever the sentinels say the
+primary of ``master_name`` is (`httpio.sentinel.PrimaryFinder`; why not coredis is said
+there): the handshake adds ``ROLE`` and refuses a replica, a connection error or a
+``READONLY`` reply makes the pool ask again, and connections opened for an older primary
+are closed rather than reused. While a failover runs, commands fail fast with
+`RedisUnavailable` (the cache's breaker bypasses Redis, counted in its statistics) and
+the first command after it finds the new primary, with no restart.
+
 Pub/sub takes a dedicated connection (`RedisPool.subscribe`): once subscribed, RESP2 allows
 nothing but (un)subscribe commands on it, and its reads wait without a timeout.
 """
@@ -49,11 +57,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import hiredis
 import msgspec
 import trio
+
+if TYPE_CHECKING:
+    from httpio.sentinel import PrimaryFinder
 
 Arg = bytes | str | int | float
 Reply = Any  # bytes | int | None | list[Reply] | RedisReplyError
@@ -83,6 +94,9 @@ class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     command_timeout_s: float = 0.5
     max_connections: int = 64
     max_connecting: int = 4
+    # "host:port" of Redis Sentinels: when set, host/port above are not dialled
+    sentinels: tuple[str, ...] = ()
+    master_name: str = "mymaster"
 
     @classmethod
     def from_address(cls, address: str, **fields: Any) -> RedisSettings:
@@ -106,12 +120,13 @@ def _new_reader() -> Any:
 class RedisConnection:
     """One TCP connection. ``in_step`` is False once a reply may be left unread on it."""
 
-    __slots__ = ("_reader", "_stream", "in_step")
+    __slots__ = ("_reader", "_stream", "epoch", "in_step")
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, epoch: int = 0) -> None:
         self._stream = stream
         self._reader = _new_reader()
         self.in_step = True
+        self.epoch = epoch  # of the `PrimaryFinder` when it was opened
 
     async def send(self, payload: bytes) -> None:
         self.in_step = False
@@ -151,6 +166,14 @@ class RedisConnection:
             await trio.aclose_forcefully(self._stream)
 
 
+def _is_primary(role_reply: Reply) -> bool:
+    return isinstance(role_reply, list) and bool(role_reply) and role_reply[0] == b"master"
+
+
+def _is_readonly(reply: Reply) -> bool:
+    return isinstance(reply, RedisReplyError) and str(reply).startswith("READONLY")
+
+
 def pack_commands(commands: Sequence[Sequence[Arg]]) -> bytes:
     return b"".join(hiredis.pack_command(cast(Any, tuple(command))) for command in commands)
 
@@ -160,6 +183,16 @@ class RedisPool:
 
     def __init__(self, settings: RedisSettings) -> None:
         self.settings = settings
+        self.finder: PrimaryFinder | None = None
+        if settings.sentinels:
+            from httpio.sentinel import PrimaryFinder  # it builds on this module
+
+            self.finder = PrimaryFinder(
+                settings.sentinels,
+                settings.master_name,
+                connect_timeout_s=settings.connect_timeout_s,
+                command_timeout_s=settings.command_timeout_s,
+            )
         self._idle: list[RedisConnection] = []
         self._slots = trio.Semaphore(settings.max_connections)
         self._handed_back = trio.lowlevel.ParkingLot()  # waiting for an idle connection
@@ -177,12 +210,15 @@ class RedisPool:
             "unavailable": 0,
             "reply_errors": 0,
             "retries": 0,
+            "not_primary": 0,  # ROLE said replica, or a READONLY reply: asked the sentinels
+            "stale_closed": 0,  # connections of a former primary, closed instead of reused
         }
 
     def __repr__(self) -> str:
         s = self.settings
+        where = repr(self.finder) if self.finder is not None else f"{s.host}:{s.port}"
         return (
-            f"<RedisPool {s.host}:{s.port}/{s.db} idle={len(self._idle)} "
+            f"<RedisPool {where}/{s.db} idle={len(self._idle)} "
             f"in_use={self._in_use} opened={self._stats['connections_opened']} "
             f"timeouts={self._stats['timeouts']}>"
         )
@@ -193,7 +229,16 @@ class RedisPool:
             "in_use": self._in_use,
             "connecting": self._connecting,
             **self._stats,
+            **({"sentinel": self.finder.statistics()} if self.finder is not None else {}),
         }
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The pool's background work until cancelled: following ``+switch-master`` when
+        Sentinel is configured (returns at once otherwise)."""
+        if self.finder is None:
+            task_status.started()
+            return
+        await self.finder.watch(task_status=task_status)
 
     # -- connections -------------------------------------------------------------------------
     async def _connect(self) -> RedisConnection:
@@ -203,32 +248,55 @@ class RedisPool:
             handshake.append(["AUTH", s.password])
         if s.db:
             handshake.append(["SELECT", s.db])
+        host, port, epoch = s.host, s.port, 0
+        if self.finder is not None:
+            handshake.append(["ROLE"])
+        if self.finder is not None:  # each sentinel asked has timeouts of its own
+            (host, port), epoch = await self.finder.primary()
         try:
             with trio.fail_after(s.connect_timeout_s):
-                stream = await trio.open_tcp_stream(s.host, s.port)
-                conn = RedisConnection(stream)
+                stream = await trio.open_tcp_stream(host, port)
+                conn = RedisConnection(stream, epoch)
                 try:
                     if handshake:
                         replies = await conn.roundtrip(pack_commands(handshake), len(handshake))
                         for reply in replies:
                             if isinstance(reply, RedisReplyError):
                                 raise RedisUnavailable(f"redis refused the handshake: {reply}")
+                        if self.finder is not None and not _is_primary(replies[-1]):
+                            self._stats["not_primary"] += 1
+                            raise RedisUnavailable(f"redis {host}:{port} is not the primary")
                 except BaseException:
                     await conn.aclose()
                     raise
         except trio.TooSlowError as exc:
+            self._forget(epoch)
             raise RedisUnavailable(
-                f"no connection to redis {s.host}:{s.port} within {s.connect_timeout_s}s"
+                f"no connection to redis {host}:{port} within {s.connect_timeout_s}s"
             ) from exc
         except OSError as exc:
-            raise RedisUnavailable(f"cannot connect to redis {s.host}:{s.port}: {exc}") from exc
+            self._forget(epoch)
+            raise RedisUnavailable(f"cannot connect to redis {host}:{port}: {exc}") from exc
+        except RedisUnavailable:
+            self._forget(epoch)
+            raise
         self._stats["connections_opened"] += 1
         return conn
+
+    def _forget(self, epoch: int) -> None:
+        if self.finder is not None:
+            self.finder.forget(epoch)
+
+    def _is_stale(self, conn: RedisConnection) -> bool:
+        return self.finder is not None and conn.epoch != self.finder.epoch
 
     async def _checkout(self) -> tuple[RedisConnection, bool]:
         """An idle connection (True: reused), or a new one when fewer than
         ``max_connecting`` are being opened; otherwise wait for one to be handed back."""
         while True:
+            while self._idle and self._is_stale(self._idle[-1]):
+                self._stats["stale_closed"] += 1
+                await self._discard(self._idle.pop())
             if self._idle:
                 return self._idle.pop(), True
             if self._connecting < self.settings.max_connecting:
@@ -316,6 +384,12 @@ class RedisPool:
                 with trio.fail_after(timeout):
                     replies = await conn.roundtrip(payload, count)
                 self._stats["round_trips"] += 1
+                if self.finder is not None and any(map(_is_readonly, replies)):
+                    # a demoted primary still answers: its writes are refused
+                    self._stats["not_primary"] += 1
+                    self.finder.forget(conn.epoch)
+                    conn.in_step = False  # closed below, not handed back
+                    raise RedisUnavailable("redis answered READONLY: the primary moved")
                 return replies
             except RedisUnavailable:
                 if not (reused and attempt == 1):
@@ -323,7 +397,7 @@ class RedisPool:
                 self._stats["retries"] += 1
                 await self._drop_idle()
             finally:
-                if conn.in_step and not self._closed:
+                if conn.in_step and not self._closed and not self._is_stale(conn):
                     self._hand_back(conn)
                 else:
                     await self._discard(conn)

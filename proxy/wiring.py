@@ -84,7 +84,12 @@ async def start_cache(config: ProxyConfig, nursery: trio.Nursery) -> HttpCache |
     if not gateway.cache_enabled:
         return None
     pool = redis_pool_for(
-        gateway.cache, gateway.redis_address, gateway.redis_password, gateway.redis_db
+        gateway.cache,
+        gateway.redis_address,
+        gateway.redis_password,
+        gateway.redis_db,
+        sentinels=gateway.redis_sentinels,
+        master_name=gateway.redis_master_name,
     )
     cache = HttpCache(gateway.cache, pool)
     await nursery.start(cache.run)

@@ -3,7 +3,8 @@
 # packages, when they are missing: redis-server, ab (apache2-utils), wrk, caddy (for `make bench-caddy`),
 # nginx and haproxy (the anchors of `make bench-hop`, which runs its own instances from private
 # configs; where an init system runs, Debian also starts their default services on install: the
-# benchmark neither needs nor touches those).
+# benchmark neither needs nor touches those), and postgresql (the auth servers' store when
+# Auth_store is postgresql://...; the tests start their own clusters, never the packaged one).
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
@@ -12,6 +13,8 @@ command -v wrk >/dev/null || missing+=(wrk)
 command -v caddy >/dev/null || missing+=(caddy)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || command -v postgres >/dev/null \
+  || missing+=(postgresql)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then

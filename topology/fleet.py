@@ -167,7 +167,10 @@ def plan_fleet(
     run = Path(run_dir).resolve()
     files = run_files(topology, topology_path, run, state)
     specs = _Specs(run, topology.host, launchers)
-    db = (state.path if state is not None else run) / topology.auth.db
+    # a fleet whose config.json names a PostgreSQL Auth_store has no file of its own
+    db: Path | None = (state.path if state is not None else run) / topology.auth.db
+    if not gateway_config(topology, topology_path).auth_store.startswith("sqlite:"):
+        db = None
     groups = [
         specs.redis(topology),
         specs.backends(topology, topology_path),
@@ -246,8 +249,10 @@ class _Specs:
             for p in topology.backends.ports
         )
 
-    def auth_servers(self, topology: FleetTopology, db: Path) -> tuple[ChildSpec, ...]:
-        args = ["--config", str(self.run / "config.json"), "--db", str(db)]
+    def auth_servers(self, topology: FleetTopology, db: Path | None) -> tuple[ChildSpec, ...]:
+        args = ["--config", str(self.run / "config.json")]
+        if db is not None:
+            args += ["--db", str(db)]
         return tuple(
             self.child("authsvc", f"authsvc-{p}", p, [str(p), *args]) for p in topology.auth.ports
         )

@@ -23,6 +23,7 @@ from topology.schema import (
     MsaFile,
     ProxyList,
     RegionStructure,
+    parse_auth_store,
 )
 
 T = TypeVar("T")
@@ -123,6 +124,11 @@ def load_config(path: str | Path) -> GatewayConfig:
     config = decode(path, GatewayConfig)
     check_policy(path, "$.Load_balancer_policy", config.load_balancer_policy)
     check_field(path, "$.Redis_address", parse_redis_address, config.redis_address)
+    for i, sentinel in enumerate(config.redis_sentinels):
+        check_field(path, f"$.Redis_sentinels[{i}]", parse_redis_address, sentinel)
+    if config.redis_sentinels and not config.redis_master_name:
+        raise ConfigError(path, "$.Redis_master_name", "Redis_sentinels need a master name")
+    check_field(path, "$.Auth_store", parse_auth_store, config.auth_store)
     return config
 
 

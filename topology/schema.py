@@ -180,6 +180,23 @@ class CacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     namespace: Annotated[str, msgspec.Meta(pattern=NAMESPACE_PATTERN)] = "gw:v2"
 
 
+AuthEngine = Literal["sqlite", "postgresql"]
+DEFAULT_AUTH_STORE = "sqlite:auth.sqlite3"
+
+
+def parse_auth_store(setting: str) -> tuple[AuthEngine, str]:
+    """``Auth_store``: ``sqlite:PATH`` -> ("sqlite", PATH); ``postgresql://...`` (or
+    ``postgres://``) -> ("postgresql", the DSN); ValueError for anything else."""
+    if setting.startswith("sqlite:"):
+        path = setting.removeprefix("sqlite:")
+        if not path:
+            raise ValueError("sqlite: needs a file path, e.g. sqlite:auth.sqlite3")
+        return "sqlite", path
+    if setting.startswith(("postgresql://", "postgres://")):
+        return "postgresql", setting
+    raise ValueError(f"Auth_store must be sqlite:PATH or postgresql://..., not {setting!r}")
+
+
 # -- msa*.yaml ---------------------------------------------------------------------------------
 class InstanceSpec(Struct, frozen=True, forbid_unknown_fields=True):
     """An instance written with options; a bare URL string means weight 1."""
@@ -254,6 +271,12 @@ class GatewayConfig(Struct, frozen=True, forbid_unknown_fields=True):
     upstream: UpstreamTimeouts = field(default_factory=UpstreamTimeouts, name="Upstream")
     access_log: bool = field(default=False, name="Access_log")
     cache: CacheSettings = field(default_factory=CacheSettings, name="Cache")
+    # where the auth servers keep users (`authsvc.engines`); a relative sqlite path is the
+    # auth server's --db (the fleet's state directory)
+    auth_store: str = field(default=DEFAULT_AUTH_STORE, name="Auth_store")
+    # Redis through Sentinel (`httpio.sentinel`): when set, Redis_address is not dialled
+    redis_sentinels: list[str] = field(default_factory=list, name="Redis_sentinels")
+    redis_master_name: str = field(default="mymaster", name="Redis_master_name")
 
 
 # -- the fleet topology (topology/fleet.yaml) --------------------------------------------------

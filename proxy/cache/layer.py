@@ -77,9 +77,16 @@ class PurgeRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 def redis_pool_for(
-    settings: CacheSettings, address: str, password: str = "", db: int = 0
+    settings: CacheSettings,
+    address: str,
+    password: str = "",
+    db: int = 0,
+    *,
+    sentinels: Sequence[str] = (),
+    master_name: str = "mymaster",
 ) -> RedisPool:
-    """The pool for config.json's ``Redis_address``/``Redis_password``/``Redis_db``."""
+    """The pool for config.json's ``Redis_address``/``Redis_password``/``Redis_db``, or for
+    the primary ``Redis_sentinels`` name as ``Redis_master_name`` (`httpio.sentinel`)."""
     return RedisPool(
         RedisSettings.from_address(
             address,
@@ -87,6 +94,8 @@ def redis_pool_for(
             db=db,
             connect_timeout_s=settings.redis_connect_timeout_s,
             command_timeout_s=settings.redis_command_timeout_s,
+            sentinels=tuple(sentinels),
+            master_name=master_name,
         )
     )
 
@@ -218,11 +227,17 @@ class HttpCache:
         """The purge subscriber; runs until cancelled (returns at once without Redis). A
         first pooled connection is opened before the proxy serves, so that its first burst
         of requests does not open one each."""
-        if self.store.redis is not None:
+        if self.store.redis is None:
+            await self.store.run_subscriber(
+                retry_s=self.settings.breaker_open_s, task_status=task_status
+            )
+            return
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.store.redis.run)  # follows a Sentinel failover
             await self.store.redis.warm()
-        await self.store.run_subscriber(
-            retry_s=self.settings.breaker_open_s, task_status=task_status
-        )
+            await self.store.run_subscriber(
+                retry_s=self.settings.breaker_open_s, task_status=task_status
+            )
 
     async def purge(self, *, key: str | None = None, prefix: str | None = None) -> int:
         """Fleet-wide purge of one key (with its Vary variants) or of a key prefix; both must

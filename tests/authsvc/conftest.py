@@ -4,7 +4,7 @@ proxy talks to it; shared by the app's test modules."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,12 @@ from authsvc.tokens import CLIENT_HEADER, INTERNAL_HEADER
 from httpio.run import serve_tcp
 from httpio.upstream import UpstreamPool
 from tests.support.clock import FakeClock
+from tests.support.pgproc import (
+    PostgresProcess,
+    PostgresUnavailable,
+    postgres_bin_dir,
+    running_postgres,
+)
 from topology.schema import GatewayConfig, ScryptParams
 
 SECRET = "test-secret-" * 4
@@ -88,3 +94,15 @@ async def server(
 def vouched(server: Server, address: str) -> list[tuple[bytes, bytes]]:
     """The header a proxy adds for a client at ``address``."""
     return [(CLIENT_HEADER, server.app.ring.client_proof(address))]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresProcess]:
+    """One PostgreSQL server for the session (tests take a database each:
+    `PostgresProcess.create_database`); skipped, saying why, where none can run."""
+    try:
+        postgres_bin_dir()
+        with running_postgres() as server:
+            yield server
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))

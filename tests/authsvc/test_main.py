@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from authsvc.engines import open_store
 from authsvc.main import main, run_command
 from authsvc.store import UserStore
+from tests.support.pgproc import PostgresProcess
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
 
@@ -129,3 +131,20 @@ def test_the_server_limits_of_config_json_apply(tmp_path: Path) -> None:
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 431 ")
     assert json.loads(body)["error"] == "headers_too_large"
+
+
+def test_operator_commands_on_postgresql(
+    postgres: PostgresProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dsn = postgres.create_database("operator_commands")
+    store = open_store(dsn)
+    store.create_user("Bob", "h")
+    store.close()
+    assert run_command(["grant", "--store", dsn, "BOB", "admin"]) == 0
+    assert capsys.readouterr().out == "bob: role admin\n"
+    assert run_command(["users", "--store", dsn]) == 0
+    assert capsys.readouterr().out == "bob\tadmin\n"
+    assert run_command(["grant", "--store", dsn, "nobody", "admin"]) == 1
+    err = capsys.readouterr().err
+    assert "no user 'nobody'" in err and postgres.password not in err
+    assert run_command(["users", "--store", "mysql://nope"]) == 2

@@ -59,6 +59,7 @@ class RedisProcess:
     directory: Path
     password: str = ""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    extra_args: list[str] = field(default_factory=list)  # e.g. --replicaof (sentinelproc)
 
     @property
     def pid(self) -> int | None:
@@ -82,6 +83,7 @@ class RedisProcess:
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
+        args += self.extra_args
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not _answers_ping(self.port, self.password):

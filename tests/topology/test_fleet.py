@@ -126,6 +126,20 @@ def test_without_redis_or_config(tmp_path):
     assert config["Redis_address"] == "localhost:6379"  # the default, untouched
 
 
+def test_auth_servers_on_postgresql_get_no_file_of_the_fleet(tmp_path):
+    (tmp_path / "msa.yaml").write_bytes((DATA / "msa.yaml").read_bytes())
+    (tmp_path / "config.json").write_text('{"Auth_store": "postgresql://gw:pw@10.0.0.9/gw"}')
+    path = tmp_path / "fleet.yaml"
+    path.write_text(
+        "regions:\n  - {code: kr, elb_port: 19000, proxy_ports: [16000], msa: msa.yaml}\n"
+        "auth: {ports: [18000]}\nredis: {enabled: false}\nconfig: config.json\n"
+    )
+    run = (tmp_path / "run").resolve()
+    plan = plan_for(path, run)
+    (auth,) = [c for c in plan.children if c.name == "authsvc-18000"]
+    assert auth.argv == ("/venv/bin/authsvc", "18000", "--config", str(run / "config.json"))
+
+
 def test_children_in_dependency_order_with_their_arguments(topology_path, tmp_path):
     run = (tmp_path / "run").resolve()
     plan = plan_for(topology_path, run)

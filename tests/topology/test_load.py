@@ -18,7 +18,7 @@ from topology.load import (
     load_proxy_list,
     load_region_structure,
 )
-from topology.schema import InstanceSpec
+from topology.schema import InstanceSpec, parse_auth_store
 
 DATA = Path(__file__).resolve().parent / "data"  # copies of shared/seed-resources
 TOPOLOGY = Path(__file__).resolve().parents[2] / "topology"
@@ -144,6 +144,23 @@ def test_duplicate_service_is_an_error(tmp_path):
 def test_bad_redis_address(tmp_path):
     path = write(tmp_path, "config.json", '{"Redis_address": "localhost"}')
     assert refusal(load_config, path).startswith("config.json: $.Redis_address: ")
+
+
+def test_auth_store_and_sentinels(tmp_path):
+    config = load_config(write(tmp_path, "config.json", "{}"))
+    assert config.auth_store == "sqlite:auth.sqlite3" and config.redis_sentinels == []
+    good = '{"Auth_store": "postgresql://u:p@db:5432/gw", "Redis_sentinels": ["10.0.0.4:26379"]}'
+    config = load_config(write(tmp_path, "config.json", good))
+    assert parse_auth_store(config.auth_store) == ("postgresql", "postgresql://u:p@db:5432/gw")
+    assert config.redis_master_name == "mymaster"
+    for bad, where in (
+        ('{"Auth_store": "mysql://x"}', "$.Auth_store"),
+        ('{"Auth_store": "sqlite:"}', "$.Auth_store"),
+        ('{"Redis_sentinels": ["nohost"]}', "$.Redis_sentinels[0]"),
+        ('{"Redis_sentinels": ["a:1"], "Redis_master_name": ""}', "$.Redis_master_name"),
+    ):
+        path = write(tmp_path, "config.json", bad)
+        assert refusal(load_config, path).startswith(f"config.json: {where}: "), bad
 
 
 def test_not_yaml_at_all(tmp_path):
