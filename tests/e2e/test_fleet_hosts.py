@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,9 @@ def until(condition: Callable[[], object], what: str, timeout_s: float = 30.0) -
         time.sleep(0.05)
 
 
-def get(address: str, port: int, path: str, timeout_s: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+def get(
+    address: str, port: int, path: str, timeout_s: float = 5.0
+) -> tuple[int, dict[str, str], bytes]:
     """One request on a connection of its own (the ELB balances connections)."""
     conn = http.client.HTTPConnection(address, port, timeout=timeout_s)
     try:
@@ -69,6 +72,11 @@ def get(address: str, port: int, path: str, timeout_s: float = 5.0) -> tuple[int
         return response.status, {k.lower(): v for k, v in response.getheaders()}, body
     finally:
         conn.close()
+
+
+def echoed(body: bytes) -> dict[str, str]:
+    """The request headers a backend's /echo saw, by lowercase name."""
+    return {str(k).lower(): str(v) for k, v in json.loads(body)["headers"]}
 
 
 def post(address: str, port: int, path: str, doc: object) -> tuple[int, Any]:
@@ -181,13 +189,17 @@ def write_topology(lab: Lab, work: Path, dsn: str) -> Path:
     return path
 
 
+def launched(log: Path) -> bool:
+    return b"fleet: up" in log.read_bytes()
+
+
 def start_launchers(lab: Lab, topology: Path, work: Path) -> None:
     for name in ("b", "c", "a"):  # the ELB's host last: its proxies are up by then
         argv = [sys.executable, "-m", "topology.fleet", "--host", name]
         argv += ["--run-dir", str(work / "run" / name), str(topology)]
         log = work / f"fleet-{name}.log"
         lab[name].spawn(f"fleet-{name}", argv, log, cwd=ROOT)
-        until(lambda log=log: b"fleet: up" in log.read_bytes(), f"host {name}'s fleet", START_TIMEOUT_S)
+        until(partial(launched, log), f"host {name}'s fleet", START_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
@@ -223,8 +235,7 @@ def test_requests_through_a_reach_b_and_c_over_the_relay_with_the_client_address
     def both() -> bool:
         status, _, body = get(elb_address(lab), ELB, "/echo/echo")
         assert status == 200, body
-        doc = json.loads(body)
-        headers = {k.lower(): v for k, v in doc["headers"].items()}
+        headers = echoed(body)
         seen.add(headers["via"])
         addresses.add(headers["x-real-ip"])
         return any("6000" in v or "6001" in v for v in seen) and any(
@@ -302,7 +313,7 @@ def test_a_proxy_hosts_link_cut_is_routed_around_within_2_s(region: tuple[Lab, P
         for _ in range(10):  # and the region still answers, from b
             status, _, body = get(elb_address(lab), ELB, "/echo/echo/after-cut", timeout_s=3)
             assert status == 200
-            via = {k.lower(): v for k, v in json.loads(body)["headers"].items()}["via"]
+            via = echoed(body)["via"]
             assert all(str(p) not in via for p in PROXIES_C), via
     finally:
         c.link_up()

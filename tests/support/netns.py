@@ -63,7 +63,9 @@ def _free_subnet() -> ipaddress.IPv4Network:
         if "/" in word and word[0].isdigit()
     ]
     for _ in range(64):
-        net = ipaddress.ip_network(f"10.{secrets.randbelow(200) + 50}.{secrets.randbelow(256)}.0/24")
+        net = ipaddress.IPv4Network(
+            f"10.{secrets.randbelow(200) + 50}.{secrets.randbelow(256)}.0/24"
+        )
         if not any(net.overlaps(t) for t in taken):
             return net
     raise RuntimeError("no free 10.x.y.0/24 subnet found")
