@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import secrets
 import statistics
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
 import trio
 
 from bench import hosts_relay
@@ -224,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
+    # the readiness probes' "not up yet" lines are debug: the table is the output
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
     parts = set(args.parts.split(","))
     rows: list[Row] = []
     load_before = os.getloadavg()[0]

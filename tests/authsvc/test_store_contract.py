@@ -173,7 +173,7 @@ def _in_threads(count: int, work: Callable[[int], None]) -> None:
         t.start()
     for t in threads:
         t.join(timeout=120)
-    assert errors == []
+    assert errors == [], errors
 
 
 def test_concurrent_signups_lose_none_and_one_name_has_one_owner(engine: Opener) -> None:
