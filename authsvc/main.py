@@ -50,6 +50,7 @@ COMMANDS = ("grant", "delete-user", "users")
 def _parse_server_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="authsvc", description=__doc__.splitlines()[0])
     parser.add_argument("port", type=int)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--config", default=None, help="config.json (Auth_key, Auth_keys...)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--db", default=None, help="SQLite file shared by the fleet")
@@ -152,7 +153,9 @@ def main(argv: list[str] | None = None) -> None:
         log.info("authsvc_ready", db=where, ring=repr(app.ring), arenas_capped=arenas_capped)
         return app.handle
 
-    run_server(setup, args.port, name=f"authsvc:{args.port}", limits=settings.server)
+    run_server(
+        setup, args.port, name=f"authsvc:{args.port}", limits=settings.server, host=args.host
+    )
 
 
 if __name__ == "__main__":

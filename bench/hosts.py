@@ -49,6 +49,7 @@ from typing import Any
 import structlog
 import trio
 
+from bench import hosts_relay
 from bench.caddy import free_port
 from bench.policies import Child, Children, stop, wait_ready
 from httpio.upstream import UpstreamPool
@@ -188,9 +189,11 @@ def measure_auth(args: argparse.Namespace, workdir: Path) -> list[Row]:
 
 def measure_relay(args: argparse.Namespace, workdir: Path) -> list[Row]:
     """Part 2: the ELB's TCP relay with PROXY v2 to a proxy on another network namespace,
-    against the hand-off to a local proxy, same run. Filled in by the topology-with-hosts
-    work of issue 16 (helper "hosts"); until then it measures nothing."""
-    print("bench-hosts: relay vs hand-off: not measured yet (issue 16, hosts)", file=sys.stderr)
+    against the hand-off to a local proxy, same run (`bench.hosts_relay`); its rows are
+    printed here, in a table of their own."""
+    relay_rows = hosts_relay.measure_relay(workdir, rounds=args.rounds)
+    if relay_rows:
+        print(hosts_relay.report_relay(relay_rows), flush=True)
     return []
 
 

@@ -1,13 +1,15 @@
-"""``elb PORT topology.yaml [--listen-fd FD]``: the tier-1 load balancer of one region.
+"""``elb PORT TOPOLOGY [--listen-fd FD] [--host ADDRESS]``: one region's tier-1 load balancer.
 
 It spreads client *connections* (not requests) over its region's proxies, least
 connections first (`httpio.balance.Balancer`). For each proxy it prefers, in order:
 
 1. hand-off: a proxy on this host with a hand-off socket of this fleet gets the accepted
    socket itself (`httpio.handoff`); per connection the ELB does one ``accept`` and one
-   ``sendmsg`` and no task, and the proxy sees the real client address;
-2. relay: otherwise the ELB connects to the proxy, writes a PROXY v2 header carrying the
-   client address (`httpio.proxyproto`) and copies bytes both ways.
+   ``sendmsg`` and no task, and the proxy sees the real client address. "On this host"
+   is read from the topology: a proxy URL on loopback or on the address the ELB listens on
+   (``--host``, its host's address in a topology with hosts, `topology.placement`);
+2. relay: otherwise the ELB connects to the proxy from that address, writes a PROXY v2
+   header carrying the client address (`httpio.proxyproto`) and copies bytes both ways.
 
 Which proxies take connections is `elb.ejection`'s decision: a hand-off link that closes or
 a refused relay connect takes a proxy out at once; missed ``GET /health`` probes (every
@@ -59,6 +61,7 @@ from httpio.proxyproto import build_v2
 from httpio.run import configure_logging, run_until_signalled
 from httpio.upstream import UpstreamPool, UpstreamTimeouts
 from topology.load import ConfigError, load_elb_targets
+from topology.placement import LOOPBACK_NAMES, is_local
 
 log = structlog.get_logger()
 
@@ -78,11 +81,12 @@ ELB_HEALTH = HealthSettings(
     max_ejection_percent=50,
     panic=True,
 )
-_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-def _handoff_address(endpoint: Endpoint) -> HandoffAddress | None:
-    if endpoint.host not in _LOOPBACK:
+def _handoff_address(endpoint: Endpoint, address: str) -> HandoffAddress | None:
+    """The hand-off socket of a proxy on our host (`topology.placement.is_local`: the host
+    that binds our own address; the same host is the same network namespace), else None."""
+    if not is_local(endpoint.host, address):
         return None
     try:
         return handoff_address(endpoint.port)
@@ -94,11 +98,11 @@ def _handoff_address(endpoint: Endpoint) -> HandoffAddress | None:
 class Target:
     """One proxy: its balancer state and, when it is on this host, its hand-off link."""
 
-    def __init__(self, state: InstanceState) -> None:
+    def __init__(self, state: InstanceState, address: str) -> None:
         self.state = state
         self.endpoint = state.endpoint
         self.url = state.endpoint.url
-        self.handoff_address = _handoff_address(state.endpoint)
+        self.handoff_address = _handoff_address(state.endpoint, address)
         self.link: HandoffLink | None = None
         self.linking = False  # a link is being opened
         self.refusal = ""  # why the last hand-off hand-shake failed, logged once
@@ -108,12 +112,18 @@ class Target:
 
 
 class Elb:
-    def __init__(self, region: str, urls: list[str], *, name: str) -> None:
+    def __init__(
+        self, region: str, urls: list[str], *, name: str, address: str = "127.0.0.1"
+    ) -> None:
         self.name = name
         self.region = region
+        self.address = address  # what we listen on
+        # A relay leaves from our address, the one a remote proxy trusts PROXY headers from
+        # (a host with several addresses would otherwise pick one by its routes).
+        self._source = None if address in LOOPBACK_NAMES else address
         self.balancer = Balancer("least_conn", [Endpoint.parse(u) for u in urls])
         self.health = ProxyHealth(ELB_HEALTH, [s.endpoint.url for s in self.balancer.states])
-        self._by_index = [Target(s) for s in self.balancer.states]
+        self._by_index = [Target(s, address) for s in self.balancer.states]
         self.targets = {t.url: t for t in self._by_index}
         self._candidates: list[InstanceState] = list(self.balancer.states)
         self.checker = UpstreamPool(UpstreamTimeouts(connect_timeout_s=CHECK_INTERVAL_S))
@@ -284,7 +294,7 @@ class Elb:
             try:
                 with trio.fail_after(CONNECT_TIMEOUT_S):
                     upstream = await trio.open_tcp_stream(
-                        target.endpoint.host, target.endpoint.port
+                        target.endpoint.host, target.endpoint.port, local_address=self._source
                     )
             except (OSError, trio.TooSlowError) as exc:
                 state.end(time.monotonic() - started, ok=False)
@@ -371,7 +381,7 @@ async def run_elb(elb: Elb, port: int, inherited: socket.socket | None = None) -
         if inherited is not None:
             listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(inherited)))
         else:
-            listeners.extend(await open_listeners(port))
+            listeners.extend(await open_listeners(port, elb.address))
         nursery.start_soon(elb.watch_health, nursery)
         nursery.start_soon(elb.serve, listeners, nursery)
         log.info(
@@ -405,6 +415,12 @@ def main(argv: list[str] | None = None) -> None:
         metavar="FD",
         help="serve on this inherited listening socket instead of opening one",
     )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="listen here; proxies at this address or on loopback are local (hand-off)",
+    )
     args = parser.parse_args(argv)
     try:
         region, urls = load_elb_targets(args.topology, args.port)
@@ -420,4 +436,4 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(2) from None
     name = f"elb-{region}-{args.port}"
     configure_logging(name)
-    trio.run(run_elb, Elb(region, urls, name=name), args.port, inherited)
+    trio.run(run_elb, Elb(region, urls, name=name, address=args.host), args.port, inherited)

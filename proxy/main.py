@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("region", type=Path, help="region structure (rs_*.yaml)")
     parser.add_argument("config", type=Path, help="config.json")
     parser.add_argument("--name", default=None)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     args = parser.parse_args(argv)
     paths = ProxyPaths(args.msa, args.region, args.config)
     try:
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
             args.port,
             name=name,
             limits=config.gateway.server,
+            host=args.host,
             trusted_proxies=elb_addresses(config),
             extra=partial(accept_handoffs, args.port),
         )

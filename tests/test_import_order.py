@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("httpio", "topology", "authsvc", "proxy", "elb", "backends", "bench")
-CONFIG = frozenset({"topology.schema", "topology.load"})
+CONFIG = frozenset({"topology.schema", "topology.load", "topology.placement"})
 LAUNCHER = frozenset(
     {
         "topology",
@@ -29,6 +29,7 @@ LAUNCHER = frozenset(
         "topology.persistent",
         "topology.supervisor",
         "topology.table",
+        "topology.units",
     }
 )
 SERVERS = ("authsvc", "proxy", "elb", "backends")

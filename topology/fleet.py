@@ -47,22 +47,27 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import NoReturn
 
 import msgspec
 import trio
 
 from httpio.handoff import FLEET_ENV
+from httpio.origin import Origin, origin_url
 from topology.fleet_lock import FleetLock, FleetState, obstacles, record_of
-from topology.load import ConfigError, load_config, load_fleet
+from topology.load import ConfigError, load_config, load_fleet, load_msa
 from topology.persistent import (
     PersistentState,
     open_persistent_state,
     with_fleet_key,
     write_private,
 )
+from topology.placement import LOOPBACK_NAMES, Placement, place
 from topology.schema import (
     FleetTopology,
     GatewayConfig,
+    InstanceSpec,
+    MsaFile,
     ProxyList,
     RegionSpec,
     RegionStructure,
@@ -78,6 +83,7 @@ from topology.supervisor import (
 )
 from topology.supervisor import FleetStartError as FleetStartError
 from topology.table import format_rows
+from topology.units import unit_files
 
 DEFAULT_TOPOLOGY = Path(__file__).resolve().parent / "fleet.yaml"
 
@@ -100,6 +106,16 @@ FLEET_PARTS: dict[str, str] = {
     "auth": "authsvc",
     "proxies": "proxy",
     "elbs": "elb",
+}
+
+REDIS_CONF = "redis.conf"  # only with a Redis_password
+
+# How each kind of child is told the address of its host (Redis: in `_Specs.redis`).
+BIND_OPTION: dict[str, str] = {
+    "backend": "--host",
+    "authsvc": "--host",
+    "proxy": "--host",
+    "elb": "--host",
 }
 
 # A launcher is the argv prefix that runs a program, or a string saying why it cannot run.
@@ -138,6 +154,10 @@ class FleetPlan:
     def children(self) -> list[ChildSpec]:
         return [c for g in self.groups for c in g]
 
+    @property
+    def placement(self) -> Placement:
+        return place(self.topology)
+
 
 def gateway_config(topology: FleetTopology, topology_path: Path) -> GatewayConfig:
     """The topology's config.json with ``Redis_address`` pointing at the fleet's Redis."""
@@ -147,9 +167,9 @@ def gateway_config(topology: FleetTopology, topology_path: Path) -> GatewayConfi
         else GatewayConfig()
     )
     if topology.redis.enabled:
-        config = msgspec.structs.replace(
-            config, redis_address=f"{topology.host}:{topology.redis.port}"
-        )
+        address = place(topology).address_of(topology.redis.port)
+        shown = f"[{address}]" if ":" in address else address
+        config = msgspec.structs.replace(config, redis_address=f"{shown}:{topology.redis.port}")
     return config
 
 
@@ -166,13 +186,13 @@ def plan_fleet(
     topology_path = Path(topology_path)
     run = Path(run_dir).resolve()
     files = run_files(topology, topology_path, run, state)
-    specs = _Specs(run, topology.host, launchers)
+    specs = _Specs(run, place(topology), launchers)
     # a fleet whose config.json names a PostgreSQL Auth_store has no file of its own
     db: Path | None = (state.path if state is not None else run) / topology.auth.db
     if not gateway_config(topology, topology_path).auth_store.startswith("sqlite:"):
         db = None
     groups = [
-        specs.redis(topology),
+        specs.redis(topology, run / REDIS_CONF in files),
         specs.backends(topology, topology_path),
         specs.auth_servers(topology, db),
         specs.proxies(topology),
@@ -187,21 +207,58 @@ def run_files(
     """The files each process reads, in the original's formats: one config.json, and per
     region its service map, region structure and proxy list."""
     config = gateway_config(topology, topology_path)
+    if topology.hosts and topology.redis.enabled and not config.redis_password:
+        address = place(topology).address_of(topology.redis.port)
+        if address not in LOOPBACK_NAMES:
+            raise ConfigError(
+                topology_path,
+                "$.redis",
+                f"Redis on {address}, a network address, needs Redis_password in config.json",
+            )
     config = with_fleet_key(config, state) if state is not None else config
     files = {run / "config.json": encode_json(config) + b"\n"}
-    every_elb = [RegionSpec(r.code, [_url(topology.host, r.elb_port)]) for r in topology.regions]
+    if topology.redis.enabled and config.redis_password:
+        # a file, not argv: a command line is readable by every user of the host
+        password = config.redis_password.replace("\\", "\\\\").replace('"', '\\"')
+        files[run / REDIS_CONF] = f'requirepass "{password}"\n'.encode()
+    where = place(topology)
+
+    def url(port: int) -> str:
+        return origin_url(where.address_of(port), port)
+
+    every_elb = [RegionSpec(r.code, [url(r.elb_port)]) for r in topology.regions]
     for region in topology.regions:
         code = region.code
-        files[run / f"msa_{code}.yaml"] = (topology_path.parent / region.msa).read_bytes()
+        msa = topology_path.parent / region.msa
+        files[run / f"msa_{code}.yaml"] = (
+            encode_yaml(placed_service_map(load_msa(msa), topology))
+            if topology.hosts
+            else msa.read_bytes()
+        )
         files[run / f"rs_{code}.yaml"] = encode_yaml(RegionStructure(code, every_elb))
         files[run / f"r_{code}.yaml"] = encode_yaml(
-            ProxyList(code, [_url(topology.host, p) for p in region.proxy_ports])
+            ProxyList(code, [url(p) for p in region.proxy_ports])
         )
     return files
 
 
-def _url(host: str, port: int) -> str:
-    return f"http://{host}:{port}"
+def placed_service_map(msa: MsaFile, topology: FleetTopology) -> MsaFile:
+    """The service map with each ``localhost:PORT`` instance that is a backend or an auth
+    server of the topology pointing at the host that runs it: a proxy on another machine
+    must not look for it on its own loopback. Other instances are left as written."""
+    where = place(topology)
+    ours = {*topology.backends.ports, *topology.auth.ports}
+
+    def placed(instance: InstanceSpec) -> InstanceSpec:
+        origin = Origin(instance.url)
+        if origin.host not in LOOPBACK_NAMES or origin.port not in ours:
+            return instance
+        return InstanceSpec(origin_url(where.address_of(origin.port), origin.port), instance.weight)
+
+    services = [
+        msgspec.structs.replace(s, instance=[placed(i) for i in s.instances()]) for s in msa.service
+    ]
+    return msgspec.structs.replace(msa, service=services)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +266,7 @@ class _Specs:
     """The `ChildSpec` of each process of a fleet run from ``run``, one group at a time."""
 
     run: Path
-    host: str
+    placement: Placement
     launchers: Launchers
 
     def child(
@@ -224,16 +281,21 @@ class _Specs:
         listen: bool = False,
     ) -> ChildSpec:
         launcher = self.launchers.get(kind, f"no launcher for {kind}")
+        address = self.placement.address_of(port)
+        if self.placement.hosts and kind in BIND_OPTION:  # else: as before hosts existed
+            args = [*args, BIND_OPTION[kind], address]
         argv = None if isinstance(launcher, str) else (*launcher, *args)
         missing = launcher if isinstance(launcher, str) else ""
         log = self.run / "logs" / f"{name}.log"
-        return ChildSpec(name, kind, port, argv, log, probe, region, self.host, missing, listen)
+        return ChildSpec(name, kind, port, argv, log, probe, region, address, missing, listen)
 
-    def redis(self, topology: FleetTopology) -> tuple[ChildSpec, ...]:
+    def redis(self, topology: FleetTopology, has_password: bool) -> tuple[ChildSpec, ...]:
         if not topology.redis.enabled:
             return ()
         p = topology.redis.port
-        args = ["--port", str(p), "--bind", self.host, "--save", ""]
+        conf = self.run / REDIS_CONF
+        args = [str(conf)] if has_password else []
+        args += ["--port", str(p), "--bind", self.placement.address_of(p), "--save", ""]
         args += ["--appendonly", "no", "--dir", str(self.run)]
         return (self.child("redis", "redis", p, args, probe="redis"),)
 
@@ -391,7 +453,7 @@ class Fleet:
         return {c.spec.name: pid for c in self.supervisor.children if (pid := c.pid) is not None}
 
     def url(self, name: str) -> str:
-        return f"http://{self.plan.topology.host}:{self.ports[name]}"
+        return origin_url(self.plan.placement.address_of(self.ports[name]), self.ports[name])
 
     def statistics(self) -> dict[str, object]:
         return self.supervisor.statistics()
@@ -557,9 +619,88 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
-def main(argv: list[str] | None = None) -> None:
+def select_host(
+    groups: Sequence[tuple[ChildSpec, ...]], placement: Placement, host: str
+) -> tuple[tuple[ChildSpec, ...], ...]:
+    """The children that ``host`` of the topology's hosts runs, in start order."""
+    selected = (tuple(c for c in g if placement.host_of(c.port) == host) for g in groups)
+    return tuple(group for group in selected if group)
+
+
+def _check_host(topology: FleetTopology, host: str | None) -> str:
+    """'' if ``host`` may be asked for, else why not."""
+    if host is None:
+        return ""
+    names = place(topology).names
+    if not names:
+        return f"--host {host}: the topology names no hosts"
+    if host not in names:
+        return f"--host {host}: no such host (the topology has {', '.join(names)})"
+    return ""
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"fleet: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def write_units(argv: list[str]) -> None:
+    """``fleet units --host NAME [TOPOLOGY]``: the run files and one systemd unit per process
+    of that host (`topology.units`)."""
     parser = argparse.ArgumentParser(
-        prog="fleet", description="run the gateway fleet of a topology in the foreground"
+        prog="fleet units", description="write one systemd unit per process of a host"
+    )
+    parser.add_argument(
+        "topology", nargs="?", default=str(DEFAULT_TOPOLOGY), help="default: %(default)s"
+    )
+    parser.add_argument("--host", required=True, metavar="NAME", help="a host of the topology")
+    parser.add_argument(
+        "--run-dir", help="the processes' files and logs (default: <run_dir>/host-<NAME>)"
+    )
+    parser.add_argument("--out", help="where the units go (default: <run dir>/units)")
+    args = parser.parse_args(argv)
+    try:
+        topology = load_fleet(args.topology)
+    except ConfigError as exc:
+        _fail(str(exc))
+    if problem := _check_host(topology, args.host):
+        _fail(problem)
+    run = Path(args.run_dir or Path(topology.run_dir) / f"host-{args.host}").resolve()
+    state = None if args.run_dir else Path(topology.run_dir) / "state"
+    try:
+        plan = prepare_fleet(args.topology, run, find_launchers(), state)
+        files = unit_files(
+            select_host(plan.groups, plan.placement, args.host),
+            host=args.host,
+            fleet_id=new_fleet_id(),
+            env_name=FLEET_ENV,
+            source=Path(args.topology).resolve(),
+        )
+    except (ConfigError, OSError, ValueError) as exc:
+        _fail(str(exc))
+    out = Path(args.out) if args.out else run / "units"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out / name).write_text(text)
+    _print(f"fleet: {len(files)} units for host {args.host} in {_relative(out)}:")
+    for name in files:
+        _print(f"  {name}")
+    _print(
+        f"fleet: install: cp {_relative(out)}/* /etc/systemd/system/ && systemctl daemon-reload"
+        f" && systemctl enable --now {' '.join(n for n in files if n.endswith('.socket'))}"
+        f" {' '.join(n for n in files if n.endswith('.service'))}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "units":
+        write_units(argv[1:])
+        return
+    parser = argparse.ArgumentParser(
+        prog="fleet",
+        description="run the gateway fleet of a topology in the foreground"
+        " (`fleet units --host NAME` writes systemd units instead)",
     )
     parser.add_argument(
         "topology", nargs="?", default=str(DEFAULT_TOPOLOGY), help="default: %(default)s"
@@ -573,6 +714,11 @@ def main(argv: list[str] | None = None) -> None:
         help=f"run only these parts, comma-separated: {', '.join(FLEET_PARTS)}"
         " (Redis comes with proxies), e.g. backends,auth or proxies,elbs",
     )
+    parser.add_argument(
+        "--host",
+        metavar="NAME",
+        help="run only the processes of this host of the topology's hosts (one launcher each)",
+    )
     args = parser.parse_args(argv)
     try:
         parts = parse_parts(args.only) if args.only is not None else None
@@ -581,25 +727,35 @@ def main(argv: list[str] | None = None) -> None:
     try:
         topology = load_fleet(args.topology)
     except ConfigError as exc:
-        print(f"fleet: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(str(exc))
+    if problem := _check_host(topology, args.host):
+        parser.error(problem)
     launchers = find_launchers()
     redis = launchers["redis"]
     wants_redis = parts is None or "proxies" in parts or "redis" in parts
+    if args.host is not None and place(topology).host_of(topology.redis.port) != args.host:
+        wants_redis = False
     if topology.redis.enabled and wants_redis and isinstance(redis, str):
-        print(f"fleet: {redis}", file=sys.stderr)
-        raise SystemExit(2)
+        _fail(redis)
     base = Path(args.run_dir) if args.run_dir else Path(topology.run_dir)
-    lock = FleetLock(base, part_name(parts))
-    try:
-        groups = plan_fleet(topology, args.topology, base, launchers).groups
+    lock_part = "+".join(p for p in (part_name(parts), args.host and f"host-{args.host}") if p)
+    lock = FleetLock(base, lock_part)
+
+    def selected(groups: Sequence[tuple[ChildSpec, ...]]) -> tuple[tuple[ChildSpec, ...], ...]:
+        groups = tuple(groups)
         if parts is not None:
             groups = select_parts(groups, parts)
+        if args.host is not None:
+            groups = select_host(groups, place(topology), args.host)
+        return groups
+
+    try:
+        groups = selected(plan_fleet(topology, args.topology, base, launchers).groups)
         ports = {c.name: c.port for group in groups for c in group}
-        blocked = obstacles(lock, ports, topology.host)
+        addresses = {c.name: c.host for group in groups for c in group}
+        blocked = obstacles(lock, ports, topology.host, addresses)
     except (ConfigError, OSError) as exc:
-        print(f"fleet: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(str(exc))
     if blocked:
         print("\n".join(blocked), file=sys.stderr)
         raise SystemExit(2)
@@ -608,11 +764,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         plan = prepare_fleet(args.topology, run, launchers, state)
     except (ConfigError, OSError) as exc:
-        print(f"fleet: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if parts is not None:
-        plan = dataclasses.replace(plan, groups=select_parts(plan.groups, parts))
-    _print(f"fleet: run directory {_relative(plan.run_dir)}")
+        _fail(str(exc))
+    plan = dataclasses.replace(plan, groups=selected(plan.groups))
+    where = f" (host {args.host})" if args.host else ""
+    _print(f"fleet: run directory {_relative(plan.run_dir)}{where}")
     trio.run(run_until_signalled, plan, _print, lock)
 
 

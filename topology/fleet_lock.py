@@ -175,9 +175,15 @@ def _rows(records: Iterable[ProcessRecord]) -> list[str]:
     return [f"    {r.name:<24} pid {r.pid:<8} port {r.port or '-'}" for r in records]
 
 
-def obstacles(lock: FleetLock, ports: Mapping[str, int], host: str) -> list[str]:
+def obstacles(
+    lock: FleetLock,
+    ports: Mapping[str, int],
+    host: str,
+    addresses: Mapping[str, str] | None = None,
+) -> list[str]:
     """Lines saying why a fleet must not start (none: it may). Takes ``lock`` if it can;
-    the caller keeps it for as long as the fleet runs."""
+    the caller keeps it for as long as the fleet runs. Ports are checked on ``host``, or on
+    each child's own address in ``addresses`` (a topology with hosts)."""
     state = lock.read_state()
     if not lock.acquire():
         if state is None:
@@ -199,7 +205,8 @@ def obstacles(lock: FleetLock, ports: Mapping[str, int], host: str) -> list[str]
                 *_rows(orphans),
                 f"fleet: stop them first: kill {pids}",
             ]
-    busy = [(name, port) for name, port in ports.items() if port_in_use(host, port)]
+    where = addresses or {}
+    busy = [(n, port) for n, port in ports.items() if port_in_use(where.get(n, host), port)]
     if not busy:
         return []
     lines = [f"fleet: {len(busy)} port(s) of this topology are in use:"]

@@ -15,8 +15,9 @@ from typing import TypeVar
 import msgspec
 
 from httpio.balance import normalize_policy
-from httpio.origin import Origin
+from httpio.origin import Origin, origin_url
 from httpio.redis_client import parse_redis_address
+from topology.placement import check_placement, place
 from topology.schema import (
     FleetTopology,
     GatewayConfig,
@@ -135,14 +136,14 @@ def load_config(path: str | Path) -> GatewayConfig:
 def load_fleet(path: str | Path) -> FleetTopology:
     fleet = decode(path, FleetTopology)
     base = Path(path).parent
-    ports: dict[int, str] = {}
+    ports: dict[int, tuple[str, str]] = {}
 
     def claim(port: int, what: str, where: str) -> None:
         if port in ports:
             raise ConfigError(
-                path, where, f"port {port} of {what} is already used by {ports[port]}"
+                path, where, f"port {port} of {what} is already used by {ports[port][0]}"
             )
-        ports[port] = what
+        ports[port] = (what, where)
 
     for i, region in enumerate(fleet.regions):
         claim(region.elb_port, f"the ELB of {region.code}", f"$.regions[{i}].elb_port")
@@ -155,8 +156,17 @@ def load_fleet(path: str | Path) -> FleetTopology:
         claim(p, "an auth server", f"$.auth.ports[{j}]")
     if fleet.redis.enabled:
         claim(fleet.redis.port, "redis", "$.redis.port")
-    if fleet.config is not None:
-        load_config(base / fleet.config)
+    for where, message in check_placement(fleet, ports):
+        raise ConfigError(path, where, message)
+    config = load_config(base / fleet.config) if fleet.config is not None else GatewayConfig()
+    auth_hosts = sorted({place(fleet).host_of(p) for p in fleet.auth.ports})
+    if len(auth_hosts) > 1 and config.auth_store.startswith("sqlite:"):
+        raise ConfigError(
+            path,
+            "$.auth.ports",
+            f"auth servers on hosts {', '.join(auth_hosts)} cannot share one SQLite file:"
+            " set Auth_store in config.json to postgresql://...",
+        )
     return fleet
 
 
@@ -176,7 +186,8 @@ def load_elb_targets(path: str | Path, port: int) -> tuple[str, list[str]]:
         fleet = load_fleet(path)
         for region in fleet.regions:
             if region.elb_port == port:
-                return region.code, [f"http://{fleet.host}:{p}" for p in region.proxy_ports]
+                where = place(fleet)
+                return region.code, [origin_url(where.address_of(p), p) for p in region.proxy_ports]
         raise ConfigError(path, "$.regions", f"no region has elb_port {port}")
     proxies = load_proxy_list(path)
     return proxies.region_code, list(proxies.available_zone)

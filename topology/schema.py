@@ -280,6 +280,19 @@ class GatewayConfig(Struct, frozen=True, forbid_unknown_fields=True):
 
 
 # -- the fleet topology (topology/fleet.yaml) --------------------------------------------------
+HostName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]{0,31}$")]
+
+
+class FleetHost(Struct, frozen=True, forbid_unknown_fields=True):
+    """A machine of the fleet and the processes it runs, by port (`topology.placement`).
+    They bind ``address``, an IP address rather than a name: it is what peers connect to
+    and what a proxy trusts a PROXY header from."""
+
+    name: HostName
+    address: str
+    ports: list[Port] = field(default_factory=list)
+
+
 class FleetRegion(Struct, frozen=True, forbid_unknown_fields=True):
     code: str
     elb_port: Port
@@ -313,7 +326,9 @@ class FleetTopology(Struct, frozen=True, forbid_unknown_fields=True):
     redis: FleetRedis = field(default_factory=FleetRedis)
     config: str | None = None  # config.json for every proxy, relative to this file
     run_dir: str = "run"
-    host: Literal["127.0.0.1"] = "127.0.0.1"
+    host: Literal["127.0.0.1"] = "127.0.0.1"  # the address of a topology without hosts
+    # the machines and what each runs; none: everything on ``host``, one launcher
+    hosts: list[FleetHost] = field(default_factory=list)
 
 
 def encode_json(obj: object) -> bytes:

@@ -185,7 +185,8 @@ async def probe_once(spec: ChildSpec, timeout_s: float = PROBE_TIMEOUT_S) -> boo
                     answer += data
             except (trio.BrokenResourceError, OSError):
                 return False
-            return answer.startswith(b"+PONG")
+            # -NOAUTH: up, with a password (the launcher's redis.conf)
+            return answer.startswith((b"+PONG", b"-NOAUTH"))
     return False
 
 
