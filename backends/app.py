@@ -54,6 +54,7 @@ import trio
 from backends.static_files import StaticFile, StaticSite
 from httpio.errors import ClientError, encode_error
 from httpio.messages import Request, Response, json_response
+from httpio.metrics import metrics_response
 
 ECHO_TEXT_LIMIT = 64 * 1024
 MAX_DELAY_S = 600.0
@@ -266,6 +267,8 @@ class BackendApp:
             return self._stream(parse_byte_count(path))
         if path == "/stats":
             return json_response(200, self.statistics(), [(b"cache-control", b"no-store")])
+        if path == "/metrics":
+            return metrics_response(request)
         if request.method not in ("GET", "HEAD"):
             return _method_not_allowed(request.method)
         return self._static(request, self.site.lookup(path))

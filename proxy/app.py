@@ -17,11 +17,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from httpio.access_log import RequestNote
 from httpio.balance import Endpoint, ServicePool
 from httpio.errors import GatewayError, RouteNotFound
 from httpio.limits import ServiceLimiter
 from httpio.messages import Request, Response, json_response
+from httpio.metrics import metrics_response
 from httpio.retry_budget import RetryBudget
+from httpio.trace import next_traceparent
 from httpio.upstream import UpstreamPool
 from proxy import forwarding
 from proxy.cache import HttpCache
@@ -53,6 +56,7 @@ class ProxyApp:
         self.started_at = time.time()
         self.on_reload: list[Callable[[ProxyConfig], None]] = []
         self.config = config
+        self.trust_trace = config.gateway.trace.trust_incoming
         self.chains = self._build(config)
 
     def __repr__(self) -> str:
@@ -72,6 +76,7 @@ class ProxyApp:
             self.auth.reload(config)
         self.chains = self._build(config)
         self.config = config
+        self.trust_trace = config.gateway.trace.trust_incoming
         for hook in self.on_reload:
             hook(config)
 
@@ -134,13 +139,35 @@ class ProxyApp:
             return self.health()
         if path.startswith("/admin/"):
             return await self.admin(request)
+        if path == "/metrics":
+            return metrics_response(request)
         request_id = forwarding.request_id_of(request.headers)
+        trace_id, traceparent = next_traceparent(request.headers, trust_incoming=self.trust_trace)
         try:
             chain, exchange = self.chains.exchange(request, request_id)
-            return await chain.run(exchange)
+            note = request.note = exchange.note
+            exchange.traceparent = traceparent
+            note.trace_id = trace_id.decode()
+            name = chain.name
+            if name.startswith("region:"):
+                note.region = name[7:]
+                note.service = path.split("/", 2)[1]
+            else:
+                note.region = self.config.region
+                note.service = name
+            response = await chain.run(exchange)
+            for header, value in exchange.identity:
+                if header == b"x-user":
+                    note.user = value.decode("utf-8", "replace")
+            return response
         except GatewayError as err:
             # Errors carry the id too, so a client's report can be found in every log.
             err.headers = (*err.headers, (b"x-request-id", request_id))
+            err.request_id = request_id.decode()
+            if request.note is None:
+                request.note = RequestNote()
+                request.note.trace_id = trace_id.decode()
+            request.note.error = err.code
             raise
 
     def health(self) -> Response:

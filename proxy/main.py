@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 import trio
 
+from httpio.access_log import AccessLog, open_access_log
 from httpio.balance import ServicePool
 from httpio.handoff import UnsafeRuntimeDir, handoff_address, serve_handoffs
 from httpio.health_check import run_health_checks
@@ -26,6 +27,7 @@ from httpio.run import configure_logging, serve_until_signalled
 from httpio.server import HttpServer
 from httpio.upstream import UpstreamPool
 from proxy.app import ProxyApp
+from proxy.metrics import ProxyObserver, count_reload
 from proxy.state import ProxyConfig, ProxyPaths, load_proxy_config, watch_config
 from proxy.wiring import start_auth, start_cache
 from topology.load import ConfigError
@@ -80,16 +82,26 @@ def follow(server: HttpServer, config: ProxyConfig) -> None:
 
 
 async def start_proxy(
-    config: ProxyConfig, paths: ProxyPaths, name: str, nursery: trio.Nursery, server: HttpServer
+    config: ProxyConfig,
+    paths: ProxyPaths,
+    name: str,
+    nursery: trio.Nursery,
+    server: HttpServer,
+    access_log: AccessLog | None = None,
 ) -> Handler:
     """The auth layer, the cache and the app, then the config watch and the health checks,
-    all in ``nursery``; the handler the server is to call."""
+    all in ``nursery``; the handler the server is to call. The metrics and the access log
+    (when one is open: flushed every second, reopened on SIGHUP) see every answer."""
     upstream = UpstreamPool(config.gateway.upstream)
     auth = await start_auth(config, upstream, nursery, proxy=name)
     cache = await start_cache(config, nursery)
     app = ProxyApp(config, upstream, name=name, auth=auth, cache=cache)
     follow(server, app.config)
     app.on_reload.append(partial(follow, server))
+    server.observer = ProxyObserver(app, access_log)
+    count_reload(ok=True)
+    if access_log is not None:
+        await nursery.start(access_log.run)
     await nursery.start(
         watch_config, paths, app.apply, lambda: app.config.gateway.config_check_interval_s
     )
@@ -115,6 +127,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("region", type=Path, help="region structure (rs_*.yaml)")
     parser.add_argument("config", type=Path, help="config.json")
     parser.add_argument("--name", default=None)
+    parser.add_argument(
+        "--access-log",
+        default="off",
+        metavar="PATH|-|off",
+        help="one JSON line per request to PATH (- for standard output); default off",
+    )
     args = parser.parse_args(argv)
     paths = ProxyPaths(args.msa, args.region, args.config)
     try:
@@ -124,9 +142,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     name = args.name or f"proxy-{config.region}-{args.port}"
     configure_logging(name)
+    access_log = open_access_log(args.access_log)
     trio.run(
         lambda: serve_until_signalled(
-            partial(start_proxy, config, paths, name),
+            partial(start_proxy, config, paths, name, access_log=access_log),
             args.port,
             name=name,
             limits=config.gateway.server,

@@ -12,6 +12,7 @@ command -v wrk >/dev/null || missing+=(wrk)
 command -v caddy >/dev/null || missing+=(caddy)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+command -v prometheus >/dev/null || missing+=(prometheus)   # the metrics e2e test (issue 12)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then

@@ -212,6 +212,13 @@ class ProxyList(Struct, frozen=True, forbid_unknown_fields=True):
 
 
 # -- config.json -------------------------------------------------------------------------------
+class TraceSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    """W3C trace context (`httpio.trace`): continue a client's ``traceparent`` (true), or
+    start a new trace for every request, as an edge fleet facing the internet may want."""
+
+    trust_incoming: bool = True
+
+
 class GatewayConfig(Struct, frozen=True, forbid_unknown_fields=True):
     cache_enabled: bool = field(default=False, name="Cache_or_not")
     redis_address: str = field(default="localhost:6379", name="Redis_address")
@@ -234,6 +241,7 @@ class GatewayConfig(Struct, frozen=True, forbid_unknown_fields=True):
     server: ServerLimits = field(default_factory=ServerLimits, name="Server")
     upstream: UpstreamTimeouts = field(default_factory=UpstreamTimeouts, name="Upstream")
     access_log: bool = field(default=False, name="Access_log")
+    trace: TraceSettings = field(default_factory=TraceSettings, name="Trace")
     cache: CacheSettings = field(default_factory=CacheSettings, name="Cache")
 
 

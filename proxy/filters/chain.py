@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
+from httpio.access_log import RequestNote
 from httpio.messages import Request, Response
 from httpio.protocol import Headers
 
@@ -35,9 +36,12 @@ class Exchange:
     ``target`` is what the upstream is asked for (``/<rest>?<query>`` of a service's request,
     the whole target of one forwarded to another region); ``from_hop``: another region's
     proxy forwarded it (its hop mark verified); ``identity``: headers the auth filter vouches
-    for (``X-User``...), sent upstream after the client's own were dropped."""
+    for (``X-User``...), sent upstream after the client's own were dropped; ``note``: what the
+    access log and the metrics want to know (`httpio.access_log.RequestNote`: a filter that
+    learns the route, the upstream or a rate-limit decision writes it there); ``traceparent``:
+    the W3C trace context for the next hop (`httpio.trace`), b"" until the proxy sets it."""
 
-    __slots__ = ("from_hop", "identity", "request", "request_id", "target")
+    __slots__ = ("from_hop", "identity", "note", "request", "request_id", "target", "traceparent")
 
     def __init__(self, request: Request, request_id: bytes, target: str, from_hop: bool) -> None:
         self.request = request
@@ -45,6 +49,8 @@ class Exchange:
         self.target = target
         self.from_hop = from_hop
         self.identity: Headers = _NO_HEADERS
+        self.note = RequestNote()
+        self.traceparent = b""
 
     def __repr__(self) -> str:
         return f"<Exchange {self.request.method} {self.target} id={self.request_id.decode()}>"
