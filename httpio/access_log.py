@@ -68,12 +68,14 @@ class RequestNote:
     matched (issue 11); ``upstream``: the instance (or other region's ELB) of the last try;
     ``retries``: tries after the first; ``upstream_ms``: from the first try to the response
     head; ``user``: the token's subject; ``rate_limited``: a rate limit refused or delayed it;
-    ``error``: the JSON error kind we answered; ``trace_id``: W3C trace id (`httpio.trace`)."""
+    ``error``: the JSON error kind we answered; ``trace_id``: W3C trace id (`httpio.trace`);
+    ``request_id``: the X-Request-ID this hop used."""
 
     __slots__ = (
         "error",
         "rate_limited",
         "region",
+        "request_id",
         "retries",
         "route",
         "service",
@@ -94,6 +96,7 @@ class RequestNote:
         self.rate_limited = False
         self.error = "-"
         self.trace_id = "-"
+        self.request_id = "-"
 
     def __repr__(self) -> str:
         return f"<RequestNote {self.service} upstream={self.upstream} error={self.error}>"

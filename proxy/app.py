@@ -148,6 +148,7 @@ class ProxyApp:
             note = request.note = exchange.note
             exchange.traceparent = traceparent
             note.trace_id = trace_id.decode()
+            note.request_id = request_id.decode()
             name = chain.name
             if name.startswith("region:"):
                 note.region = name[7:]
@@ -167,6 +168,7 @@ class ProxyApp:
             if request.note is None:
                 request.note = RequestNote()
                 request.note.trace_id = trace_id.decode()
+                request.note.request_id = request_id.decode()
             request.note.error = err.code
             raise
 

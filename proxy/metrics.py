@@ -161,7 +161,7 @@ class ProxyObserver:
                 "dependency_unavailable",
             ):
                 AUTH_VERDICTS.labels(_AUTH_RESULT[response.status]).inc()
-        if self.access_log is not None:
+        if self.access_log is not None and request.path not in _UNLOGGED:
             self.access_log.write(line_of(request, response, note, duration, sent, cache))
 
     def _label(self, service: str) -> str:
@@ -182,6 +182,8 @@ class ProxyObserver:
 
 
 _NO_NOTE = RequestNote()
+# The ELB's probes (two a second per proxy) and scrapes would drown the requests.
+_UNLOGGED = frozenset({"/health", "/metrics"})
 
 
 def line_of(
@@ -192,12 +194,15 @@ def line_of(
     sent: int,
     cache: str,
 ) -> AccessLine:
-    request_id = header(response.headers, b"x-request-id")
+    request_id = note.request_id
+    if request_id == "-":
+        sent_id = header(response.headers, b"x-request-id")
+        request_id = sent_id.decode("latin-1") if sent_id is not None else "-"
     length = request.body.length
     user_agent = request.header(b"user-agent")
     return AccessLine(
         time=now_rfc3339(),
-        request_id=request_id.decode("latin-1") if request_id is not None else "-",
+        request_id=request_id,
         trace_id=note.trace_id,
         client_ip=request.client[0],
         method=request.method,

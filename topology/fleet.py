@@ -60,6 +60,7 @@ from topology.persistent import (
     with_fleet_key,
     write_private,
 )
+from topology.prometheus import prometheus_config
 from topology.schema import (
     FleetTopology,
     GatewayConfig,
@@ -186,6 +187,7 @@ def run_files(
     config = gateway_config(topology, topology_path)
     config = with_fleet_key(config, state) if state is not None else config
     files = {run / "config.json": encode_json(config) + b"\n"}
+    files[run / "prometheus.yml"] = prometheus_config(topology)
     every_elb = [RegionSpec(r.code, [_url(topology.host, r.elb_port)]) for r in topology.regions]
     for region in topology.regions:
         code = region.code
@@ -257,8 +259,12 @@ class _Specs:
             names = (f"msa_{code}.yaml", f"rs_{code}.yaml", "config.json")
             return [str(self.run / n) for n in names]
 
+        def args(code: str, port: int) -> list[str]:
+            access = self.run / "logs" / f"access-proxy-{code}-{port}.log"
+            return [str(port), *files(code), "--access-log", str(access)]
+
         return tuple(
-            self.child("proxy", f"proxy-{r.code}-{p}", p, [str(p), *files(r.code)], region=r.code)
+            self.child("proxy", f"proxy-{r.code}-{p}", p, args(r.code, p), region=r.code)
             for r in topology.regions
             for p in r.proxy_ports
         )
