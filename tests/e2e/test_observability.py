@@ -119,7 +119,7 @@ def test_an_invalid_traceparent_is_replaced(fleet: RunningFleet, token: str) -> 
         (k, v)
         for k, v in request(fleet.kr_proxies[0], "/video/echo", headers=headers).json()["headers"]
     )
-    version, trace, span, flags = echoed["traceparent"].split("-")
+    version, trace, _, flags = echoed["traceparent"].split("-")
     assert version == "00" and len(trace) == 32 and trace != "0" * 32 and flags == "00"
 
 
