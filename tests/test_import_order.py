@@ -27,6 +27,8 @@ LAUNCHER = frozenset(
         "topology.fleet_lock",
         "topology.lifeline",
         "topology.persistent",
+        "topology.prometheus",
+        "topology.report",
         "topology.supervisor",
         "topology.table",
     }

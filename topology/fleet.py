@@ -52,6 +52,7 @@ import msgspec
 import trio
 
 from httpio.handoff import FLEET_ENV
+from topology import report
 from topology.fleet_lock import FleetLock, FleetState, obstacles, record_of
 from topology.load import ConfigError, load_config, load_fleet
 from topology.persistent import (
@@ -559,6 +560,10 @@ def _print(line: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:  # fleet report [RUN_DIR]: a run's access logs, summarised
+        report.main(argv[1:])
+        return
     parser = argparse.ArgumentParser(
         prog="fleet", description="run the gateway fleet of a topology in the foreground"
     )
