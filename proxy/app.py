@@ -186,7 +186,7 @@ class ProxyApp:
     async def admin(self, request: Request) -> Response:
         """Operator endpoints: only on a direct connection from this host, never through an
         ELB (a client behind the ELB reaches us handed off or behind a PROXY header)."""
-        if request.via_elb or request.client[0] not in ("127.0.0.1", "::1"):
+        if not request.local_direct:
             raise RouteNotFound(f"no service {request.path.split('/')[1]!r}")
         if request.path == "/admin/backends" and request.method == "GET":
             return json_response(
@@ -202,8 +202,39 @@ class ProxyApp:
                     "cache": self.cache.statistics() if self.cache is not None else None,
                 },
             )
+        if request.path == "/admin/cache" and request.method == "GET":
+            if self.cache is None:
+                raise RouteNotFound("the cache is switched off")
+            return json_response(200, cache_report(self.cache.statistics()))
         if request.path == "/admin/cache/purge" and request.method in ("POST", "DELETE"):
             if self.cache is None:
                 raise RouteNotFound("the cache is switched off")
             return await self.cache.admin_purge(request)
         raise RouteNotFound(f"no admin endpoint {request.path!r}")
+
+
+def cache_report(stats: dict[str, object]) -> dict[str, object]:
+    """``GET /admin/cache``: each tier's size and hit ratio, then the raw counters."""
+
+    def ratio(hits: object, misses: object) -> float | None:
+        h, m = int(str(hits)), int(str(misses))
+        return round(h / (h + m), 4) if h + m else None
+
+    store = stats["store"]
+    assert isinstance(store, dict)
+    memory = store["memory"]
+    assert isinstance(memory, dict)
+    return {
+        "hit_ratio": ratio(stats["hits"], stats["misses"]),
+        "memory": {
+            "entries": memory["entries"],
+            "bytes": memory["bytes"],
+            "max_bytes": memory["max_bytes"],
+            "hit_ratio": ratio(memory["hits"], memory["misses"]),
+        },
+        "redis": {
+            "breaker": store["breaker"],
+            "connected": store["redis"] is not None,
+        },
+        "statistics": stats,
+    }

@@ -162,3 +162,16 @@ def test_request_counters_move_as_traffic_does(fleet: RunningFleet, token: str) 
     assert metric(text, "gateway_auth_verdicts_total", result="valid") >= 5
     assert metric(text, "gateway_request_duration_seconds_count", service="video") >= 5
     assert "/video/index.html" not in text  # paths are never labels
+
+
+def test_admin_cache_shows_tiers_and_hit_ratios_direct_only(
+    fleet: RunningFleet, token: str
+) -> None:
+    proxy = fleet.kr_proxies[0]
+    path = f"/image/image.png?v={uuid.uuid4().hex}"
+    for _ in range(2):
+        request(proxy, path, headers={"authorization": f"Bearer {token}"})
+    doc = request(proxy, "/admin/cache").json()
+    assert doc["memory"]["entries"] >= 1 and 0 < doc["hit_ratio"] <= 1
+    assert {"breaker", "connected"} <= set(doc["redis"])
+    assert request(fleet.kr_elb, "/admin/cache").status == 404
