@@ -88,6 +88,7 @@ async def start_proxy(
     nursery: trio.Nursery,
     server: HttpServer,
     access_log: AccessLog | None = None,
+    metrics: bool = True,
 ) -> Handler:
     """The auth layer, the cache and the app, then the config watch and the health checks,
     all in ``nursery``; the handler the server is to call. The metrics and the access log
@@ -98,7 +99,8 @@ async def start_proxy(
     app = ProxyApp(config, upstream, name=name, auth=auth, cache=cache)
     follow(server, app.config)
     app.on_reload.append(partial(follow, server))
-    server.observer = ProxyObserver(app, access_log)
+    if metrics or access_log is not None:
+        server.observer = ProxyObserver(app, access_log, metrics=metrics)
     count_reload(ok=True)
     if access_log is not None:
         await nursery.start(access_log.run)
@@ -133,6 +135,12 @@ def main(argv: list[str] | None = None) -> None:
         metavar="PATH|-|off",
         help="one JSON line per request to PATH (- for standard output); default off",
     )
+    parser.add_argument(
+        "--metrics",
+        choices=("on", "off"),
+        default="on",
+        help="count requests for /metrics (off: only for measuring what counting costs)",
+    )
     args = parser.parse_args(argv)
     paths = ProxyPaths(args.msa, args.region, args.config)
     try:
@@ -145,7 +153,14 @@ def main(argv: list[str] | None = None) -> None:
     access_log = open_access_log(args.access_log)
     trio.run(
         lambda: serve_until_signalled(
-            partial(start_proxy, config, paths, name, access_log=access_log),
+            partial(
+                start_proxy,
+                config,
+                paths,
+                name,
+                access_log=access_log,
+                metrics=args.metrics == "on",
+            ),
             args.port,
             name=name,
             limits=config.gateway.server,

@@ -122,9 +122,12 @@ def header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
 class ProxyObserver:
     """After each answer: the metrics, and the access-log line when a log is open."""
 
-    def __init__(self, app: ProxyApp, access_log: AccessLog | None) -> None:
+    def __init__(
+        self, app: ProxyApp, access_log: AccessLog | None, *, metrics: bool = True
+    ) -> None:
         self.app = app
         self.access_log = access_log
+        self.metrics = metrics
         self._requests: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         _current.append(app)
         del _current[:-1]
@@ -134,19 +137,23 @@ class ProxyObserver:
         note = request.note
         if note is None:
             note = _NO_NOTE
+        duration = now - started
+        if not self.metrics:
+            if self.access_log is not None and request.path not in _UNLOGGED:
+                cache = _cache_result(response) if note.service != "-" else "-"
+                self.access_log.write(line_of(request, response, note, duration, sent, cache))
+            return
         service = note.service if note.region != "-" else "-"
         key = (service, request.method, response.status)
         children = self._requests.get(key)
         if children is None:
             children = self._children(key)
         children[0].inc()
-        duration = now - started
         children[1].observe(duration)
         cache = "-"
         if note.service != "-":
-            x_cache = header(response.headers, b"x-cache")
-            if x_cache is not None:
-                cache = _CACHE_RESULTS.get(x_cache, "-")
+            cache = _cache_result(response)
+            if cache != "-":
                 CACHE_REQUESTS.labels(self._label(note.service), cache).inc()
             if note.upstream_ms is not None:
                 UPSTREAM_DURATION.labels(self._label(note.service)).observe(note.upstream_ms / 1000)
@@ -179,6 +186,11 @@ class ProxyObserver:
         if len(self._requests) < 4096:  # bounded even if a label set were not
             self._requests[key] = children
         return children
+
+
+def _cache_result(response: Response) -> str:
+    x_cache = header(response.headers, b"x-cache")
+    return "-" if x_cache is None else _CACHE_RESULTS.get(x_cache, "-")
 
 
 _NO_NOTE = RequestNote()
