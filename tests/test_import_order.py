@@ -29,6 +29,7 @@ LAUNCHER = frozenset(
         "topology.persistent",
         "topology.prometheus",
         "topology.report",
+        "topology.top",
         "topology.supervisor",
         "topology.table",
     }

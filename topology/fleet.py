@@ -52,7 +52,7 @@ import msgspec
 import trio
 
 from httpio.handoff import FLEET_ENV
-from topology import report
+from topology import report, top
 from topology.fleet_lock import FleetLock, FleetState, obstacles, record_of
 from topology.load import ConfigError, load_config, load_fleet
 from topology.persistent import (
@@ -563,6 +563,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["report"]:  # fleet report [RUN_DIR]: a run's access logs, summarised
         report.main(argv[1:])
+        return
+    if argv[:1] == ["top"]:  # fleet top [TOPOLOGY]: the live view of a running fleet
+        top.main(argv[1:])
         return
     parser = argparse.ArgumentParser(
         prog="fleet", description="run the gateway fleet of a topology in the foreground"

@@ -175,3 +175,26 @@ def test_admin_cache_shows_tiers_and_hit_ratios_direct_only(
     assert doc["memory"]["entries"] >= 1 and 0 < doc["hit_ratio"] <= 1
     assert {"breaker", "connected"} <= set(doc["redis"])
     assert request(fleet.kr_elb, "/admin/cache").status == 404
+
+
+def test_fleet_top_renders_every_process_and_service(fleet: RunningFleet, token: str) -> None:
+    import subprocess
+    import sys
+
+    for _ in range(3):
+        request(fleet.kr_elb, "/video/index.html", headers={"authorization": f"Bearer {token}"})
+    topology = fleet.fleet.run_dir.parent / "fleet.yaml"
+    done = subprocess.run(
+        [sys.executable, "-m", "topology.fleet", "top", str(topology), "--once", "--width", "160"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    text = done.stdout
+    for name in fleet.ports:
+        if name.startswith(("proxy-", "authsvc-", "backend-")):
+            assert name in text, text
+    assert "down" not in text, text
+    assert "video" in text and "2/2" in text  # video's two instances up
+    assert "last reload per proxy" in text
