@@ -63,6 +63,7 @@ from topology.persistent import (
 )
 from topology.prometheus import prometheus_config
 from topology.schema import (
+    FleetRegion,
     FleetTopology,
     GatewayConfig,
     ProxyList,
@@ -276,12 +277,17 @@ class _Specs:
                 "elb",
                 f"elb-{r.code}-{r.elb_port}",
                 r.elb_port,
-                [str(r.elb_port), str(self.run / f"r_{r.code}.yaml")],
+                [str(r.elb_port), str(self.run / f"r_{r.code}.yaml"), *elb_metrics(r)],
                 region=r.code,
                 listen=True,
             )
             for r in topology.regions
         )
+
+
+def elb_metrics(region: FleetRegion) -> list[str]:
+    port = region.elb_metrics_port
+    return [] if port is None else ["--metrics-port", str(port)]
 
 
 def parse_parts(text: str) -> frozenset[str]:

@@ -1,10 +1,10 @@
 """``run/<ts>/prometheus.yml``: every process of a fleet as a Prometheus scrape target.
 
-One job per kind of process (``proxy``, ``authsvc``, ``backend``), each target labelled with
+One job per kind of process (``proxy``, ``elb``, ``authsvc``, ``backend``), each target labelled with
 its region where it has one, so ``sum by (region) (rate(gateway_requests_total[1m]))`` needs no
 relabelling. Every process serves ``/metrics`` on 127.0.0.1 to direct connections only, which
 is where a Prometheus on the fleet's host scrapes from. The ELBs pass connections on without
-reading them and have no HTTP endpoint of their own, so they are not listed (see the README).
+reading them: theirs is on ``elb_metrics_port`` when the topology gives one.
 Scraped every 5 s: the fleet's own health checks run at 0.5 s - 10 s, and a ``fleet top``
 refreshing every second reads ``/metrics`` itself rather than through Prometheus.
 """
@@ -24,6 +24,10 @@ def scrape_targets(topology: FleetTopology) -> list[tuple[str, str, dict[str, st
         for port in region.proxy_ports:
             name = f"proxy-{region.code}-{port}"
             out.append(("proxy", f"{host}:{port}", {"region": region.code, "process": name}))
+        if region.elb_metrics_port is not None:
+            name = f"elb-{region.code}-{region.elb_port}"
+            labels = {"region": region.code, "process": name}
+            out.append(("elb", f"{host}:{region.elb_metrics_port}", labels))
     for port in topology.auth.ports:
         out.append(("authsvc", f"{host}:{port}", {"process": f"authsvc-{port}"}))
     for port in topology.backends.ports:

@@ -251,6 +251,7 @@ class FleetRegion(Struct, frozen=True, forbid_unknown_fields=True):
     elb_port: Port
     proxy_ports: list[Port]
     msa: str  # path of the region's service map, relative to the topology file
+    elb_metrics_port: Port | None = None  # the ELB's /metrics on 127.0.0.1 (none: not served)
 
 
 class FleetRedis(Struct, frozen=True, forbid_unknown_fields=True):

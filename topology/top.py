@@ -159,7 +159,9 @@ def build_view(before: list[Scrape], after: list[Scrape], now: float) -> View:
         if not a.up:
             processes.append([name, a.job, region, port, "down", "-", "-", "-", "-", "-"])
             continue
-        counter = "gateway_requests_total" if a.job == "proxy" else "http_server_requests_total"
+        counter = {"proxy": "gateway_requests_total", "elb": "elb_connections_total"}.get(
+            a.job, "http_server_requests_total"
+        )
         histogram = (
             "gateway_request_duration_seconds"
             if a.job == "proxy"
@@ -180,7 +182,7 @@ def build_view(before: list[Scrape], after: list[Scrape], now: float) -> View:
                 f"{rate:.1f}",
                 _ms(p99),
                 f"{(errors - errors_before) / dt:.1f}" if b.up else "-",
-                f"{a.total('gateway_open_connections'):.0f}",
+                f"{a.total('elb_active_connections' if a.job == 'elb' else 'gateway_open_connections'):.0f}",
                 f"{rss:.1f}",
             ]
         )

@@ -198,3 +198,12 @@ def test_fleet_top_renders_every_process_and_service(fleet: RunningFleet, token:
     assert "down" not in text, text
     assert "video" in text and "2/2" in text  # video's two instances up
     assert "last reload per proxy" in text
+
+
+def test_the_elb_serves_its_own_metrics_and_counts_connections(fleet: RunningFleet) -> None:
+    port = fleet.fleet.plan.topology.regions[0].elb_metrics_port
+    request(fleet.kr_elb, "/health")
+    text = request(f"http://127.0.0.1:{port}", "/metrics").body.decode()
+    assert metric(text, "elb_connections_total") >= 1
+    assert metric(text, "elb_proxy_up") == len(fleet.kr_proxies)
+    assert "process_resident_memory_bytes" in text

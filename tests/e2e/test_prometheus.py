@@ -82,10 +82,11 @@ def test_prometheus_scrapes_every_process_and_reads_the_counters(
 
     def all_up() -> bool:
         up = query(prometheus, "up")
-        return len(up) == len(fleet.kr_proxies) + len(fleet.en_proxies) + 1 + 5 and all(
+        return len(up) == len(fleet.kr_proxies) + len(fleet.en_proxies) + 2 + 1 + 5 and all(
             r["value"][1] == "1"  # type: ignore[index]
             for r in up
         )
 
     wait_for(all_up, timeout_s=40, what="every target of prometheus.yml up")
     assert query(prometheus, "process_resident_memory_bytes{job='authsvc'}")
+    assert query(prometheus, "elb_proxy_up{job='elb'} == 1")
