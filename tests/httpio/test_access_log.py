@@ -78,7 +78,7 @@ def test_a_note_nobody_filled_in_logs_dashes():
     )
 
 
-def line_fields():
+def line_fields() -> tuple[object, ...]:
     return (
         "t",
         "id",
