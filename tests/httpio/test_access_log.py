@@ -24,7 +24,7 @@ def test_time_is_rfc3339_utc_with_milliseconds():
 def test_lines_wait_in_memory_until_a_flush(tmp_path):
     path = tmp_path / "a.log"
     log = AccessLog(path)
-    log.write(access_log.AccessLine(*line_fields()))
+    log.write(a_line())
     assert path.read_bytes() == b""  # no system call per request
     log.flush()
     assert json.loads(path.read_text())["path"] == "/x"
@@ -36,7 +36,7 @@ def test_a_megabyte_waiting_is_written_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(access_log, "FLUSH_BYTES", 1000)
     log = AccessLog(tmp_path / "a.log")
     for _ in range(10):
-        log.write(access_log.AccessLine(*line_fields()))
+        log.write(a_line())
     assert log.lines_written >= 1
     log.close()
 
@@ -44,10 +44,10 @@ def test_a_megabyte_waiting_is_written_at_once(tmp_path, monkeypatch):
 def test_reopen_follows_a_rotated_file(tmp_path):
     path = tmp_path / "a.log"
     log = AccessLog(path)
-    log.write(access_log.AccessLine(*line_fields()))
+    log.write(a_line())
     os.rename(path, tmp_path / "a.log.1")
     log.reopen()  # what SIGHUP does: flush into the old file, then open the path anew
-    log.write(access_log.AccessLine(*line_fields()))
+    log.write(a_line())
     log.close()
     assert len((tmp_path / "a.log.1").read_text().splitlines()) == 1
     assert len(path.read_text().splitlines()) == 1
@@ -58,10 +58,10 @@ async def test_run_flushes_within_a_second_and_on_the_way_out(tmp_path, autojump
     log = AccessLog(path)
     async with trio.open_nursery() as nursery:
         await nursery.start(log.run)
-        log.write(access_log.AccessLine(*line_fields()))
+        log.write(a_line())
         await trio.sleep(access_log.FLUSH_INTERVAL_S + 0.01)
         assert len(path.read_text().splitlines()) == 1
-        log.write(access_log.AccessLine(*line_fields()))
+        log.write(a_line())
         nursery.cancel_scope.cancel()
     assert len(path.read_text().splitlines()) == 2
     log.close()
@@ -78,27 +78,8 @@ def test_a_note_nobody_filled_in_logs_dashes():
     )
 
 
-def line_fields() -> tuple[object, ...]:
-    return (
-        "t",
-        "id",
-        "-",
-        "127.0.0.1",
-        "GET",
-        "/x",
-        200,
-        0,
-        5,
-        1.0,
-        None,
-        "svc",
-        "r",
-        "-",
-        "-",
-        0,
-        "-",
-        "-",
-        False,
-        "-",
-        "ua",
-    )
+def a_line() -> access_log.AccessLine:
+    return access_log.AccessLine(
+        "t", "id", "-", "127.0.0.1", "GET", "/x", 200, 0, 5, 1.0, None,
+        "svc", "r", "-", "-", 0, "-", "-", False, "-", "ua",
+    )  # fmt: skip
