@@ -25,7 +25,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import msgspec
 import structlog
@@ -227,6 +227,17 @@ class AccessLog:
                     self.flush()
         finally:
             self.flush()
+
+
+class Tee:
+    """Every line to each of ``sinks`` (the JSON file and the SQLite database)."""
+
+    def __init__(self, *sinks: Any) -> None:
+        self.sinks = sinks
+
+    def write(self, line: msgspec.Struct) -> None:
+        for sink in self.sinks:
+            sink.write(line)
 
 
 def open_access_log(spec: str | None) -> AccessLog | None:

@@ -17,7 +17,8 @@ from pathlib import Path
 import structlog
 import trio
 
-from httpio.access_log import AccessLog, open_access_log
+from httpio.access_log import AccessLog, Tee, open_access_log
+from httpio.access_sqlite import SqliteAccessLog
 from httpio.balance import ServicePool
 from httpio.handoff import UnsafeRuntimeDir, handoff_address, serve_handoffs
 from httpio.health_check import run_health_checks
@@ -31,6 +32,7 @@ from proxy.metrics import ProxyObserver, count_reload
 from proxy.state import ProxyConfig, ProxyPaths, load_proxy_config, watch_config
 from proxy.wiring import start_auth, start_cache
 from topology.load import ConfigError
+from topology.schema import AccessLogSettings
 
 log = structlog.get_logger()
 
@@ -74,7 +76,7 @@ async def supervise_health_checks(app: ProxyApp) -> None:
 
 def follow(server: HttpServer, config: ProxyConfig) -> None:
     """The access log switch, and the original's RS_print_or_not / MSA_print_or_not."""
-    server.access_log = config.gateway.access_log
+    server.access_log = config.gateway.access_log is True
     if config.gateway.print_region_structure:
         log.info("region_structure", region=config.region, regions=config.regions)
     if config.gateway.print_service_map:
@@ -99,8 +101,15 @@ async def start_proxy(
     app = ProxyApp(config, upstream, name=name, auth=auth, cache=cache)
     follow(server, app.config)
     app.on_reload.append(partial(follow, server))
-    if metrics or access_log is not None:
-        server.observer = ProxyObserver(app, access_log, metrics=metrics)
+    sqlite = config.gateway.access_log
+    database = None
+    if isinstance(sqlite, AccessLogSettings):
+        database = SqliteAccessLog(paths.config.parent / sqlite.sqlite)
+        await nursery.start(database.run)
+    sinks = [s for s in (access_log, database) if s is not None]
+    sink = sinks[0] if len(sinks) == 1 else Tee(*sinks) if sinks else None
+    if metrics or sink is not None:
+        server.observer = ProxyObserver(app, sink, metrics=metrics)
     count_reload(ok=True)
     if access_log is not None:
         await nursery.start(access_log.run)

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from httpio.access_log import AccessLine, AccessLog, RequestNote, now_rfc3339, redact_target
+from httpio.access_log import AccessLine, RequestNote, now_rfc3339, redact_target
 from httpio.messages import Request, Response
 from httpio.metrics import LATENCY_BUCKETS
 
@@ -119,11 +119,17 @@ def header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     return None
 
 
+class AccessSink(Protocol):
+    """Where access-log lines go (`httpio.access_log.AccessLog`, the SQLite sink, or both)."""
+
+    def write(self, line: AccessLine) -> None: ...
+
+
 class ProxyObserver:
     """After each answer: the metrics, and the access-log line when a log is open."""
 
     def __init__(
-        self, app: ProxyApp, access_log: AccessLog | None, *, metrics: bool = True
+        self, app: ProxyApp, access_log: AccessSink | None, *, metrics: bool = True
     ) -> None:
         self.app = app
         self.access_log = access_log

@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sqlite3
 import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 TOP_PATHS = 10
 
@@ -53,13 +55,14 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
-def summarise(raw_lines: Iterable[str]) -> Report:
+def summarise(raw_lines: Iterable[str | dict[str, object]]) -> Report:
+    """From JSON lines, or rows of the SQLite sink as dicts."""
     report = Report()
     for raw in raw_lines:
-        if not raw.strip():
+        if isinstance(raw, str) and not raw.strip():
             continue
         try:
-            doc = json.loads(raw)
+            doc: Any = json.loads(raw) if isinstance(raw, str) else raw
             service = str(doc["service"])
             status = int(doc["status"])
             duration = float(doc["duration_ms"])
@@ -117,11 +120,27 @@ def read_lines(paths: Iterable[Path]) -> Iterable[str]:
             yield from f
 
 
+def read_database(path: Path) -> Iterable[dict[str, object]]:
+    """The rows of the SQLite sink (``Access_log: {sqlite: PATH}``), read-only."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    try:
+        for row in db.execute("SELECT * FROM access"):
+            yield dict(row)
+    finally:
+        db.close()
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="fleet report", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", nargs="?", default="run/latest", help="default: %(default)s")
+    parser.add_argument(
+        "run_dir", nargs="?", default="run/latest", help="a run directory or the SQLite sink's file"
+    )
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
+    if run_dir.is_file():  # the SQLite sink's database
+        print(format_report(summarise(read_database(run_dir))))
+        return
     logs = access_logs(run_dir)
     if not logs:
         print(f"fleet report: no access-*.log under {run_dir / 'logs'}", file=sys.stderr)

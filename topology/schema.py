@@ -212,6 +212,13 @@ class ProxyList(Struct, frozen=True, forbid_unknown_fields=True):
 
 
 # -- config.json -------------------------------------------------------------------------------
+class AccessLogSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    """``Access_log: {sqlite: PATH}``: every proxy also inserts its access-log lines into the
+    SQLite database at PATH (relative to config.json), batched from a worker thread, WAL."""
+
+    sqlite: str
+
+
 class TraceSettings(Struct, frozen=True, forbid_unknown_fields=True):
     """W3C trace context (`httpio.trace`): continue a client's ``traceparent`` (true), or
     start a new trace for every request, as an edge fleet facing the internet may want."""
@@ -240,7 +247,8 @@ class GatewayConfig(Struct, frozen=True, forbid_unknown_fields=True):
     auth_limits: AuthLimits = field(default_factory=AuthLimits, name="Auth_limits")
     server: ServerLimits = field(default_factory=ServerLimits, name="Server")
     upstream: UpstreamTimeouts = field(default_factory=UpstreamTimeouts, name="Upstream")
-    access_log: bool = field(default=False, name="Access_log")
+    # true: the old structlog "access" lines; {sqlite: PATH}: the SQLite sink (issue 12)
+    access_log: bool | AccessLogSettings = field(default=False, name="Access_log")
     trace: TraceSettings = field(default_factory=TraceSettings, name="Trace")
     cache: CacheSettings = field(default_factory=CacheSettings, name="Cache")
 

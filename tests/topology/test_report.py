@@ -30,3 +30,41 @@ def test_summary_counts_classes_percentiles_cache_and_errors():
 def test_percentile_nearest_rank():
     assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
     assert percentile([5.0], 0.99) == 5.0
+
+
+def test_the_sqlite_sinks_database_is_summarised_too(tmp_path):
+    from httpio.access_log import AccessLine
+    from httpio.access_sqlite import SqliteAccessLog
+    from topology.report import read_database
+
+    sink = SqliteAccessLog(tmp_path / "access.sqlite3")
+    for status in (200, 200, 503):
+        sink.write(
+            AccessLine(
+                "t",
+                "id",
+                "-",
+                "127.0.0.1",
+                "GET",
+                "/v/x",
+                status,
+                0,
+                5,
+                2.0,
+                None,
+                "video",
+                "ko_KR",
+                "-",
+                "-",
+                0,
+                "-",
+                "-",
+                False,
+                "-" if status == 200 else "no_healthy_instance",
+                "ua",
+            )
+        )
+    sink.close()
+    report = summarise(read_database(tmp_path / "access.sqlite3"))
+    assert report.services["video"].classes == {"2xx": 2, "5xx": 1}
+    assert report.errors["no_healthy_instance"] == 1
