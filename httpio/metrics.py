@@ -50,7 +50,10 @@ SERVER_DURATION = Histogram(
 
 def metrics_response(request: Request, registry: CollectorRegistry = REGISTRY) -> Response:
     """``GET /metrics``: the registry's text, to a local direct connection only."""
-    if not request.local_direct:
+    if not request.local_direct or request.header(b"via") or request.header(b"x-forwarded-for"):
+        # A proxy's connection to an auth server or a backend is local and direct too: what it
+        # forwards carries Via and X-Forwarded-For (always set by `proxy.forwarding`), so
+        # ``/auth/metrics`` through an ELB is refused like ``/metrics``.
         raise RouteNotFound(f"no service {request.path.split('/')[1]!r}")
     return Response(
         200, [(b"content-type", CONTENT_TYPE_LATEST.encode())], generate_latest(registry)

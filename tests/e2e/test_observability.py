@@ -136,6 +136,10 @@ def metric(text: str, name: str, **labels: str) -> float:
 def test_metrics_are_served_direct_and_refused_through_the_elb(fleet: RunningFleet) -> None:
     through = request(fleet.kr_elb, "/metrics")
     assert through.status == 404 and b"gateway_requests_total" not in through.body
+    # nor the auth server's or a backend's, forwarded by a proxy (open and public services)
+    for path in ("/auth/metrics", "/open/metrics"):
+        forwarded = request(fleet.kr_elb, path)
+        assert forwarded.status == 404 and b"process_resident" not in forwarded.body, path
     for url in (
         fleet.kr_proxies[0],
         f"http://127.0.0.1:{fleet.auth_ports[0]}",
