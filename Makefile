@@ -7,7 +7,7 @@ TOPOLOGY ?= topology/fleet.yaml
 ELB ?= http://127.0.0.1:9000
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: fleet server proxy benchmark test check system-deps install regular region concurrent image large signin wrk bench bench-caddy bench-hop bench-hop-profile elb-cost idle policies policy-cost chaos soak bench-hosts clean ws
+.PHONY: top report observability-cost fleet server proxy benchmark test check system-deps install regular region concurrent image large signin wrk bench bench-caddy bench-hop bench-hop-profile elb-cost idle policies policy-cost chaos soak bench-hosts clean ws
 
 BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
@@ -53,6 +53,17 @@ check: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
+
+# the live view of a running fleet (its /metrics, every second), and a summary of a run's access logs
+top: $(STAMP)
+	$(VENV)/bin/fleet top $(TOPOLOGY)
+
+report: $(STAMP)
+	$(VENV)/bin/fleet report $(RUN)
+
+# what the metrics and the access log cost one proxy (bare / metrics / metrics+log, same run)
+observability-cost: $(STAMP)
+	$(PY) -m bench.observability_cost $(ARGS)
 
 # -- benchmarks against a running fleet (make fleet in another terminal) -------------------------
 # the original's request.sh sections: their checks, then their load (ab), on TOPOLOGY's ports

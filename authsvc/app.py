@@ -53,6 +53,7 @@ import trio
 
 from authsvc import passwords
 from authsvc.fairness import FairQueue
+from authsvc.metrics import count_signin
 from authsvc.names import BadUsername, canonical_username, fold_username
 from authsvc.store import (
     CounterUpdate,
@@ -88,6 +89,7 @@ from authsvc.tokens import (
 from httpio.errors import (
     ClientError,
     DependencyUnavailable,
+    GatewayError,
     MethodNotAllowed,
     Overloaded,
     RequestBodyTooLarge,
@@ -95,6 +97,7 @@ from httpio.errors import (
     Unauthorized,
 )
 from httpio.messages import Request, Response, json_response
+from httpio.metrics import metrics_response
 from topology.load import ConfigError, load_config
 from topology.schema import GatewayConfig
 
@@ -223,6 +226,7 @@ class AuthApp:
             ("GET", "/revocations"): self.revocations,
             ("GET", "/health"): self.health,
             ("GET", "/stats"): self.stats,
+            ("GET", "/metrics"): self.metrics,
         }
 
     def __repr__(self) -> str:
@@ -368,7 +372,16 @@ class AuthApp:
         return json_response(201, {"username": username, "role": DEFAULT_ROLE})
 
     async def signin(self, request: Request) -> Response:
-        return await self._with_password_work(request, self._signin)
+        try:
+            response = await self._with_password_work(request, self._signin)
+        except GatewayError as err:
+            count_signin(err.code)
+            raise
+        count_signin("ok" if response.status == 200 else str(response.status))
+        return response
+
+    async def metrics(self, request: Request) -> Response:
+        return metrics_response(request)
 
     async def _signin(self, request: Request, address: str) -> Response:
         body: SigninRequest = await _read_json(request, SigninRequest)

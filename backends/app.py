@@ -57,6 +57,7 @@ from backends.websocket import PATHS as WEBSOCKET_PATHS
 from backends.websocket import WebSocketEndpoint
 from httpio.errors import ClientError, encode_error
 from httpio.messages import Request, Response, json_response
+from httpio.metrics import metrics_response
 from httpio.websocket import is_upgrade
 
 ECHO_TEXT_LIMIT = 64 * 1024
@@ -272,6 +273,8 @@ class BackendApp:
             return self._stream(parse_byte_count(path))
         if path == "/stats":
             return json_response(200, self.statistics(), [(b"cache-control", b"no-store")])
+        if path == "/metrics":
+            return metrics_response(request)
         if request.method not in ("GET", "HEAD"):
             return _method_not_allowed(request.method)
         return self._static(request, self.site.lookup(path))

@@ -38,6 +38,7 @@ import os
 import socket
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import NoReturn
 
@@ -45,8 +46,10 @@ import structlog
 import trio
 
 from elb.ejection import Change, Evidence, ProxyHealth
+from elb.metrics import CONNECTIONS, ConnectionLine, watch
+from httpio.access_log import AccessLog, now_rfc3339, open_access_log
 from httpio.balance import Balancer, Endpoint, InstanceState
-from httpio.errors import unavailable_response
+from httpio.errors import RouteNotFound, unavailable_response
 from httpio.handoff import (
     HandoffAddress,
     HandoffLink,
@@ -57,8 +60,10 @@ from httpio.handoff import (
 from httpio.health import HealthSettings
 from httpio.health_check import probe_round, run_on_schedule
 from httpio.listen import accept_loop, open_listeners, send_refusal, wrap_socket
+from httpio.messages import Request, Response
+from httpio.metrics import metrics_response
 from httpio.proxyproto import build_v2
-from httpio.run import configure_logging, run_until_signalled
+from httpio.run import configure_logging, run_until_signalled, serve_tcp
 from httpio.upstream import UpstreamPool, UpstreamTimeouts
 from topology.load import ConfigError, load_elb_targets
 from topology.placement import LOOPBACK_NAMES, is_local
@@ -134,6 +139,7 @@ class Elb:
         self.relays_open = 0
         self._relays_idle = trio.Event()
         self._accepting = trio.CancelScope()
+        self.connection_log: AccessLog | None = None  # one line per connection (elb.metrics)
 
     def __repr__(self) -> str:
         return (
@@ -259,6 +265,8 @@ class Elb:
             state = self.balancer.pick_state(candidates) if candidates else None
             if state is None:
                 self.refused += 1
+                CONNECTIONS.labels("-", "refused").inc()
+                self._log_connection(client, "-", "refused", time.monotonic(), 0, 0)
                 nursery.start_soon(_refuse, wrap_socket(client))
                 return
             target = self._by_index[state.index]
@@ -277,6 +285,9 @@ class Elb:
                 continue
             state.begin()
             self.handed_off += 1
+            CONNECTIONS.labels(target.url, "handoff").inc()
+            if self.connection_log is not None:
+                self._log_connection(client, target.url, "handoff", time.monotonic(), 0, 0)
             client.close()
             return
 
@@ -308,18 +319,22 @@ class Elb:
             client = wrap_socket(plain_client)
             client_sock = client.socket
             self.relayed += 1
+            CONNECTIONS.labels(target.url, "relay").inc()
+            counts = [0, 0]  # bytes from the client, bytes to it
             try:
                 async with upstream:
                     src = client_sock.getpeername()
                     dst = client_sock.getsockname()
                     await upstream.send_all(build_v2((src[0], src[1]), (dst[0], dst[1])))
                     async with trio.open_nursery() as pair:
-                        pair.start_soon(_copy, client, upstream)
-                        pair.start_soon(_copy, upstream, client)
+                        pair.start_soon(_copy, client, upstream, counts, 0)
+                        pair.start_soon(_copy, upstream, client, counts, 1)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
             finally:
                 state.end(time.monotonic() - started, ok=True)
+                if self.connection_log is not None:
+                    self._log_connection(plain_client, target.url, "relay", started, *counts)
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(client)
         finally:
@@ -327,6 +342,28 @@ class Elb:
             if self.relays_open == 0:
                 self._relays_idle.set()
                 self._relays_idle = trio.Event()
+
+    def _log_connection(
+        self, client: socket.socket, proxy: str, mode: str, started: float, got: int, sent: int
+    ) -> None:
+        if self.connection_log is None:
+            return
+        try:
+            peer = client.getpeername()
+            address = f"{peer[0]}:{peer[1]}"
+        except OSError:
+            address = "-"
+        self.connection_log.write(
+            ConnectionLine(
+                now_rfc3339(),
+                address,
+                proxy,
+                mode,
+                round((time.monotonic() - started) * 1000, 3),
+                got,
+                sent,
+            )
+        )
 
     async def wait_relays_done(self) -> None:
         if self.relays_open:
@@ -339,9 +376,12 @@ class Elb:
                 target.link = None
 
 
-async def _copy(src: trio.SocketStream, dst: trio.SocketStream) -> None:
+async def _copy(
+    src: trio.SocketStream, dst: trio.SocketStream, counts: list[int], slot: int
+) -> None:
     try:
         while data := await src.receive_some(RELAY_CHUNK):
+            counts[slot] += len(data)
             await dst.send_all(data)
         await dst.send_eof()
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -372,7 +412,18 @@ def inherited_socket(fd: int, port: int) -> socket.socket:
     return sock
 
 
-async def run_elb(elb: Elb, port: int, inherited: socket.socket | None = None) -> None:
+async def metrics_handler(request: Request) -> Response:
+    if request.path == "/metrics":
+        return metrics_response(request)
+    raise RouteNotFound(f"no endpoint {request.path!r}")
+
+
+async def run_elb(
+    elb: Elb,
+    port: int,
+    inherited: socket.socket | None = None,
+    metrics_port: int | None = None,
+) -> None:
     """Serve until SIGTERM/SIGINT, then stop accepting and let relays finish (up to
     ``DRAIN_TIMEOUT_S``); handed-off connections are their proxies' already."""
     listeners: list[trio.SocketListener] = []
@@ -384,6 +435,11 @@ async def run_elb(elb: Elb, port: int, inherited: socket.socket | None = None) -
             listeners.extend(await open_listeners(port, elb.address))
         nursery.start_soon(elb.watch_health, nursery)
         nursery.start_soon(elb.serve, listeners, nursery)
+        watch(elb)
+        if metrics_port is not None:
+            await nursery.start(partial(serve_tcp, metrics_handler, metrics_port, name=elb.name))
+        if elb.connection_log is not None:
+            await nursery.start(elb.connection_log.run)
         log.info(
             "listening",
             port=port,
@@ -421,6 +477,12 @@ def main(argv: list[str] | None = None) -> None:
         metavar="ADDRESS",
         help="listen here; proxies at this address or on loopback are local (hand-off)",
     )
+    parser.add_argument(
+        "--metrics-port", type=int, metavar="PORT", help="serve /metrics on 127.0.0.1:PORT"
+    )
+    parser.add_argument(
+        "--access-log", default="off", metavar="PATH|-|off", help="one JSON line per connection"
+    )
     args = parser.parse_args(argv)
     try:
         region, urls = load_elb_targets(args.topology, args.port)
@@ -436,4 +498,6 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(2) from None
     name = f"elb-{region}-{args.port}"
     configure_logging(name)
-    trio.run(run_elb, Elb(region, urls, name=name, address=args.host), args.port, inherited)
+    elb = Elb(region, urls, name=name, address=args.host)
+    elb.connection_log = open_access_log(args.access_log)
+    trio.run(run_elb, elb, args.port, inherited, args.metrics_port)

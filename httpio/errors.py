@@ -20,17 +20,18 @@ from __future__ import annotations
 import msgspec
 
 
-class ErrorBody(msgspec.Struct, frozen=True):
+class ErrorBody(msgspec.Struct, frozen=True, omit_defaults=True):
     status: int
     error: str
     detail: str
+    request_id: str = ""  # the proxy's X-Request-ID, so a client's report can be found
 
 
 _encode = msgspec.json.Encoder().encode
 
 
-def encode_error(status: int, code: str, detail: str) -> bytes:
-    return _encode(ErrorBody(status, code, detail))
+def encode_error(status: int, code: str, detail: str, request_id: str = "") -> bytes:
+    return _encode(ErrorBody(status, code, detail, request_id))
 
 
 def unavailable_response(code: str, detail: str) -> bytes:
@@ -48,6 +49,7 @@ class GatewayError(Exception):
 
     status = 500
     code = "internal_error"
+    request_id = ""  # set by the proxy on the way out: the body carries it
 
     def __init__(self, detail: str = "", *, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         super().__init__(detail or self.code)
@@ -55,7 +57,7 @@ class GatewayError(Exception):
         self.headers = headers
 
     def body(self) -> bytes:
-        return encode_error(self.status, self.code, self.detail)
+        return encode_error(self.status, self.code, self.detail, self.request_id)
 
 
 # -- the client is to blame -------------------------------------------------------------------

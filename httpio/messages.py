@@ -19,6 +19,7 @@ from httpio.errors import GatewayError
 from httpio.protocol import Headers, header_value
 
 if TYPE_CHECKING:
+    from httpio.access_log import RequestNote
     from httpio.server import RequestBody
 
 
@@ -64,6 +65,12 @@ class Request:
     client: tuple[str, int]
     body: RequestBody
     via_elb: bool = False  # arrived through an ELB (handed off, or behind a PROXY header)
+    note: RequestNote | None = None  # what the application learnt, for the access log
+
+    @property
+    def local_direct(self) -> bool:
+        """From this host and not through an ELB: who may see /metrics and /admin/*."""
+        return not self.via_elb and self.client[0] in ("127.0.0.1", "::1")
 
     def header(self, name: bytes) -> bytes | None:
         return header_value(self.headers, name)

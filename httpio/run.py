@@ -24,6 +24,7 @@ import trio
 from httpio.errors import GatewayError
 from httpio.listen import listener_port, open_listeners
 from httpio.messages import Handler, Request, Response
+from httpio.metrics import observe_server
 from httpio.protocol import h11
 from httpio.server import HttpServer, ServerLimits
 
@@ -101,6 +102,7 @@ async def serve_until_signalled(
 
     async def start(nursery: trio.Nursery) -> None:
         server.handler = await setup(nursery, server)
+        observe_server(server)  # /metrics' server series (the proxy brings its own observer)
         try:
             listeners = await open_listeners(port, host)
         except OSError as exc:

@@ -67,6 +67,10 @@ from httpio.messages import Handler, Request, Response, ResponseBody, error_resp
 from httpio.protocol import Headers, h11, reason_for, refuse_request
 from httpio.switch import SwitchRefused, request_head, switch_protocols
 
+# Called once per answered request, after its response went out: (request, response, monotonic
+# time the handler started, body bytes sent). The access log and the metrics are observers.
+Observer = Callable[[Request, Response, float, int], None]
+
 log = structlog.get_logger()
 access_log = structlog.get_logger("access")
 
@@ -282,6 +286,7 @@ class HttpServer:
         self._all_closed.set()
         self.drain_started = trio.Event()
         self.access_log = False  # one JSON line per response, logger "access"
+        self.observer: Observer | None = None
         self._nursery: trio.Nursery | None = None
         self._listeners: list[trio.SocketListener] = []
 
@@ -559,7 +564,7 @@ class HttpServer:
         another request."""
         limits = self.limits
         response: Response
-        started = time.monotonic() if self.access_log else 0.0
+        started = time.monotonic() if self.access_log or self.observer else 0.0
         try:
             length = request.header(b"content-length")
             if length is not None:  # digits only, equal duplicates merged: h11 saw to it
@@ -595,9 +600,11 @@ class HttpServer:
             # A client still waiting for 100 Continue may or may not send its body now
             # (RFC 9110 10.1.1): the next bytes cannot be trusted to be a request.
             response.headers.append((b"connection", b"close"))
-        await self._send(stream, conn, request, response)
+        sent = await self._send(stream, conn, request, response)
         if self.access_log:
             self._log_access(request, response, started)
+        if self.observer is not None:
+            self.observer(request, response, started, sent)
         return conn.our_state is not h11.MUST_CLOSE
 
     async def _write(self, stream: trio.SocketStream, data: bytes) -> None:
@@ -630,7 +637,8 @@ class HttpServer:
 
     async def _send(
         self, stream: trio.SocketStream, conn: Any, request: Request, response: Response
-    ) -> None:
+    ) -> int:
+        """Send ``response``; the body bytes that went out."""
         headers = response.headers
         for name, _ in headers:
             if name == b"date":
@@ -643,8 +651,7 @@ class HttpServer:
         status = response.status
         no_body = request.method == "HEAD" or status in (204, 304) or status < 200
         if not isinstance(body, bytes):
-            await self._send_streamed(stream, conn, request, status, headers, body, no_body)
-            return
+            return await self._send_streamed(stream, conn, request, status, headers, body, no_body)
         if not no_body or request.method == "HEAD":
             if not any(n == b"content-length" for n, _ in headers):
                 headers.append((b"content-length", b"%d" % len(body)))
@@ -652,6 +659,7 @@ class HttpServer:
         if body and not no_body:
             out += conn.send(h11.Data(data=body))
         await self._write(stream, out + conn.send(h11.EndOfMessage()))
+        return 0 if no_body else len(body)
 
     async def _send_streamed(
         self,
@@ -662,17 +670,20 @@ class HttpServer:
         headers: Headers,
         body: ResponseBody,
         no_body: bool,
-    ) -> None:
-        """A streamed body after its head, as few writes as it allows; closed in any case."""
+    ) -> int:
+        """A streamed body after its head, as few writes as it allows; closed in any case.
+        Returns the body bytes sent."""
         read_to_end = False
+        sent = 0
         try:
             head = _head(conn, status, headers)
             if no_body:
                 await stream.send_all(head + conn.send(h11.EndOfMessage()))
-                return
+                return 0
             chunk = await body.read()
             pending = head
             while chunk:
+                sent += len(chunk)
                 pending += conn.send(h11.Data(data=chunk))
                 # A body that says it is finished has nothing more to wait for: its last
                 # chunk goes out with the end of the message (one write for a small answer).
@@ -684,6 +695,7 @@ class HttpServer:
             read_to_end = True
             if pending:
                 await self._write(stream, pending)
+            return sent
         except GatewayError as err:
             # The head is out: the only honest signal left is a truncated message.
             log.warning(

@@ -17,11 +17,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from httpio.access_log import RequestNote
 from httpio.balance import Endpoint, ServicePool
 from httpio.errors import GatewayError, RouteNotFound
 from httpio.limits import ServiceLimiter
 from httpio.messages import Request, Response, json_response
+from httpio.metrics import metrics_response
 from httpio.retry_budget import RetryBudget
+from httpio.trace import next_traceparent
 from httpio.upstream import UpstreamPool
 from proxy import forwarding
 from proxy.cache import HttpCache
@@ -56,6 +59,7 @@ class ProxyApp:
         self.websockets = OpenSockets()  # open WebSocket relays (proxy.ws_sessions)
         self.on_reload.append(self.websockets.reloaded)
         self.config = config
+        self.trust_trace = config.gateway.trace.trust_incoming
         self.chains = self._build(config)
 
     def __repr__(self) -> str:
@@ -75,6 +79,7 @@ class ProxyApp:
             self.auth.reload(config)
         self.chains = self._build(config)
         self.config = config
+        self.trust_trace = config.gateway.trace.trust_incoming
         for hook in self.on_reload:
             hook(config)
 
@@ -138,13 +143,37 @@ class ProxyApp:
             return self.health()
         if path.startswith("/admin/"):
             return await self.admin(request)
+        if path == "/metrics":
+            return metrics_response(request)
         request_id = forwarding.request_id_of(request.headers)
+        trace_id, traceparent = next_traceparent(request.headers, trust_incoming=self.trust_trace)
         try:
             chain, exchange = self.chains.exchange(request, request_id)
-            return await chain.run(exchange)
+            note = request.note = exchange.note
+            exchange.traceparent = traceparent
+            note.trace_id = trace_id.decode()
+            note.request_id = request_id.decode()
+            name = chain.name
+            if name.startswith("region:"):
+                note.region = name[7:]
+                note.service = path.split("/", 2)[1]
+            else:
+                note.region = self.config.region
+                note.service = name
+            response = await chain.run(exchange)
+            for header, value in exchange.identity:
+                if header == b"x-user":
+                    note.user = value.decode("utf-8", "replace")
+            return response
         except GatewayError as err:
             # Errors carry the id too, so a client's report can be found in every log.
             err.headers = (*err.headers, (b"x-request-id", request_id))
+            err.request_id = request_id.decode()
+            if request.note is None:
+                request.note = RequestNote()
+                request.note.trace_id = trace_id.decode()
+                request.note.request_id = request_id.decode()
+            request.note.error = err.code
             raise
 
     def health(self) -> Response:
@@ -161,7 +190,7 @@ class ProxyApp:
     async def admin(self, request: Request) -> Response:
         """Operator endpoints: only on a direct connection from this host, never through an
         ELB (a client behind the ELB reaches us handed off or behind a PROXY header)."""
-        if request.via_elb or request.client[0] not in ("127.0.0.1", "::1"):
+        if not request.local_direct:
             raise RouteNotFound(f"no service {request.path.split('/')[1]!r}")
         if request.path == "/admin/backends" and request.method == "GET":
             return json_response(
@@ -178,8 +207,39 @@ class ProxyApp:
                     "websockets": self.websockets.statistics(),
                 },
             )
+        if request.path == "/admin/cache" and request.method == "GET":
+            if self.cache is None:
+                raise RouteNotFound("the cache is switched off")
+            return json_response(200, cache_report(self.cache.statistics()))
         if request.path == "/admin/cache/purge" and request.method in ("POST", "DELETE"):
             if self.cache is None:
                 raise RouteNotFound("the cache is switched off")
             return await self.cache.admin_purge(request)
         raise RouteNotFound(f"no admin endpoint {request.path!r}")
+
+
+def cache_report(stats: dict[str, object]) -> dict[str, object]:
+    """``GET /admin/cache``: each tier's size and hit ratio, then the raw counters."""
+
+    def ratio(hits: object, misses: object) -> float | None:
+        h, m = int(str(hits)), int(str(misses))
+        return round(h / (h + m), 4) if h + m else None
+
+    store = stats["store"]
+    assert isinstance(store, dict)
+    memory = store["memory"]
+    assert isinstance(memory, dict)
+    return {
+        "hit_ratio": ratio(stats["hits"], stats["misses"]),
+        "memory": {
+            "entries": memory["entries"],
+            "bytes": memory["bytes"],
+            "max_bytes": memory["max_bytes"],
+            "hit_ratio": ratio(memory["hits"], memory["misses"]),
+        },
+        "redis": {
+            "breaker": store["breaker"],
+            "connected": store["redis"] is not None,
+        },
+        "statistics": stats,
+    }

@@ -41,7 +41,7 @@ _TRUSTED_HOP_HEADERS = frozenset(
     {b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip", b"forwarded"}
 )
 # Replaced by our own on every request.
-_REPLACED = frozenset({b"x-request-id", b"content-length"})
+_REPLACED = frozenset({b"x-request-id", b"content-length", b"traceparent"})
 _NODE_CHARS = re.compile(rb"[^A-Za-z0-9._-]")
 _CONNECTION_ONLY = HOP_BY_HOP | {b"close", b""}
 

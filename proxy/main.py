@@ -17,6 +17,8 @@ from pathlib import Path
 import structlog
 import trio
 
+from httpio.access_log import AccessLog, Tee, open_access_log
+from httpio.access_sqlite import SqliteAccessLog
 from httpio.balance import ServicePool
 from httpio.handoff import UnsafeRuntimeDir, handoff_address, serve_handoffs
 from httpio.health_check import run_health_checks
@@ -26,9 +28,11 @@ from httpio.run import configure_logging, serve_until_signalled
 from httpio.server import HttpServer
 from httpio.upstream import UpstreamPool
 from proxy.app import ProxyApp
+from proxy.metrics import ProxyObserver, count_reload
 from proxy.state import ProxyConfig, ProxyPaths, load_proxy_config, watch_config
 from proxy.wiring import start_auth, start_cache
 from topology.load import ConfigError
+from topology.schema import AccessLogSettings
 
 log = structlog.get_logger()
 
@@ -72,7 +76,7 @@ async def supervise_health_checks(app: ProxyApp) -> None:
 
 def follow(server: HttpServer, config: ProxyConfig) -> None:
     """The access log switch, and the original's RS_print_or_not / MSA_print_or_not."""
-    server.access_log = config.gateway.access_log
+    server.access_log = config.gateway.access_log is True
     if config.gateway.print_region_structure:
         log.info("region_structure", region=config.region, regions=config.regions)
     if config.gateway.print_service_map:
@@ -80,16 +84,35 @@ def follow(server: HttpServer, config: ProxyConfig) -> None:
 
 
 async def start_proxy(
-    config: ProxyConfig, paths: ProxyPaths, name: str, nursery: trio.Nursery, server: HttpServer
+    config: ProxyConfig,
+    paths: ProxyPaths,
+    name: str,
+    nursery: trio.Nursery,
+    server: HttpServer,
+    access_log: AccessLog | None = None,
+    metrics: bool = True,
 ) -> Handler:
     """The auth layer, the cache and the app, then the config watch and the health checks,
-    all in ``nursery``; the handler the server is to call."""
+    all in ``nursery``; the handler the server is to call. The metrics and the access log
+    (when one is open: flushed every second, reopened on SIGHUP) see every answer."""
     upstream = UpstreamPool(config.gateway.upstream)
     auth = await start_auth(config, upstream, nursery, proxy=name)
     cache = await start_cache(config, nursery)
     app = ProxyApp(config, upstream, name=name, auth=auth, cache=cache)
     follow(server, app.config)
     app.on_reload.append(partial(follow, server))
+    sqlite = config.gateway.access_log
+    database = None
+    if isinstance(sqlite, AccessLogSettings):
+        database = SqliteAccessLog(paths.config.parent / sqlite.sqlite)
+        await nursery.start(database.run)
+    sinks = [s for s in (access_log, database) if s is not None]
+    sink = sinks[0] if len(sinks) == 1 else Tee(*sinks) if sinks else None
+    if metrics or sink is not None:
+        server.observer = ProxyObserver(app, sink, metrics=metrics)
+    count_reload(ok=True)
+    if access_log is not None:
+        await nursery.start(access_log.run)
     await nursery.start(
         watch_config, paths, app.apply, lambda: app.config.gateway.config_check_interval_s
     )
@@ -123,6 +146,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("config", type=Path, help="config.json")
     parser.add_argument("--name", default=None)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument(
+        "--access-log",
+        default="off",
+        metavar="PATH|-|off",
+        help="one JSON line per request to PATH (- for standard output); default off",
+    )
+    parser.add_argument(
+        "--metrics",
+        choices=("on", "off"),
+        default="on",
+        help="count requests for /metrics (off: only for measuring what counting costs)",
+    )
     args = parser.parse_args(argv)
     paths = ProxyPaths(args.msa, args.region, args.config)
     try:
@@ -132,9 +167,17 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     name = args.name or f"proxy-{config.region}-{args.port}"
     configure_logging(name)
+    access_log = open_access_log(args.access_log)
     trio.run(
         lambda: serve_until_signalled(
-            partial(start_proxy, config, paths, name),
+            partial(
+                start_proxy,
+                config,
+                paths,
+                name,
+                access_log=access_log,
+                metrics=args.metrics == "on",
+            ),
             args.port,
             name=name,
             limits=config.gateway.server,

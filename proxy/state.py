@@ -18,6 +18,7 @@ from pathlib import Path
 import structlog
 import trio
 
+from proxy.metrics import count_reload
 from topology.load import ConfigError, load_config, load_msa, load_region_structure
 from topology.schema import GatewayConfig, MsaFile, RegionStructure, ServiceSpec
 
@@ -92,6 +93,8 @@ async def watch_config(
             config = load_proxy_config(paths)
         except ConfigError as err:
             log.error("config_reload_refused", error=str(err), kept="previous config")
+            count_reload(ok=False)
             continue
         apply(config)
+        count_reload(ok=True)
         log.info("config_reloaded", **config.summary())

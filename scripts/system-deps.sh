@@ -18,6 +18,7 @@ compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || command -v postgre
 # the simulated hosts of the multi-host test and bench-hosts (network namespaces, setpriv)
 command -v ip >/dev/null || [ -x /usr/sbin/ip ] || missing+=(iproute2)
 command -v setpriv >/dev/null || missing+=(util-linux)
+command -v prometheus >/dev/null || missing+=(prometheus)   # the metrics e2e test (issue 12)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then

@@ -54,6 +54,7 @@ import trio
 
 from httpio.handoff import FLEET_ENV
 from httpio.origin import Origin, origin_url
+from topology import report, top
 from topology.fleet_lock import FleetLock, FleetState, obstacles, record_of
 from topology.load import ConfigError, load_config, load_fleet, load_msa
 from topology.persistent import (
@@ -63,7 +64,9 @@ from topology.persistent import (
     write_private,
 )
 from topology.placement import LOOPBACK_NAMES, Placement, place
+from topology.prometheus import prometheus_config
 from topology.schema import (
+    FleetRegion,
     FleetTopology,
     GatewayConfig,
     InstanceSpec,
@@ -217,6 +220,7 @@ def run_files(
             )
     config = with_fleet_key(config, state) if state is not None else config
     files = {run / "config.json": encode_json(config) + b"\n"}
+    files[run / "prometheus.yml"] = prometheus_config(topology)
     if topology.redis.enabled and config.redis_password:
         # a file, not argv: a command line is readable by every user of the host
         password = config.redis_password.replace("\\", "\\\\").replace('"', '\\"')
@@ -324,8 +328,12 @@ class _Specs:
             names = (f"msa_{code}.yaml", f"rs_{code}.yaml", "config.json")
             return [str(self.run / n) for n in names]
 
+        def args(code: str, port: int) -> list[str]:
+            access = self.run / "logs" / f"access-proxy-{code}-{port}.log"
+            return [str(port), *files(code), "--access-log", str(access)]
+
         return tuple(
-            self.child("proxy", f"proxy-{r.code}-{p}", p, [str(p), *files(r.code)], region=r.code)
+            self.child("proxy", f"proxy-{r.code}-{p}", p, args(r.code, p), region=r.code)
             for r in topology.regions
             for p in r.proxy_ports
         )
@@ -336,12 +344,17 @@ class _Specs:
                 "elb",
                 f"elb-{r.code}-{r.elb_port}",
                 r.elb_port,
-                [str(r.elb_port), str(self.run / f"r_{r.code}.yaml")],
+                [str(r.elb_port), str(self.run / f"r_{r.code}.yaml"), *elb_metrics(r)],
                 region=r.code,
                 listen=True,
             )
             for r in topology.regions
         )
+
+
+def elb_metrics(region: FleetRegion) -> list[str]:
+    port = region.elb_metrics_port
+    return [] if port is None else ["--metrics-port", str(port)]
 
 
 def parse_parts(text: str) -> frozenset[str]:
@@ -696,6 +709,12 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "units":
         write_units(argv[1:])
+        return
+    if argv[:1] == ["report"]:  # fleet report [RUN_DIR]: a run's access logs, summarised
+        report.main(argv[1:])
+        return
+    if argv[:1] == ["top"]:  # fleet top [TOPOLOGY]: the live view of a running fleet
+        top.main(argv[1:])
         return
     parser = argparse.ArgumentParser(
         prog="fleet",

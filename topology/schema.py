@@ -248,6 +248,20 @@ class ProxyList(Struct, frozen=True, forbid_unknown_fields=True):
 
 
 # -- config.json -------------------------------------------------------------------------------
+class AccessLogSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    """``Access_log: {sqlite: PATH}``: every proxy also inserts its access-log lines into the
+    SQLite database at PATH (relative to config.json), batched from a worker thread, WAL."""
+
+    sqlite: str
+
+
+class TraceSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    """W3C trace context (`httpio.trace`): continue a client's ``traceparent`` (true), or
+    start a new trace for every request, as an edge fleet facing the internet may want."""
+
+    trust_incoming: bool = True
+
+
 class GatewayConfig(Struct, frozen=True, forbid_unknown_fields=True):
     cache_enabled: bool = field(default=False, name="Cache_or_not")
     redis_address: str = field(default="localhost:6379", name="Redis_address")
@@ -269,7 +283,9 @@ class GatewayConfig(Struct, frozen=True, forbid_unknown_fields=True):
     auth_limits: AuthLimits = field(default_factory=AuthLimits, name="Auth_limits")
     server: ServerLimits = field(default_factory=ServerLimits, name="Server")
     upstream: UpstreamTimeouts = field(default_factory=UpstreamTimeouts, name="Upstream")
-    access_log: bool = field(default=False, name="Access_log")
+    # true: the old structlog "access" lines; {sqlite: PATH}: the SQLite sink (issue 12)
+    access_log: bool | AccessLogSettings = field(default=False, name="Access_log")
+    trace: TraceSettings = field(default_factory=TraceSettings, name="Trace")
     cache: CacheSettings = field(default_factory=CacheSettings, name="Cache")
     # where the auth servers keep users (`authsvc.engines`); a relative sqlite path is the
     # auth server's --db (the fleet's state directory)
@@ -298,6 +314,7 @@ class FleetRegion(Struct, frozen=True, forbid_unknown_fields=True):
     elb_port: Port
     proxy_ports: list[Port]
     msa: str  # path of the region's service map, relative to the topology file
+    elb_metrics_port: Port | None = None  # the ELB's /metrics on 127.0.0.1 (none: not served)
 
 
 class FleetRedis(Struct, frozen=True, forbid_unknown_fields=True):

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
+from httpio.access_log import RequestNote
 from httpio.messages import Request, Response
 from httpio.protocol import Headers
 
@@ -36,9 +37,22 @@ class Exchange:
     the whole target of one forwarded to another region); ``from_hop``: another region's
     proxy forwarded it (its hop mark verified); ``identity``: headers the auth filter vouches
     for (``X-User``...), sent upstream after the client's own were dropped; ``upgrade``: the
-    request is a WebSocket handshake (`proxy.websocket.Handshake`), None for any other."""
+    request is a WebSocket handshake (`proxy.websocket.Handshake`), None for any other;
+    ``note``: what the access log and the metrics want to know
+    (`httpio.access_log.RequestNote`: a filter that learns the route, the upstream or a
+    rate-limit decision writes it there); ``traceparent``: the W3C trace context for the next
+    hop (`httpio.trace`), b"" until the proxy sets it."""
 
-    __slots__ = ("from_hop", "identity", "request", "request_id", "target", "upgrade")
+    __slots__ = (
+        "from_hop",
+        "identity",
+        "note",
+        "request",
+        "request_id",
+        "target",
+        "traceparent",
+        "upgrade",
+    )
 
     def __init__(self, request: Request, request_id: bytes, target: str, from_hop: bool) -> None:
         self.request = request
@@ -47,6 +61,8 @@ class Exchange:
         self.from_hop = from_hop
         self.identity: Headers = _NO_HEADERS
         self.upgrade: object | None = None  # a WebSocket handshake (proxy.filters.websocket)
+        self.note = RequestNote()
+        self.traceparent = b""
 
     def __repr__(self) -> str:
         return f"<Exchange {self.request.method} {self.target} id={self.request_id.decode()}>"

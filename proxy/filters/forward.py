@@ -114,7 +114,7 @@ def upstream_headers(ex: Exchange, via: bytes, drop: frozenset[bytes]) -> Header
     """The request's headers as the next hop gets them (`proxy.forwarding`); ``drop`` names
     those only the gateway may set."""
     request = ex.request
-    return forwarding.upstream_request_headers(
+    headers = forwarding.upstream_request_headers(
         request.headers,
         client_ip=request.client[0],
         via=via,
@@ -122,6 +122,9 @@ def upstream_headers(ex: Exchange, via: bytes, drop: frozenset[bytes]) -> Header
         from_our_hop=ex.from_hop,
         drop=drop,
     )
+    if ex.traceparent:
+        headers.append((b"traceparent", ex.traceparent))
+    return headers
 
 
 def relayed(response: UpstreamResponse, body: TrackedBody) -> Response:
@@ -204,7 +207,11 @@ class Forward:
             endpoint = pool.pick(client_ip=client_ip, url=ex.target)
         except NoHealthyInstance as err:
             raise retry.unavailable(err, dependency=self._dependency) from None
+        first = time.monotonic()
+        note = ex.note
         while True:
+            note.upstream = endpoint.url
+            note.retries = len(attempts.tried)  # the tries that failed before this one
             pool.begin(endpoint)
             started = time.monotonic()
             try:
@@ -230,6 +237,7 @@ class Forward:
             except BaseException:
                 pool.end(endpoint, Outcome.CANCELLED, time.monotonic() - started)
                 raise
+            note.upstream_ms = round((time.monotonic() - first) * 1000, 3)
             return endpoint, response, started
 
     def _after_failure(

@@ -66,12 +66,14 @@ class RemoteForward:
         body, _ = await request_body(request)
         pool = self._pool
         endpoint = pool.pick()
+        ex.note.upstream = endpoint.url
         started = time.monotonic()
         pool.begin(endpoint)
         try:
             response = await self._upstream.request(
                 endpoint.url, request.method, ex.target, headers, body
             )
+            ex.note.upstream_ms = round((time.monotonic() - started) * 1000, 3)
         except UpstreamError as err:
             pool.end(endpoint, outcome_of(err), time.monotonic() - started)
             raise

@@ -92,10 +92,11 @@ class RunningFleet:
 
 
 def write_topology(base: Path) -> dict[str, Any]:
-    ports = free_ports(14)
+    ports = free_ports(16)
     kr_elb, en_elb, p0, p1, p2, redis, auth = ports[:7]
     backends = ports[7:12]
-    spare = ports[12:]
+    spare = ports[12:14]
+    kr_metrics, en_metrics = ports[14:16]
     b = [f"http://127.0.0.1:{p}" for p in backends]
     (base / "msa_kr.yaml").write_text(
         f"""name: e2e-kr
@@ -142,10 +143,12 @@ service:
         f"""regions:
   - code: ko_KR
     elb_port: {kr_elb}
+    elb_metrics_port: {kr_metrics}
     proxy_ports: [{p0}, {p1}]
     msa: msa_kr.yaml
   - code: en_US
     elb_port: {en_elb}
+    elb_metrics_port: {en_metrics}
     proxy_ports: [{p2}]
     msa: msa_en.yaml
 backends:
@@ -167,6 +170,7 @@ config: config.json
         "redis_port": redis,
         "auth_ports": [auth],
         "spare": spare,
+        "elb_metrics": [kr_metrics, en_metrics],
     }
 
 

@@ -188,7 +188,8 @@ def backend_of(body: bytes) -> str:
 
 def error_of(body: bytes) -> tuple[int, str]:
     doc = json.loads(body)
-    assert set(doc) == {"status", "error", "detail"}
+    # a proxy's error bodies carry the request id (issue 12), equal to its X-Request-ID
+    assert set(doc) == {"status", "error", "detail", "request_id"}
     return doc["status"], doc["error"]
 
 

@@ -77,6 +77,7 @@ def test_run_files_are_the_originals_formats_with_topology_ports(topology_path, 
         "logs",
         "msa_en_US.yaml",
         "msa_ko_KR.yaml",
+        "prometheus.yml",  # every process as a scrape target (topology.prometheus)
         "r_en_US.yaml",
         "r_ko_KR.yaml",
         "rs_en_US.yaml",
@@ -176,6 +177,7 @@ def test_children_in_dependency_order_with_their_arguments(topology_path, tmp_pa
         str(run / "msa_en_US.yaml"),
         str(run / "rs_en_US.yaml"),
         str(run / "config.json"),
+        *("--access-log", str(run / "logs" / "access-proxy-en_US-16002.log")),
     )
     assert proxy.log == run / "logs" / "proxy-en_US-16002.log"
     elb = by_name["elb-ko_KR-19000"]

@@ -1,0 +1,256 @@
+"""The proxy's Prometheus series, and the observer that moves them with every answer.
+
+What moves per request is counted once, after the response went out (`ProxyObserver`, the
+server loop's observer): one label child per (service, method, code) looked up in a dict of
+our own, so a request costs a dict lookup and two ``inc``/``observe`` calls, not a
+``labels()`` call each. What describes state (instances up, the Redis breaker) is read from
+the proxy at scrape time by `ProxyCollector` and costs nothing per request.
+
+Label values are bounded: ``service`` is a service the config names, ``other`` else (a path
+is never a label; a request for another region counts under ``region:<code>``, one per
+configured region); ``code`` is the status; ``method`` one of the seven the server serves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from httpio.access_log import AccessLine, RequestNote, now_rfc3339, redact_target
+from httpio.messages import Request, Response
+from httpio.metrics import LATENCY_BUCKETS
+
+if TYPE_CHECKING:
+    from proxy.app import ProxyApp
+
+REQUESTS = Counter(
+    "gateway_requests", "Requests a proxy answered", ["region", "service", "method", "code"]
+)
+DURATION = Histogram(
+    "gateway_request_duration_seconds",
+    "From a request's head to its response sent",
+    ["service"],
+    buckets=LATENCY_BUCKETS,
+)
+UPSTREAM_DURATION = Histogram(
+    "gateway_upstream_duration_seconds",
+    "From the first try to the upstream's response head",
+    ["service"],
+    buckets=LATENCY_BUCKETS,
+)
+UPSTREAM_ATTEMPTS = Counter(
+    "gateway_upstream_attempts",
+    "Requests sent upstream, by their last instance and how they ended",
+    ["service", "instance", "outcome"],
+)
+CACHE_REQUESTS = Counter(
+    "gateway_cache_requests", "Cache look-ups by their result", ["service", "result"]
+)
+RATELIMIT_DECISIONS = Counter(
+    "gateway_ratelimit_decisions",
+    "Rate-limit decisions (issue 11's filters count here)",
+    ["service", "key", "decision"],
+)
+AUTH_VERDICTS = Counter("gateway_auth_verdicts", "Token checks by their verdict", ["result"])
+CONFIG_RELOADS = Counter("gateway_config_reloads", "Config reloads by their result", ["result"])
+LAST_RELOAD = Gauge(
+    "gateway_config_last_reload_success_timestamp_seconds",
+    "When the running config was applied (Unix time)",
+)
+
+_CACHE_RESULTS = {b"HIT": "HIT", b"MISS": "MISS", b"BYPASS": "BYPASS", b"STALE": "STALE"}
+_AUTH_RESULT = {401: "unauthorized", 403: "forbidden", 503: "unavailable"}
+
+
+def count_reload(ok: bool) -> None:
+    CONFIG_RELOADS.labels("success" if ok else "failure").inc()
+    if ok:
+        LAST_RELOAD.set_to_current_time()
+
+
+class ProxyCollector(Collector):
+    """State read at scrape time: ``gateway_instance_up``, ``gateway_redis_breaker_open``."""
+
+    def __init__(self, app: Callable[[], ProxyApp | None]) -> None:
+        self._app = app
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        app = self._app()
+        if app is None:
+            return
+        up = GaugeMetricFamily(
+            "gateway_instance_up",
+            "1 while an instance takes requests (not ejected)",
+            labels=["service", "instance"],
+        )
+        for name, pool in app.pools.items():
+            for url, row in pool.health.statistics().items():
+                up.add_metric([name, url], 0.0 if row["state"] == "ejected" else 1.0)
+        yield up
+        breaker = GaugeMetricFamily(
+            "gateway_redis_breaker_open", "1 while the cache keeps off Redis"
+        )
+        store = app.cache.store if app.cache is not None else None
+        breaker.add_metric(
+            [], 1.0 if store is not None and store.breaker.state.value == "open" else 0.0
+        )
+        yield breaker
+
+
+_current: list[ProxyApp] = []
+
+
+def _current_app() -> ProxyApp | None:
+    return _current[-1] if _current else None
+
+
+REGISTRY.register(ProxyCollector(_current_app))
+
+
+def header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for n, v in headers:
+        if n == name:
+            return v
+    return None
+
+
+class AccessSink(Protocol):
+    """Where access-log lines go (`httpio.access_log.AccessLog`, the SQLite sink, or both)."""
+
+    def write(self, line: AccessLine) -> None: ...
+
+
+class ProxyObserver:
+    """After each answer: the metrics, and the access-log line when a log is open."""
+
+    def __init__(
+        self, app: ProxyApp, access_log: AccessSink | None, *, metrics: bool = True
+    ) -> None:
+        self.app = app
+        self.access_log = access_log
+        self.metrics = metrics
+        self._requests: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._others: dict[tuple[object, ...], Any] = {}
+        _current.append(app)
+        del _current[:-1]
+
+    def __call__(self, request: Request, response: Response, started: float, sent: int) -> None:
+        now = time.monotonic()
+        note = request.note
+        if note is None:
+            note = _NO_NOTE
+        duration = now - started
+        if not self.metrics:
+            if self.access_log is not None and request.path not in _UNLOGGED:
+                cache = _cache_result(response) if note.service != "-" else "-"
+                self.access_log.write(line_of(request, response, note, duration, sent, cache))
+            return
+        service = note.service if note.region != "-" else "-"
+        key = (service, request.method, response.status)
+        children = self._requests.get(key)
+        if children is None:
+            children = self._children(key)
+        children[0].inc()
+        children[1].observe(duration)
+        cache = "-"
+        if note.service != "-":
+            label = self._label(note.service)
+            cache = _cache_result(response)
+            if cache != "-":
+                self._child(CACHE_REQUESTS, label, cache).inc()
+            if note.upstream_ms is not None:
+                self._child(UPSTREAM_DURATION, label).observe(note.upstream_ms / 1000)
+            if note.upstream != "-":
+                outcome = "ok" if note.upstream_ms is not None else "failed"
+                self._child(UPSTREAM_ATTEMPTS, label, note.upstream, outcome).inc()
+            if note.user != "-":
+                self._child(AUTH_VERDICTS, "valid").inc()
+            elif response.status in _AUTH_RESULT and note.error in (
+                "unauthorized",
+                "forbidden",
+                "dependency_unavailable",
+            ):
+                self._child(AUTH_VERDICTS, _AUTH_RESULT[response.status]).inc()
+        if self.access_log is not None and request.path not in _UNLOGGED:
+            self.access_log.write(line_of(request, response, note, duration, sent, cache))
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: ``labels()`` costs a lock and a tuple
+        build per call, a dict lookup is a fraction of that."""
+        key = (id(metric), *labels)
+        child = self._others.get(key)
+        if child is None:
+            child = metric.labels(*labels)
+            if len(self._others) < 4096:
+                self._others[key] = child
+        return child
+
+    def _label(self, service: str) -> str:
+        if service in self.app.pools or service.startswith("region:"):
+            return service
+        return "other"
+
+    def _children(self, key: tuple[str, str, int]) -> tuple[Counter, Histogram]:
+        service = self._label(key[0]) if key[0] != "-" else "-"
+        region = self.app.config.region
+        children = (
+            REQUESTS.labels(region, service, key[1], str(key[2])),
+            DURATION.labels(service),
+        )
+        if len(self._requests) < 4096:  # bounded even if a label set were not
+            self._requests[key] = children
+        return children
+
+
+def _cache_result(response: Response) -> str:
+    x_cache = header(response.headers, b"x-cache")
+    return "-" if x_cache is None else _CACHE_RESULTS.get(x_cache, "-")
+
+
+_NO_NOTE = RequestNote()
+# The ELB's probes (two a second per proxy) and scrapes would drown the requests.
+_UNLOGGED = frozenset({"/health", "/metrics"})
+
+
+def line_of(
+    request: Request,
+    response: Response,
+    note: RequestNote,
+    duration_s: float,
+    sent: int,
+    cache: str,
+) -> AccessLine:
+    request_id = note.request_id
+    if request_id == "-":
+        sent_id = header(response.headers, b"x-request-id")
+        request_id = sent_id.decode("latin-1") if sent_id is not None else "-"
+    length = request.body.length
+    user_agent = request.header(b"user-agent")
+    return AccessLine(
+        time=now_rfc3339(),
+        request_id=request_id,
+        trace_id=note.trace_id,
+        client_ip=request.client[0],
+        method=request.method,
+        path=redact_target(request.target),
+        status=response.status,
+        bytes_in=length if length is not None else 0,
+        bytes_out=sent,
+        duration_ms=round(duration_s * 1000, 3),
+        upstream_ms=note.upstream_ms,
+        service=note.service,
+        region=note.region,
+        route=note.route,
+        upstream=note.upstream,
+        retries=note.retries,
+        cache=cache,
+        user=note.user,
+        rate_limited=note.rate_limited,
+        error=note.error,
+        user_agent=user_agent.decode("latin-1") if user_agent is not None else "-",
+    )

@@ -1,0 +1,213 @@
+"""Issue 12 through the real fleet: access-log lines, /metrics, trace context."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.harness import RunningFleet, request
+from tests.support.polling import wait_for
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = f"00-{TRACE}-00f067aa0ba902b7-01"
+
+
+def access_log(fleet: RunningFleet, proxy_url: str) -> Path:
+    port = int(proxy_url.rsplit(":", 1)[1])
+    names = [n for n in fleet.ports if n.startswith("proxy-") and n.endswith(f"-{port}")]
+    return fleet.fleet.run_dir / "logs" / f"access-{names[0]}.log"
+
+
+def line_for(fleet: RunningFleet, proxy_url: str, request_id: str) -> dict[str, Any]:
+    """The access-log line of ``request_id`` (flushed within a second of the answer)."""
+    path = access_log(fleet, proxy_url)
+    found: dict[str, Any] = {}
+
+    def look() -> bool:
+        if not path.exists():
+            return False
+        for raw in path.read_text().splitlines():
+            doc = json.loads(raw)
+            if doc["request_id"] == request_id:
+                found.update(doc)
+                return True
+        return False
+
+    wait_for(look, timeout_s=10, what=f"the access-log line of {request_id} in {path}")
+    return found
+
+
+def rid() -> str:
+    return f"obs-{uuid.uuid4().hex[:12]}"
+
+
+def test_a_cached_hit_is_logged_with_its_user_and_no_token(fleet: RunningFleet, token: str) -> None:
+    proxy = fleet.kr_proxies[0]
+    path = f"/image/image.png?v={uuid.uuid4().hex}&access_token={token}"
+    auth = {"authorization": f"Bearer {token}", "user-agent": "obs-test/1"}
+    request(proxy, path, headers={**auth, "x-request-id": rid()})
+    second = rid()
+    r = request(proxy, path, headers={**auth, "x-request-id": second})
+    assert r.headers["x-cache"] == "HIT"
+    line = line_for(fleet, proxy, second)
+    assert line["cache"] == "HIT" and line["status"] == 200
+    assert line["service"] == "image" and line["region"] == "ko_KR"
+    assert line["user"] == "e2e-user" and line["user_agent"] == "obs-test/1"
+    assert line["bytes_out"] == len(r.body) > 30_000
+    assert token not in json.dumps(line) and "access_token=REDACTED" in line["path"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"])
+    assert line["duration_ms"] >= 0 and line["client_ip"] == "127.0.0.1"
+
+
+def test_a_401_names_its_error_and_the_body_carries_the_request_id(fleet: RunningFleet) -> None:
+    proxy = fleet.kr_proxies[0]
+    request_id = rid()
+    r = request(proxy, "/video/index.html", headers={"x-request-id": request_id})
+    assert r.status == 401 and r.json()["request_id"] == request_id
+    line = line_for(fleet, proxy, request_id)
+    assert (line["status"], line["error"], line["user"]) == (401, "unauthorized", "-")
+    assert line["upstream"] == "-" and line["cache"] == "-"
+
+
+def test_a_cross_region_forward_names_the_other_regions_elb(
+    fleet: RunningFleet, token: str
+) -> None:
+    proxy = fleet.kr_proxies[0]
+    request_id = rid()
+    headers = {"authorization": f"Bearer {token}", "x-region": "en_US", "x-request-id": request_id}
+    assert request(proxy, "/sound/index.html", headers=headers).status == 200
+    line = line_for(fleet, proxy, request_id)
+    assert line["region"] == "en_US" and line["service"] == "sound"
+    assert line["upstream"] == fleet.en_elb and line["upstream_ms"] is not None
+
+
+def test_a_retried_request_counts_its_retries(fleet: RunningFleet, token: str) -> None:
+    proxy = fleet.kr_proxies[1]
+    request_id = rid()
+    headers = {"authorization": f"Bearer {token}", "x-request-id": request_id}
+    r = request(proxy, f"/video/echo?drop=1&v={uuid.uuid4().hex}", headers=headers)
+    assert r.status == 502
+    line = line_for(fleet, proxy, request_id)
+    assert line["retries"] == 1 and line["upstream"].startswith("http://127.0.0.1:")
+    assert line["error"] == r.json()["error"] and line["upstream_ms"] is None
+
+
+def test_traceparent_is_continued_with_a_new_span(fleet: RunningFleet, token: str) -> None:
+    proxy = fleet.kr_proxies[0]
+    request_id = rid()
+    headers = {
+        "authorization": f"Bearer {token}",
+        "traceparent": PARENT,
+        "tracestate": "vendor=opaque",
+        "x-request-id": request_id,
+    }
+    echoed = dict(
+        (k, v) for k, v in request(proxy, "/video/echo", headers=headers).json()["headers"]
+    )
+    version, trace, span, flags = echoed["traceparent"].split("-")
+    assert (version, trace, flags) == ("00", TRACE, "01") and span != "00f067aa0ba902b7"
+    assert echoed["tracestate"] == "vendor=opaque" and echoed["x-request-id"] == request_id
+    assert line_for(fleet, proxy, request_id)["trace_id"] == TRACE
+
+
+def test_an_invalid_traceparent_is_replaced(fleet: RunningFleet, token: str) -> None:
+    headers = {"authorization": f"Bearer {token}", "traceparent": "00-zz-bad-01"}
+    echoed = dict(
+        (k, v)
+        for k, v in request(fleet.kr_proxies[0], "/video/echo", headers=headers).json()["headers"]
+    )
+    version, trace, _, flags = echoed["traceparent"].split("-")
+    assert version == "00" and len(trace) == 32 and trace != "0" * 32 and flags == "00"
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_are_served_direct_and_refused_through_the_elb(fleet: RunningFleet) -> None:
+    through = request(fleet.kr_elb, "/metrics")
+    assert through.status == 404 and b"gateway_requests_total" not in through.body
+    # nor the auth server's or a backend's, forwarded by a proxy (open and public services)
+    for path in ("/auth/metrics", "/open/metrics"):
+        forwarded = request(fleet.kr_elb, path)
+        assert forwarded.status == 404 and b"process_resident" not in forwarded.body, path
+    for url in (
+        fleet.kr_proxies[0],
+        f"http://127.0.0.1:{fleet.auth_ports[0]}",
+        f"http://127.0.0.1:{fleet.backends[0]}",
+    ):
+        r = request(url, "/metrics")
+        assert r.status == 200 and r.headers["content-type"].startswith("text/plain")
+        assert b"process_resident_memory_bytes" in r.body
+        assert b"gateway_open_connections" in r.body
+
+
+def test_request_counters_move_as_traffic_does(fleet: RunningFleet, token: str) -> None:
+    proxy = fleet.kr_proxies[0]
+    labels = {"region": "ko_KR", "service": "video", "method": "GET", "code": "200"}
+    before = metric(request(proxy, "/metrics").body.decode(), "gateway_requests_total", **labels)
+    for _ in range(5):
+        assert (
+            request(proxy, "/video/index.html", headers={"authorization": f"Bearer {token}"}).status
+            == 200
+        )
+    text = request(proxy, "/metrics").body.decode()
+    assert metric(text, "gateway_requests_total", **labels) == before + 5
+    assert metric(text, "gateway_instance_up", service="video") == 2
+    assert metric(text, "gateway_auth_verdicts_total", result="valid") >= 5
+    assert metric(text, "gateway_request_duration_seconds_count", service="video") >= 5
+    assert "/video/index.html" not in text  # paths are never labels
+
+
+def test_admin_cache_shows_tiers_and_hit_ratios_direct_only(
+    fleet: RunningFleet, token: str
+) -> None:
+    proxy = fleet.kr_proxies[0]
+    path = f"/image/image.png?v={uuid.uuid4().hex}"
+    for _ in range(2):
+        request(proxy, path, headers={"authorization": f"Bearer {token}"})
+    doc = request(proxy, "/admin/cache").json()
+    assert doc["memory"]["entries"] >= 1 and 0 < doc["hit_ratio"] <= 1
+    assert {"breaker", "connected"} <= set(doc["redis"])
+    assert request(fleet.kr_elb, "/admin/cache").status == 404
+
+
+def test_fleet_top_renders_every_process_and_service(fleet: RunningFleet, token: str) -> None:
+    import subprocess
+    import sys
+
+    for _ in range(3):
+        request(fleet.kr_elb, "/video/index.html", headers={"authorization": f"Bearer {token}"})
+    topology = fleet.fleet.run_dir.parent / "fleet.yaml"
+    done = subprocess.run(
+        [sys.executable, "-m", "topology.fleet", "top", str(topology), "--once", "--width", "160"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    text = done.stdout
+    for name in fleet.ports:
+        if name.startswith(("proxy-", "authsvc-", "backend-")):
+            assert name in text, text
+    assert "down" not in text, text
+    assert "video" in text and "2/2" in text  # video's two instances up
+    assert "last reload per proxy" in text
+
+
+def test_the_elb_serves_its_own_metrics_and_counts_connections(fleet: RunningFleet) -> None:
+    port = fleet.fleet.plan.topology.regions[0].elb_metrics_port
+    request(fleet.kr_elb, "/health")
+    text = request(f"http://127.0.0.1:{port}", "/metrics").body.decode()
+    assert metric(text, "elb_connections_total") >= 1
+    assert metric(text, "elb_proxy_up") == len(fleet.kr_proxies)
+    assert "process_resident_memory_bytes" in text
