@@ -20,10 +20,14 @@ the response it was given: the terminal's body holds an in-flight slot.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from httpio.messages import Request, Response
 from httpio.protocol import Headers
+
+if TYPE_CHECKING:
+    from authsvc.tokens import Claims
+    from proxy.filters.routes import Route
 
 RequestAnswer = Response | Awaitable[Response | None] | None
 _NO_HEADERS: Headers = []
@@ -35,9 +39,11 @@ class Exchange:
     ``target`` is what the upstream is asked for (``/<rest>?<query>`` of a service's request,
     the whole target of one forwarded to another region); ``from_hop``: another region's
     proxy forwarded it (its hop mark verified); ``identity``: headers the auth filter vouches
-    for (``X-User``...), sent upstream after the client's own were dropped."""
+    for (``X-User``...), sent upstream after the client's own were dropped; ``route``: the
+    explicit route matched (`proxy.filters.routes`), None for ``/<service>/<rest>``;
+    ``claims``: the verified token's, when the auth filter checked one."""
 
-    __slots__ = ("from_hop", "identity", "request", "request_id", "target")
+    __slots__ = ("claims", "from_hop", "identity", "request", "request_id", "route", "target")
 
     def __init__(self, request: Request, request_id: bytes, target: str, from_hop: bool) -> None:
         self.request = request
@@ -45,6 +51,8 @@ class Exchange:
         self.target = target
         self.from_hop = from_hop
         self.identity: Headers = _NO_HEADERS
+        self.route: Route | None = None
+        self.claims: Claims | None = None
 
     def __repr__(self) -> str:
         return f"<Exchange {self.request.method} {self.target} id={self.request_id.decode()}>"
