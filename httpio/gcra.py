@@ -36,7 +36,7 @@ def decide(tat: float, now: float, interval_s: float, burst: int) -> tuple[Decis
     base = tat if tat > now else now
     new_tat = base + interval_s
     allow_at = new_tat - interval_s * burst
-    if now < allow_at:
+    if allow_at - now > 1e-9:  # not float noise: 0.1 * 5 is not exactly 0.5
         reset = base - now
         return Decision(False, 0, allow_at - now, reset), tat
     reset = new_tat - now
