@@ -43,53 +43,56 @@ class DuplicateRoute(ValueError):
 
 
 class RouteTable:
+    """Exact routes by Host then path; prefix routes by Host then the prefix without its
+    trailing ``/`` (so one lookup per segment boundary of the path)."""
+
     __slots__ = ("_exact", "_prefix", "size")
 
     def __init__(self, services: Iterable[ServiceSpec]) -> None:
-        self._exact: dict[tuple[str, str], Route] = {}
-        self._prefix: dict[tuple[str, str], Route] = {}
+        self._exact: dict[str, dict[str, Route]] = {}
+        self._prefix: dict[str, dict[str, Route]] = {}
         self.size = 0
         for spec in services:
             for i, r in enumerate(spec.routes):
                 where = f"service {spec.name!r} routes[{i}]"
-                allow = ", ".join(r.methods).encode()
-                route = Route(spec.name, r, where, allow)
-                table = self._exact if r.match == "exact" else self._prefix
+                route = Route(spec.name, r, where, ", ".join(r.methods).encode())
+                exact = r.match == "exact"
+                path = r.path if exact else r.path.rstrip("/")
                 for host in spec.hosts or ("",):
-                    key = (host.lower(), r.path)
-                    other = table.get(key)
+                    table = (self._exact if exact else self._prefix).setdefault(host.lower(), {})
+                    other = table.get(path)
                     if other is not None:
                         raise DuplicateRoute(
                             f"{where} ({r.match} {r.path!r}) duplicates {other.where}"
                         )
-                    table[key] = route
+                    table[path] = route
                 self.size += 1
 
     def __repr__(self) -> str:
-        return f"<RouteTable exact={len(self._exact)} prefix={len(self._prefix)}>"
+        return f"<RouteTable routes={self.size}>"
 
     def __bool__(self) -> bool:
         return self.size > 0
 
     def match(self, host: str, path: str) -> Route | None:
         for h in (host, "") if host else ("",):
-            found = self._exact.get((h, path))
-            if found is not None:
-                return found
-            prefix = self._prefix
-            if not prefix:
+            exact = self._exact.get(h)
+            if exact is not None:
+                found = exact.get(path)
+                if found is not None:
+                    return found
+            prefix = self._prefix.get(h)
+            if prefix is None:
                 continue
-            found = prefix.get((h, path))
-            if found is not None:
-                return found
+            found = prefix.get(path)
+            if found is not None and not found.spec.path.endswith("/"):
+                return found  # "/api/v1" itself; "/api/users/" does not match "/api/users"
             end = len(path)
             while end > 0:
                 end = path.rfind("/", 0, end)
                 if end < 0:
                     break
-                found = prefix.get((h, path[: end + 1])) or (
-                    prefix.get((h, path[:end])) if end else None
-                )
+                found = prefix.get(path[:end])
                 if found is not None:
                     return found
         return None

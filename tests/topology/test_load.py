@@ -326,7 +326,11 @@ def test_the_issues_example_loads(tmp_path):
         ('"https://app.example.com",', '"app.example.com",', "$.service[0].cors.allow_origins[0]"),
         ("methods: [GET, POST]}", "methods: [GET, BREW]}", "$.service[0].routes[0].methods[1]"),
         ("remove: [Cookie]", "remove: [Bad_Name]", "$.service[0].request_headers.remove[0]"),
-        ('"/api/v1/data", match: exact', '"/api/users/", match: prefix', "$.service[0].routes[1].path"),
+        (
+            '"/api/v1/data", match: exact',
+            '"/api/users/", match: prefix',
+            "$.service[0].routes[1].path",
+        ),
     ],
 )
 def test_bad_edge_fields_name_the_field(tmp_path, old, new, where):
@@ -336,16 +340,23 @@ def test_bad_edge_fields_name_the_field(tmp_path, old, new, where):
 
 
 def test_a_route_into_another_services_paths_is_refused(tmp_path):
-    text = EDGE_MSA + '  - name: image\n    instance: ["http://h:1"]\n    routes: [{path: "/users/x"}]\n'
+    text = (
+        EDGE_MSA
+        + '  - name: image\n    instance: ["http://h:1"]\n    routes: [{path: "/users/x"}]\n'
+    )
     message = refusal(load_msa, write(tmp_path, "msa.yaml", text))
     assert message.startswith("msa.yaml: $.service[1].routes[0].path: ")
     assert "service 'users'" in message
 
 
 def test_the_articles_rate_limit_form_is_a_fixed_window_default(tmp_path):
-    config = load_config(write(tmp_path, "config.json", '{"rateLimitWindow": 60, "rateLimitCount": 100}'))
+    config = load_config(
+        write(tmp_path, "config.json", '{"rateLimitWindow": 60, "rateLimitCount": 100}')
+    )
     default = config.default_rate_limit()
     assert default is not None and (default.requests, default.window_s) == (100, 60)
-    config = load_config(write(tmp_path, "c.json", '{"Rate_limit": {"requests": 5, "window_s": 1}}'))
+    config = load_config(
+        write(tmp_path, "c.json", '{"Rate_limit": {"requests": 5, "window_s": 1}}')
+    )
     assert config.default_rate_limit() is not None
     assert load_config(write(tmp_path, "d.json", "{}")).default_rate_limit() is None
