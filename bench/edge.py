@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             for rnd in range(args.rounds):
                 for tool in ("wrk", "ab"):
                     for name in ("plain", "edge") if rnd % 2 == 0 else ("edge", "plain"):
-                        row = {"round": rnd, "tool": tool, "chain": name}
+                        row: dict[str, object] = {"round": rnd, "tool": tool, "chain": name}
                         row.update(run_load(tool, targets[name], args.seconds, args.connections))
                         rows.append(row)
                         print(json.dumps(row), flush=True)
@@ -154,11 +154,12 @@ def main(argv: list[str] | None = None) -> int:
                     p.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     p.kill()
-    summary = {}
+    summary: dict[str, dict[str, float]] = {}
     for tool in ("wrk", "ab"):
 
         def total(chain: str, tool: str = tool) -> float:
-            return sum(float(r["rps"]) for r in rows if r["tool"] == tool and r["chain"] == chain)  # type: ignore[arg-type]
+            picked = [r["rps"] for r in rows if r["tool"] == tool and r["chain"] == chain]
+            return sum(float(v) for v in picked if isinstance(v, (int, float)))
 
         summary[tool] = {
             "plain_rps": total("plain") / args.rounds,

@@ -28,7 +28,8 @@ async def fleet_accuracy(
     port: int, rate: float, burst: int, seconds: float, connections: int
 ) -> dict[str, float]:
     pools = [RedisPool(RedisSettings(port=port, command_timeout_s=2.0)) for _ in range(4)]
-    buckets = [FleetBuckets(p, f"bench:rl:{time.time_ns()}:", rate, burst) for p in pools]
+    prefix = f"bench:rl:{time.time_ns()}:"  # one key for all four: the point of the run
+    buckets = [FleetBuckets(p, prefix, rate, burst) for p in pools]
     allowed = sent = 0
     first = last = 0.0
     stop_at = time.monotonic() + seconds
