@@ -12,7 +12,7 @@ is refused before any token work); those that name ``user`` or ``claim:`` run af
 Redis's clock); ``scope: local`` keeps the TATs in this process. When Redis fails or is slower
 than its command timeout (the pool's own deadline bounds each decision), ``on_store_error``
 says what happens: ``allow`` (default; counted, logged once per outage), ``deny`` (429), or
-``local`` (a per-process bucket at ``rate / fleet_proxies``).
+``local`` (a per-process bucket at ``rate / fleet_proxies``, burst likewise divided).
 
 A refusal is a 429 with the JSON error body, ``Retry-After`` in whole seconds rounded up
 (never 0), and the fields of draft-ietf-httpapi-ratelimit-headers (``RateLimit-Policy:
@@ -103,13 +103,15 @@ class RateLimitState:
     in_outage: bool = False
 
     def buckets(self, service: str, spec: RateLimitSpec, kind: str) -> LocalBuckets:
-        rate = spec.rate_per_s / spec.fleet_proxies if kind == "fallback" else spec.rate_per_s
+        rate, burst = spec.rate_per_s, spec.burst
+        if kind == "fallback":  # this proxy's share of the fleet's limit, burst included
+            rate, burst = rate / spec.fleet_proxies, max(1, burst // spec.fleet_proxies)
         slot = (service, spec.key, kind)
         found = self.local.get(slot)
         if found is None:
-            found = self.local[slot] = LocalBuckets(rate, spec.burst, clock=time.monotonic)
+            found = self.local[slot] = LocalBuckets(rate, burst, clock=time.monotonic)
         else:
-            found.resize(rate, spec.burst)
+            found.resize(rate, burst)
         return found
 
     def statistics(self) -> dict[str, object]:

@@ -67,7 +67,7 @@ def test_a_local_limit_refuses_with_429_and_keeps_its_buckets_across_snapshots()
 
 
 async def store_down(on_store_error: str) -> list[bool]:
-    """Five requests through a fleet limit (burst 2) whose Redis refuses connections."""
+    """Five requests through a fleet limit (burst 4, 2 proxies) whose Redis refuses connections."""
     from httpio.redis_client import RedisPool, RedisSettings
     from tests.support.ports import held_port
 
@@ -77,7 +77,7 @@ async def store_down(on_store_error: str) -> list[bool]:
         spec = RateLimitSpec(
             key="client_ip",
             rate_per_s=0.001,
-            burst=2,
+            burst=4,
             on_store_error=on_store_error,  # type: ignore[arg-type]
             fleet_proxies=2,
         )
