@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.support.polling import wait_until
 from tests.support.ports import free_ports
 from topology.fleet import find_launchers, open_fleet
 
@@ -25,8 +26,8 @@ DEADLINE_S = 30.0
 BURST = 10
 
 
-def write_topology(base: Path) -> Path:
-    backend, p0, p1, elb, redis = free_ports(5)
+def write_topology(base: Path, two_regions: bool = False) -> Path:
+    backend, p0, p1, elb, redis, elb2 = free_ports(6)
     services = "service:\n"
     for name, on_error in (("web", "allow"), ("deny", "deny"), ("local", "local")):
         services += (
@@ -46,8 +47,14 @@ def write_topology(base: Path) -> Path:
         )
     )
     path = base / "fleet.yaml"
+    regions = f"  - {{code: kr, elb_port: {elb}, proxy_ports: [{p0}, {p1}], msa: msa.yaml}}\n"
+    if two_regions:  # one proxy each, the same service map, the same Redis
+        regions = (
+            f"  - {{code: kr, elb_port: {elb}, proxy_ports: [{p0}], msa: msa.yaml}}\n"
+            f"  - {{code: us, elb_port: {elb2}, proxy_ports: [{p1}], msa: msa.yaml}}\n"
+        )
     path.write_text(
-        f"regions:\n  - {{code: kr, elb_port: {elb}, proxy_ports: [{p0}, {p1}], msa: msa.yaml}}\n"
+        f"regions:\n{regions}"
         f"backends: {{ports: [{backend}]}}\nredis: {{port: {redis}}}\nconfig: config.json\n"
     )
     return path
@@ -102,3 +109,58 @@ async def test_a_fleet_limit_counts_once_across_the_proxies_and_redis_stopped(
     assert int(refused[b"retry-after"]) >= 1
     assert refused[b"ratelimit-policy"] == b'"service";q=10;w=10000'
     assert refused[b"ratelimit"].startswith(b'"service";r=0;t=')
+
+
+async def test_a_reload_that_raises_a_limit_while_traffic_runs_fails_no_request(
+    tmp_path: Path,
+) -> None:
+    """Clients keep sending through the ELB while the service map is rewritten with a burst
+    of 100,000: every answer is a 200 or a 429 (never a reset, a 5xx or a hang), and once
+    both proxies took the new map, everything is a 200."""
+    for kind in ("backend", "proxy", "elb", "redis"):
+        if isinstance(find_launchers().get(kind), str):
+            pytest.skip(f"{kind} is not installed")
+    path = write_topology(tmp_path)
+    async with open_fleet(path, tmp_path / "run", out=lambda line: None) as fleet:
+        elb = next(p for name, p in fleet.ports.items() if name.startswith("elb-"))
+        msa = fleet.run_dir / "msa_kr.yaml"
+        statuses: list[int] = []
+        stop = trio.Event()
+
+        async def client() -> None:
+            for _ in range(2000):  # bounded; the test stops it long before
+                if stop.is_set():
+                    return
+                statuses.append((await get(elb))[0])
+
+        def reloaded() -> bool:
+            logs = [
+                fleet.run_dir / "logs" / f"{n}.log" for n in fleet.ports if n.startswith("proxy-")
+            ]
+            return all("config_reloaded" in log.read_text() for log in logs)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(client)
+            await wait_until(lambda: statuses.count(429) >= 5, DEADLINE_S)
+            text = msa.read_text().replace(f"burst: {BURST},", "burst: 100000,", 1)
+            msa.write_text(text)
+            await wait_until(reloaded, DEADLINE_S)
+            after = len(statuses)
+            await wait_until(lambda: len(statuses) >= after + 20, DEADLINE_S)
+            stop.set()
+    assert set(statuses) <= {200, 429}
+    assert statuses[after + 4 :] == [200] * len(statuses[after + 4 :])
+
+
+async def test_a_fleet_limit_counts_once_across_regions(tmp_path: Path) -> None:
+    for kind in ("backend", "proxy", "elb", "redis"):
+        if isinstance(find_launchers().get(kind), str):
+            pytest.skip(f"{kind} is not installed")
+    path = write_topology(tmp_path, two_regions=True)
+    async with open_fleet(path, tmp_path / "run", out=lambda line: None) as fleet:
+        elbs = sorted(p for name, p in fleet.ports.items() if name.startswith("elb-"))
+        assert len(elbs) == 2
+        statuses = [(await get(port))[0] for port in elbs * 12]
+    assert statuses.count(200) == BURST, statuses
+    assert statuses.count(429) == len(statuses) - BURST
