@@ -57,6 +57,14 @@ class FleetBuckets:
     def __repr__(self) -> str:
         return f"<FleetBuckets {self.prefix} rate={1 / self.interval_s:g}/s burst={self.burst}>"
 
+    def statistics(self) -> dict[str, object]:
+        return {
+            "prefix": self.prefix,
+            "rate_per_s": 1 / self.interval_s,
+            "burst": self.burst,
+            "script_reloads": self.reloads,
+        }
+
     async def take(self, key: str) -> Decision:
         """Raises `httpio.redis_client.RedisError` when Redis does not answer in time."""
         timeout = self.pool.settings.command_timeout_s

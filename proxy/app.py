@@ -184,7 +184,7 @@ class ProxyApp:
                 {
                     "proxy": self.name,
                     "region": self.config.region,
-                    "chains": self.chains.statistics(),
+                    "chains": self.chains.effective(),
                     "config": redacted_config(self.config),
                     "rate_limits": self.rate_limits.statistics(),
                 },

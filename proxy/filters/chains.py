@@ -31,7 +31,7 @@ from proxy.filters import route
 from proxy.filters.auth import TokenCheck, VouchClient, policy_for
 from proxy.filters.body_limit import BodyLimit
 from proxy.filters.cache import CacheLookup
-from proxy.filters.chain import Chain, Exchange
+from proxy.filters.chain import Chain, Exchange, describe
 from proxy.filters.cors import Cors
 from proxy.filters.forward import Forward
 from proxy.filters.header_rules import RequestHeaderRules, ResponseHeaderRules
@@ -90,6 +90,25 @@ class Chains:
         return {
             "services": {n: c.statistics()["filters"] for n, c in self._services.items()},
             "regions": {n: c.statistics()["filters"] for n, c in self._regions.items()},
+        }
+
+    def effective(self) -> dict[str, object]:
+        """Each chain's filters in order, with what each was configured with (``settings()``
+        of the filters that have one): ``/admin/config``'s view."""
+
+        def listed(chain: Chain) -> list[dict[str, object]]:
+            out = []
+            for f in chain.filters:
+                entry: dict[str, object] = {"filter": describe(f)}
+                settings = getattr(f, "settings", None)
+                if callable(settings):
+                    entry["settings"] = settings()
+                out.append(entry)
+            return out
+
+        return {
+            "services": {n: listed(c) for n, c in self._services.items()},
+            "regions": {n: listed(c) for n, c in self._regions.items()},
         }
 
     def chain(self, service: str) -> Chain:

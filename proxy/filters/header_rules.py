@@ -84,6 +84,10 @@ class CompiledRules:
         return out
 
 
+def rules_settings(rules: HeaderRules) -> dict[str, object]:
+    return {"set": dict(rules.set), "add": dict(rules.add), "remove": list(rules.remove)}
+
+
 class RequestHeaderRules:
     name = "request_headers"
 
@@ -93,6 +97,9 @@ class RequestHeaderRules:
 
     def __repr__(self) -> str:
         return f"<RequestHeaderRules {self.rules}>"
+
+    def settings(self) -> dict[str, object]:
+        return rules_settings(self.rules)
 
     def on_request(self, ex: Exchange) -> RequestAnswer:
         ex.request.headers = self._compiled.apply(ex.request.headers, ex)
@@ -108,6 +115,9 @@ class ResponseHeaderRules:
 
     def __repr__(self) -> str:
         return f"<ResponseHeaderRules {self.rules}>"
+
+    def settings(self) -> dict[str, object]:
+        return rules_settings(self.rules)
 
     def on_response(self, ex: Exchange, response: Response) -> Response:
         response.headers = self._compiled.apply(response.headers, ex)

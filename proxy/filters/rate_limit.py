@@ -146,6 +146,16 @@ class RateLimit:
     def __repr__(self) -> str:
         return f"<RateLimit {self.service} {self.spec.key} {self.spec.rate_per_s}/s burst={self.spec.burst} {self.spec.scope}>"
 
+    def settings(self) -> dict[str, object]:
+        return {
+            "key": self.spec.key,
+            "rate_per_s": self.spec.rate_per_s,
+            "burst": self.spec.burst,
+            "scope": "local" if self._local is not None else "fleet",
+            "on_store_error": self.spec.on_store_error,
+            "headers": self.spec.headers,
+        }
+
     def on_request(self, ex: Exchange) -> RequestAnswer:
         key = key_of(self.spec.key, ex)
         if self._local is not None:

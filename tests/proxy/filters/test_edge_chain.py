@@ -140,5 +140,5 @@ async def test_admin_config_lists_chains_and_redacts_secrets() -> None:
     text = response.body.decode()
     assert "k" * 32 not in text and "s" * 32 not in text and '"pw"' not in text
     doc = json.loads(text)
-    assert doc["chains"]["services"]["plain"][-1] == "forward"
+    assert doc["chains"]["services"]["plain"][-1] == {"filter": "forward"}
     assert doc["config"]["gateway"]["Auth_keys"] == [{"kid": "a", "secret": "<redacted>"}]
