@@ -134,8 +134,9 @@ class Cors:
     def on_response(self, ex: Exchange, response: Response) -> Response:
         if response.status == 204 and is_preflight(ex):
             return response
-        headers = response.headers
-        headers.append((b"vary", b"Origin"))
+        # A new Response, not an edit: the cache stores a streamed answer when its body ends,
+        # from the Response it passed on, and a grant must never be stored.
+        headers = [*response.headers, (b"vary", b"Origin")]
         origin = ex.request.header(b"origin")
         if origin is not None and self.rule.allows(origin):
             headers.append(
@@ -145,4 +146,4 @@ class Cors:
                 headers.append((b"access-control-allow-credentials", b"true"))
             if self._expose:
                 headers.append((b"access-control-expose-headers", self._expose))
-        return response
+        return Response(response.status, headers, response.body)

@@ -120,5 +120,6 @@ class ResponseHeaderRules:
         return rules_settings(self.rules)
 
     def on_response(self, ex: Exchange, response: Response) -> Response:
-        response.headers = self._compiled.apply(response.headers, ex)
-        return response
+        # A new Response, not an edit: the cache stores a streamed answer from the Response it
+        # passed on when the body ends, and a value rendered for this client must not be stored.
+        return Response(response.status, self._compiled.apply(response.headers, ex), response.body)

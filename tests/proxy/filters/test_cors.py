@@ -84,3 +84,12 @@ def test_actual_responses_echo_an_allowed_origin_never_star_with_credentials() -
 def test_a_disallowed_origin_gets_vary_and_no_grant() -> None:
     r = Cors(SPEC).on_response(exchange(headers=[(b"origin", b"https://evil.com")]), Response(200))
     assert r.headers == [(b"vary", b"Origin")]
+
+
+def test_the_response_passed_in_is_not_edited() -> None:
+    """The cache stores a streamed answer from the Response it passed on, at the body's end:
+    a grant written into it would be stored and served to the next origin."""
+    given = Response(200, [(b"content-type", b"text/plain")])
+    out = Cors(SPEC).on_response(exchange(headers=[(b"origin", b"https://app.example.com")]), given)
+    assert given.headers == [(b"content-type", b"text/plain")]
+    assert dict(out.headers)[b"access-control-allow-origin"] == b"https://app.example.com"

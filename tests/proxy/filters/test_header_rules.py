@@ -38,3 +38,12 @@ def test_unknown_variables_and_control_characters_are_refused() -> None:
         compile_value("${password}", "r")
     with pytest.raises(ValueError, match="control"):
         compile_value("a\r\nInjected: 1", "r")
+
+
+def test_the_response_passed_in_is_not_edited() -> None:
+    given = Response(200, [(b"server", b"x")])
+    out = ResponseHeaderRules(HeaderRules(set={"X-Ip": "${client_ip}"}), "r").on_response(
+        exchange(), given
+    )
+    assert given.headers == [(b"server", b"x")]
+    assert dict(out.headers)[b"x-ip"] == b"127.0.0.1"
