@@ -7,7 +7,7 @@ TOPOLOGY ?= topology/fleet.yaml
 ELB ?= http://127.0.0.1:9000
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: top report observability-cost fleet server proxy benchmark test check system-deps install regular region concurrent image large signin wrk bench bench-caddy bench-hop bench-hop-profile elb-cost idle policies policy-cost chaos soak bench-hosts clean ws
+.PHONY: top report observability-cost fleet server proxy benchmark test check system-deps install regular region concurrent image large signin wrk bench bench-caddy bench-hop bench-hop-profile elb-cost idle policies policy-cost chaos soak bench-hosts clean ws ratelimit bench-edge bench-routes
 
 BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
@@ -131,3 +131,16 @@ chaos: $(STAMP)
 MINUTES ?= 10
 soak: $(STAMP)
 	$(PY) -m bench.soak --minutes $(MINUTES) $(ARGS)
+
+# -- issue 11's edge filters (no fleet needed: each starts what it measures on free ports) --------
+# fleet-wide limit accuracy (4 Redis pools) and the cost of one decision, local and fleet
+ratelimit: $(STAMP)
+	$(PY) -m bench.ratelimit $(ARGS)
+
+# one proxy, two services on one backend: every edge filter configured, none triggering, vs none
+bench-edge: $(STAMP)
+	$(PY) -m bench.edge $(ARGS)
+
+# routing cost with 10 and 10,000 explicit routes
+bench-routes: $(STAMP)
+	$(PY) -m bench.routes $(ARGS)

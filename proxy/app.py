@@ -29,7 +29,8 @@ from httpio.upstream import UpstreamPool
 from proxy import forwarding
 from proxy.cache import HttpCache
 from proxy.filters.chains import Chains, Parts, build_chains
-from proxy.state import ProxyConfig
+from proxy.filters.rate_limit import RateLimitState
+from proxy.state import ProxyConfig, redacted_config
 from proxy.wiring import AuthLayer
 from proxy.ws_sessions import OpenSockets
 from topology.schema import ServiceSpec
@@ -44,12 +45,15 @@ class ProxyApp:
         name: str,
         auth: AuthLayer | None = None,
         cache: HttpCache | None = None,
+        rate_limits: RateLimitState | None = None,
     ) -> None:
         self.name = name
         self.via = b"1.1 " + name.encode()
         self.upstream = upstream
         self.auth = auth
         self.cache = cache
+        # the buckets of every rate limit, across snapshots (`proxy.filters.rate_limit`)
+        self.rate_limits = rate_limits if rate_limits is not None else RateLimitState()
         self.pools: dict[str, ServicePool] = {}
         self.limiters: dict[str, ServiceLimiter] = {}
         self.elb_pools: dict[str, ServicePool] = {}
@@ -119,6 +123,7 @@ class ProxyApp:
             auth=self.auth.client if self.auth is not None else None,
             cache=self.cache,
             websockets=self.websockets,
+            rate_limits=self.rate_limits,
         )
         return build_chains(config, parts)
 
@@ -211,6 +216,17 @@ class ProxyApp:
             if self.cache is None:
                 raise RouteNotFound("the cache is switched off")
             return json_response(200, cache_report(self.cache.statistics()))
+        if request.path == "/admin/config" and request.method == "GET":
+            return json_response(
+                200,
+                {
+                    "proxy": self.name,
+                    "region": self.config.region,
+                    "chains": self.chains.effective(),
+                    "config": redacted_config(self.config),
+                    "rate_limits": self.rate_limits.statistics(),
+                },
+            )
         if request.path == "/admin/cache/purge" and request.method in ("POST", "DELETE"):
             if self.cache is None:
                 raise RouteNotFound("the cache is switched off")

@@ -28,6 +28,8 @@ from httpio.run import configure_logging, serve_until_signalled
 from httpio.server import HttpServer
 from httpio.upstream import UpstreamPool
 from proxy.app import ProxyApp
+from proxy.cache import redis_pool_for
+from proxy.filters.rate_limit import RateLimitState
 from proxy.metrics import ProxyObserver, count_reload
 from proxy.state import ProxyConfig, ProxyPaths, load_proxy_config, watch_config
 from proxy.wiring import start_auth, start_cache
@@ -98,7 +100,13 @@ async def start_proxy(
     upstream = UpstreamPool(config.gateway.upstream)
     auth = await start_auth(config, upstream, nursery, proxy=name)
     cache = await start_cache(config, nursery)
-    app = ProxyApp(config, upstream, name=name, auth=auth, cache=cache)
+    gateway = config.gateway
+    limits = RateLimitState(
+        redis=redis_pool_for(
+            gateway.cache, gateway.redis_address, gateway.redis_password, gateway.redis_db
+        )
+    )
+    app = ProxyApp(config, upstream, name=name, auth=auth, cache=cache, rate_limits=limits)
     follow(server, app.config)
     app.on_reload.append(partial(follow, server))
     sqlite = config.gateway.access_log

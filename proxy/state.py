@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import structlog
 import trio
 
@@ -41,6 +42,25 @@ class ProxyConfig:
             "regions": self.regions,
             "policy": self.gateway.load_balancer_policy,
         }
+
+
+REDACTED = "<redacted>"
+
+
+def redacted_config(config: ProxyConfig) -> dict[str, object]:
+    """The whole snapshot as ``/admin/config`` shows it: every key and password replaced."""
+    gateway = msgspec.to_builtins(config.gateway)
+    for name in ("Auth_key", "Redis_password"):
+        if gateway.get(name):
+            gateway[name] = REDACTED
+    gateway["Auth_keys"] = [
+        {"kid": k["kid"], "secret": REDACTED} for k in gateway.get("Auth_keys", [])
+    ]
+    return {
+        "gateway": gateway,
+        "services": [msgspec.to_builtins(s) for s in config.services.values()],
+        "regions": config.regions,
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,8 @@ that exists) are done here and report the same way.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -24,6 +26,7 @@ from topology.schema import (
     MsaFile,
     ProxyList,
     RegionStructure,
+    ServiceSpec,
     parse_auth_store,
 )
 
@@ -94,7 +97,80 @@ def load_msa(path: str | Path) -> MsaFile:
             check_url(path, f"{where}.instance[{j}]", inst.url)
         if service.policy is not None:
             check_policy(path, f"{where}.policy", service.policy)
+        check_edge_policies(path, where, service)
+    check_routes(path, msa)
     return msa
+
+
+def check_edge_policies(file: str | Path, where: str, service: ServiceSpec) -> None:
+    """What msgspec cannot check of issue 11's fields: CIDRs, limit keys, templates, origins."""
+    for name in ("allow_cidrs", "deny_cidrs"):
+        for j, cidr in enumerate(getattr(service, name)):
+            check_field(file, f"{where}.{name}[{j}]", ipaddress.ip_network, cidr)
+    for j, limit in enumerate(service.rate_limit or ()):
+        check_field(file, f"{where}.rate_limit[{j}].key", check_rate_limit_key, limit.key)
+    for name in ("request_headers", "response_headers"):
+        rules = getattr(service, name)
+        if rules is None:
+            continue
+        for kind in ("set", "add"):
+            for header, value in getattr(rules, kind).items():
+                check_field(file, f"{where}.{name}.{kind}.{header}", check_header_value, value)
+    if service.cors is not None:
+        for j, origin in enumerate(service.cors.allow_origins):
+            check_field(file, f"{where}.cors.allow_origins[{j}]", check_origin, origin)
+
+
+_RATE_KEY = re.compile(r"^(client_ip|user|service|claim:[A-Za-z0-9_.-]+|header:[A-Za-z0-9-]+)$")
+_TEMPLATE_VAR = re.compile(r"\$\{([^}]*)\}")
+_HEADER_VARIABLES = ("client_ip", "request_id", "user", "region")
+_ORIGIN = re.compile(r"^(\*|[a-z][a-z0-9+.-]*://(\*\.)?[A-Za-z0-9.-]+(:[0-9]+)?|null)$")
+
+
+def check_rate_limit_key(key: str) -> None:
+    for part in key.split("+"):
+        if not _RATE_KEY.match(part):
+            raise ValueError(
+                f"unknown key {part!r}: expected client_ip, user, service, claim:<name> or "
+                "header:<name>, joined with '+'"
+            )
+
+
+def check_header_value(value: str) -> None:
+    if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
+        raise ValueError("a header value may not hold control characters")
+    for var in _TEMPLATE_VAR.findall(value):
+        if var not in _HEADER_VARIABLES:
+            raise ValueError(f"unknown variable ${{{var}}}: expected one of {_HEADER_VARIABLES}")
+
+
+def check_origin(origin: str) -> None:
+    if not _ORIGIN.match(origin):
+        raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], '*.' allowed first)")
+
+
+def check_routes(file: str | Path, msa: MsaFile) -> None:
+    """Two routes on one path (and Host) are an error naming both; so is a route whose first
+    segment is another service's name, which would silently take ``/<service>/`` from it."""
+    names = {s.name for s in msa.service}
+    seen: dict[tuple[str, str, str], str] = {}
+    for i, service in enumerate(msa.service):
+        for j, r in enumerate(service.routes):
+            where = f"$.service[{i}].routes[{j}]"
+            first = r.path[1:].partition("/")[0]
+            if first in names and first != service.name:
+                raise ConfigError(
+                    file,
+                    f"{where}.path",
+                    f"{r.path!r} overlaps service {first!r}'s /{first}/ paths",
+                )
+            for host in service.hosts or ("",):
+                key = (host.lower(), r.match, r.path)
+                if key in seen:
+                    raise ConfigError(
+                        file, f"{where}.path", f"{r.match} route {r.path!r} duplicates {seen[key]}"
+                    )
+                seen[key] = where
 
 
 def check_policy(file: str | Path, where: str, policy: str) -> None:

@@ -197,6 +197,66 @@ def parse_auth_store(setting: str) -> tuple[AuthEngine, str]:
     raise ValueError(f"Auth_store must be sqlite:PATH or postgresql://..., not {setting!r}")
 
 
+# -- edge policies of a service (issue 11; the filters are in proxy/filters/) -----------------
+HTTP_METHOD = r"^(GET|HEAD|POST|PUT|DELETE|PATCH|OPTIONS)$"
+_HEADER_NAME = r"^[!#$%&'*+.^`|~0-9A-Za-z-]+$"  # RFC 9110 5.1 token, no "_" (we drop those)
+HeaderName = Annotated[str, Meta(pattern=_HEADER_NAME)]
+Method = Annotated[str, Meta(pattern=HTTP_METHOD)]
+
+
+class RouteSpec(Struct, frozen=True, forbid_unknown_fields=True):
+    """One of a service's ``routes``: a path prefix (default) or an exact path."""
+
+    path: Annotated[str, Meta(pattern=r"^/")]
+    match: Literal["prefix", "exact"] = "prefix"
+    methods: tuple[Method, ...] = ()  # empty: every method the server serves
+    strip_prefix: bool = False
+
+
+class RateLimitSpec(Struct, frozen=True, forbid_unknown_fields=True):
+    """One of a service's ``rate_limit`` (`proxy.ratelimit` says what each field does)."""
+
+    key: str  # client_ip | user | service | claim:<name> | header:<name>, joined with "+"
+    rate_per_s: Annotated[float, Meta(gt=0)]
+    burst: Annotated[int, Meta(ge=1)]
+    scope: Literal["fleet", "local"] = "fleet"
+    on_store_error: Literal["allow", "deny", "local"] = "allow"
+    headers: Literal["draft", "legacy", "none"] = "draft"
+    # proxies sharing a fleet limit: with Redis down, ``local`` lets each pass rate/this
+    fleet_proxies: PositiveInt = 1
+
+
+class CorsSpec(Struct, frozen=True, forbid_unknown_fields=True):
+    """A service's ``cors``; an origin entry may hold one ``*`` for a subdomain label run."""
+
+    allow_origins: tuple[str, ...] = ()
+    allow_methods: tuple[Method, ...] = ("GET", "HEAD", "POST")
+    allow_headers: tuple[HeaderName, ...] = ()
+    expose_headers: tuple[HeaderName, ...] = ()
+    allow_credentials: bool = False
+    max_age_s: Annotated[int, Meta(ge=0, le=86400)] = 600
+
+
+class HeaderRules(Struct, frozen=True, forbid_unknown_fields=True):
+    """``request_headers`` / ``response_headers``: values may use ``${client_ip}``,
+    ``${request_id}``, ``${user}``, ``${region}``."""
+
+    set: dict[HeaderName, str] = field(default_factory=dict)
+    add: dict[HeaderName, str] = field(default_factory=dict)
+    remove: tuple[HeaderName, ...] = ()
+
+
+class RateLimitDefault(Struct, frozen=True, forbid_unknown_fields=True):
+    """``Rate_limit`` in config.json: every service's limit per client IP unless it sets its
+    own ``rate_limit`` (the Go article's "N requests per window per IP")."""
+
+    requests: Annotated[int, Meta(ge=1)]
+    window_s: Annotated[float, Meta(gt=0)]
+    burst: Annotated[int, Meta(ge=1)] | None = None  # default: ``requests``
+    scope: Literal["fleet", "local"] = "fleet"
+    on_store_error: Literal["allow", "deny", "local"] = "allow"
+
+
 # -- msa*.yaml ---------------------------------------------------------------------------------
 class InstanceSpec(Struct, frozen=True, forbid_unknown_fields=True):
     """An instance written with options; a bare URL string means weight 1."""
@@ -217,6 +277,16 @@ class ServiceSpec(Struct, frozen=True, forbid_unknown_fields=True):
     limits: ServiceLimits = field(default_factory=ServiceLimits)
     cache: ServiceCacheSettings = field(default_factory=ServiceCacheSettings)
     websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
+    # edge policies (issue 11): all off unless written ------------------------------------
+    routes: tuple[RouteSpec, ...] = ()
+    hosts: tuple[str, ...] = ()  # routes match only these Host values (no port); () any
+    rate_limit: tuple[RateLimitSpec, ...] | None = None  # None: config.json's Rate_limit
+    cors: CorsSpec | None = None
+    request_headers: HeaderRules | None = None
+    response_headers: HeaderRules | None = None
+    allow_cidrs: tuple[str, ...] = ()  # () allows every address
+    deny_cidrs: tuple[str, ...] = ()
+    max_body_bytes: Annotated[int, Meta(ge=0)] | None = None
 
     def instances(self) -> list[InstanceSpec]:
         return [i if isinstance(i, InstanceSpec) else InstanceSpec(url=i) for i in self.instance]
@@ -293,6 +363,21 @@ class GatewayConfig(Struct, frozen=True, forbid_unknown_fields=True):
     # Redis through Sentinel (`httpio.sentinel`): when set, Redis_address is not dialled
     redis_sentinels: list[str] = field(default_factory=list, name="Redis_sentinels")
     redis_master_name: str = field(default="mymaster", name="Redis_master_name")
+    rate_limit: RateLimitDefault | None = field(default=None, name="Rate_limit")
+    # the Go article's form: ``rateLimitCount`` requests per ``rateLimitWindow`` seconds
+    rate_limit_window_s: Seconds | None = field(default=None, name="rateLimitWindow")
+    rate_limit_count: PositiveInt | None = field(default=None, name="rateLimitCount")
+
+    def default_rate_limit(self) -> RateLimitDefault | None:
+        """``Rate_limit``, or the article's pair translated to it: N requests per window is a
+        rate of N/window with a burst of N (N at once, then N per window sustained)."""
+        if self.rate_limit is not None:
+            return self.rate_limit
+        if self.rate_limit_count is not None and self.rate_limit_window_s is not None:
+            return RateLimitDefault(
+                requests=self.rate_limit_count, window_s=self.rate_limit_window_s
+            )
+        return None
 
 
 # -- the fleet topology (topology/fleet.yaml) --------------------------------------------------

@@ -28,14 +28,27 @@ How a filter is written
   proxy keeps across snapshots (pools, limiters, the auth client, the cache); it is built once
   and never per request, and a synchronous decision costs a method call, not an await.
 
-Where issue 11's filters slot in, in its order (request direction; the list is one
-`chains.service_filters`): ``ip_filter`` (allow/deny CIDRs, 403) -> ``cors`` (a preflight
-answered 204 by ``on_request``; grants added by ``on_response``) -> ``route_method`` (405 with
-``Allow``; explicit routes and Host matching extend route resolution, which picks the chain and
-the target) -> ``rate_limit`` by client address -> **auth** -> ``rate_limit`` by identity (it reads
-the identity auth wrote on the `Exchange`) -> ``request_headers`` rules -> **cache** ->
-``response_headers`` rules, placed just before today's **response_headers** (so that on the way
-back they see what it wrote; behind the cache, so stored answers carry them) -> **forward**.
-A chain of filters that are configured but do not trigger must stay within 10 % of one without
-(issue 11's bench scenario).
+The slots of a service's chain, in request order (`chains.service_filters` is the one list;
+each is present only when the service configures it, so an unconfigured service's chain is
+the one it had before issue 11):
+
+    1 ip_filter        allow/deny CIDRs on the real client address        403
+    2 cors             preflight answered 204; grants added on the way back
+    3 route_method     the explicit route's methods (`routes.RouteTable` is matched in route
+                       resolution, before /<service>/, and picks chain and target)   405 + Allow
+    4 max_body         a declared Content-Length over max_body_bytes       413
+    5 rate_limit       each limit keyed on client_ip / header: / service   429
+    6 auth             (or vouch_client)                                   401 / 403
+    7 rate_limit       each limit keyed on user / claim: (needs the verified token)   429
+    8 request_headers  set/add/remove on what goes upstream
+    9 response_header_rules   on the way back, every answer (cache hits too); before the cache,
+                       so a value rendered for one client is never stored for another
+   10 cache
+   11 response_headers the upstream's headers as the client gets them (Via, X-Request-ID)
+   12 forward          the terminal
+    another region:    response_headers -> forward_to_region
+
+CORS sits before the cache as well, so grants are computed per request and never stored.
+A chain of filters configured but not triggering is measured against one without by
+``make bench-edge`` (`bench.edge`).
 """

@@ -67,13 +67,15 @@ class TokenCheck:
         verdict = self._client.decide(ex.request, self.policy)
         if type(verdict) is Allowed:
             if verdict.claims is not None:
+                ex.claims = verdict.claims
                 ex.identity = identity_headers(verdict.claims)
             return None
         assert isinstance(verdict, NeedsIntrospection)
         return self._settle(ex, verdict)
 
     async def _settle(self, ex: Exchange, pending: NeedsIntrospection) -> None:
-        ex.identity = identity_headers(await self._client.settle(pending, self.policy))
+        ex.claims = claims = await self._client.settle(pending, self.policy)
+        ex.identity = identity_headers(claims)
 
 
 class VouchClient:

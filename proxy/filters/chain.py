@@ -20,11 +20,15 @@ the response it was given: the terminal's body holds an in-flight slot.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from httpio.access_log import RequestNote
 from httpio.messages import Request, Response
 from httpio.protocol import Headers
+
+if TYPE_CHECKING:
+    from authsvc.tokens import Claims
+    from proxy.filters.routes import Route
 
 RequestAnswer = Response | Awaitable[Response | None] | None
 _NO_HEADERS: Headers = []
@@ -41,14 +45,18 @@ class Exchange:
     ``note``: what the access log and the metrics want to know
     (`httpio.access_log.RequestNote`: a filter that learns the route, the upstream or a
     rate-limit decision writes it there); ``traceparent``: the W3C trace context for the next
-    hop (`httpio.trace`), b"" until the proxy sets it."""
+    hop (`httpio.trace`), b"" until the proxy sets it; ``route``: the explicit route
+    matched (`proxy.filters.routes`), None for ``/<service>/<rest>``; ``claims``: the verified
+    token's, when the auth filter checked one."""
 
     __slots__ = (
+        "claims",
         "from_hop",
         "identity",
         "note",
         "request",
         "request_id",
+        "route",
         "target",
         "traceparent",
         "upgrade",
@@ -63,6 +71,8 @@ class Exchange:
         self.upgrade: object | None = None  # a WebSocket handshake (proxy.filters.websocket)
         self.note = RequestNote()
         self.traceparent = b""
+        self.route: Route | None = None
+        self.claims: Claims | None = None
 
     def __repr__(self) -> str:
         return f"<Exchange {self.request.method} {self.target} id={self.request_id.decode()}>"

@@ -29,16 +29,22 @@ from proxy.auth_client import AuthClient
 from proxy.cache import HttpCache
 from proxy.filters import route
 from proxy.filters.auth import TokenCheck, VouchClient, policy_for
+from proxy.filters.body_limit import BodyLimit
 from proxy.filters.cache import CacheLookup
-from proxy.filters.chain import Chain, Exchange
+from proxy.filters.chain import Chain, Exchange, describe
+from proxy.filters.cors import Cors
 from proxy.filters.forward import Forward
+from proxy.filters.header_rules import RequestHeaderRules, ResponseHeaderRules
+from proxy.filters.ip_filter import IpFilter
+from proxy.filters.rate_limit import RateLimit, RateLimitState, needs_identity
 from proxy.filters.remote import RemoteForward
 from proxy.filters.response_headers import ResponseHeaders
+from proxy.filters.routes import RouteMethod, RouteTable, host_of, upstream_target
 from proxy.filters.websocket import RemoteWebSocket, WebSocketForward, WebSocketHandshake
 from proxy.hop import HOP_HEADER, verified_hop
 from proxy.state import ProxyConfig
 from proxy.ws_sessions import OpenSockets
-from topology.schema import ServiceSpec
+from topology.schema import RateLimitDefault, RateLimitSpec, ServiceSpec
 
 # Headers only the gateway may set: never taken from a client (x-gateway-internal is the
 # proxies' proof to the auth server, see authsvc.tokens.KeyRing.internal_proof).
@@ -58,12 +64,13 @@ class Parts:
     auth: AuthClient | None = None
     cache: HttpCache | None = None
     websockets: OpenSockets | None = None
+    rate_limits: RateLimitState | None = None
 
 
 class Chains:
     """One chain per service and per other region with an ELB, for one config snapshot."""
 
-    __slots__ = ("_regions", "_services", "config", "hop_keys")
+    __slots__ = ("_regions", "_services", "config", "hop_keys", "routes")
 
     def __init__(
         self,
@@ -71,11 +78,13 @@ class Chains:
         services: dict[str, Chain],
         regions: dict[str, Chain],
         hop_keys: Sequence[bytes],
+        routes: RouteTable | None = None,
     ) -> None:
         self.config = config
         self._services = services
         self._regions = regions
         self.hop_keys = tuple(hop_keys)
+        self.routes = routes if routes else None
 
     def __repr__(self) -> str:
         return f"<Chains {self.config.region} services={len(self._services)} regions={len(self._regions)}>"
@@ -86,6 +95,25 @@ class Chains:
             "regions": {n: c.statistics()["filters"] for n, c in self._regions.items()},
         }
 
+    def effective(self) -> dict[str, object]:
+        """Each chain's filters in order, with what each was configured with (``settings()``
+        of the filters that have one): ``/admin/config``'s view."""
+
+        def listed(chain: Chain) -> list[dict[str, object]]:
+            out = []
+            for f in chain.filters:
+                entry: dict[str, object] = {"filter": describe(f)}
+                settings = getattr(f, "settings", None)
+                if callable(settings):
+                    entry["settings"] = settings()
+                out.append(entry)
+            return out
+
+        return {
+            "services": {n: listed(c) for n, c in self._services.items()},
+            "regions": {n: listed(c) for n, c in self._regions.items()},
+        }
+
     def chain(self, service: str) -> Chain:
         return self._services[service]
 
@@ -93,6 +121,10 @@ class Chains:
         """Route resolution: the chain this request runs on and what it carries into it.
         Raises `RouteNotFound` (404) or `LoopDetected` (508)."""
         config = self.config
+        if self.routes is not None:
+            found = self._explicit(request, request_id)
+            if found is not None:
+                return found
         decision = route.route(
             request.path,
             request.query,
@@ -112,6 +144,25 @@ class Chains:
             request, request_id, decision.target, from_hop
         )
 
+    def _explicit(self, request: Request, request_id: bytes) -> tuple[Chain, Exchange] | None:
+        """An explicit route of this region (`proxy.filters.routes`), before ``/<service>/``;
+        a request asking for another region goes there as before."""
+        region = route.requested_region(request.headers)
+        if region is not None and region != self.config.region:
+            return None
+        assert self.routes is not None
+        found = self.routes.match(host_of(request.header(b"host")), request.path)
+        if found is None:
+            return None
+        ex = Exchange(
+            request,
+            request_id,
+            upstream_target(found, request.path, request.query),
+            self.from_our_hop(request, request_id),
+        )
+        ex.route = found
+        return self._services[found.service], ex
+
     def from_our_hop(self, request: Request, request_id: bytes) -> bool:
         """Whether another region's proxy (not a client) forwarded this request."""
         value = request.header(HOP_HEADER)
@@ -129,10 +180,25 @@ def hop_keys_of(config: ProxyConfig) -> list[bytes]:
 def service_filters(spec: ServiceSpec, config: ProxyConfig, parts: Parts) -> list[object]:
     """A service's filters in request order (see `proxy.filters` for where issue 11's go)."""
     filters: list[object] = []
-    if spec.websocket.enabled:
+    if spec.allow_cidrs or spec.deny_cidrs:
+        filters.append(IpFilter(spec.allow_cidrs, spec.deny_cidrs))
+    if spec.cors is not None:
+        filters.append(Cors(spec.cors))
+    if any(r.methods for r in spec.routes):
+        filters.append(RouteMethod())
+    if spec.max_body_bytes is not None:
+        filters.append(BodyLimit(spec.max_body_bytes))
+    limits = rate_limits_of(spec, config, parts)
+    filters.extend(f for f in limits if not needs_identity(f.spec.key))
+    if spec.websocket.enabled:  # after the client-address limits: they count the handshake
         filters.append(WebSocketHandshake(enabled=True))
     if parts.auth is not None:
         filters.append(auth_filter(spec, config, parts.auth))
+    filters.extend(f for f in limits if needs_identity(f.spec.key))
+    if spec.request_headers is not None:
+        filters.append(RequestHeaderRules(spec.request_headers, config.region))
+    if spec.response_headers is not None:
+        filters.append(ResponseHeaderRules(spec.response_headers, config.region))
     if parts.cache is not None and config.gateway.cache_enabled and spec.cache.enabled:
         filters.append(
             CacheLookup(parts.cache, region=config.region, service=spec.name, settings=spec.cache)
@@ -169,6 +235,28 @@ def websocket_forward(spec: ServiceSpec, config: ProxyConfig, parts: Parts) -> W
         sockets=parts.websockets,
         auth=parts.auth if checks_token else None,
         policy=policy_for(spec) if checks_token else None,
+    )
+
+
+def rate_limits_of(spec: ServiceSpec, config: ProxyConfig, parts: Parts) -> list[RateLimit]:
+    """The service's own ``rate_limit``, else config.json's fleet default per client IP."""
+    state = parts.rate_limits
+    if state is None:
+        return []
+    specs = spec.rate_limit
+    if specs is None:
+        default = config.gateway.default_rate_limit()
+        specs = () if default is None else (default_limit(default),)
+    return [RateLimit(spec.name, s, state) for s in specs]
+
+
+def default_limit(default: RateLimitDefault) -> RateLimitSpec:
+    return RateLimitSpec(
+        key="client_ip",
+        rate_per_s=default.requests / default.window_s,
+        burst=default.burst or default.requests,
+        scope=default.scope,
+        on_store_error=default.on_store_error,
     )
 
 
@@ -211,4 +299,4 @@ def build_chains(config: ProxyConfig, parts: Parts) -> Chains:
                 f"region:{code}",
                 [WebSocketHandshake(True), ResponseHeaders(parts.via), relay, forward],
             )
-    return Chains(config, services, regions, hop_keys)
+    return Chains(config, services, regions, hop_keys, RouteTable(config.services.values()))

@@ -301,3 +301,79 @@ def test_load_targets_refuses_a_broken_file(tmp_path: Path, text: str) -> None:
     path.write_text(text)
     with pytest.raises(ConfigError):
         load_elb_targets(path, 9000)
+
+
+# -- issue 11's fields ------------------------------------------------------------------------
+EDGE_MSA = """service:
+  - name: users
+    instance: ["http://localhost:5000", {url: "http://localhost:5001", weight: 2}]
+    routes:
+      - {path: "/api/users/", methods: [GET, POST]}
+      - {path: "/api/v1/data", match: exact, strip_prefix: true}
+    hosts: ["api.example.com"]
+    rate_limit:
+      - {key: client_ip, rate_per_s: 50, burst: 100}
+      - {key: user, rate_per_s: 5, burst: 10, scope: local}
+      - {key: "header:X-Api-Key", rate_per_s: 100, burst: 100}
+      - {key: "client_ip+header:X-Api-Key", rate_per_s: 1000, burst: 2000, headers: legacy}
+    cors: {allow_origins: ["https://app.example.com", "https://*.example.com"],
+           allow_methods: [GET, POST], allow_headers: [Authorization, Content-Type],
+           expose_headers: [X-Request-ID], allow_credentials: true, max_age_s: 600}
+    request_headers: {set: {X-Client: "${client_ip}"}, remove: [Cookie]}
+    response_headers: {add: {X-Served-By: "${region}"}}
+    allow_cidrs: ["10.0.0.0/8", "::1/128"]
+    deny_cidrs: ["10.1.0.0/16"]
+    max_body_bytes: 1048576
+"""
+
+
+def test_the_issues_example_loads(tmp_path):
+    msa = load_msa(write(tmp_path, "msa.yaml", EDGE_MSA))
+    users = msa.service[0]
+    assert users.routes[1].strip_prefix and users.rate_limit is not None
+    assert users.rate_limit[1].scope == "local" and users.rate_limit[0].scope == "fleet"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where"),
+    [
+        ('"10.1.0.0/16"', '"10.1.0.0/33"', "$.service[0].deny_cidrs[0]"),
+        ("key: user,", "key: usr,", "$.service[0].rate_limit[1].key"),
+        ('"${client_ip}"', '"${password}"', "$.service[0].request_headers.set.X-Client"),
+        ('"https://app.example.com",', '"app.example.com",', "$.service[0].cors.allow_origins[0]"),
+        ("methods: [GET, POST]}", "methods: [GET, BREW]}", "$.service[0].routes[0].methods[1]"),
+        ("remove: [Cookie]", "remove: [Bad_Name]", "$.service[0].request_headers.remove[0]"),
+        (
+            '"/api/v1/data", match: exact',
+            '"/api/users/", match: prefix',
+            "$.service[0].routes[1].path",
+        ),
+    ],
+)
+def test_bad_edge_fields_name_the_field(tmp_path, old, new, where):
+    assert old in EDGE_MSA
+    message = refusal(load_msa, write(tmp_path, "msa.yaml", EDGE_MSA.replace(old, new)))
+    assert message.startswith(f"msa.yaml: {where}: "), message
+
+
+def test_a_route_into_another_services_paths_is_refused(tmp_path):
+    text = (
+        EDGE_MSA
+        + '  - name: image\n    instance: ["http://h:1"]\n    routes: [{path: "/users/x"}]\n'
+    )
+    message = refusal(load_msa, write(tmp_path, "msa.yaml", text))
+    assert message.startswith("msa.yaml: $.service[1].routes[0].path: ")
+    assert "service 'users'" in message
+
+
+def test_the_articles_rate_limit_form_is_a_fixed_window_default(tmp_path):
+    config = load_config(
+        write(tmp_path, "config.json", '{"rateLimitWindow": 60, "rateLimitCount": 100}')
+    )
+    default = config.default_rate_limit()
+    assert default is not None and (default.requests, default.window_s) == (100, 60)
+    config = load_config(
+        write(tmp_path, "c.json", '{"Rate_limit": {"requests": 5, "window_s": 1}}')
+    )
+    assert config.default_rate_limit() is not None
+    assert load_config(write(tmp_path, "d.json", "{}")).default_rate_limit() is None

@@ -1,0 +1,200 @@
+"""``rate_limit``: a service's ``rate_limit`` entries, each a GCRA (`httpio.gcra`) over a key.
+
+Keys (`key_of`, sans-IO): ``client_ip`` (the real client address, `auth.client_address`),
+``user`` (the verified token's ``sub``), ``claim:<name>`` (a claim of the verified token),
+``header:<name>``, ``service`` (one bucket for the whole service), joined with ``+``. A
+request without the key's header, claim or user is limited under the explicit ``-`` value of
+that part (one shared "missing" bucket), never let through unlimited (a Traefik complaint).
+Limits on ``client_ip``, ``header:`` and ``service`` run before auth (a flood without tokens
+is refused before any token work); those that name ``user`` or ``claim:`` run after it.
+
+``scope: fleet`` (default) asks Redis (`httpio.rate_store`, one atomic script per decision,
+Redis's clock); ``scope: local`` keeps the TATs in this process. When Redis fails or is slower
+than its command timeout (the pool's own deadline bounds each decision), ``on_store_error``
+says what happens: ``allow`` (default; counted, logged once per outage), ``deny`` (429), or
+``local`` (a per-process bucket at ``rate / fleet_proxies``, burst likewise divided).
+
+A refusal is a 429 with the JSON error body, ``Retry-After`` in whole seconds rounded up
+(never 0), and the fields of draft-ietf-httpapi-ratelimit-headers (``RateLimit-Policy:
+"<name>";q=<burst>;w=<seconds>`` and ``RateLimit: "<name>";r=<remaining>;t=<seconds>``);
+``headers: legacy`` adds ``X-RateLimit-Limit/Remaining/Reset``, ``none`` sends only
+``Retry-After``. Allowed requests carry nothing (no per-request cost on the fast path).
+
+The buckets outlive a config snapshot (`RateLimitState`, kept by the proxy): a reload that
+changes a limit resizes the same buckets, so a client's debt is not forgiven by a reload.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+
+import structlog
+
+from httpio.errors import ClientError
+from httpio.gcra import Decision, LocalBuckets, retry_after_header
+from httpio.protocol import Headers
+from httpio.rate_store import FleetBuckets
+from httpio.redis_client import RedisError, RedisPool
+from proxy.filters.auth import client_address
+from proxy.filters.chain import Exchange, RequestAnswer
+from topology.schema import RateLimitSpec
+
+log = structlog.get_logger()
+MISSING = "-"
+
+
+class RateLimited(ClientError):
+    status = 429
+    code = "rate_limited"
+
+
+def needs_identity(key: str) -> bool:
+    return any(p == "user" or p.startswith("claim:") for p in key.split("+"))
+
+
+def key_of(key: str, ex: Exchange) -> str:
+    """The bucket of this request under ``key`` (see the module header)."""
+    values = []
+    for part in key.split("+"):
+        if part == "client_ip":
+            values.append(client_address(ex))
+        elif part == "service":
+            values.append("*")
+        elif part == "user":
+            values.append(ex.claims.sub if ex.claims is not None else MISSING)
+        elif part.startswith("header:"):
+            raw = ex.request.header(part[7:].lower().encode())
+            values.append(raw.decode("latin-1") if raw is not None else MISSING)
+        else:
+            claim = getattr(ex.claims, part[6:], None) if ex.claims is not None else None
+            values.append(str(claim) if isinstance(claim, (str, int)) else MISSING)
+    # Length-prefixed: "a+b" of two parts never collides with a value holding "+".
+    return "|".join(f"{len(v)}:{v}" for v in values)
+
+
+def refusal_headers(spec: RateLimitSpec, decision: Decision) -> Headers:
+    headers: Headers = [(b"retry-after", str(retry_after_header(decision.retry_after_s)).encode())]
+    if spec.headers == "none":
+        return headers
+    name = spec.key.replace('"', "")
+    window = max(1, math.ceil(spec.burst / spec.rate_per_s))
+    reset = max(1, math.ceil(decision.reset_s - 1e-9))
+    headers.append((b"ratelimit-policy", f'"{name}";q={spec.burst};w={window}'.encode()))
+    headers.append((b"ratelimit", f'"{name}";r={decision.remaining};t={reset}'.encode()))
+    if spec.headers == "legacy":
+        headers.append((b"x-ratelimit-limit", str(spec.burst).encode()))
+        headers.append((b"x-ratelimit-remaining", str(decision.remaining).encode()))
+        headers.append((b"x-ratelimit-reset", str(reset).encode()))
+    return headers
+
+
+@dataclass
+class RateLimitState:
+    """What outlives snapshots: the local buckets of each (service, limit), the fleet's
+    store, and the outage flag that keeps an ``allow`` outage to one log line."""
+
+    redis: RedisPool | None = None
+    namespace: str = "gw:rl"
+    local: dict[tuple[str, str, str], LocalBuckets] = field(default_factory=dict)
+    store_errors: int = 0
+    in_outage: bool = False
+
+    def buckets(self, service: str, spec: RateLimitSpec, kind: str) -> LocalBuckets:
+        rate, burst = spec.rate_per_s, spec.burst
+        if kind == "fallback":  # this proxy's share of the fleet's limit, burst included
+            rate, burst = rate / spec.fleet_proxies, max(1, burst // spec.fleet_proxies)
+        slot = (service, spec.key, kind)
+        found = self.local.get(slot)
+        if found is None:
+            found = self.local[slot] = LocalBuckets(rate, burst, clock=time.monotonic)
+        else:
+            found.resize(rate, burst)
+        return found
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "store_errors": self.store_errors,
+            "in_outage": self.in_outage,
+            "local": {"/".join(k): b.statistics() for k, b in self.local.items()},
+        }
+
+
+class RateLimit:
+    """One ``rate_limit`` entry of one service."""
+
+    __slots__ = ("_fallback", "_fleet", "_local", "_state", "name", "service", "spec")
+
+    def __init__(self, service: str, spec: RateLimitSpec, state: RateLimitState) -> None:
+        self.service = service
+        self.spec = spec
+        self.name = f"rate_limit[{spec.key}]"
+        self._state = state
+        self._local: LocalBuckets | None = None
+        self._fleet: FleetBuckets | None = None
+        self._fallback: LocalBuckets | None = None
+        if spec.scope == "local" or state.redis is None:
+            self._local = state.buckets(service, spec, "local")
+        else:
+            prefix = f"{state.namespace}:{service}:{spec.key}:"
+            self._fleet = FleetBuckets(state.redis, prefix, spec.rate_per_s, spec.burst)
+            if spec.on_store_error == "local":
+                self._fallback = state.buckets(service, spec, "fallback")
+
+    def __repr__(self) -> str:
+        return f"<RateLimit {self.service} {self.spec.key} {self.spec.rate_per_s}/s burst={self.spec.burst} {self.spec.scope}>"
+
+    def settings(self) -> dict[str, object]:
+        return {
+            "key": self.spec.key,
+            "rate_per_s": self.spec.rate_per_s,
+            "burst": self.spec.burst,
+            "scope": "local" if self._local is not None else "fleet",
+            "on_store_error": self.spec.on_store_error,
+            "headers": self.spec.headers,
+        }
+
+    def on_request(self, ex: Exchange) -> RequestAnswer:
+        key = key_of(self.spec.key, ex)
+        if self._local is not None:
+            self._check(self._local.take(key))
+            return None
+        return self._ask_fleet(key)
+
+    def _check(self, decision: Decision) -> None:
+        if not decision.allowed:
+            raise RateLimited(
+                f"rate limit of {self.spec.rate_per_s:g}/s (burst {self.spec.burst}) on {self.spec.key}",
+                headers=tuple(refusal_headers(self.spec, decision)),
+            )
+
+    def _ask_fleet(self, key: str) -> Awaitable[None]:
+        return self._fleet_decision(key)
+
+    async def _fleet_decision(self, key: str) -> None:
+        assert self._fleet is not None
+        state = self._state
+        try:
+            decision = await self._fleet.take(key)
+        except RedisError as err:
+            state.store_errors += 1
+            if not state.in_outage:
+                state.in_outage = True
+                log.warning(
+                    "rate_limit_store_unavailable",
+                    error=str(err),
+                    on_store_error=self.spec.on_store_error,
+                )
+            if self.spec.on_store_error == "deny":
+                raise RateLimited(
+                    "the rate limit store is unavailable", headers=((b"retry-after", b"1"),)
+                ) from None
+            if self._fallback is not None:
+                self._check(self._fallback.take(key))
+            return
+        if state.in_outage:
+            state.in_outage = False
+            log.info("rate_limit_store_back", errors=state.store_errors)
+        self._check(decision)

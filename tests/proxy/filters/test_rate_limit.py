@@ -1,0 +1,102 @@
+"""`proxy.filters.rate_limit`: keys (missing ones limited too), 429 headers, local scope."""
+
+from __future__ import annotations
+
+import pytest
+
+from authsvc.tokens import Claims
+from httpio.gcra import Decision
+from proxy.filters.rate_limit import (
+    RateLimit,
+    RateLimited,
+    RateLimitState,
+    key_of,
+    needs_identity,
+    refusal_headers,
+)
+from tests.proxy.filters.edge import exchange
+from topology.schema import RateLimitSpec
+
+
+def test_keys_and_the_missing_bucket() -> None:
+    ex = exchange(headers=[(b"x-api-key", b"k1")], client="192.0.2.1")
+    assert key_of("client_ip", ex) == "9:192.0.2.1"
+    assert key_of("client_ip+header:X-Api-Key", ex) == "9:192.0.2.1|2:k1"
+    assert key_of("header:X-Other", ex) == "1:-"
+    assert key_of("user", ex) == "1:-"
+    assert key_of("service", ex) == key_of("service", exchange(client="198.51.100.1"))
+    ex.claims = Claims(sub="alice", role="admin", iat=0, exp=1, jti="j")
+    assert key_of("user+claim:role", ex) == "5:alice|5:admin"
+    assert key_of("claim:tenant", ex) == "1:-"
+
+
+def test_identity_keys_run_after_auth() -> None:
+    assert needs_identity("user") and needs_identity("client_ip+claim:tenant")
+    assert not needs_identity("client_ip+header:X-Api-Key")
+
+
+def test_refusal_headers_draft_legacy_none() -> None:
+    spec = RateLimitSpec(key="client_ip", rate_per_s=10, burst=100)
+    d = Decision(False, 0, 0.05, 9.96)
+    h = dict(refusal_headers(spec, d))
+    assert h[b"retry-after"] == b"1"
+    assert h[b"ratelimit-policy"] == b'"client_ip";q=100;w=10'
+    assert h[b"ratelimit"] == b'"client_ip";r=0;t=10'
+    assert b"x-ratelimit-limit" not in h
+    legacy = dict(
+        refusal_headers(spec.__class__(key="user", rate_per_s=1, burst=2, headers="legacy"), d)
+    )
+    assert legacy[b"x-ratelimit-limit"] == b"2" and legacy[b"x-ratelimit-remaining"] == b"0"
+    none = refusal_headers(RateLimitSpec(key="user", rate_per_s=1, burst=2, headers="none"), d)
+    assert [n for n, _ in none] == [b"retry-after"]
+
+
+def test_a_local_limit_refuses_with_429_and_keeps_its_buckets_across_snapshots() -> None:
+    state = RateLimitState()
+    spec = RateLimitSpec(key="client_ip", rate_per_s=0.001, burst=2, scope="local")
+    f = RateLimit("svc", spec, state)
+    assert f.on_request(exchange()) is None
+    assert f.on_request(exchange()) is None
+    with pytest.raises(RateLimited) as err:
+        f.on_request(exchange())
+    assert err.value.status == 429 and dict(err.value.headers)[b"retry-after"] == b"1000"
+    again = RateLimit("svc", spec, state)  # a reload builds a new filter on the same buckets
+    with pytest.raises(RateLimited):
+        again.on_request(exchange())
+    assert f.on_request(exchange(client="192.0.2.9")) is None
+
+
+async def store_down(on_store_error: str) -> list[bool]:
+    """Five requests through a fleet limit (burst 4, 2 proxies) whose Redis refuses connections."""
+    from httpio.redis_client import RedisPool, RedisSettings
+    from tests.support.ports import held_port
+
+    outcomes = []
+    with held_port() as port:
+        pool = RedisPool(RedisSettings(port=port, connect_timeout_s=0.2, command_timeout_s=0.3))
+        spec = RateLimitSpec(
+            key="client_ip",
+            rate_per_s=0.001,
+            burst=4,
+            on_store_error=on_store_error,  # type: ignore[arg-type]
+            fleet_proxies=2,
+        )
+        state = RateLimitState(redis=pool)
+        f = RateLimit("svc", spec, state)
+        for _ in range(5):
+            answer = f.on_request(exchange())
+            assert answer is not None and not isinstance(answer, type(None))
+            try:
+                await answer  # type: ignore[misc]
+                outcomes.append(True)
+            except RateLimited:
+                outcomes.append(False)
+        assert state.store_errors == 5
+        await pool.aclose()
+    return outcomes
+
+
+async def test_store_errors_allow_deny_or_fall_back_to_a_local_bucket() -> None:
+    assert await store_down("allow") == [True] * 5
+    assert await store_down("deny") == [False] * 5
+    assert await store_down("local") == [True, True, False, False, False]
