@@ -161,6 +161,7 @@ class Chains:
             self.from_our_hop(request, request_id),
         )
         ex.route = found
+        ex.note.route = found.spec.path  # the access log's field
         return self._services[found.service], ex
 
     def from_our_hop(self, request: Request, request_id: bytes) -> bool:

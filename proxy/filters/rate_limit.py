@@ -40,6 +40,7 @@ from httpio.rate_store import FleetBuckets
 from httpio.redis_client import RedisError, RedisPool
 from proxy.filters.auth import client_address
 from proxy.filters.chain import Exchange, RequestAnswer
+from proxy.metrics import RATELIMIT_DECISIONS
 from topology.schema import RateLimitSpec
 
 log = structlog.get_logger()
@@ -125,13 +126,26 @@ class RateLimitState:
 class RateLimit:
     """One ``rate_limit`` entry of one service."""
 
-    __slots__ = ("_fallback", "_fleet", "_local", "_state", "name", "service", "spec")
+    __slots__ = (
+        "_allowed",
+        "_denied",
+        "_fallback",
+        "_fleet",
+        "_local",
+        "_state",
+        "name",
+        "service",
+        "spec",
+    )
 
     def __init__(self, service: str, spec: RateLimitSpec, state: RateLimitState) -> None:
         self.service = service
         self.spec = spec
         self.name = f"rate_limit[{spec.key}]"
         self._state = state
+        # /metrics: the children looked up once, not per request
+        self._allowed = RATELIMIT_DECISIONS.labels(service, spec.key, "allow")
+        self._denied = RATELIMIT_DECISIONS.labels(service, spec.key, "deny")
         self._local: LocalBuckets | None = None
         self._fleet: FleetBuckets | None = None
         self._fallback: LocalBuckets | None = None
@@ -159,21 +173,25 @@ class RateLimit:
     def on_request(self, ex: Exchange) -> RequestAnswer:
         key = key_of(self.spec.key, ex)
         if self._local is not None:
-            self._check(self._local.take(key))
+            self._check(self._local.take(key), ex)
             return None
-        return self._ask_fleet(key)
+        return self._ask_fleet(key, ex)
 
-    def _check(self, decision: Decision) -> None:
-        if not decision.allowed:
+    def _check(self, decision: Decision, ex: Exchange) -> None:
+        if decision.allowed:
+            self._allowed.inc()
+        else:
+            self._denied.inc()
+            ex.note.rate_limited = True  # the access log's field
             raise RateLimited(
                 f"rate limit of {self.spec.rate_per_s:g}/s (burst {self.spec.burst}) on {self.spec.key}",
                 headers=tuple(refusal_headers(self.spec, decision)),
             )
 
-    def _ask_fleet(self, key: str) -> Awaitable[None]:
-        return self._fleet_decision(key)
+    def _ask_fleet(self, key: str, ex: Exchange) -> Awaitable[None]:
+        return self._fleet_decision(key, ex)
 
-    async def _fleet_decision(self, key: str) -> None:
+    async def _fleet_decision(self, key: str, ex: Exchange) -> None:
         assert self._fleet is not None
         state = self._state
         try:
@@ -188,13 +206,15 @@ class RateLimit:
                     on_store_error=self.spec.on_store_error,
                 )
             if self.spec.on_store_error == "deny":
+                self._denied.inc()
+                ex.note.rate_limited = True
                 raise RateLimited(
                     "the rate limit store is unavailable", headers=((b"retry-after", b"1"),)
                 ) from None
             if self._fallback is not None:
-                self._check(self._fallback.take(key))
+                self._check(self._fallback.take(key), ex)
             return
         if state.in_outage:
             state.in_outage = False
             log.info("rate_limit_store_back", errors=state.store_errors)
-        self._check(decision)
+        self._check(decision, ex)

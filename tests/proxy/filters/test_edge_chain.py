@@ -142,3 +142,14 @@ async def test_admin_config_lists_chains_and_redacts_secrets() -> None:
     doc = json.loads(text)
     assert doc["chains"]["services"]["plain"][-1] == {"filter": "forward"}
     assert doc["config"]["gateway"]["Auth_keys"] == [{"kid": "a", "secret": "<redacted>"}]
+
+
+async def test_an_explicit_route_is_noted_for_the_access_log() -> None:
+    from tests.proxy.filters.edge import exchange
+
+    config = make_config(edge_service("http://127.0.0.1:9"))  # type: ignore[arg-type]
+    async with proxy_for(config) as proxy:
+        chains: Chains = proxy.app.chains
+        request = exchange(path="/api/v1/data", headers=[(b"host", b"x")]).request
+        _, ex = chains.exchange(request, b"rid")
+    assert ex.route is not None and ex.note.route == "/api/v1/data"

@@ -100,3 +100,18 @@ async def test_store_errors_allow_deny_or_fall_back_to_a_local_bucket() -> None:
     assert await store_down("allow") == [True] * 5
     assert await store_down("deny") == [False] * 5
     assert await store_down("local") == [True, True, False, False, False]
+
+
+def test_decisions_are_noted_for_the_access_log_and_counted_for_metrics() -> None:
+    from proxy.metrics import RATELIMIT_DECISIONS
+
+    spec = RateLimitSpec(key="client_ip", rate_per_s=0.001, burst=1, scope="local")
+    f = RateLimit("noted", spec, RateLimitState())
+    allowed, refused = exchange(), exchange()
+    assert f.on_request(allowed) is None
+    with pytest.raises(RateLimited):
+        f.on_request(refused)
+    assert not allowed.note.rate_limited and refused.note.rate_limited
+    count = RATELIMIT_DECISIONS.labels("noted", "client_ip", "deny")._value.get()
+    assert count == 1
+    assert RATELIMIT_DECISIONS.labels("noted", "client_ip", "allow")._value.get() == 1
