@@ -27,8 +27,8 @@ CHILD = textwrap.dedent(
 
     async def main():
         hashing = trio.CapacityLimiter(2)
-        seen = []
-        for _ in range(4):
+        seen = [rss_mib()]
+        for _ in range(6):
             async with trio.open_nursery() as nursery:
                 for _ in range(40):
                     nursery.start_soon(
@@ -50,9 +50,11 @@ def test_capped_arenas_keep_rss_level_across_many_hashing_threads() -> None:
     out = subprocess.run(
         [sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=120, check=True
     ).stdout
-    first, *_, last = (float(m) for m in out.split())
-    # one argon2id block is 19 MiB: uncapped, each round added one or more (see the header)
-    assert last - first <= 2 * 19, out
+    base, *rounds = (float(m) for m in out.split())
+    # One argon2id block is 19 MiB. Capped at 2 arenas, each holds at most the 2 blocks of
+    # the 2 hashing slots: 4 blocks (seen: +77 MiB). Uncapped, each round kept one or more:
+    # +191 MiB after six rounds (see the header).
+    assert max(rounds) - base <= 5 * 19, out
 
 
 def test_a_cap_below_one_is_refused() -> None:
