@@ -14,6 +14,7 @@ import json
 import shutil
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,12 +175,12 @@ config: config.json
     }
 
 
-@pytest.fixture(scope="session")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFleet]:
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed: run `make install` (scripts/system-deps.sh)")
-    base = tmp_path_factory.mktemp("fleet")
-    layout = write_topology(base)
+@contextmanager
+def fleet_in_a_thread(
+    base: Path, layout: dict[str, Any], name: str = "fleet"
+) -> Iterator[RunningFleet]:
+    """``open_fleet`` on ``base/fleet.yaml`` (written by `write_topology`, whose ``layout``
+    this is) in a trio loop of a thread of its own, for blocking tests; stopped on the way out."""
     box: dict[str, Any] = {}
     ready = threading.Event()
 
@@ -200,7 +201,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFleet]:
         finally:
             ready.set()
 
-    thread = threading.Thread(target=runner, name="fleet", daemon=True)
+    thread = threading.Thread(target=runner, name=name, daemon=True)
     thread.start()
     ready.wait(120)
     if "fleet" not in box:
@@ -223,6 +224,15 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFleet]:
         if "error" not in box:
             trio.from_thread.run_sync(box["stop"].set, trio_token=box["token"])
         thread.join(60)
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFleet]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed: run `make install` (scripts/system-deps.sh)")
+    base = tmp_path_factory.mktemp("fleet")
+    with fleet_in_a_thread(base, write_topology(base)) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ import gc
 import json
 import os
 import signal
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,9 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from tests.e2e.harness import ROOT, RunningFleet, post_json, request
+from tests.e2e.harness import ROOT, RunningFleet, fleet_in_a_thread, post_json, request
 from tests.support.polling import wait_until
 from tests.support.ports import free_ports
-from topology.fleet import open_fleet
 
 SIZES = [0, 125, 64 * 1024, 1 << 20]
 # trio-websocket 0.12's client leaves its socket to the garbage collector when the server
@@ -128,49 +126,8 @@ def ws_fleet(
 ) -> Iterator[tuple[RunningFleet, dict[str, Any]]]:
     base = tmp_path_factory.mktemp("wsfleet")
     layout = write_topology(base)
-    box: dict[str, Any] = {}
-    ready = threading.Event()
-
-    async def run() -> None:
-        stop = trio.Event()
-        box["stop"] = stop
-        async with open_fleet(base / "fleet.yaml", base / "run", out=lambda line: None) as fleet:
-            box["fleet"] = fleet
-            box["token"] = trio.lowlevel.current_trio_token()
-            ready.set()
-            await stop.wait()
-
-    def runner() -> None:
-        try:
-            trio.run(run)
-        except BaseException as exc:
-            box["error"] = exc
-        finally:
-            ready.set()
-
-    thread = threading.Thread(target=runner, name="ws-fleet", daemon=True)
-    thread.start()
-    ready.wait(120)
-    if "fleet" not in box:
-        raise RuntimeError(f"the fleet did not start: {box.get('error')!r}")
-    running = RunningFleet(
-        box["fleet"],
-        box["token"],
-        box["fleet"].ports,
-        layout["kr_elb"],
-        layout["en_elb"],
-        layout["kr_proxies"],
-        layout["en_proxies"],
-        layout["backends"],
-        layout["redis_port"],
-        layout["auth_ports"],
-    )
-    try:
+    with fleet_in_a_thread(base, layout, "ws-fleet") as running:
         yield running, layout
-    finally:
-        if "error" not in box:
-            trio.from_thread.run_sync(box["stop"].set, trio_token=box["token"])
-        thread.join(60)
 
 
 def _sign_in(fleet: RunningFleet, username: str) -> str:
