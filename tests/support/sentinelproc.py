@@ -16,6 +16,7 @@ namespace's) for the multi-host tests.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -73,6 +74,7 @@ class SentinelProcess:
     port: int
     directory: Path
     host: str = "127.0.0.1"
+    run_id: str = field(default_factory=lambda: secrets.token_hex(20))
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -83,10 +85,30 @@ class SentinelProcess:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
-    def start(self, master_name: str, primary_host: str, primary_port: int) -> None:
+    def start(
+        self,
+        master_name: str,
+        primary_host: str,
+        primary_port: int,
+        *,
+        replicas: Sequence[tuple[str, int]] = (),
+        peers: Sequence[SentinelProcess] = (),
+    ) -> None:
+        """``replicas`` and ``peers`` are written in as already known (``known-replica``,
+        ``known-sentinel`` with each peer's run id), which a sentinel otherwise learns from
+        the primary's INFO and the hello channel over several seconds."""
         self.directory.mkdir(parents=True, exist_ok=True)
         conf = self.directory / "sentinel.conf"
+        known = "".join(
+            f"sentinel known-replica {master_name} {r_host} {r_port}\n"
+            for r_host, r_port in replicas
+        ) + "".join(
+            f"sentinel known-sentinel {master_name} {p.host} {p.port} {p.run_id}\n"
+            for p in peers
+            if p is not self
+        )
         conf.write_text(
+            f"sentinel myid {self.run_id}\n"
             f"port {self.port}\n"
             f"bind {self.host}\n"
             "daemonize no\n"
@@ -97,6 +119,7 @@ class SentinelProcess:
             f"sentinel down-after-milliseconds {master_name} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {master_name} {FAILOVER_TIMEOUT_MS}\n"
             f"sentinel parallel-syncs {master_name} 1\n"
+            f"{known}"
         )
         self.process = subprocess.Popen(
             [redis_server_binary(), str(conf), "--sentinel"], stdin=subprocess.DEVNULL
@@ -183,7 +206,9 @@ def start_sentinel_group(
 ) -> SentinelGroup:
     """Primary, replica and three sentinels, started and ready for a failover."""
     p_port, r_port, *s_ports = free_ports(5)
-    common = ["--bind", host, "--protected-mode", "no"]
+    # A replica syncs at once: the primary does not wait 5 s (Redis 7's default) for more
+    # replicas to share a diskless transfer.
+    common = ["--bind", host, "--protected-mode", "no", "--repl-diskless-sync-delay", "0"]
     primary = RedisProcess(p_port, directory / "primary", extra_args=common)
     replica = RedisProcess(
         r_port, directory / "replica", extra_args=[*common, "--replicaof", host, str(p_port)]
@@ -199,7 +224,7 @@ def start_sentinel_group(
             "the replica's sync",
         )
         for sentinel in sentinels:
-            sentinel.start(master_name, host, p_port)
+            sentinel.start(master_name, host, p_port, replicas=[(host, r_port)], peers=sentinels)
         _wait(lambda: _ready_to_fail_over(group), "the sentinels to know each other")
     except BaseException:
         group.stop()
