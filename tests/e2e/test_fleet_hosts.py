@@ -33,7 +33,7 @@ import pytest
 from tests.support.netns import Host, Lab, simulated_hosts, unavailable
 from tests.support.pgproc import PostgresProcess, PostgresUnavailable, postgres_bin_dir
 from tests.support.redisproc import redis_server_binary
-from tests.support.sentinelproc import command
+from tests.support.sentinelproc import SentinelProcess, command
 
 pytestmark = pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "-")
 
@@ -112,23 +112,23 @@ def start_redis(d: Host, work: Path) -> None:
         directory = work / f"redis-{port}"
         directory.mkdir(parents=True)
         argv = [binary, "--port", str(port), "--bind", d.address, "--protected-mode", "no"]
+        argv += ["--repl-diskless-sync-delay", "0"]  # the replica's first sync at once, not in 5 s
         argv += ["--save", "", "--appendonly", "no", "--dir", str(directory), *extra]
         d.spawn(f"redis-{port}", argv, directory / "redis.log")
     until(
         lambda: b"master_link_status:up" in command(d.address, REPLICA, "INFO", "replication"),
         "the replica's sync",
     )
-    for port in SENTINELS:
-        directory = work / f"sentinel-{port}"
-        directory.mkdir(parents=True)
-        conf = directory / "sentinel.conf"
-        conf.write_text(
-            f"port {port}\nbind {d.address}\nprotected-mode no\ndir {directory}\n"
-            f"sentinel monitor {MASTER} {d.address} {PRIMARY} 2\n"
-            f"sentinel down-after-milliseconds {MASTER} 1000\n"
-            f"sentinel failover-timeout {MASTER} 5000\n"
+    sentinels = [SentinelProcess(port, work / f"sentinel-{port}", d.address) for port in SENTINELS]
+    for sentinel in sentinels:
+        conf = sentinel.write_config(
+            MASTER, d.address, PRIMARY, replicas=[(d.address, REPLICA)], peers=sentinels
         )
-        d.spawn(f"sentinel-{port}", [binary, str(conf), "--sentinel"], directory / "log")
+        d.spawn(
+            f"sentinel-{sentinel.port}",
+            [binary, str(conf), "--sentinel"],
+            sentinel.directory / "log",
+        )
 
     def sentinels_ready() -> bool:
         for port in SENTINELS:
@@ -194,12 +194,16 @@ def launched(log: Path) -> bool:
 
 
 def start_launchers(lab: Lab, topology: Path, work: Path) -> None:
-    for name in ("b", "c", "a"):  # the ELB's host last: its proxies are up by then
-        argv = [sys.executable, "-m", "topology.fleet", "--host", name]
-        argv += ["--run-dir", str(work / "run" / name), str(topology)]
-        log = work / f"fleet-{name}.log"
-        lab[name].spawn(f"fleet-{name}", argv, log, cwd=ROOT)
-        until(partial(launched, log), f"host {name}'s fleet", START_TIMEOUT_S)
+    """b and c side by side, then a: the ELB's host last, so its proxies are up by then."""
+    for group in (("b", "c"), ("a",)):
+        logs = []
+        for name in group:
+            argv = [sys.executable, "-m", "topology.fleet", "--host", name]
+            argv += ["--run-dir", str(work / "run" / name), str(topology)]
+            logs.append((name, work / f"fleet-{name}.log"))
+            lab[name].spawn(f"fleet-{name}", argv, logs[-1][1], cwd=ROOT)
+        for name, log in logs:
+            until(partial(launched, log), f"host {name}'s fleet", START_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")

@@ -85,7 +85,7 @@ class SentinelProcess:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
-    def start(
+    def write_config(
         self,
         master_name: str,
         primary_host: str,
@@ -93,7 +93,7 @@ class SentinelProcess:
         *,
         replicas: Sequence[tuple[str, int]] = (),
         peers: Sequence[SentinelProcess] = (),
-    ) -> None:
+    ) -> Path:
         """``replicas`` and ``peers`` are written in as already known (``known-replica``,
         ``known-sentinel`` with each peer's run id), which a sentinel otherwise learns from
         the primary's INFO and the hello channel over several seconds."""
@@ -120,6 +120,20 @@ class SentinelProcess:
             f"sentinel failover-timeout {master_name} {FAILOVER_TIMEOUT_MS}\n"
             f"sentinel parallel-syncs {master_name} 1\n"
             f"{known}"
+        )
+        return conf
+
+    def start(
+        self,
+        master_name: str,
+        primary_host: str,
+        primary_port: int,
+        *,
+        replicas: Sequence[tuple[str, int]] = (),
+        peers: Sequence[SentinelProcess] = (),
+    ) -> None:
+        conf = self.write_config(
+            master_name, primary_host, primary_port, replicas=replicas, peers=peers
         )
         self.process = subprocess.Popen(
             [redis_server_binary(), str(conf), "--sentinel"], stdin=subprocess.DEVNULL
