@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tests.support.ports import free_port
 
-READY_TIMEOUT_S = 10.0
+READY_TIMEOUT_S = 30.0
 
 
 def redis_server_binary() -> str:
