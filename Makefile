@@ -46,8 +46,7 @@ benchmark: install
 	$(PY) -m bench.benchmark --topology $(TOPOLOGY) $(ARGS)
 
 test: install
-	$(PY) -m pytest
-	GATEWAY_H11=pure $(PY) -m pytest
+	PY=$(PY) sh scripts/test-builds.sh
 
 check: $(STAMP)
 	$(VENV)/bin/ruff check .
