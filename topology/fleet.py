@@ -19,7 +19,7 @@ sockets are the supervisor's, kept open across ELB restarts. Before the command 
 anything it checks that no other launcher runs from the same run directory base, that no
 orphan of an earlier one is alive and that every port is free, and names what is in the way
 (`topology.fleet_lock`); children die with a launcher that is SIGKILLed
-(`topology.lifeline`).
+(`httpio.lifeline`).
 
 ``fleet --only backends,auth`` and ``fleet --only proxies,elbs`` run the two halves of one
 topology from two terminals (the original's ``make server`` and ``make proxy``), so each

@@ -1,4 +1,4 @@
-"""`topology.lifeline`: children awaited through a pidfd, and children that die with the
+"""`httpio.lifeline`: children awaited through a pidfd, and children that die with the
 process that started them, even when it is SIGKILLed. The "launcher" here is a small Python
 process of this test; waits are on the children's state under a deadline."""
 
@@ -15,14 +15,14 @@ import trio
 
 from tests.support.polling import wait_until
 from topology.fleet_lock import process_started
-from topology.lifeline import start_child
+from httpio.lifeline import start_child
 
 REPO = Path(__file__).resolve().parent.parent.parent
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
 
 LAUNCHER = """
 import sys, trio
-from topology.lifeline import start_child
+from httpio.lifeline import start_child
 
 async def main():
     for _ in range(2):
