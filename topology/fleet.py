@@ -328,12 +328,14 @@ class _Specs:
             names = (f"msa_{code}.yaml", f"rs_{code}.yaml", "config.json")
             return [str(self.run / n) for n in names]
 
-        def args(code: str, port: int) -> list[str]:
-            access = self.run / "logs" / f"access-proxy-{code}-{port}.log"
-            return [str(port), *files(code), "--access-log", str(access)]
+        def args(region: FleetRegion, port: int) -> list[str]:
+            access = self.run / "logs" / f"access-proxy-{region.code}-{port}.log"
+            workers = region.proxy_workers
+            more = ["--workers", str(workers)] if workers > 1 else []
+            return [str(port), *files(region.code), "--access-log", str(access), *more]
 
         return tuple(
-            self.child("proxy", f"proxy-{r.code}-{p}", p, args(r.code, p), region=r.code)
+            self.child("proxy", f"proxy-{r.code}-{p}", p, args(r, p), region=r.code)
             for r in topology.regions
             for p in r.proxy_ports
         )

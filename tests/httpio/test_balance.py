@@ -13,9 +13,9 @@ from httpio.balance import (
     CANONICAL_POLICIES,
     Balancer,
     Endpoint,
-    least_loaded,
     InstanceState,
     ServicePool,
+    least_loaded,
     normalize_policy,
 )
 from httpio.errors import NoHealthyInstance

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from httpio.lifeline import start_child
 from tests.support.polling import wait_until
 from topology.fleet_lock import process_started
-from httpio.lifeline import start_child
 
 REPO = Path(__file__).resolve().parent.parent.parent
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
