@@ -455,7 +455,7 @@ async def test_the_hand_offs_spread_over_the_workers_of_one_proxy(fleet: str) ->
                     await hold_connection(port, held, answered)
             # least loaded first: the four open connections are two on each worker
             assert sorted(answered) == [0, 0, 1, 1]
-            assert sorted(row["in_flight"] for row in target.statistics()) == [2, 2]
+            assert sorted(link.in_flight for link in target.links.values()) == [2, 2]
             assert elb.statistics()["links"] == {proxy.url: target.statistics()}
             held.cancel_scope.cancel()
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import trio
 
+from httpio.lifeline import Backoff
 from httpio.messages import Request, Response, json_response
 from httpio.run import serve_tcp
 from tests.support.polling import wait_until
 from tests.support.ports import free_port
 from topology.supervisor import (
-    Backoff,
     ChildSpec,
     State,
     Supervisor,
