@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from bench.hop_lab import write_proxy_files
 from httpio.lifeline import Backoff
@@ -52,12 +53,16 @@ class Proxy:
         env.pop("GATEWAY_RUNTIME_DIR", None)
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                [str(BIN / "proxy"), str(self.port), *map(str, files), "--workers", "2"],
+                [str(BIN / "proxy"), str(self.port), *map(str, files), *self.options(tmp)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=REPO,
             )
+
+    @staticmethod
+    def options(tmp: Path) -> list[str]:
+        return ["--workers", "2", "--access-log", str(tmp / "access.log")]
 
     @property
     def url(self) -> str:
@@ -127,6 +132,10 @@ async def test_two_workers_share_the_port_take_hand_offs_and_a_killed_one_is_rep
     workers = await both_up(proxy)
     # both answer on the one port (64 connections: both appear unless the hash is broken)
     assert await pids_answering(proxy.port, 64) == workers
+    # a scrape sees one worker's series, and which worker that is
+    scrape = await get(proxy.port, "/metrics")
+    (info,) = [line for line in scrape.body.decode().splitlines() if "gateway_worker_info{" in line]
+    assert 'workers="2"' in info and any(f'pid="{pid}"' in info for pid in workers)
 
     # an ELB of the same fleet links to each worker and spreads its hand-offs over them
     monkeypatch.setenv("GATEWAY_FLEET_ID", proxy.fleet)
@@ -139,20 +148,35 @@ async def test_two_workers_share_the_port_take_hand_offs_and_a_killed_one_is_rep
             assert reply.status == 200
         assert (elb.handed_off, elb.relayed) == (4, 0)
 
+    # an ELB of another fleet gets no hand-off: it relays (PROXY v2) to the port, and the
+    # kernel spreads those connections as any other (both workers trust the ELB's address)
+    monkeypatch.setenv("GATEWAY_FLEET_ID", f"other-{proxy.fleet}")
+    async with running_elb([proxy.url]) as (elb, elb_port):
+        for _ in range(16):
+            reply = await get(elb_port, "/health")
+            assert reply.status == 200
+        assert (elb.handed_off, elb.relayed) == (0, 16)
+
     # SIGKILL one worker: once it is gone, every request goes to the other until it is back
     victim = min(workers)
     os.kill(victim, signal.SIGKILL)
     await wait_until(lambda: victim not in proxy.workers() and process_started(victim) is None)
-    survivor = (workers - {victim}).pop()
-    replaced: set[int] = set()
-    for _ in range(2000):  # bounded: the restart is 0.5 s away, a request takes ~ms
-        pid = await answering_pid(proxy.port)
-        assert pid is not None, "a request was refused while a worker was down"
-        if pid != survivor:
-            replaced.add(pid)
-            break
-    assert replaced and replaced <= proxy.workers()
+    with trio.fail_after(STARTUP_S):  # until its replacement listens (0.5 s back-off)
+        while len(proxy.events("listening")) < 3:
+            pid = await answering_pid(proxy.port)
+            assert pid is not None, "a request was refused while a worker was down"
+            assert pid != victim
+    replacement = proxy.workers() - workers
+    assert len(replacement) == 1
+    assert await pids_answering(proxy.port, 64) == (workers - {victim}) | replacement
     assert len(proxy.events("worker_exited")) == 1
+
+    # SIGHUP reaches every worker (each reopens its access log, as logrotate expects)
+    await wait_until(lambda: len(proxy.events("listening")) >= 3, timeout_s=STARTUP_S)
+    proxy.process.send_signal(signal.SIGHUP)
+    await wait_until(
+        lambda: {row["worker"] for row in proxy.events("access_log_reopened")} == {0, 1}
+    )
 
     # SIGTERM drains every worker; the parent exits 0 once they have
     proxy.process.send_signal(signal.SIGTERM)
