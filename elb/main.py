@@ -128,12 +128,14 @@ class Target:
 
     @property
     def link(self) -> HandoffLink | None:
+        """A link to this proxy (any of its workers'), None while it gets relays."""
+        return next(iter(self.links.values()), None)
+
+    def pick_link(self) -> HandoffLink | None:
         """The link the next connection goes over: the least loaded worker's (None: relay)."""
         links = self.links
-        if not links:
-            return None
-        if len(links) == 1:
-            return next(iter(links.values()))
+        if len(links) <= 1:
+            return self.link
         ordered = list(links.values())
         self._turn += 1
         return ordered[least_loaded([k.in_flight for k in ordered], self._turn)]
@@ -339,7 +341,7 @@ class Elb:
                 nursery.start_soon(_refuse, wrap_socket(client))
                 return
             target = self._by_index[state.index]
-            link = target.link
+            link = target.pick_link()
             if link is None:
                 state.begin()
                 nursery.start_soon(self._relay, client, target, nursery, tried)
