@@ -77,10 +77,10 @@ CHECK_INTERVAL_S = 0.5
 CONNECT_TIMEOUT_S = 1.0
 DRAIN_TIMEOUT_S = 10.0
 RELAY_CHUNK = 65536
-# Worker names tried per proxy: the schema's bound on ``workers`` (topology.schema). One
-# probe round tries the names it has no link to, up to one past the highest linked, so a
-# worker being restarted is found again on the next round and a proxy without workers
-# costs one more refused connect per round (microseconds).
+# Worker names tried per proxy: the topology's bound on ``proxy_workers`` (topology.schema,
+# proxy.workers). One probe round tries the names it has no link to, up to one past the
+# highest linked, so a worker being restarted is found again on the next round and a proxy
+# without workers costs one more refused connect per round (microseconds).
 MAX_WORKERS = 64
 # A proxy that stops answering is out after 3 missed probes (~1.5 s) and back after 2
 # passed ones (HAProxy's fall/rise defaults); probe evidence alone takes out at most half of
