@@ -97,7 +97,7 @@ class Worker:
     def running(self) -> bool:
         return self.process is not None and self.process.returncode is None
 
-    def signal(self, signum: int) -> None:
+    def send_signal(self, signum: int) -> None:
         if self.running:
             assert self.process is not None
             self.process.send_signal(signum)
@@ -126,7 +126,7 @@ class WorkerParent:
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         for worker in self.workers:
-                            worker.signal(signal.SIGHUP)
+                            worker.send_signal(signal.SIGHUP)
                         continue
                     log.info("draining", server=self.name, signal=signal.Signals(signum).name)
                     await self._stop_all()
@@ -172,7 +172,7 @@ class WorkerParent:
         their own drain deadline."""
         self.stopping = True
         for worker in self.workers:
-            worker.signal(signal.SIGTERM)
+            worker.send_signal(signal.SIGTERM)
         with trio.move_on_after(self.drain_timeout_s + KILL_GRACE_S):
             for worker in self.workers:
                 if worker.process is not None:
@@ -182,6 +182,6 @@ class WorkerParent:
                 continue
             if worker.running:
                 log.error("worker_killed", server=self.name, worker=worker.index)
-                worker.signal(signal.SIGKILL)
+                worker.send_signal(signal.SIGKILL)
             code = await worker.process.wait()
             log.info("worker_stopped", server=self.name, worker=worker.index, code=code)
