@@ -158,11 +158,13 @@ class Reply:
         return json.loads(self.body)
 
 
-async def get(port: int, target: str = "/who", *, settle_first: bool = False) -> Reply:
+async def get(
+    port: int, target: str = "/who", *, settle_first: bool = False, deadline_s: float = DEADLINE_S
+) -> Reply:
     """One request on a fresh connection to the ELB, read to the end. ``settle_first``:
     send the request only once the ELB and the proxy have done all they can with the bare
     connection (accepted, relayed, written and read a PROXY header)."""
-    with trio.fail_after(DEADLINE_S):
+    with trio.fail_after(deadline_s):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         async with stream:
             local_port = stream.socket.getsockname()[1]

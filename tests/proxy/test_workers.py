@@ -24,7 +24,8 @@ import trio
 from bench.hop_lab import write_proxy_files
 from httpio.lifeline import Backoff
 from proxy.workers import worker_argv
-from tests.elb.test_main import get, running_elb
+from tests.elb.test_main import Reply, running_elb
+from tests.elb.test_main import get as get_within
 from tests.support.polling import wait_until
 from tests.support.ports import free_port
 from topology.fleet_lock import process_started
@@ -33,6 +34,11 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT")
 STARTUP_S = 30.0  # two cold Python starts on a loaded 2-core machine
+
+
+async def get(port: int, target: str) -> Reply:
+    """One request on a new connection, with room for a machine at load 15 (seen here)."""
+    return await get_within(port, target, deadline_s=STARTUP_S)
 
 
 class Proxy:
@@ -160,7 +166,10 @@ async def test_two_workers_share_the_port_take_hand_offs_and_a_killed_one_is_rep
     # SIGKILL one worker: once it is gone, every request goes to the other until it is back
     victim = min(workers)
     os.kill(victim, signal.SIGKILL)
-    await wait_until(lambda: victim not in proxy.workers() and process_started(victim) is None)
+    await wait_until(
+        lambda: victim not in proxy.workers() and process_started(victim) is None,
+        timeout_s=STARTUP_S,
+    )
     with trio.fail_after(STARTUP_S):  # until its replacement listens (0.5 s back-off)
         while len(proxy.events("listening")) < 3:
             pid = await answering_pid(proxy.port)
@@ -175,7 +184,8 @@ async def test_two_workers_share_the_port_take_hand_offs_and_a_killed_one_is_rep
     await wait_until(lambda: len(proxy.events("listening")) >= 3, timeout_s=STARTUP_S)
     proxy.process.send_signal(signal.SIGHUP)
     await wait_until(
-        lambda: {row["worker"] for row in proxy.events("access_log_reopened")} == {0, 1}
+        lambda: {row["worker"] for row in proxy.events("access_log_reopened")} == {0, 1},
+        timeout_s=STARTUP_S,
     )
 
     # SIGTERM drains every worker; the parent exits 0 once they have
@@ -193,7 +203,9 @@ async def test_a_sigkilled_parent_leaves_no_worker_running(proxy: Proxy) -> None
     workers = proxy.workers()
     proxy.process.kill()
     proxy.process.wait(10)
-    await wait_until(lambda: all(process_started(pid) is None for pid in workers))
+    await wait_until(
+        lambda: all(process_started(pid) is None for pid in workers), timeout_s=STARTUP_S
+    )
 
 
 def test_a_port_held_by_someone_else_is_exit_2_before_any_worker(tmp_path: Path) -> None:
