@@ -26,30 +26,6 @@ from topology.supervisor import (
 )
 
 
-# -- backoff -----------------------------------------------------------------------------------
-def test_backoff_doubles_up_to_the_cap():
-    backoff = Backoff()
-    delays = [backoff.next_delay(uptime_s=1.0) for _ in range(9)]
-    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
-
-
-def test_backoff_is_forgiven_after_a_long_uptime():
-    backoff = Backoff()
-    for _ in range(5):
-        backoff.next_delay(uptime_s=9.9)
-    assert backoff.peek() == 16.0
-    assert backoff.next_delay(uptime_s=10.0) == 0.5
-    assert backoff.next_delay(uptime_s=0.1) == 1.0
-
-
-def test_backoff_survives_many_failures_and_explains_itself():
-    backoff = Backoff(initial_s=1, max_s=10, reset_after_s=5)
-    for _ in range(2000):
-        backoff.next_delay(uptime_s=0)
-    assert backoff.peek() == 10
-    assert repr(backoff) == "<Backoff failures=2000 next=10s>"
-
-
 def test_describe_exit():
     assert describe_exit(0) == "status 0"
     assert describe_exit(3) == "status 3"
