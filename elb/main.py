@@ -7,7 +7,10 @@ connections first (`httpio.balance.Balancer`). For each proxy it prefers, in ord
    socket itself (`httpio.handoff`); per connection the ELB does one ``accept`` and one
    ``sendmsg`` and no task, and the proxy sees the real client address. "On this host"
    is read from the topology: a proxy URL on loopback or on the address the ELB listens on
-   (``--host``, its host's address in a topology with hosts, `topology.placement`);
+   (``--host``, its host's address in a topology with hosts, `topology.placement`). A
+   ``proxy --workers N`` has one hand-off address per worker: the ELB keeps a link to each
+   it finds (names ``-w0``, ``-w1`` ... tried in turn, up to ``MAX_WORKERS``) and gives
+   each connection to the worker with the fewest open ones (`httpio.balance.least_loaded`);
 2. relay: otherwise the ELB connects to the proxy from that address, writes a PROXY v2
    header carrying the client address (`httpio.proxyproto`) and copies bytes both ways.
 
@@ -48,7 +51,7 @@ import trio
 from elb.ejection import Change, Evidence, ProxyHealth
 from elb.metrics import CONNECTIONS, ConnectionLine, watch
 from httpio.access_log import AccessLog, now_rfc3339, open_access_log
-from httpio.balance import Balancer, Endpoint, InstanceState
+from httpio.balance import Balancer, Endpoint, InstanceState, least_loaded
 from httpio.errors import RouteNotFound, unavailable_response
 from httpio.handoff import (
     HandoffAddress,
@@ -74,6 +77,11 @@ CHECK_INTERVAL_S = 0.5
 CONNECT_TIMEOUT_S = 1.0
 DRAIN_TIMEOUT_S = 10.0
 RELAY_CHUNK = 65536
+# Worker names tried per proxy: the topology's bound on ``proxy_workers`` (topology.schema,
+# proxy.workers). One probe round tries the names it has no link to, up to one past the
+# highest linked, so a worker being restarted is found again on the next round and a proxy
+# without workers costs one more refused connect per round (microseconds).
+MAX_WORKERS = 64
 # A proxy that stops answering is out after 3 missed probes (~1.5 s) and back after 2
 # passed ones (HAProxy's fall/rise defaults); probe evidence alone takes out at most half of
 # the region, and with nothing usable every proxy is tried. Only the fields `elb.ejection`
@@ -108,12 +116,49 @@ class Target:
         self.endpoint = state.endpoint
         self.url = state.endpoint.url
         self.handoff_address = _handoff_address(state.endpoint, address)
-        self.link: HandoffLink | None = None
-        self.linking = False  # a link is being opened
+        # one link to a single proxy, or one per worker of a ``proxy --workers N``
+        self.links: dict[int | None, HandoffLink] = {}
+        self.workers_seen = 0  # the highest worker index linked so far, plus one
+        self.linking = False  # links are being opened
         self.refusal = ""  # why the last hand-off hand-shake failed, logged once
+        self._turn = 0
 
     def __repr__(self) -> str:
-        return f"<Target {self.url} link={self.link is not None}>"
+        return f"<Target {self.url} links={len(self.links)}>"
+
+    @property
+    def link(self) -> HandoffLink | None:
+        """A link to this proxy (any of its workers'), None while it gets relays."""
+        return next(iter(self.links.values()), None)
+
+    def pick_link(self) -> HandoffLink | None:
+        """The link the next connection goes over: the least loaded worker's (None: relay)."""
+        links = self.links
+        if len(links) <= 1:
+            return self.link
+        ordered = list(links.values())
+        self._turn += 1
+        return ordered[least_loaded([k.in_flight for k in ordered], self._turn)]
+
+    def wants_links(self) -> bool:
+        """Whether a probe round should look for links: not when linked to a single proxy."""
+        return None not in self.links
+
+    def drop(self, link: HandoffLink) -> bool:
+        """Forget ``link`` and what was in flight on it; True if it was the last one."""
+        for key, held in list(self.links.items()):
+            if held is link:
+                del self.links[key]
+                self.state.ended(link.in_flight)
+        if not self.links:
+            self.state.forget_in_flight()
+        return not self.links
+
+    def statistics(self) -> list[dict[str, object]]:
+        return [
+            {"worker": key, "peer_pid": link.peer_pid, "in_flight": link.in_flight}
+            for key, link in self.links.items()
+        ]
 
 
 class Elb:
@@ -155,6 +200,7 @@ class Elb:
             "refused": self.refused,
             "relays_open": self.relays_open,
             "proxies": self.balancer.instance_rows(),
+            "links": {t.url: t.statistics() for t in self._by_index if t.links},
             "health": self.health.statistics(),
         }
 
@@ -190,32 +236,57 @@ class Elb:
 
     def _checked(self, target: Target, passed: bool, nursery: trio.Nursery) -> None:
         address = target.handoff_address
-        if passed and target.link is None and address is not None and not target.linking:
+        if passed and address is not None and not target.linking and target.wants_links():
             # in the background: a hand-shake that stalls must not delay the next probes
             target.linking = True
-            nursery.start_soon(self._open_link, target, address, nursery)
+            nursery.start_soon(self._open_links, target, address, nursery)
         self.observe(target, Evidence.PROBE_PASSED if passed else Evidence.PROBE_FAILED)
+
+    async def _open_links(
+        self, target: Target, address: HandoffAddress, nursery: trio.Nursery
+    ) -> None:
+        """Link to the single proxy's address, or else to each worker's that has no link
+        yet, up to one past the highest index linked (`MAX_WORKERS`): a worker being
+        restarted is linked again on a later round."""
+        try:
+            if not target.links:
+                found = await self._open_link(target, address.of_worker(None), nursery)
+                if found is not False:
+                    return  # linked to a single proxy, or refused
+            worker = 0
+            while worker < min(MAX_WORKERS, target.workers_seen + 1):
+                if worker not in target.links:
+                    found = await self._open_link(target, address.of_worker(worker), nursery)
+                    if found is None:
+                        return
+                worker += 1
+        finally:
+            target.linking = False
 
     async def _open_link(
         self, target: Target, address: HandoffAddress, nursery: trio.Nursery
-    ) -> None:
+    ) -> bool | None:
+        """True: linked; False: nobody listens there; None: refused (logged once)."""
         link = HandoffLink(address)
         try:
             await link.connect()
         except (OSError, trio.TooSlowError):
-            return  # no hand-off socket: that proxy gets the TCP relay
+            return False  # no hand-off socket there (without any: the TCP relay)
         except HandoffRefused as exc:
             if str(exc) != target.refusal:
                 log.warning(
                     "handoff_refused", proxy=target.url, address=str(address), error=str(exc)
                 )
                 target.refusal = str(exc)
-            return
-        finally:
-            target.linking = False
-        target.link, target.refusal = link, ""
+            return None
+        worker = address.worker
+        target.links[worker] = link
+        target.refusal = ""
+        if worker is not None:
+            target.workers_seen = max(target.workers_seen, worker + 1)
         log.info("handoff_link_up", proxy=target.url, address=str(address), peer_pid=link.peer_pid)
         nursery.start_soon(self._follow_link, target, link)
+        return True
 
     async def _follow_link(self, target: Target, link: HandoffLink) -> None:
         """Count the proxy's reports of closed connections; its EOF means it is gone or
@@ -226,12 +297,12 @@ class Elb:
             if closed < 0:
                 break
             state.ended(closed)
+            link.in_flight = max(0, link.in_flight - closed)
         link.close()
-        if target.link is link:
-            target.link = None
+        if link in target.links.values():
             log.info("handoff_link_down", proxy=target.url, peer_pid=link.peer_pid)
-            state.forget_in_flight()
-            self.observe(target, Evidence.GONE)
+            if target.drop(link):
+                self.observe(target, Evidence.GONE)
 
     # -- connections -------------------------------------------------------------------------
     async def serve(self, listeners: list[trio.SocketListener], nursery: trio.Nursery) -> None:
@@ -270,7 +341,7 @@ class Elb:
                 nursery.start_soon(_refuse, wrap_socket(client))
                 return
             target = self._by_index[state.index]
-            link = target.link
+            link = target.pick_link()
             if link is None:
                 state.begin()
                 nursery.start_soon(self._relay, client, target, nursery, tried)
@@ -279,11 +350,12 @@ class Elb:
                 await link.send(client.fileno())
             except OSError:
                 link.close()
-                target.link = None
-                self.observe(target, Evidence.GONE)
-                tried = (*tried, target)
+                if target.drop(link):
+                    self.observe(target, Evidence.GONE)
+                    tried = (*tried, target)
                 continue
             state.begin()
+            link.in_flight += 1
             self.handed_off += 1
             CONNECTIONS.labels(target.url, "handoff").inc()
             if self.connection_log is not None:
@@ -371,9 +443,9 @@ class Elb:
 
     def close_links(self) -> None:
         for target in self._by_index:
-            if target.link is not None:
-                target.link.close()
-                target.link = None
+            for link in target.links.values():
+                link.close()
+            target.links.clear()
 
 
 async def _copy(

@@ -510,3 +510,18 @@ class ServicePool:
             f"<ServicePool {self.name} {self.balancer.policy} {self.health!r}"
             f" in_flight={in_flight} panics={self.panics}>"
         )
+
+
+def least_loaded(loads: Sequence[int], turn: int) -> int:
+    """The index of the smallest of ``loads`` (a non-empty list); among equals, the first at
+    or after ``turn`` (mod the length), so a caller that advances ``turn`` each pick rotates
+    through ties instead of piling onto index 0. The ELB spreads its hand-offs over the
+    workers of one proxy so (`httpio.handoff`): their counts lag by a report interval, and
+    with every count equal (idle, or all reports pending) the rotation is what spreads."""
+    n = len(loads)
+    best = turn % n
+    for step in range(1, n):
+        i = (turn + step) % n
+        if loads[i] < loads[best]:
+            best = i
+    return best

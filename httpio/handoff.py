@@ -37,6 +37,12 @@ each other, and one's exit unlinked the other's socket). So:
 
 A proxy that cannot get its address (taken, unsafe directory) logs an error and serves
 without hand-offs; its ELB then relays to it. Nothing is lost but the shortcut.
+
+A ``proxy --workers N`` (`proxy.workers`) is N processes on one TCP port; one address could
+be bound by only one of them, so worker K takes the address of its port with ``-wK`` at the
+end of the name. The hand-shake is the same (a worker is the proxy of that port); the ELB
+finds the workers by trying the names in turn (`elb.main`), keeps a link to each, and
+spreads its hand-offs over them, fewest open connections first (`httpio.balance.least_loaded`).
 """
 
 from __future__ import annotations
@@ -169,11 +175,17 @@ class HandoffAddress:
 
     identity: Identity
     directory: Path | None = None
+    worker: int | None = None  # worker K of a ``proxy --workers N``; None: a single proxy
 
     @property
     def name(self) -> str:
         i = self.identity
-        return f"{i.fleet}-net{i.netns}-proxy-{i.port}"
+        suffix = "" if self.worker is None else f"-w{self.worker}"
+        return f"{i.fleet}-net{i.netns}-proxy-{i.port}{suffix}"
+
+    def of_worker(self, worker: int | None) -> HandoffAddress:
+        """The address of worker ``worker`` of the same proxy (None: the single proxy's)."""
+        return HandoffAddress(self.identity, self.directory, worker)
 
     @property
     def path(self) -> Path | None:
@@ -189,17 +201,17 @@ class HandoffAddress:
         return str(self.path) if self.path is not None else f"@pygateway-{os.geteuid()}-{self.name}"
 
 
-def handoff_address(port: int) -> HandoffAddress | None:
-    """The hand-off address of the proxy on ``port`` in this fleet and network namespace;
-    None where there is none (no abstract namespace and no runtime directory). Raises
-    `UnsafeRuntimeDir` and ValueError (a malformed fleet id)."""
+def handoff_address(port: int, worker: int | None = None) -> HandoffAddress | None:
+    """The hand-off address of the proxy on ``port`` (of its worker ``worker``) in this
+    fleet and network namespace; None where there is none (no abstract namespace and no
+    runtime directory). Raises `UnsafeRuntimeDir` and ValueError (a malformed fleet id)."""
     identity = Identity(fleet_id(), network_namespace(), port)
     configured = os.environ.get(RUNTIME_DIR_ENV)
     if configured:
-        return HandoffAddress(identity, private_dir(Path(configured)))
+        return HandoffAddress(identity, private_dir(Path(configured)), worker)
     if not sys.platform.startswith("linux"):
         return None
-    return HandoffAddress(identity)
+    return HandoffAddress(identity, worker=worker)
 
 
 def peer_credentials(sock: trio.socket.SocketType) -> tuple[int, int]:
@@ -379,12 +391,16 @@ class HandoffLink:
         self.address = address
         self.sock: trio.socket.SocketType | None = None
         self.peer_pid = 0
+        self.in_flight = 0  # handed over and not yet reported closed (kept by the ELB)
         # A plain duplicate for sending: sendmsg is tried directly and trio is asked to
         # wait only when the link's buffer is full.
         self._plain: socket.socket | None = None
 
     def __repr__(self) -> str:
-        return f"<HandoffLink {self.address} connected={self.sock is not None}>"
+        return (
+            f"<HandoffLink {self.address} connected={self.sock is not None}"
+            f" in_flight={self.in_flight}>"
+        )
 
     async def connect(self) -> None:
         """Connect and shake hands; OSError if nobody listens, `HandoffRefused` if the

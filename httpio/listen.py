@@ -31,10 +31,35 @@ ACCEPT_RETRY_S = 0.1
 REFUSAL_SEND_TIMEOUT_S = 1.0
 
 
-async def open_listeners(port: int, host: str = "127.0.0.1") -> list[trio.SocketListener]:
+async def open_listeners(
+    port: int, host: str = "127.0.0.1", *, reuse_port: bool = False
+) -> list[trio.SocketListener]:
     """Listeners on ``port`` (0: any free one) of ``host``; trio sets ``SO_REUSEADDR`` before
-    it binds, so a restarted server can listen while old connections sit in TIME_WAIT."""
-    return await trio.open_tcp_listeners(port, host=host, backlog=BACKLOG)
+    it binds, so a restarted server can listen while old connections sit in TIME_WAIT.
+    ``reuse_port``: also ``SO_REUSEPORT`` (socket(7)), so that the workers of one proxy
+    (`proxy.workers`) each listen on the same port and the kernel spreads new connections
+    over them; only sockets of the same effective uid may share a port so."""
+    if not reuse_port:
+        return await trio.open_tcp_listeners(port, host=host, backlog=BACKLOG)
+    listeners: list[trio.SocketListener] = []
+    for family, kind, proto, _, address in await trio.socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        sock = trio.socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            await sock.bind(address)
+            sock.listen(BACKLOG)
+        except BaseException:
+            sock.close()
+            for listener in listeners:
+                listener.socket.close()
+            raise
+        listeners.append(trio.SocketListener(sock))
+    return listeners
 
 
 def listener_port(listeners: list[trio.SocketListener]) -> int:

@@ -92,10 +92,11 @@ async def serve_until_signalled(
     host: str = "127.0.0.1",
     trusted_proxies: Iterable[str] = (),
     extra: Callable[[trio.Nursery, HttpServer], Awaitable[None]] | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Run a process's `HttpServer` until a signal drains it. ``setup`` runs before the port
     is opened (a server that listens answers at once); ``extra`` after (the proxy's hand-off
-    socket)."""
+    socket). ``reuse_port``: share the port with the other workers of one proxy."""
     server = HttpServer(
         _not_ready, limits or ServerLimits(), name=name, trusted_proxies=trusted_proxies
     )
@@ -104,7 +105,7 @@ async def serve_until_signalled(
         server.handler = await setup(nursery, server)
         observe_server(server)  # /metrics' server series (the proxy brings its own observer)
         try:
-            listeners = await open_listeners(port, host)
+            listeners = await open_listeners(port, host, reuse_port=reuse_port)
         except OSError as exc:
             log.error("listen_failed", server=name, port=port, error=str(exc))
             raise SystemExit(2) from exc

@@ -14,6 +14,7 @@ before any chain.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -48,6 +49,8 @@ class ProxyApp:
         rate_limits: RateLimitState | None = None,
     ) -> None:
         self.name = name
+        # (index, count) when this is a worker of ``proxy --workers N`` (`proxy.workers`)
+        self.worker: tuple[int, int] | None = None
         self.via = b"1.1 " + name.encode()
         self.upstream = upstream
         self.auth = auth
@@ -192,6 +195,11 @@ class ProxyApp:
         return json_response(200, status)
 
     # -- admin -------------------------------------------------------------------------------
+    def process_facts(self) -> dict[str, int | None]:
+        """Which process answered: with ``--workers N`` each worker has its own statistics."""
+        index, count = self.worker if self.worker is not None else (None, 1)
+        return {"pid": os.getpid(), "worker": index, "workers": count}
+
     async def admin(self, request: Request) -> Response:
         """Operator endpoints: only on a direct connection from this host, never through an
         ELB (a client behind the ELB reaches us handed off or behind a PROXY header)."""
@@ -210,6 +218,7 @@ class ProxyApp:
                     "upstream": self.upstream.statistics(),
                     "cache": self.cache.statistics() if self.cache is not None else None,
                     "websockets": self.websockets.statistics(),
+                    "process": self.process_facts(),
                 },
             )
         if request.path == "/admin/cache" and request.method == "GET":

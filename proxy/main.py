@@ -5,6 +5,11 @@ on the same host and in the same network namespace (`httpio.handoff`: the fleet 
 ``GATEWAY_FLEET_ID``, set by the launcher), and PROXY v2 headers only from the addresses of
 its own region's ELBs. A hand-off address it cannot have (taken, or an unsafe
 ``GATEWAY_RUNTIME_DIR``) is logged as an error; the proxy then serves TCP only.
+
+``--workers N`` (N > 1) runs the proxy as N worker processes on the same port
+(`proxy.workers`); this process is then their parent and serves nothing itself. Each worker
+is this program with ``--worker K`` added, which shares the port (``SO_REUSEPORT``) and
+takes hand-offs on worker K's address.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from proxy.filters.rate_limit import RateLimitState
 from proxy.metrics import ProxyObserver, count_reload
 from proxy.state import ProxyConfig, ProxyPaths, load_proxy_config, watch_config
 from proxy.wiring import start_auth, start_cache
+from proxy.workers import MAX_WORKERS, WORKER_FLAG, WorkerParent, reserve_port
 from topology.load import ConfigError
 from topology.schema import AccessLogSettings
 
@@ -93,6 +99,7 @@ async def start_proxy(
     server: HttpServer,
     access_log: AccessLog | None = None,
     metrics: bool = True,
+    worker: tuple[int, int] | None = None,
 ) -> Handler:
     """The auth layer, the cache and the app, then the config watch and the health checks,
     all in ``nursery``; the handler the server is to call. The metrics and the access log
@@ -107,6 +114,7 @@ async def start_proxy(
         )
     )
     app = ProxyApp(config, upstream, name=name, auth=auth, cache=cache, rate_limits=limits)
+    app.worker = worker
     follow(server, app.config)
     app.on_reload.append(partial(follow, server))
     sqlite = config.gateway.access_log
@@ -135,10 +143,13 @@ async def drain_websockets(server: HttpServer, app: ProxyApp) -> None:
     app.websockets.shutting_down(server.limits.drain_timeout_s)
 
 
-async def accept_handoffs(port: int, nursery: trio.Nursery, server: HttpServer) -> None:
-    """Connections handed over by an ELB of this fleet on this host, besides the TCP port."""
+async def accept_handoffs(
+    port: int, nursery: trio.Nursery, server: HttpServer, worker: int | None = None
+) -> None:
+    """Connections handed over by an ELB of this fleet on this host, besides the TCP port
+    (on worker ``worker``'s own address when this is one of ``--workers N``)."""
     try:
-        address = handoff_address(port)
+        address = handoff_address(port, worker)
     except (UnsafeRuntimeDir, ValueError) as exc:
         log.error("handoff_disabled", error=str(exc))
         return
@@ -166,7 +177,20 @@ def main(argv: list[str] | None = None) -> None:
         default="on",
         help="count requests for /metrics (off: only for measuring what counting costs)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help=f"serve the port with N processes (1-{MAX_WORKERS}; default 1: this one)",
+    )
+    parser.add_argument(WORKER_FLAG, type=int, default=None, help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    if not 1 <= args.workers <= MAX_WORKERS:
+        parser.error(f"--workers must be 1-{MAX_WORKERS}, not {args.workers}")
+    if args.workers > 1 and args.port == 0:
+        parser.error("--workers needs a fixed port, not 0")
     paths = ProxyPaths(args.msa, args.region, args.config)
     try:
         config = load_proxy_config(paths)
@@ -175,6 +199,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     name = args.name or f"proxy-{config.region}-{args.port}"
     configure_logging(name)
+    if args.workers > 1 and args.worker is None:
+        run_parent(argv, args.workers, args.host, args.port, name, config)
+        return
+    worker = None if args.worker is None else (args.worker, args.workers)
+    if worker is not None:
+        structlog.contextvars.bind_contextvars(worker=args.worker)
     access_log = open_access_log(args.access_log)
     trio.run(
         lambda: serve_until_signalled(
@@ -185,12 +215,33 @@ def main(argv: list[str] | None = None) -> None:
                 name,
                 access_log=access_log,
                 metrics=args.metrics == "on",
+                worker=worker,
             ),
             args.port,
             name=name,
             limits=config.gateway.server,
             host=args.host,
             trusted_proxies=elb_addresses(config),
-            extra=partial(accept_handoffs, args.port),
+            extra=partial(accept_handoffs, args.port, worker=args.worker),
+            reuse_port=worker is not None,
         )
     )
+
+
+def run_parent(
+    argv: list[str], count: int, host: str, port: int, name: str, config: ProxyConfig
+) -> None:
+    """Be the parent of ``count`` workers (`proxy.workers`) until a signal drains them."""
+    try:
+        held = reserve_port(host, port)
+    except OSError as exc:
+        log.error("listen_failed", server=name, port=port, error=str(exc))
+        raise SystemExit(2) from exc
+    parent = WorkerParent(
+        argv, count, name=name, drain_timeout_s=config.gateway.server.drain_timeout_s
+    )
+    try:
+        trio.run(parent.run)
+    finally:
+        for sock in held:
+            sock.close()

@@ -13,6 +13,7 @@ configured region); ``code`` is the status; ``method`` one of the seven the serv
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
@@ -74,7 +75,8 @@ def count_reload(ok: bool) -> None:
 
 
 class ProxyCollector(Collector):
-    """State read at scrape time: ``gateway_instance_up``, ``gateway_redis_breaker_open``."""
+    """State read at scrape time: ``gateway_instance_up``, ``gateway_redis_breaker_open``,
+    and for a worker of ``proxy --workers N`` ``gateway_worker_info``."""
 
     def __init__(self, app: Callable[[], ProxyApp | None]) -> None:
         self._app = app
@@ -100,6 +102,15 @@ class ProxyCollector(Collector):
             [], 1.0 if store is not None and store.breaker.state.value == "open" else 0.0
         )
         yield breaker
+        if app.worker is not None:
+            # with ``--workers N`` a scrape of the shared port reaches one worker, this one
+            info = GaugeMetricFamily(
+                "gateway_worker_info",
+                "1: these series are this worker's (proxy --workers N)",
+                labels=["worker", "workers", "pid"],
+            )
+            info.add_metric([str(app.worker[0]), str(app.worker[1]), str(os.getpid())], 1.0)
+            yield info
 
 
 _current: list[ProxyApp] = []

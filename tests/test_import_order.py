@@ -25,7 +25,6 @@ LAUNCHER = frozenset(
         "topology",
         "topology.fleet",
         "topology.fleet_lock",
-        "topology.lifeline",
         "topology.persistent",
         "topology.prometheus",
         "topology.report",

@@ -19,7 +19,7 @@ sockets are the supervisor's, kept open across ELB restarts. Before the command 
 anything it checks that no other launcher runs from the same run directory base, that no
 orphan of an earlier one is alive and that every port is free, and names what is in the way
 (`topology.fleet_lock`); children die with a launcher that is SIGKILLed
-(`topology.lifeline`).
+(`httpio.lifeline`).
 
 ``fleet --only backends,auth`` and ``fleet --only proxies,elbs`` run the two halves of one
 topology from two terminals (the original's ``make server`` and ``make proxy``), so each
@@ -328,12 +328,14 @@ class _Specs:
             names = (f"msa_{code}.yaml", f"rs_{code}.yaml", "config.json")
             return [str(self.run / n) for n in names]
 
-        def args(code: str, port: int) -> list[str]:
-            access = self.run / "logs" / f"access-proxy-{code}-{port}.log"
-            return [str(port), *files(code), "--access-log", str(access)]
+        def args(region: FleetRegion, port: int) -> list[str]:
+            access = self.run / "logs" / f"access-proxy-{region.code}-{port}.log"
+            workers = region.proxy_workers
+            more = ["--workers", str(workers)] if workers > 1 else []
+            return [str(port), *files(region.code), "--access-log", str(access), *more]
 
         return tuple(
-            self.child("proxy", f"proxy-{r.code}-{p}", p, args(r.code, p), region=r.code)
+            self.child("proxy", f"proxy-{r.code}-{p}", p, args(r, p), region=r.code)
             for r in topology.regions
             for p in r.proxy_ports
         )

@@ -9,7 +9,7 @@ names PIDs and ports:
 2. processes of an earlier fleet from this base are still alive without their launcher
    (``fleet.json`` lists every child the last launcher started; a PID counts only if the
    process still has the start time recorded for it, so a reused PID is not mistaken for
-   ours). With `topology.lifeline` this needs a launcher killed on a system without
+   ours). With `httpio.lifeline` this needs a launcher killed on a system without
    ``PR_SET_PDEATHSIG``, or an older version's orphans;
 3. a port of the topology is taken by anyone at all (another fleet under another base, a
    system Redis): the holder's PID and command line come from ``/proc`` where we may read

@@ -400,6 +400,9 @@ class FleetRegion(Struct, frozen=True, forbid_unknown_fields=True):
     proxy_ports: list[Port]
     msa: str  # path of the region's service map, relative to the topology file
     elb_metrics_port: Port | None = None  # the ELB's /metrics on 127.0.0.1 (none: not served)
+    # processes per proxy (``proxy --workers N``, `proxy.workers`): each of the region's
+    # proxies serves its port with this many; 1 is one process, as before
+    proxy_workers: Annotated[int, Meta(ge=1, le=64)] = 1
 
 
 class FleetRedis(Struct, frozen=True, forbid_unknown_fields=True):

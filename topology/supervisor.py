@@ -21,7 +21,7 @@ terminal reaches only the launcher, which then stops the groups in reverse order
 first, so no new traffic enters while the proxies and backends drain) with SIGTERM, and
 SIGKILL after ``grace_s`` (10 s, the servers' own drain deadline). The signal goes to the
 child's whole process group, so nothing a child forked is left behind. A launcher killed
-with SIGKILL cannot do this; the kernel then kills the children (`topology.lifeline`).
+with SIGKILL cannot do this; the kernel then kills the children (`httpio.lifeline`).
 
 A child whose spec says ``listen`` (the ELBs) gets its listening socket from the
 supervisor, which binds it before the child's first start, passes it with ``--listen-fd``
@@ -45,7 +45,7 @@ from typing import Literal
 import trio
 
 from httpio.health_check import probe_origin
-from topology.lifeline import ChildProcess, start_child
+from httpio.lifeline import Backoff, ChildProcess, start_child
 
 Probe = Literal["http", "redis", "tcp"]
 PROBE_TIMEOUT_S = 1.0  # one readiness check; a child that is up answers in milliseconds
@@ -73,35 +73,6 @@ class ChildSpec:
     host: str = "127.0.0.1"
     missing: str = ""
     listen: bool = False  # the supervisor holds its listening socket (``--listen-fd``)
-
-
-class Backoff:
-    """Delays between restarts of one crashing child: ``initial_s`` doubling up to
-    ``max_s``; a child that stayed up ``reset_after_s`` starts again from ``initial_s``."""
-
-    __slots__ = ("failures", "initial_s", "max_s", "reset_after_s")
-
-    def __init__(
-        self, initial_s: float = 0.5, max_s: float = 30.0, reset_after_s: float = 10.0
-    ) -> None:
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self.reset_after_s = reset_after_s
-        self.failures = 0
-
-    def __repr__(self) -> str:
-        return f"<Backoff failures={self.failures} next={self.peek():g}s>"
-
-    def peek(self) -> float:
-        return min(self.max_s, self.initial_s * 2.0 ** min(self.failures, 64))
-
-    def next_delay(self, uptime_s: float) -> float:
-        """The wait before restarting a child that exited after ``uptime_s`` seconds."""
-        if uptime_s >= self.reset_after_s:
-            self.failures = 0
-        delay = self.peek()
-        self.failures += 1
-        return delay
 
 
 class State(Enum):
@@ -262,7 +233,7 @@ class Supervisor:
                     starting.start_soon(nursery.start, self._watch, child)
 
     def _spawn(self, child: Child) -> None:
-        """Start the child (on this thread: see `topology.lifeline`); OSError if it cannot
+        """Start the child (on this thread: see `httpio.lifeline`); OSError if it cannot
         be started or, the first time, its port cannot be listened on."""
         spec = child.spec
         assert spec.argv is not None

@@ -118,7 +118,7 @@ class ProxyLike:
 
 
 @asynccontextmanager
-async def proxies(*proxy_likes: ProxyLike) -> AsyncIterator[None]:
+async def proxies(*proxy_likes: ProxyLike | WorkersLike) -> AsyncIterator[None]:
     async with trio.open_nursery() as nursery:
         for p in proxy_likes:
             await nursery.start(p.run)
@@ -158,11 +158,13 @@ class Reply:
         return json.loads(self.body)
 
 
-async def get(port: int, target: str = "/who", *, settle_first: bool = False) -> Reply:
+async def get(
+    port: int, target: str = "/who", *, settle_first: bool = False, deadline_s: float = DEADLINE_S
+) -> Reply:
     """One request on a fresh connection to the ELB, read to the end. ``settle_first``:
     send the request only once the ELB and the proxy have done all they can with the bare
     connection (accepted, relayed, written and read a PROXY header)."""
-    with trio.fail_after(DEADLINE_S):
+    with trio.fail_after(deadline_s):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         async with stream:
             local_port = stream.socket.getsockname()[1]
@@ -378,3 +380,99 @@ def test_an_unsafe_runtime_dir_means_relays_only(
     monkeypatch.setenv("GATEWAY_RUNTIME_DIR", str(shared))
     elb = Elb("ko_KR", ["http://127.0.0.1:6000"], name="elb")
     assert elb.targets["http://127.0.0.1:6000"].handoff_address is None
+
+
+# -- a proxy with workers ---------------------------------------------------------------------
+class WorkersLike:
+    """What the ELB sees of ``proxy --workers N``: one TCP port (for its probes) and one
+    hand-off address per worker (``-wK``), each served by a server that names its worker."""
+
+    def __init__(self, count: int) -> None:
+        self.servers = [self._server(k) for k in range(count)]
+        self.scopes = [trio.CancelScope() for _ in range(count)]
+        self.url = ""
+
+    @staticmethod
+    def _server(index: int) -> HttpServer:
+        async def handle(request: Request) -> Response:
+            return json_response(200, {"worker": index, "via_elb": request.via_elb})
+
+        return HttpServer(handle, name=f"w{index}")
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await open_listeners(0)
+        port = listener_port(listeners)
+        self.url = f"http://127.0.0.1:{port}"
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.servers[0].serve_listeners, listeners)
+            for server in self.servers[1:]:  # a server takes hand-offs while it serves
+                await nursery.start(server.serve_listeners, await open_listeners(0))
+            for index, (server, scope) in enumerate(zip(self.servers, self.scopes, strict=True)):
+                address = handoff_address(port, index)
+                assert address is not None
+                nursery.start_soon(self._serve_handoffs, server, address, scope)
+            task_status.started()
+
+    @staticmethod
+    async def _serve_handoffs(
+        server: HttpServer, address: HandoffAddress, scope: trio.CancelScope
+    ) -> None:
+        with scope:
+            await serve_handoffs(server, address)
+
+
+async def hold_connection(port: int, nursery: trio.Nursery, answered: list[int]) -> None:
+    """Open a keep-alive connection through the ELB, ask once, note the worker, keep it."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(method="GET", target="/who", headers=[(b"host", b"elb")])
+    await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+    body = b""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(65536))
+        elif type(event) is h11.Data:
+            body += bytes(event.data)
+        elif type(event) is h11.EndOfMessage:
+            break
+    answered.append(json.loads(body)["worker"])
+    nursery.start_soon(_keep_open, stream)
+
+
+async def _keep_open(stream: trio.SocketStream) -> None:
+    async with stream:
+        await trio.sleep_forever()
+
+
+async def test_the_hand_offs_spread_over_the_workers_of_one_proxy(fleet: str) -> None:
+    proxy = WorkersLike(2)
+    async with proxies(proxy), running_elb([proxy.url]) as (elb, port):
+        target = elb.targets[proxy.url]
+        await wait_until(lambda: set(target.links) == {0, 1})
+        answered: list[int] = []
+        async with trio.open_nursery() as held:
+            for _ in range(4):
+                with trio.fail_after(DEADLINE_S):
+                    await hold_connection(port, held, answered)
+            # least loaded first: the four open connections are two on each worker
+            assert sorted(answered) == [0, 0, 1, 1]
+            assert sorted(link.in_flight for link in target.links.values()) == [2, 2]
+            assert elb.statistics()["links"] == {proxy.url: target.statistics()}
+            held.cancel_scope.cancel()
+
+
+async def test_a_worker_that_goes_away_leaves_the_proxy_in_with_its_other_workers(
+    fleet: str,
+) -> None:
+    proxy = WorkersLike(2)
+    async with proxies(proxy), running_elb([proxy.url]) as (elb, port):
+        target = elb.targets[proxy.url]
+        await wait_until(lambda: set(target.links) == {0, 1})
+        proxy.scopes[1].cancel()  # worker 1 stops taking hand-offs (as when it dies)
+        await wait_until(lambda: set(target.links) == {0})
+        assert elb.health.usable == (proxy.url,)  # not taken out: worker 0 still serves
+        for _ in range(3):
+            reply = await get(port)
+            assert (reply.status, reply.json()) == (200, {"worker": 0, "via_elb": True})
+        assert elb.relayed == 0

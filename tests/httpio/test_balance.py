@@ -15,6 +15,7 @@ from httpio.balance import (
     Endpoint,
     InstanceState,
     ServicePool,
+    least_loaded,
     normalize_policy,
 )
 from httpio.errors import NoHealthyInstance
@@ -426,3 +427,18 @@ def test_pool_takes_new_health_settings_and_keeps_states() -> None:
     assert p.health.state(bad.url) is State.SUSPECT
     p.end(bad, Outcome.TIMEOUT, 2.0)
     assert p.health.state(bad.url) is State.EJECTED
+
+
+# -- least_loaded: the ELB's spread over one proxy's workers ----------------------------------
+def test_least_loaded_takes_the_smallest_count() -> None:
+    assert least_loaded([3, 1, 2], turn=0) == 1
+    assert least_loaded([3, 1, 2], turn=2) == 1
+
+
+def test_least_loaded_rotates_through_ties_with_the_turn() -> None:
+    assert [least_loaded([0, 0, 0], turn) for turn in range(6)] == [0, 1, 2, 0, 1, 2]
+    assert [least_loaded([1, 0, 0], turn) for turn in range(3)] == [1, 1, 2]
+
+
+def test_least_loaded_of_one() -> None:
+    assert least_loaded([7], turn=5) == 0

@@ -108,7 +108,7 @@ async def test_handed_off_connection_is_served_with_the_real_peer() -> None:
     async with proxy_with_handoffs(address) as server:
         link = HandoffLink(address)
         await link.connect()
-        assert repr(link) == f"<HandoffLink {address} connected=True>"
+        assert repr(link) == f"<HandoffLink {address} connected=True in_flight=0>"
         assert link.peer_pid == os.getpid()
         async with elb_accepts() as (client, accepted):
             await link.send(accepted.fileno())
@@ -320,6 +320,22 @@ def test_the_address_comes_from_the_fleet_and_the_network_namespace(
     monkeypatch.setenv("GATEWAY_FLEET_ID", "../../etc")
     with pytest.raises(ValueError, match="GATEWAY_FLEET_ID"):
         handoff_address(6000)
+
+
+def test_each_worker_of_a_proxy_has_an_address_of_its_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("GATEWAY_RUNTIME_DIR", raising=False)
+    monkeypatch.setenv("GATEWAY_FLEET_ID", "f00d")
+    single, w0, w1 = handoff_address(6000), handoff_address(6000, 0), handoff_address(6000, 1)
+    assert single is not None and w0 is not None and w1 is not None
+    assert str(w1) == f"{single}-w1" and len({single.sockaddr, w0.sockaddr, w1.sockaddr}) == 3
+    assert single.identity == w0.identity == w1.identity  # one proxy: the same hand-shake
+    assert single.of_worker(1) == w1 and w1.of_worker(None) == single
+    monkeypatch.setenv("GATEWAY_RUNTIME_DIR", str(tmp_path / "run"))
+    in_dir = handoff_address(6000, 1)
+    assert in_dir is not None and in_dir.path is not None
+    assert in_dir.path.name == f"f00d-net{network_namespace()}-proxy-6000-w1.sock"
 
 
 async def test_two_fleets_on_the_same_port_get_two_sockets() -> None:

@@ -30,7 +30,14 @@ from topology.fleet import (
     write_run_files,
 )
 from topology.fleet_lock import parse_start_time, process_started
-from topology.load import load_config, load_fleet, load_msa, load_proxy_list, load_region_structure
+from topology.load import (
+    ConfigError,
+    load_config,
+    load_fleet,
+    load_msa,
+    load_proxy_list,
+    load_region_structure,
+)
 from topology.supervisor import probe_once
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -182,6 +189,21 @@ def test_children_in_dependency_order_with_their_arguments(topology_path, tmp_pa
     assert proxy.log == run / "logs" / "proxy-en_US-16002.log"
     elb = by_name["elb-ko_KR-19000"]
     assert elb.argv is None and elb.missing == "module elb.main is not there yet"
+
+
+def test_a_regions_proxies_run_the_workers_its_topology_asks_for(tmp_path):
+    (tmp_path / "msa.yaml").write_bytes((DATA / "msa.yaml").read_bytes())
+    path = tmp_path / "fleet.yaml"
+    region = "{code: kr, elb_port: 19000, proxy_ports: [16000], msa: msa.yaml%s}"
+    path.write_text(f"regions:\n  - {region % ''}\nredis: {{enabled: false}}\n")
+    (single,) = [c for c in plan_for(path, tmp_path / "run").children if c.kind == "proxy"]
+    assert single.argv is not None and "--workers" not in single.argv  # 1: as before
+    path.write_text(f"regions:\n  - {region % ', proxy_workers: 2'}\nredis: {{enabled: false}}\n")
+    (two,) = [c for c in plan_for(path, tmp_path / "run").children if c.kind == "proxy"]
+    assert two.argv is not None and two.argv[-2:] == ("--workers", "2")
+    path.write_text(f"regions:\n  - {region % ', proxy_workers: 0'}\nredis: {{enabled: false}}\n")
+    with pytest.raises(ConfigError, match="proxy_workers"):
+        load_fleet(path)
 
 
 def test_backends_obey_fault_switches_only_when_the_topology_says_so(topology_path, tmp_path):

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import trio
 
+from httpio.lifeline import Backoff
 from httpio.messages import Request, Response, json_response
 from httpio.run import serve_tcp
 from tests.support.polling import wait_until
 from tests.support.ports import free_port
 from topology.supervisor import (
-    Backoff,
     ChildSpec,
     State,
     Supervisor,
@@ -24,30 +24,6 @@ from topology.supervisor import (
     probe_once,
     read_log_tail,
 )
-
-
-# -- backoff -----------------------------------------------------------------------------------
-def test_backoff_doubles_up_to_the_cap():
-    backoff = Backoff()
-    delays = [backoff.next_delay(uptime_s=1.0) for _ in range(9)]
-    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
-
-
-def test_backoff_is_forgiven_after_a_long_uptime():
-    backoff = Backoff()
-    for _ in range(5):
-        backoff.next_delay(uptime_s=9.9)
-    assert backoff.peek() == 16.0
-    assert backoff.next_delay(uptime_s=10.0) == 0.5
-    assert backoff.next_delay(uptime_s=0.1) == 1.0
-
-
-def test_backoff_survives_many_failures_and_explains_itself():
-    backoff = Backoff(initial_s=1, max_s=10, reset_after_s=5)
-    for _ in range(2000):
-        backoff.next_delay(uptime_s=0)
-    assert backoff.peek() == 10
-    assert repr(backoff) == "<Backoff failures=2000 next=10s>"
 
 
 def test_describe_exit():

@@ -1,6 +1,8 @@
 """Child processes that die with their launcher: a SIGKILLed ``fleet`` must not leave its
 fleet running unsupervised on every port (issue 9: 18 orphans, and the next ``make fleet``
-collided with each of them).
+collided with each of them). The same holds one level down: a ``proxy --workers N`` that is
+SIGKILLed must not leave its workers serving its port (`proxy.workers`), which is why this
+module sits in `httpio`, below both the launcher and the servers.
 
 Linux's ``PR_SET_PDEATHSIG`` (prctl(2)) makes the kernel signal a child when its parent
 dies, with no help from either side and nothing for the child to run, so it covers Redis,
@@ -21,7 +23,8 @@ died before the ``prctl`` (the child then exits at once instead of running orpha
 Elsewhere than Linux there is no such signal and children outlive a killed launcher; the
 launcher's start-up check (`topology.fleet_lock`) then names them.
 
-`ChildProcess` is what the supervisor needs of a ``trio.Process``: ``pid``,
+`Backoff` is the restart delay of a crashing child, for both supervisors
+(`topology.supervisor` explains its numbers). `ChildProcess` is what the supervisor needs of a ``trio.Process``: ``pid``,
 ``returncode``, ``send_signal`` and ``await wait()``, the wait on a pidfd (pidfd_open(2))
 that trio's loop watches, so no thread and no polling.
 """
@@ -131,3 +134,32 @@ def start_child(
         preexec_fn=_die_with_launcher(os.getpid()),
     )
     return ChildProcess(popen)
+
+
+class Backoff:
+    """Delays between restarts of one crashing child: ``initial_s`` doubling up to
+    ``max_s``; a child that stayed up ``reset_after_s`` starts again from ``initial_s``."""
+
+    __slots__ = ("failures", "initial_s", "max_s", "reset_after_s")
+
+    def __init__(
+        self, initial_s: float = 0.5, max_s: float = 30.0, reset_after_s: float = 10.0
+    ) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.reset_after_s = reset_after_s
+        self.failures = 0
+
+    def __repr__(self) -> str:
+        return f"<Backoff failures={self.failures} next={self.peek():g}s>"
+
+    def peek(self) -> float:
+        return min(self.max_s, self.initial_s * 2.0 ** min(self.failures, 64))
+
+    def next_delay(self, uptime_s: float) -> float:
+        """The wait before restarting a child that exited after ``uptime_s`` seconds."""
+        if uptime_s >= self.reset_after_s:
+            self.failures = 0
+        delay = self.peek()
+        self.failures += 1
+        return delay

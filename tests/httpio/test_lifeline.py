@@ -1,6 +1,7 @@
-"""`topology.lifeline`: children awaited through a pidfd, and children that die with the
-process that started them, even when it is SIGKILLed. The "launcher" here is a small Python
-process of this test; waits are on the children's state under a deadline."""
+"""`httpio.lifeline`: the restart back-off (`Backoff`); children awaited through a pidfd, and
+children that die with the process that started them, even when it is SIGKILLed. The
+"launcher" here is a small Python process of this test; waits are on the children's state
+under a deadline."""
 
 from __future__ import annotations
 
@@ -13,16 +14,16 @@ from pathlib import Path
 import pytest
 import trio
 
+from httpio.lifeline import Backoff, start_child
 from tests.support.polling import wait_until
 from topology.fleet_lock import process_started
-from topology.lifeline import start_child
 
 REPO = Path(__file__).resolve().parent.parent.parent
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
 
 LAUNCHER = """
 import sys, trio
-from topology.lifeline import start_child
+from httpio.lifeline import Backoff, start_child
 
 async def main():
     for _ in range(2):
@@ -82,3 +83,27 @@ async def test_children_die_with_a_sigkilled_launcher() -> None:
     finally:
         launcher.kill()
         await launcher.stdout.aclose()
+
+
+# -- backoff -----------------------------------------------------------------------------------
+def test_backoff_doubles_up_to_the_cap():
+    backoff = Backoff()
+    delays = [backoff.next_delay(uptime_s=1.0) for _ in range(9)]
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+
+
+def test_backoff_is_forgiven_after_a_long_uptime():
+    backoff = Backoff()
+    for _ in range(5):
+        backoff.next_delay(uptime_s=9.9)
+    assert backoff.peek() == 16.0
+    assert backoff.next_delay(uptime_s=10.0) == 0.5
+    assert backoff.next_delay(uptime_s=0.1) == 1.0
+
+
+def test_backoff_survives_many_failures_and_explains_itself():
+    backoff = Backoff(initial_s=1, max_s=10, reset_after_s=5)
+    for _ in range(2000):
+        backoff.next_delay(uptime_s=0)
+    assert backoff.peek() == 10
+    assert repr(backoff) == "<Backoff failures=2000 next=10s>"
