@@ -18,7 +18,8 @@ A refusal is a 429 with the JSON error body, ``Retry-After`` in whole seconds ro
 (never 0), and the fields of draft-ietf-httpapi-ratelimit-headers (``RateLimit-Policy:
 "<name>";q=<burst>;w=<seconds>`` and ``RateLimit: "<name>";r=<remaining>;t=<seconds>``);
 ``headers: legacy`` adds ``X-RateLimit-Limit/Remaining/Reset``, ``none`` sends only
-``Retry-After``. Allowed requests carry nothing (no per-request cost on the fast path).
+``Retry-After``. An allowed request's answer carries the same quota fields (``none``: none),
+one ``RateLimit-Policy`` / ``RateLimit`` line per limit that decided (a list, RFC 9110 5.3).
 
 The buckets outlive a config snapshot (`RateLimitState`, kept by the proxy): a reload that
 changes a limit resizes the same buckets, so a client's debt is not forgiven by a reload.
@@ -28,13 +29,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
 
+from authsvc.tokens import claim_of
 from httpio.errors import ClientError
 from httpio.gcra import Decision, LocalBuckets, retry_after_header
+from httpio.messages import Response
 from httpio.protocol import Headers
 from httpio.rate_store import FleetBuckets
 from httpio.redis_client import RedisError, RedisPool
@@ -56,39 +59,91 @@ def needs_identity(key: str) -> bool:
     return any(p == "user" or p.startswith("claim:") for p in key.split("+"))
 
 
-def key_of(key: str, ex: Exchange) -> str:
-    """The bucket of this request under ``key`` (see the module header)."""
-    values = []
+KeyPart = Callable[[Exchange], str]
+
+
+def _service(ex: Exchange) -> str:
+    return "*"
+
+
+def _user(ex: Exchange) -> str:
+    return ex.claims.sub if ex.claims is not None else MISSING
+
+
+def _header_part(name: bytes) -> KeyPart:
+    def header(ex: Exchange) -> str:
+        raw = ex.request.header(name)
+        return raw.decode("latin-1") if raw is not None else MISSING
+
+    return header
+
+
+def _claim_part(name: str) -> KeyPart:
+    def claim(ex: Exchange) -> str:
+        value = claim_of(ex.claims, name) if ex.claims is not None else None
+        return MISSING if value is None else value
+
+    return claim
+
+
+def compile_key(key: str) -> Callable[[Exchange], str]:
+    """The bucket function of ``key``, built once per filter (see the module header)."""
+    parts: list[KeyPart] = []
     for part in key.split("+"):
         if part == "client_ip":
-            values.append(client_address(ex))
+            parts.append(client_address)
         elif part == "service":
-            values.append("*")
+            parts.append(_service)
         elif part == "user":
-            values.append(ex.claims.sub if ex.claims is not None else MISSING)
+            parts.append(_user)
         elif part.startswith("header:"):
-            raw = ex.request.header(part[7:].lower().encode())
-            values.append(raw.decode("latin-1") if raw is not None else MISSING)
+            parts.append(_header_part(part[7:].lower().encode()))
         else:
-            claim = getattr(ex.claims, part[6:], None) if ex.claims is not None else None
-            values.append(str(claim) if isinstance(claim, (str, int)) else MISSING)
+            parts.append(_claim_part(part[6:]))
     # Length-prefixed: "a+b" of two parts never collides with a value holding "+".
-    return "|".join(f"{len(v)}:{v}" for v in values)
+    if len(parts) == 1:
+        (only,) = parts
+
+        def one(ex: Exchange) -> str:
+            v = only(ex)
+            return f"{len(v)}:{v}"
+
+        return one
+    every = tuple(parts)
+
+    def joined(ex: Exchange) -> str:
+        return "|".join(f"{len(v)}:{v}" for v in [p(ex) for p in every])
+
+    return joined
 
 
-def refusal_headers(spec: RateLimitSpec, decision: Decision) -> Headers:
-    headers: Headers = [(b"retry-after", str(retry_after_header(decision.retry_after_s)).encode())]
+def key_of(key: str, ex: Exchange) -> str:
+    """The bucket of this request under ``key``."""
+    return compile_key(key)(ex)
+
+
+def quota_headers(spec: RateLimitSpec, decision: Decision) -> Headers:
+    """The draft's ``RateLimit-Policy`` and ``RateLimit`` (and, for ``headers: legacy``,
+    ``X-RateLimit-*``) of one decision, allowed or refused; none for ``headers: none``."""
     if spec.headers == "none":
-        return headers
+        return []
     name = spec.key.replace('"', "")
     window = max(1, math.ceil(spec.burst / spec.rate_per_s))
     reset = max(1, math.ceil(decision.reset_s - 1e-9))
-    headers.append((b"ratelimit-policy", f'"{name}";q={spec.burst};w={window}'.encode()))
-    headers.append((b"ratelimit", f'"{name}";r={decision.remaining};t={reset}'.encode()))
+    headers: Headers = [
+        (b"ratelimit-policy", f'"{name}";q={spec.burst};w={window}'.encode()),
+        (b"ratelimit", f'"{name}";r={decision.remaining};t={reset}'.encode()),
+    ]
     if spec.headers == "legacy":
         headers.append((b"x-ratelimit-limit", str(spec.burst).encode()))
         headers.append((b"x-ratelimit-remaining", str(decision.remaining).encode()))
         headers.append((b"x-ratelimit-reset", str(reset).encode()))
+    return headers
+
+
+def refusal_headers(spec: RateLimitSpec, decision: Decision) -> Headers:
+    headers: Headers = [(b"retry-after", str(retry_after_header(decision.retry_after_s)).encode())]
+    headers.extend(quota_headers(spec, decision))
     return headers
 
 
@@ -100,6 +155,7 @@ class RateLimitState:
     redis: RedisPool | None = None
     namespace: str = "gw:rl"
     local: dict[tuple[str, str, str], LocalBuckets] = field(default_factory=dict)
+    fleet: dict[tuple[str, str], FleetBuckets] = field(default_factory=dict)
     store_errors: int = 0
     in_outage: bool = False
 
@@ -115,11 +171,27 @@ class RateLimitState:
             found.resize(rate, burst)
         return found
 
+    def fleet_buckets(self, service: str, spec: RateLimitSpec) -> FleetBuckets:
+        """The same buckets (and leases) across snapshots, resized when the limit changed
+        and following the store when a reload moved it (`follow_redis`)."""
+        assert self.redis is not None
+        slot = (service, spec.key)
+        found = self.fleet.get(slot)
+        if found is None or found.pool is not self.redis:
+            prefix = f"{self.namespace}:{service}:{spec.key}:"
+            found = self.fleet[slot] = FleetBuckets(
+                self.redis, prefix, spec.rate_per_s, spec.burst, fleet_proxies=spec.fleet_proxies
+            )
+        elif (found.interval_s, found.burst) != (1.0 / spec.rate_per_s, spec.burst):
+            found.resize(spec.rate_per_s, spec.burst, spec.fleet_proxies)
+        return found
+
     def statistics(self) -> dict[str, object]:
         return {
             "store_errors": self.store_errors,
             "in_outage": self.in_outage,
             "local": {"/".join(k): b.statistics() for k, b in self.local.items()},
+            "fleet": {"/".join(k): b.statistics() for k, b in self.fleet.items()},
         }
 
 
@@ -131,7 +203,9 @@ class RateLimit:
         "_denied",
         "_fallback",
         "_fleet",
+        "_key",
         "_local",
+        "_quota",
         "_state",
         "name",
         "service",
@@ -143,6 +217,8 @@ class RateLimit:
         self.spec = spec
         self.name = f"rate_limit[{spec.key}]"
         self._state = state
+        self._key = compile_key(spec.key)
+        self._quota = spec.headers != "none"
         # /metrics: the children looked up once, not per request
         self._allowed = RATELIMIT_DECISIONS.labels(service, spec.key, "allow")
         self._denied = RATELIMIT_DECISIONS.labels(service, spec.key, "deny")
@@ -152,8 +228,7 @@ class RateLimit:
         if spec.scope == "local" or state.redis is None:
             self._local = state.buckets(service, spec, "local")
         else:
-            prefix = f"{state.namespace}:{service}:{spec.key}:"
-            self._fleet = FleetBuckets(state.redis, prefix, spec.rate_per_s, spec.burst)
+            self._fleet = state.fleet_buckets(service, spec)
             if spec.on_store_error == "local":
                 self._fallback = state.buckets(service, spec, "fallback")
 
@@ -171,15 +246,31 @@ class RateLimit:
         }
 
     def on_request(self, ex: Exchange) -> RequestAnswer:
-        key = key_of(self.spec.key, ex)
+        key = self._key(ex)
         if self._local is not None:
             self._check(self._local.take(key), ex)
             return None
         return self._ask_fleet(key, ex)
 
+    def on_response(self, ex: Exchange, response: Response) -> Response:
+        """The quota left, on an allowed request's answer: the decision this filter noted
+        (limits note theirs in request order; the answers come back in reverse, so each
+        finds its own last). A new `Response`: the cache must not store one client's quota."""
+        noted = ex.rate_limits
+        if not noted or noted[-1][0] is not self:
+            return response  # decided nothing (the store failed and ``allow`` let it pass)
+        decision = noted.pop()[1]
+        headers = [*response.headers, *quota_headers(self.spec, decision)]
+        return Response(response.status, headers, response.body)
+
     def _check(self, decision: Decision, ex: Exchange) -> None:
         if decision.allowed:
             self._allowed.inc()
+            if self._quota:
+                if ex.rate_limits is None:
+                    ex.rate_limits = [(self, decision)]
+                else:
+                    ex.rate_limits.append((self, decision))
         else:
             self._denied.inc()
             ex.note.rate_limited = True  # the access log's field

@@ -27,7 +27,38 @@ def test_keys_and_the_missing_bucket() -> None:
     assert key_of("service", ex) == key_of("service", exchange(client="198.51.100.1"))
     ex.claims = Claims(sub="alice", role="admin", iat=0, exp=1, jti="j")
     assert key_of("user+claim:role", ex) == "5:alice|5:admin"
-    assert key_of("claim:tenant", ex) == "1:-"
+    assert key_of("claim:tenant", ex) == "1:-"  # a token without the claim: "missing"
+    ex.claims = Claims(sub="bob", role="user", iat=0, exp=1, jti="j", extra=(("tenant", "acme"),))
+    assert key_of("claim:tenant", ex) == "4:acme"  # a claim the token carries beyond ours
+    assert key_of("claim:exp", ex) == "1:1"
+
+
+def test_allowed_answers_carry_the_quota_left() -> None:
+    from httpio.messages import Response
+
+    state = RateLimitState()
+    spec = RateLimitSpec(key="client_ip", rate_per_s=1, burst=10, scope="local")
+    legacy = RateLimitSpec(key="service", rate_per_s=1, burst=5, scope="local", headers="legacy")
+    quiet = RateLimitSpec(key="user", rate_per_s=1, burst=5, scope="local", headers="none")
+    f, g, h = (RateLimit("svc", s, state) for s in (spec, legacy, quiet))
+    ex = exchange()
+    for limit in (f, g, h):  # request order; the answer comes back in reverse
+        assert limit.on_request(ex) is None
+    response = Response(200, [(b"content-type", b"text/plain")], b"ok")
+    out = f.on_response(ex, g.on_response(ex, h.on_response(ex, response)))
+    assert response.headers == [(b"content-type", b"text/plain")]  # a new Response
+    assert [v for n, v in out.headers if n == b"ratelimit-policy"] == [
+        b'"service";q=5;w=5',
+        b'"client_ip";q=10;w=10',
+    ]
+    assert [v for n, v in out.headers if n == b"ratelimit"] == [
+        b'"service";r=4;t=1',
+        b'"client_ip";r=9;t=1',
+    ]
+    assert dict(out.headers)[b"x-ratelimit-remaining"] == b"4"
+    assert ex.rate_limits == []
+    bare = exchange()  # a limit that decided nothing here adds nothing
+    assert f.on_response(bare, response) is response
 
 
 def test_identity_keys_run_after_auth() -> None:
