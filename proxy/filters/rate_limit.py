@@ -22,7 +22,11 @@ A refusal is a 429 with the JSON error body, ``Retry-After`` in whole seconds ro
 one ``RateLimit-Policy`` / ``RateLimit`` line per limit that decided (a list, RFC 9110 5.3).
 
 The buckets outlive a config snapshot (`RateLimitState`, kept by the proxy): a reload that
-changes a limit resizes the same buckets, so a client's debt is not forgiven by a reload.
+changes a limit resizes the same buckets, so a client's debt is not forgiven by a reload. A
+reload that moves config.json's Redis (address, password, db) takes effect at once: the next
+snapshot's fleet limits count in the new store (`RateLimitState.follow_redis`; the old pool
+is closed, decisions in flight on it finish or fail as a store error). Nothing needs a
+restart, so nothing is refused: a store is where counts live, not part of their meaning.
 """
 
 from __future__ import annotations
@@ -170,6 +174,22 @@ class RateLimitState:
         else:
             found.resize(rate, burst)
         return found
+
+    def follow_redis(self, pool: RedisPool) -> RedisPool | None:
+        """A reload with config.json's Redis settings, as ``pool``: when they changed, the
+        limits count in the new store from the next snapshot on (the buckets of the old one
+        are not carried over: the new store starts full). Returns the pool to close (the
+        old one, or ``pool`` itself when nothing changed)."""
+        if self.redis is None or pool.settings == self.redis.settings:
+            return pool
+        old, self.redis = self.redis, pool
+        self.in_outage = False
+        log.info(
+            "rate_limit_store_moved",
+            old=f"{old.settings.host}:{old.settings.port}/{old.settings.db}",
+            new=f"{pool.settings.host}:{pool.settings.port}/{pool.settings.db}",
+        )
+        return old
 
     def fleet_buckets(self, service: str, spec: RateLimitSpec) -> FleetBuckets:
         """The same buckets (and leases) across snapshots, resized when the limit changed
