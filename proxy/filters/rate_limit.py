@@ -1,7 +1,8 @@
 """``rate_limit``: a service's ``rate_limit`` entries, each a GCRA (`httpio.gcra`) over a key.
 
 Keys (`key_of`, sans-IO): ``client_ip`` (the real client address, `auth.client_address`),
-``user`` (the verified token's ``sub``), ``claim:<name>`` (a claim of the verified token),
+``user`` (the verified token's ``sub``), ``claim:<name>`` (a claim of the verified token:
+ours, or one of the others it carries, `authsvc.tokens.Claims.extra`),
 ``header:<name>``, ``service`` (one bucket for the whole service), joined with ``+``. A
 request without the key's header, claim or user is limited under the explicit ``-`` value of
 that part (one shared "missing" bucket), never let through unlimited (a Traefik complaint).
@@ -9,7 +10,11 @@ Limits on ``client_ip``, ``header:`` and ``service`` run before auth (a flood wi
 is refused before any token work); those that name ``user`` or ``claim:`` run after it.
 
 ``scope: fleet`` (default) asks Redis (`httpio.rate_store`, one atomic script per decision,
-Redis's clock); ``scope: local`` keeps the TATs in this process. When Redis fails or is slower
+Redis's clock); with a burst of a few hundred or more, the decision leases a few tokens for
+the key at once and the next requests spend them here (`httpio.rate_lease`: at most a 100th
+of the burst per ``fleet_proxies``, 0.5 s), and a refusal is remembered as long as it holds,
+so a busy key costs a round trip per lease, not per request. ``scope: local`` keeps the TATs
+in this process. When Redis fails or is slower
 than its command timeout (the pool's own deadline bounds each decision), ``on_store_error``
 says what happens: ``allow`` (default; counted, logged once per outage), ``deny`` (429), or
 ``local`` (a per-process bucket at ``rate / fleet_proxies``, burst likewise divided).
@@ -43,6 +48,7 @@ from httpio.errors import ClientError
 from httpio.gcra import Decision, LocalBuckets, retry_after_header
 from httpio.messages import Response
 from httpio.protocol import Headers
+from httpio.rate_lease import lease_size
 from httpio.rate_store import FleetBuckets
 from httpio.redis_client import RedisError, RedisPool
 from proxy.filters.auth import client_address
@@ -202,7 +208,11 @@ class RateLimitState:
             found = self.fleet[slot] = FleetBuckets(
                 self.redis, prefix, spec.rate_per_s, spec.burst, fleet_proxies=spec.fleet_proxies
             )
-        elif (found.interval_s, found.burst) != (1.0 / spec.rate_per_s, spec.burst):
+        elif (found.interval_s, found.burst, found.lease) != (
+            1.0 / spec.rate_per_s,
+            spec.burst,
+            lease_size(spec.burst, spec.fleet_proxies),
+        ):
             found.resize(spec.rate_per_s, spec.burst, spec.fleet_proxies)
         return found
 
@@ -226,6 +236,7 @@ class RateLimit:
         "_key",
         "_local",
         "_quota",
+        "_remaining_prefix",
         "_state",
         "name",
         "service",
@@ -238,7 +249,13 @@ class RateLimit:
         self.name = f"rate_limit[{spec.key}]"
         self._state = state
         self._key = compile_key(spec.key)
-        self._quota = spec.headers != "none"
+        # the allowed answers' fields, what is constant in them made once (see quota_headers)
+        self._quota: Headers | None = None
+        if spec.headers != "none":
+            window = max(1, math.ceil(spec.burst / spec.rate_per_s))
+            name = spec.key.replace('"', "")
+            self._quota = [(b"ratelimit-policy", f'"{name}";q={spec.burst};w={window}'.encode())]
+        self._remaining_prefix = f'"{spec.key.replace(chr(34), "")}";r='.encode()
         # /metrics: the children looked up once, not per request
         self._allowed = RATELIMIT_DECISIONS.labels(service, spec.key, "allow")
         self._denied = RATELIMIT_DECISIONS.labels(service, spec.key, "deny")
@@ -261,6 +278,7 @@ class RateLimit:
             "rate_per_s": self.spec.rate_per_s,
             "burst": self.spec.burst,
             "scope": "local" if self._local is not None else "fleet",
+            "lease": self._fleet.lease if self._fleet is not None else None,
             "on_store_error": self.spec.on_store_error,
             "headers": self.spec.headers,
         }
@@ -280,13 +298,19 @@ class RateLimit:
         if not noted or noted[-1][0] is not self:
             return response  # decided nothing (the store failed and ``allow`` let it pass)
         decision = noted.pop()[1]
-        headers = [*response.headers, *quota_headers(self.spec, decision)]
+        if self.spec.headers == "legacy":
+            headers = [*response.headers, *quota_headers(self.spec, decision)]
+            return Response(response.status, headers, response.body)
+        assert self._quota is not None
+        reset = max(1, math.ceil(decision.reset_s - 1e-9))
+        remaining = b"%s%d;t=%d" % (self._remaining_prefix, decision.remaining, reset)
+        headers = [*response.headers, *self._quota, (b"ratelimit", remaining)]
         return Response(response.status, headers, response.body)
 
     def _check(self, decision: Decision, ex: Exchange) -> None:
         if decision.allowed:
             self._allowed.inc()
-            if self._quota:
+            if self._quota is not None:
                 if ex.rate_limits is None:
                     ex.rate_limits = [(self, decision)]
                 else:
