@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args(argv)
-    raw = yaml.safe_load(MSA.format(backend=1, scope="fleet"))["service"][1]
+    raw = yaml.safe_load(MSA.format(backend=1, scope="fleet", burst=1000000))["service"][1]
     spec = msgspec.convert(raw, ServiceSpec)
     route = RouteTable([spec]).match("127.0.0.1", "/api/edge/test.css")
     assert spec.rate_limit is not None and spec.cors is not None

@@ -118,6 +118,11 @@ class FleetBuckets:
         self.lease = lease_size(burst, fleet_proxies)
         self.leases.clear()
 
+    def spend(self, key: str) -> Decision | None:
+        """A decision from what this proxy holds (a lease, a remembered refusal), made
+        without I/O or a coroutine; None: `take` must ask Redis."""
+        return self.leases.spend(key, self._clock())
+
     async def take(self, key: str) -> Decision:
         """Raises `httpio.redis_client.RedisError` when Redis does not answer in time."""
         decision = self.leases.spend(key, self._clock())

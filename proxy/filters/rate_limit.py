@@ -288,6 +288,11 @@ class RateLimit:
         if self._local is not None:
             self._check(self._local.take(key), ex)
             return None
+        assert self._fleet is not None
+        held = self._fleet.spend(key)  # a leased token or a remembered refusal: no coroutine
+        if held is not None:
+            self._check(held, ex)
+            return None
         return self._ask_fleet(key, ex)
 
     def on_response(self, ex: Exchange, response: Response) -> Response:
