@@ -124,9 +124,12 @@ class FleetBuckets:
         return self.leases.spend(key, self._clock())
 
     async def take(self, key: str) -> Decision:
-        """Raises `httpio.redis_client.RedisError` when Redis does not answer in time."""
+        """Raises `httpio.redis_client.RedisError` when Redis does not answer in time. A
+        checkpoint always, as trio's own calls: a caller looping on held decisions must not
+        keep the round trips of others from landing (`spend` is the no-I/O path)."""
         decision = self.leases.spend(key, self._clock())
         if decision is not None:
+            await trio.lowlevel.checkpoint()
             return decision
         timeout = self.pool.settings.command_timeout_s
         try:
