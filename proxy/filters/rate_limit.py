@@ -24,7 +24,9 @@ A refusal is a 429 with the JSON error body, ``Retry-After`` in whole seconds ro
 "<name>";q=<burst>;w=<seconds>`` and ``RateLimit: "<name>";r=<remaining>;t=<seconds>``);
 ``headers: legacy`` adds ``X-RateLimit-Limit/Remaining/Reset``, ``none`` sends only
 ``Retry-After``. An allowed request's answer carries the same quota fields (``none``: none),
-one ``RateLimit-Policy`` / ``RateLimit`` line per limit that decided (a list, RFC 9110 5.3).
+one ``RateLimit-Policy`` and one ``RateLimit`` line listing every limit that decided (the
+draft's fields are Structured Field Lists; one line each costs less to send than one per
+limit); a ``legacy`` limit's fields go on lines of their own.
 
 The buckets outlive a config snapshot (`RateLimitState`, kept by the proxy): a reload that
 changes a limit resizes the same buckets, so a client's debt is not forgiven by a reload. A
@@ -309,7 +311,16 @@ class RateLimit:
         assert self._quota is not None
         reset = max(1, math.ceil(decision.reset_s - 1e-9))
         remaining = b"%s%d;t=%d" % (self._remaining_prefix, decision.remaining, reset)
-        headers = [*response.headers, *self._quota, (b"ratelimit", remaining)]
+        policy = self._quota[0][1]
+        old = response.headers
+        if len(old) >= 2 and old[-1][0] == b"ratelimit" and old[-2][0] == b"ratelimit-policy":
+            # another limit's fields, just added: one line each, its items then ours (the
+            # draft's fields are Structured Field Lists: "a";q=1, "b";q=2)
+            headers = old[:-2]
+            headers.append((b"ratelimit-policy", old[-2][1] + b", " + policy))
+            headers.append((b"ratelimit", old[-1][1] + b", " + remaining))
+        else:
+            headers = [*old, (b"ratelimit-policy", policy), (b"ratelimit", remaining)]
         return Response(response.status, headers, response.body)
 
     def _check(self, decision: Decision, ex: Exchange) -> None:

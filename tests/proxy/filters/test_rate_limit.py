@@ -40,20 +40,21 @@ def test_allowed_answers_carry_the_quota_left() -> None:
     spec = RateLimitSpec(key="client_ip", rate_per_s=1, burst=10, scope="local")
     legacy = RateLimitSpec(key="service", rate_per_s=1, burst=5, scope="local", headers="legacy")
     quiet = RateLimitSpec(key="user", rate_per_s=1, burst=5, scope="local", headers="none")
-    f, g, h = (RateLimit("svc", s, state) for s in (spec, legacy, quiet))
+    user = RateLimitSpec(key="header:X-User", rate_per_s=2, burst=20, scope="local")
+    f, e, g, h = (RateLimit("svc", s, state) for s in (spec, user, legacy, quiet))
     ex = exchange()
-    for limit in (f, g, h):  # request order; the answer comes back in reverse
+    for limit in (f, e, g, h):  # request order; the answer comes back in reverse
         assert limit.on_request(ex) is None
     response = Response(200, [(b"content-type", b"text/plain")], b"ok")
-    out = f.on_response(ex, g.on_response(ex, h.on_response(ex, response)))
+    out = f.on_response(ex, e.on_response(ex, g.on_response(ex, h.on_response(ex, response))))
     assert response.headers == [(b"content-type", b"text/plain")]  # a new Response
     assert [v for n, v in out.headers if n == b"ratelimit-policy"] == [
-        b'"service";q=5;w=5',
-        b'"client_ip";q=10;w=10',
+        b'"service";q=5;w=5',  # legacy: lines of its own
+        b'"header:X-User";q=20;w=10, "client_ip";q=10;w=10',  # draft: one list
     ]
     assert [v for n, v in out.headers if n == b"ratelimit"] == [
         b'"service";r=4;t=1',
-        b'"client_ip";r=9;t=1',
+        b'"header:X-User";r=19;t=1, "client_ip";r=9;t=1',
     ]
     assert dict(out.headers)[b"x-ratelimit-remaining"] == b"4"
     assert ex.rate_limits == []
