@@ -7,7 +7,7 @@ TOPOLOGY ?= topology/fleet.yaml
 ELB ?= http://127.0.0.1:9000
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: top report observability-cost fleet server proxy benchmark test check system-deps install regular region concurrent image large signin wrk bench bench-caddy bench-hop bench-hop-profile elb-cost idle policies policy-cost chaos soak bench-hosts clean ws ratelimit bench-edge bench-routes
+.PHONY: top report observability-cost fleet server proxy benchmark test check system-deps install regular region concurrent image large signin wrk bench bench-caddy bench-hop bench-hop-profile elb-cost idle policies policy-cost chaos soak bench-hosts clean ws ratelimit bench-edge bench-edge-filters bench-routes
 
 BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
@@ -139,6 +139,10 @@ ratelimit: $(STAMP)
 # one proxy, two services on one backend: every edge filter configured, none triggering, vs none
 bench-edge: $(STAMP)
 	$(PY) -m bench.edge $(ARGS)
+
+# what each of bench-edge's filters costs alone, in process (fleet limit: exact vs leased)
+bench-edge-filters: $(STAMP)
+	$(PY) -m bench.edge_filters $(ARGS)
 
 # routing cost with 10 and 10,000 explicit routes
 bench-routes: $(STAMP)

@@ -43,8 +43,8 @@ MAX_TOKEN_BYTES = 4096
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
-class Claims(msgspec.Struct, frozen=True):
-    """The claims we issue and rely on. Unknown claims in a verified token are ignored."""
+class _Registered(msgspec.Struct, frozen=True):
+    """The claims we issue and rely on, as a token's payload is decoded (others are skipped)."""
 
     sub: str
     role: str
@@ -53,6 +53,54 @@ class Claims(msgspec.Struct, frozen=True):
     jti: str
     iss: str | None = None
     nbf: int | None = None
+
+
+# A verified token's other claims are kept for the rate limiter's ``claim:<name>`` keys (a
+# tenant, a plan), bounded: a token can hold at most MAX_TOKEN_BYTES, but each request's
+# record of it must stay small. Scalars only, as text; objects and arrays are dropped.
+MAX_EXTRA_CLAIMS = 16
+MAX_CLAIM_NAME = 64
+MAX_CLAIM_VALUE = 256
+_REGISTERED = frozenset(_Registered.__struct_fields__)
+
+
+class Claims(_Registered, frozen=True):
+    """The claims we issue and rely on, and ``extra``: the token's other scalar claims
+    (``(name, text)``, at most MAX_EXTRA_CLAIMS), which nothing here trusts for access."""
+
+    extra: tuple[tuple[str, str], ...] = ()
+
+
+def extra_claims(payload: object) -> tuple[tuple[str, str], ...]:
+    """The unregistered scalar claims of a decoded payload, bounded (see above)."""
+    if not isinstance(payload, dict):
+        return ()
+    out: list[tuple[str, str]] = []
+    for name, value in payload.items():
+        if name in _REGISTERED or len(name) > MAX_CLAIM_NAME:
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (str, int, float)):
+            text = str(value)
+        else:
+            continue
+        if len(text) <= MAX_CLAIM_VALUE:
+            out.append((name, text))
+            if len(out) == MAX_EXTRA_CLAIMS:
+                break
+    return tuple(out)
+
+
+def claim_of(claims: Claims, name: str) -> str | None:
+    """One claim as text (``claim:<name>`` rate-limit keys), None when the token has none."""
+    if name in _REGISTERED:
+        value = getattr(claims, name)
+        return None if value is None else str(value)
+    for n, v in claims.extra:
+        if n == name:
+            return v
+    return None
 
 
 class _Header(msgspec.Struct, frozen=True):
@@ -204,7 +252,8 @@ def key_ring_of(config: GatewayConfig) -> KeyRing:
 
 _encode_json = msgspec.json.Encoder().encode
 _decode_header = msgspec.json.Decoder(_Header).decode
-_decode_claims = msgspec.json.Decoder(Claims).decode
+_decode_claims = msgspec.json.Decoder(_Registered).decode
+_decode_payload = msgspec.json.Decoder().decode
 
 
 def _b64url(raw: bytes) -> bytes:
@@ -233,8 +282,12 @@ def issue_token(
     ttl_s: int,
     issuer: str | None = None,
     jti: str | None = None,
+    extra: Sequence[tuple[str, str]] = (),
 ) -> tuple[str, Claims]:
-    """Sign a token for ``sub`` with the newest key; returns (compact token, its claims)."""
+    """Sign a token for ``sub`` with the newest key; returns (compact token, its claims).
+    ``extra``: further claims it carries (a tenant), which must not reuse a registered name."""
+    if any(name in _REGISTERED for name, _ in extra):
+        raise ValueError("an extra claim may not reuse a registered claim's name")
     iat = int(now)
     claims = Claims(
         sub=sub,
@@ -243,10 +296,13 @@ def issue_token(
         exp=iat + ttl_s,
         jti=jti or base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="),
         iss=issuer,
+        extra=tuple(extra),
     )
     header = _Header(alg="HS256", typ="JWT", kid=ring.signing_kid)
-    payload = msgspec.structs.asdict(claims)
-    payload = {k: v for k, v in payload.items() if v is not None}
+    payload: dict[str, object] = dict(claims.extra)
+    registered = msgspec.structs.asdict(claims)
+    del registered["extra"]
+    payload.update((k, v) for k, v in registered.items() if v is not None)
     signing_input = _b64url(_encode_json(header)) + b"." + _b64url(_encode_json(payload))
     secret = ring.secret(ring.signing_kid)
     assert secret is not None
@@ -283,10 +339,16 @@ def verify_token(ring: KeyRing, token: str, *, now: float, leeway_s: int = 0) ->
     if not hmac.compare_digest(expected, signature):
         raise BadSignature("signature does not match")
     try:
-        claims = _decode_claims(payload)
+        registered = _decode_claims(payload)
+        # An object of k members holds at least k colons: 5 or fewer is just the 5 required.
+        extra = extra_claims(_decode_payload(payload)) if payload.count(b":") > 5 else ()
     except msgspec.DecodeError as exc:
         # Signed by us yet unreadable can only be a token from another issuer sharing the key.
         raise MalformedToken(f"claims: {exc}") from None
+    r = registered
+    claims = Claims(
+        sub=r.sub, role=r.role, iat=r.iat, exp=r.exp, jti=r.jti, iss=r.iss, nbf=r.nbf, extra=extra
+    )
     if now >= claims.exp + leeway_s:
         raise TokenExpired("token has expired")
     if claims.nbf is not None and now + leeway_s < claims.nbf:

@@ -4,9 +4,11 @@ Accuracy: four Redis pools (four proxies' worth of connections, ``--connections`
 all) drive one fleet-wide GCRA (`httpio.rate_store`) as fast as they can for ``--seconds``;
 the allowed count is compared with ``rate * duration + burst``, the duration taken from the
 first request sent to the last answered. The same for a local limit (`httpio.gcra`, one
-process) on the wall clock. Cost: a local decision (`LocalBuckets.take`, timeit) and a fleet
-decision (one EVALSHA round trip, sequential, and as throughput under concurrency) against a
-real redis-server started for the run.
+process) on the wall clock. The fleet run twice: with the burst given (50: too small to
+lease, one decision per request) and with a burst of 4,000 over 4 proxies, which leases 10
+tokens per round trip (`httpio.rate_lease`). Cost: a local decision (`LocalBuckets.take`,
+timeit) and a fleet decision, exact (one EVALSHA round trip) and leased, sequential and as
+throughput under concurrency, against a real redis-server started for the run.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from tests.support.redisproc import running_redis
 
 
 async def fleet_accuracy(
-    port: int, rate: float, burst: int, seconds: float, connections: int
+    port: int, rate: float, burst: int, seconds: float, connections: int, fleet_proxies: int = 1
 ) -> dict[str, float]:
     pools = [RedisPool(RedisSettings(port=port, command_timeout_s=2.0)) for _ in range(4)]
     prefix = f"bench:rl:{time.time_ns()}:"  # one key for all four: the point of the run
-    buckets = [FleetBuckets(p, prefix, rate, burst) for p in pools]
+    buckets = [FleetBuckets(p, prefix, rate, burst, fleet_proxies=fleet_proxies) for p in pools]
     allowed = sent = 0
     first = last = 0.0
     stop_at = time.monotonic() + seconds
@@ -57,6 +59,8 @@ async def fleet_accuracy(
         "expected": expected,
         "duration_s": duration,
         "error_pct": (allowed - expected) / expected * 100,
+        "round_trips": sum(b.round_trips for b in buckets),
+        "lease": buckets[0].lease,
     }
 
 
@@ -78,9 +82,11 @@ def local_accuracy(rate: float, burst: int, seconds: float) -> dict[str, float]:
     }
 
 
-async def fleet_cost(port: int, n: int, concurrency: int) -> tuple[float, float]:
+async def fleet_cost(port: int, n: int, concurrency: int, burst: int) -> tuple[float, float]:
+    """Burst 100 at 10^6/s never refuses and is too small to lease: a round trip each;
+    burst 10^6 leases 64 per round trip."""
     pool = RedisPool(RedisSettings(port=port, command_timeout_s=2.0))
-    b = FleetBuckets(pool, "bench:cost:", 1e6, 10**6)
+    b = FleetBuckets(pool, f"bench:cost:{burst}:", 1e6, burst)
     await b.take("warm")
     t0 = time.perf_counter()
     for i in range(n):
@@ -111,18 +117,29 @@ def main(argv: list[str] | None = None) -> int:
         fleet = trio.run(
             fleet_accuracy, redis.port, args.rate, args.burst, args.seconds, args.connections
         )
-        sequential_us, per_s = trio.run(fleet_cost, redis.port, 5000, 16)
+        leased = trio.run(
+            fleet_accuracy, redis.port, args.rate, 4000, args.seconds, args.connections, 4
+        )
+        sequential_us, per_s = trio.run(fleet_cost, redis.port, 5000, 16, 100)
+        leased_us, leased_per_s = trio.run(fleet_cost, redis.port, 5000, 16, 10**6)
     local = local_accuracy(args.rate, args.burst, min(args.seconds, 2.0))
     b = LocalBuckets(1e6, 10**6, clock=time.monotonic)
     local_us = min(timeit.repeat(lambda: b.take("k"), number=100_000, repeat=3)) / 100_000 * 1e6
-    for name, r in (("fleet (4 pools, Redis)", fleet), ("local", local)):
+    rows = (
+        (f"fleet burst {args.burst} (exact)", fleet),
+        ("fleet burst 4000 (leased)", leased),
+        ("local", local),
+    )
+    for name, r in rows:
+        trips = f"  round trips {r['round_trips']:.0f}" if "round_trips" in r else ""
         print(
-            f"{name:24} sent {r['sent']:7.0f}  allowed {r['allowed']:6.0f}  expected {r['expected']:8.1f}"
-            f"  ({r['error_pct']:+.2f} %)  over {r['duration_s']:.2f} s"
+            f"{name:26} sent {r['sent']:7.0f}  allowed {r['allowed']:6.0f}  expected {r['expected']:8.1f}"
+            f"  ({r['error_pct']:+.2f} %)  over {r['duration_s']:.2f} s{trips}"
         )
     print(
-        f"cost per decision: local {local_us:.2f} us; fleet {sequential_us:.0f} us sequential, "
-        f"{per_s:.0f} decisions/s with 16 in flight"
+        f"cost per decision: local {local_us:.2f} us; fleet exact {sequential_us:.0f} us "
+        f"sequential, {per_s:.0f} decisions/s with 16 in flight; fleet leased (64) "
+        f"{leased_us:.1f} us sequential, {leased_per_s:.0f} decisions/s with 16 in flight"
     )
     la = os.getloadavg()
     print(

@@ -10,7 +10,9 @@ which also loads it for the next call.
 
 Times inside the script are integer microseconds (exact in a Lua double up to 2^53 us, some
 285 years); the key expires when its TAT has passed, as an absent key means the same.
-The script answers ``{allowed, wait_us, reset_us}``; `httpio.gcra.decision_from_reply` reads it.
+The script takes ``want`` tokens (a lease, `httpio.rate_lease`: fewer when fewer are left,
+none when not one is) after moving the TAT back by ``refund`` unspent ones, and answers
+``{granted, wait_us, reset_us}``; `httpio.gcra.decision_from_reply` reads it.
 A decision waits at most the pool's ``command_timeout_s`` (a connect included): a limiter must
 not add more than that to a request; the caller decides what a failure means.
 """
@@ -18,65 +20,153 @@ not add more than that to a request; the caller decides what a failure means.
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 
 import trio
 
 from httpio.gcra import Decision, decision_from_reply
+from httpio.rate_lease import Leases, lease_size
 from httpio.redis_client import RedisPool, RedisReplyError, RedisUnavailable
+from httpio.single_flight import SingleFlight
 
 GCRA_SCRIPT = b"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local refund = tonumber(ARGV[4])
 local tat = tonumber(redis.call('GET', KEYS[1]))
 if tat == nil or tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - interval * burst
-if now < allow_at then
-  return {0, math.ceil(allow_at - now), tat - now}
+if refund > 0 then tat = math.max(now, tat - refund * interval) end
+local grant = math.min(want, math.floor(burst - (tat - now) / interval))
+if grant < 1 then
+  if refund > 0 then
+    redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+  end
+  return {0, math.ceil(tat + interval - interval * burst - now), tat - now}
 end
+local new_tat = tat + grant * interval
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-return {1, 0, new_tat - now}
+return {grant, 0, new_tat - now}
 """
 GCRA_SHA = hashlib.sha1(GCRA_SCRIPT).hexdigest()
 
 
 class FleetBuckets:
-    """One limit shared by every proxy through Redis; keys live under ``prefix``."""
+    """One limit shared by every proxy through Redis; keys live under ``prefix``. With a
+    burst large enough (`httpio.rate_lease.lease_size`), decisions are leased: one round trip
+    per key takes a few tokens, and concurrent requests for that key wait for it and share
+    them (one leader per key at a time, `httpio.single_flight`)."""
 
-    __slots__ = ("burst", "interval_s", "pool", "prefix", "reloads")
+    __slots__ = (
+        "_clock",
+        "_flights",
+        "burst",
+        "interval_s",
+        "lease",
+        "leases",
+        "pool",
+        "prefix",
+        "reloads",
+        "round_trips",
+    )
 
-    def __init__(self, pool: RedisPool, prefix: str, rate_per_s: float, burst: int) -> None:
+    def __init__(
+        self,
+        pool: RedisPool,
+        prefix: str,
+        rate_per_s: float,
+        burst: int,
+        *,
+        fleet_proxies: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.pool = pool
         self.prefix = prefix
         self.interval_s = 1.0 / rate_per_s
         self.burst = burst
+        self.lease = lease_size(burst, fleet_proxies)
+        self.leases = Leases()
         self.reloads = 0  # NOSCRIPT answers: times the script was sent whole
+        self.round_trips = 0
+        self._clock = clock
+        self._flights: SingleFlight[str, bool] = SingleFlight()
 
     def __repr__(self) -> str:
-        return f"<FleetBuckets {self.prefix} rate={1 / self.interval_s:g}/s burst={self.burst}>"
+        return (
+            f"<FleetBuckets {self.prefix} rate={1 / self.interval_s:g}/s burst={self.burst} "
+            f"lease={self.lease}>"
+        )
 
     def statistics(self) -> dict[str, object]:
         return {
             "prefix": self.prefix,
             "rate_per_s": 1 / self.interval_s,
             "burst": self.burst,
+            "lease": self.lease,
+            "round_trips": self.round_trips,
             "script_reloads": self.reloads,
+            **self.leases.statistics(),
         }
 
+    def resize(self, rate_per_s: float, burst: int, fleet_proxies: int) -> None:
+        """A reload changed the limit: what this proxy holds or remembers no longer holds."""
+        self.interval_s = 1.0 / rate_per_s
+        self.burst = burst
+        self.lease = lease_size(burst, fleet_proxies)
+        self.leases.clear()
+
+    def spend(self, key: str) -> Decision | None:
+        """A decision from what this proxy holds (a lease, a remembered refusal), made
+        without I/O or a coroutine; None: `take` must ask Redis."""
+        return self.leases.spend(key, self._clock())
+
     async def take(self, key: str) -> Decision:
-        """Raises `httpio.redis_client.RedisError` when Redis does not answer in time."""
+        """Raises `httpio.redis_client.RedisError` when Redis does not answer in time. A
+        checkpoint always, as trio's own calls: a caller looping on held decisions must not
+        keep the round trips of others from landing (`spend` is the no-I/O path)."""
+        decision = self.leases.spend(key, self._clock())
+        if decision is not None:
+            await trio.lowlevel.checkpoint()
+            return decision
         timeout = self.pool.settings.command_timeout_s
         try:
             with trio.fail_after(timeout):
-                return await self._take(key)
+                if self.lease == 1:  # exact: a decision per request, none waits for another
+                    return await self._ask(key, 1)
+                return await self._take_leased(key)
         except trio.TooSlowError:
             raise RedisUnavailable(f"no rate limit decision from redis within {timeout}s") from None
 
-    async def _take(self, key: str) -> Decision:
+    async def _take_leased(self, key: str) -> Decision:
+        for _ in range(8):  # bounded: a lease smaller than the crowd waiting is shared in turns
+            flight = self._flights.join(key)
+            if flight is None:
+                flight = self._flights.lead(key)
+                assert flight is not None  # no checkpoint since join() found none
+                try:
+                    decision = await self._ask(key, self.lease)
+                except Exception as exc:  # the waiters get the same error: one timeout each
+                    self._flights.land(key, flight, error=exc)
+                    raise
+                finally:  # cancelled: the waiters try again, one of them leads
+                    self._flights.land(key, flight, result=False)
+                return decision
+            await flight.wait()
+            flight.outcome()
+            shared = self.leases.spend(key, self._clock())
+            if shared is not None:
+                return shared
+        return await self._ask(key, 1)
+
+    async def _ask(self, key: str, want: int) -> Decision:
+        """One round trip: the decision for this request, and what the lease table keeps."""
         interval_us = max(1, round(self.interval_s * 1e6))
-        args = (self.prefix + key, interval_us, self.burst)
+        refund = self.leases.unspent(key, self._clock()) if want > 1 else 0
+        args = (self.prefix + key, interval_us, self.burst, want, refund)
+        self.round_trips += 1
         try:
             reply = await self.pool.execute("EVALSHA", GCRA_SHA, 1, *args)
         except RedisReplyError as err:
@@ -84,5 +174,12 @@ class FleetBuckets:
                 raise
             self.reloads += 1
             reply = await self.pool.execute("EVAL", GCRA_SCRIPT, 1, *args)
-        allowed, wait_us, reset_us = reply
-        return decision_from_reply(allowed, wait_us, reset_us, self.interval_s, self.burst)
+        granted, wait_us, reset_us = reply
+        decision = decision_from_reply(granted, wait_us, reset_us, self.interval_s, self.burst)
+        now = self._clock()
+        if not decision.allowed:
+            self.leases.refused(key, now, decision.retry_after_s, decision.reset_s)
+        elif granted > 1:
+            self.leases.granted(key, now, granted - 1, decision.remaining, decision.reset_s)
+            return Decision(True, decision.remaining + granted - 1, 0.0, decision.reset_s)
+        return decision

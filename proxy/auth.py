@@ -34,6 +34,8 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import msgspec
+
 from authsvc.tokens import (
     Claims,
     InvalidToken,
@@ -284,7 +286,10 @@ class Authorizer:
         self, pending: NeedsIntrospection, verdict: Claims, policy: AuthPolicy, now: float
     ) -> Claims:
         """The auth server said the token is active, as ``verdict`` (its user and current
-        role): remember it and check the role against it."""
+        role): remember it and check the role against it. The token's other claims
+        (``extra``, read from the token verified here) go with the verdict."""
+        if pending.claims.extra and not verdict.extra:
+            verdict = msgspec.structs.replace(verdict, extra=pending.claims.extra)
         self.cache.store(pending.token, verdict, now, user_epoch=pending.user_epoch)
         if self.cache.is_revoked(verdict.jti):
             raise refusal_for(TokenRevoked("token was revoked"))

@@ -29,6 +29,7 @@ from httpio.handoff import UnsafeRuntimeDir, handoff_address, serve_handoffs
 from httpio.health_check import run_health_checks
 from httpio.messages import Handler
 from httpio.origin import Origin
+from httpio.redis_client import RedisPool
 from httpio.run import configure_logging, serve_until_signalled
 from httpio.server import HttpServer
 from httpio.upstream import UpstreamPool
@@ -91,6 +92,12 @@ def follow(server: HttpServer, config: ProxyConfig) -> None:
         log.info("service_map", services=config.summary()["services"])
 
 
+def rate_limit_redis(config: ProxyConfig) -> RedisPool:
+    """The fleet-wide rate limits' store: config.json's Redis (opened on first use)."""
+    g = config.gateway
+    return redis_pool_for(g.cache, g.redis_address, g.redis_password, g.redis_db)
+
+
 async def start_proxy(
     config: ProxyConfig,
     paths: ProxyPaths,
@@ -107,14 +114,17 @@ async def start_proxy(
     upstream = UpstreamPool(config.gateway.upstream)
     auth = await start_auth(config, upstream, nursery, proxy=name)
     cache = await start_cache(config, nursery)
-    gateway = config.gateway
-    limits = RateLimitState(
-        redis=redis_pool_for(
-            gateway.cache, gateway.redis_address, gateway.redis_password, gateway.redis_db
-        )
-    )
+    limits = RateLimitState(redis=rate_limit_redis(config))
     app = ProxyApp(config, upstream, name=name, auth=auth, cache=cache, rate_limits=limits)
     app.worker = worker
+
+    def apply(config: ProxyConfig) -> None:
+        """A reload: the rate limits follow a moved Redis before the chains are rebuilt."""
+        unused = limits.follow_redis(rate_limit_redis(config))
+        app.apply(config)
+        if unused is not None:
+            nursery.start_soon(unused.aclose)
+
     follow(server, app.config)
     app.on_reload.append(partial(follow, server))
     sqlite = config.gateway.access_log
@@ -130,7 +140,7 @@ async def start_proxy(
     if access_log is not None:
         await nursery.start(access_log.run)
     await nursery.start(
-        watch_config, paths, app.apply, lambda: app.config.gateway.config_check_interval_s
+        watch_config, paths, apply, lambda: app.config.gateway.config_check_interval_s
     )
     nursery.start_soon(supervise_health_checks, app)
     nursery.start_soon(drain_websockets, server, app)

@@ -222,7 +222,8 @@ class RateLimitSpec(Struct, frozen=True, forbid_unknown_fields=True):
     scope: Literal["fleet", "local"] = "fleet"
     on_store_error: Literal["allow", "deny", "local"] = "allow"
     headers: Literal["draft", "legacy", "none"] = "draft"
-    # proxies sharing a fleet limit: with Redis down, ``local`` lets each pass rate/this
+    # proxies sharing a fleet limit: with Redis down, ``local`` lets each pass rate/this;
+    # it also bounds a lease to burst / (100 * this) tokens (`httpio.rate_lease`)
     fleet_proxies: PositiveInt = 1
 
 

@@ -28,6 +28,7 @@ from httpio.protocol import Headers
 
 if TYPE_CHECKING:
     from authsvc.tokens import Claims
+    from httpio.gcra import Decision
     from proxy.filters.routes import Route
 
 RequestAnswer = Response | Awaitable[Response | None] | None
@@ -47,13 +48,15 @@ class Exchange:
     rate-limit decision writes it there); ``traceparent``: the W3C trace context for the next
     hop (`httpio.trace`), b"" until the proxy sets it; ``route``: the explicit route
     matched (`proxy.filters.routes`), None for ``/<service>/<rest>``; ``claims``: the verified
-    token's, when the auth filter checked one."""
+    token's, when the auth filter checked one; ``rate_limits``: the rate limits that allowed
+    it, with their decisions, for the quota fields of the answer (`proxy.filters.rate_limit`)."""
 
     __slots__ = (
         "claims",
         "from_hop",
         "identity",
         "note",
+        "rate_limits",
         "request",
         "request_id",
         "route",
@@ -73,6 +76,7 @@ class Exchange:
         self.traceparent = b""
         self.route: Route | None = None
         self.claims: Claims | None = None
+        self.rate_limits: list[tuple[object, Decision]] | None = None
 
     def __repr__(self) -> str:
         return f"<Exchange {self.request.method} {self.target} id={self.request_id.decode()}>"

@@ -62,25 +62,41 @@ def render(parts: tuple[Part, ...], ex: Exchange) -> bytes:
     return "".join(p if isinstance(p, str) else p(ex) for p in parts).encode("latin-1", "replace")
 
 
+Value = bytes | tuple[Part, ...]  # bytes: a value with no per-request variable, encoded once
+
+
+def compile_rule(value: str, region: str) -> Value:
+    parts = compile_value(value, region)
+    if all(isinstance(p, str) for p in parts):
+        return "".join(p for p in parts if isinstance(p, str)).encode("latin-1", "replace")
+    return parts
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRules:
-    remove: frozenset[bytes]
-    set: tuple[tuple[bytes, tuple[Part, ...]], ...]
-    add: tuple[tuple[bytes, tuple[Part, ...]], ...]
+    """The rules of one snapshot, with what can be done once done once: the names to drop
+    (removed or replaced) as one set, constant values already encoded."""
+
+    drop: frozenset[bytes]
+    set: tuple[tuple[bytes, Value], ...]
+    add: tuple[tuple[bytes, Value], ...]
 
     @classmethod
     def of(cls, rules: HeaderRules, region: str) -> CompiledRules:
+        set_ = tuple((n.lower().encode(), compile_rule(v, region)) for n, v in rules.set.items())
         return cls(
-            frozenset(n.lower().encode() for n in rules.remove),
-            tuple((n.lower().encode(), compile_value(v, region)) for n, v in rules.set.items()),
-            tuple((n.lower().encode(), compile_value(v, region)) for n, v in rules.add.items()),
+            frozenset(n.lower().encode() for n in rules.remove) | {n for n, _ in set_},
+            set_,
+            tuple((n.lower().encode(), compile_rule(v, region)) for n, v in rules.add.items()),
         )
 
     def apply(self, headers: Headers, ex: Exchange) -> Headers:
-        drop = self.remove | {n for n, _ in self.set}
-        out = [(n, v) for n, v in headers if n not in drop] if drop else list(headers)
-        out.extend((n, render(v, ex)) for n, v in self.set)
-        out.extend((n, render(v, ex)) for n, v in self.add)
+        drop = self.drop
+        out = [h for h in headers if h[0] not in drop] if drop else list(headers)
+        for n, v in self.set:
+            out.append((n, v if isinstance(v, bytes) else render(v, ex)))
+        for n, v in self.add:
+            out.append((n, v if isinstance(v, bytes) else render(v, ex)))
         return out
 
 

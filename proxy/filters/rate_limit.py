@@ -1,7 +1,8 @@
 """``rate_limit``: a service's ``rate_limit`` entries, each a GCRA (`httpio.gcra`) over a key.
 
 Keys (`key_of`, sans-IO): ``client_ip`` (the real client address, `auth.client_address`),
-``user`` (the verified token's ``sub``), ``claim:<name>`` (a claim of the verified token),
+``user`` (the verified token's ``sub``), ``claim:<name>`` (a claim of the verified token:
+ours, or one of the others it carries, `authsvc.tokens.Claims.extra`),
 ``header:<name>``, ``service`` (one bucket for the whole service), joined with ``+``. A
 request without the key's header, claim or user is limited under the explicit ``-`` value of
 that part (one shared "missing" bucket), never let through unlimited (a Traefik complaint).
@@ -9,7 +10,11 @@ Limits on ``client_ip``, ``header:`` and ``service`` run before auth (a flood wi
 is refused before any token work); those that name ``user`` or ``claim:`` run after it.
 
 ``scope: fleet`` (default) asks Redis (`httpio.rate_store`, one atomic script per decision,
-Redis's clock); ``scope: local`` keeps the TATs in this process. When Redis fails or is slower
+Redis's clock); with a burst of a few hundred or more, the decision leases a few tokens for
+the key at once and the next requests spend them here (`httpio.rate_lease`: at most a 100th
+of the burst per ``fleet_proxies``, 0.5 s), and a refusal is remembered as long as it holds,
+so a busy key costs a round trip per lease, not per request. ``scope: local`` keeps the TATs
+in this process. When Redis fails or is slower
 than its command timeout (the pool's own deadline bounds each decision), ``on_store_error``
 says what happens: ``allow`` (default; counted, logged once per outage), ``deny`` (429), or
 ``local`` (a per-process bucket at ``rate / fleet_proxies``, burst likewise divided).
@@ -18,24 +23,34 @@ A refusal is a 429 with the JSON error body, ``Retry-After`` in whole seconds ro
 (never 0), and the fields of draft-ietf-httpapi-ratelimit-headers (``RateLimit-Policy:
 "<name>";q=<burst>;w=<seconds>`` and ``RateLimit: "<name>";r=<remaining>;t=<seconds>``);
 ``headers: legacy`` adds ``X-RateLimit-Limit/Remaining/Reset``, ``none`` sends only
-``Retry-After``. Allowed requests carry nothing (no per-request cost on the fast path).
+``Retry-After``. An allowed request's answer carries the same quota fields (``none``: none),
+one ``RateLimit-Policy`` and one ``RateLimit`` line listing every limit that decided (the
+draft's fields are Structured Field Lists; one line each costs less to send than one per
+limit); a ``legacy`` limit's fields go on lines of their own.
 
 The buckets outlive a config snapshot (`RateLimitState`, kept by the proxy): a reload that
-changes a limit resizes the same buckets, so a client's debt is not forgiven by a reload.
+changes a limit resizes the same buckets, so a client's debt is not forgiven by a reload. A
+reload that moves config.json's Redis (address, password, db) takes effect at once: the next
+snapshot's fleet limits count in the new store (`RateLimitState.follow_redis`; the old pool
+is closed, decisions in flight on it finish or fail as a store error). Nothing needs a
+restart, so nothing is refused: a store is where counts live, not part of their meaning.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
 
+from authsvc.tokens import claim_of
 from httpio.errors import ClientError
 from httpio.gcra import Decision, LocalBuckets, retry_after_header
+from httpio.messages import Response
 from httpio.protocol import Headers
+from httpio.rate_lease import lease_size
 from httpio.rate_store import FleetBuckets
 from httpio.redis_client import RedisError, RedisPool
 from proxy.filters.auth import client_address
@@ -56,39 +71,91 @@ def needs_identity(key: str) -> bool:
     return any(p == "user" or p.startswith("claim:") for p in key.split("+"))
 
 
-def key_of(key: str, ex: Exchange) -> str:
-    """The bucket of this request under ``key`` (see the module header)."""
-    values = []
+KeyPart = Callable[[Exchange], str]
+
+
+def _service(ex: Exchange) -> str:
+    return "*"
+
+
+def _user(ex: Exchange) -> str:
+    return ex.claims.sub if ex.claims is not None else MISSING
+
+
+def _header_part(name: bytes) -> KeyPart:
+    def header(ex: Exchange) -> str:
+        raw = ex.request.header(name)
+        return raw.decode("latin-1") if raw is not None else MISSING
+
+    return header
+
+
+def _claim_part(name: str) -> KeyPart:
+    def claim(ex: Exchange) -> str:
+        value = claim_of(ex.claims, name) if ex.claims is not None else None
+        return MISSING if value is None else value
+
+    return claim
+
+
+def compile_key(key: str) -> Callable[[Exchange], str]:
+    """The bucket function of ``key``, built once per filter (see the module header)."""
+    parts: list[KeyPart] = []
     for part in key.split("+"):
         if part == "client_ip":
-            values.append(client_address(ex))
+            parts.append(client_address)
         elif part == "service":
-            values.append("*")
+            parts.append(_service)
         elif part == "user":
-            values.append(ex.claims.sub if ex.claims is not None else MISSING)
+            parts.append(_user)
         elif part.startswith("header:"):
-            raw = ex.request.header(part[7:].lower().encode())
-            values.append(raw.decode("latin-1") if raw is not None else MISSING)
+            parts.append(_header_part(part[7:].lower().encode()))
         else:
-            claim = getattr(ex.claims, part[6:], None) if ex.claims is not None else None
-            values.append(str(claim) if isinstance(claim, (str, int)) else MISSING)
+            parts.append(_claim_part(part[6:]))
     # Length-prefixed: "a+b" of two parts never collides with a value holding "+".
-    return "|".join(f"{len(v)}:{v}" for v in values)
+    if len(parts) == 1:
+        (only,) = parts
+
+        def one(ex: Exchange) -> str:
+            v = only(ex)
+            return f"{len(v)}:{v}"
+
+        return one
+    every = tuple(parts)
+
+    def joined(ex: Exchange) -> str:
+        return "|".join(f"{len(v)}:{v}" for v in [p(ex) for p in every])
+
+    return joined
 
 
-def refusal_headers(spec: RateLimitSpec, decision: Decision) -> Headers:
-    headers: Headers = [(b"retry-after", str(retry_after_header(decision.retry_after_s)).encode())]
+def key_of(key: str, ex: Exchange) -> str:
+    """The bucket of this request under ``key``."""
+    return compile_key(key)(ex)
+
+
+def quota_headers(spec: RateLimitSpec, decision: Decision) -> Headers:
+    """The draft's ``RateLimit-Policy`` and ``RateLimit`` (and, for ``headers: legacy``,
+    ``X-RateLimit-*``) of one decision, allowed or refused; none for ``headers: none``."""
     if spec.headers == "none":
-        return headers
+        return []
     name = spec.key.replace('"', "")
     window = max(1, math.ceil(spec.burst / spec.rate_per_s))
     reset = max(1, math.ceil(decision.reset_s - 1e-9))
-    headers.append((b"ratelimit-policy", f'"{name}";q={spec.burst};w={window}'.encode()))
-    headers.append((b"ratelimit", f'"{name}";r={decision.remaining};t={reset}'.encode()))
+    headers: Headers = [
+        (b"ratelimit-policy", f'"{name}";q={spec.burst};w={window}'.encode()),
+        (b"ratelimit", f'"{name}";r={decision.remaining};t={reset}'.encode()),
+    ]
     if spec.headers == "legacy":
         headers.append((b"x-ratelimit-limit", str(spec.burst).encode()))
         headers.append((b"x-ratelimit-remaining", str(decision.remaining).encode()))
         headers.append((b"x-ratelimit-reset", str(reset).encode()))
+    return headers
+
+
+def refusal_headers(spec: RateLimitSpec, decision: Decision) -> Headers:
+    headers: Headers = [(b"retry-after", str(retry_after_header(decision.retry_after_s)).encode())]
+    headers.extend(quota_headers(spec, decision))
     return headers
 
 
@@ -100,6 +167,7 @@ class RateLimitState:
     redis: RedisPool | None = None
     namespace: str = "gw:rl"
     local: dict[tuple[str, str, str], LocalBuckets] = field(default_factory=dict)
+    fleet: dict[tuple[str, str], FleetBuckets] = field(default_factory=dict)
     store_errors: int = 0
     in_outage: bool = False
 
@@ -115,11 +183,47 @@ class RateLimitState:
             found.resize(rate, burst)
         return found
 
+    def follow_redis(self, pool: RedisPool) -> RedisPool | None:
+        """A reload with config.json's Redis settings, as ``pool``: when they changed, the
+        limits count in the new store from the next snapshot on (the buckets of the old one
+        are not carried over: the new store starts full). Returns the pool to close (the
+        old one, or ``pool`` itself when nothing changed)."""
+        if self.redis is None or pool.settings == self.redis.settings:
+            return pool
+        old, self.redis = self.redis, pool
+        self.in_outage = False
+        log.info(
+            "rate_limit_store_moved",
+            old=f"{old.settings.host}:{old.settings.port}/{old.settings.db}",
+            new=f"{pool.settings.host}:{pool.settings.port}/{pool.settings.db}",
+        )
+        return old
+
+    def fleet_buckets(self, service: str, spec: RateLimitSpec) -> FleetBuckets:
+        """The same buckets (and leases) across snapshots, resized when the limit changed
+        and following the store when a reload moved it (`follow_redis`)."""
+        assert self.redis is not None
+        slot = (service, spec.key)
+        found = self.fleet.get(slot)
+        if found is None or found.pool is not self.redis:
+            prefix = f"{self.namespace}:{service}:{spec.key}:"
+            found = self.fleet[slot] = FleetBuckets(
+                self.redis, prefix, spec.rate_per_s, spec.burst, fleet_proxies=spec.fleet_proxies
+            )
+        elif (found.interval_s, found.burst, found.lease) != (
+            1.0 / spec.rate_per_s,
+            spec.burst,
+            lease_size(spec.burst, spec.fleet_proxies),
+        ):
+            found.resize(spec.rate_per_s, spec.burst, spec.fleet_proxies)
+        return found
+
     def statistics(self) -> dict[str, object]:
         return {
             "store_errors": self.store_errors,
             "in_outage": self.in_outage,
             "local": {"/".join(k): b.statistics() for k, b in self.local.items()},
+            "fleet": {"/".join(k): b.statistics() for k, b in self.fleet.items()},
         }
 
 
@@ -131,7 +235,10 @@ class RateLimit:
         "_denied",
         "_fallback",
         "_fleet",
+        "_key",
         "_local",
+        "_quota",
+        "_remaining_prefix",
         "_state",
         "name",
         "service",
@@ -143,6 +250,14 @@ class RateLimit:
         self.spec = spec
         self.name = f"rate_limit[{spec.key}]"
         self._state = state
+        self._key = compile_key(spec.key)
+        # the allowed answers' fields, what is constant in them made once (see quota_headers)
+        self._quota: Headers | None = None
+        if spec.headers != "none":
+            window = max(1, math.ceil(spec.burst / spec.rate_per_s))
+            name = spec.key.replace('"', "")
+            self._quota = [(b"ratelimit-policy", f'"{name}";q={spec.burst};w={window}'.encode())]
+        self._remaining_prefix = f'"{spec.key.replace(chr(34), "")}";r='.encode()
         # /metrics: the children looked up once, not per request
         self._allowed = RATELIMIT_DECISIONS.labels(service, spec.key, "allow")
         self._denied = RATELIMIT_DECISIONS.labels(service, spec.key, "deny")
@@ -152,8 +267,7 @@ class RateLimit:
         if spec.scope == "local" or state.redis is None:
             self._local = state.buckets(service, spec, "local")
         else:
-            prefix = f"{state.namespace}:{service}:{spec.key}:"
-            self._fleet = FleetBuckets(state.redis, prefix, spec.rate_per_s, spec.burst)
+            self._fleet = state.fleet_buckets(service, spec)
             if spec.on_store_error == "local":
                 self._fallback = state.buckets(service, spec, "fallback")
 
@@ -166,20 +280,57 @@ class RateLimit:
             "rate_per_s": self.spec.rate_per_s,
             "burst": self.spec.burst,
             "scope": "local" if self._local is not None else "fleet",
+            "lease": self._fleet.lease if self._fleet is not None else None,
             "on_store_error": self.spec.on_store_error,
             "headers": self.spec.headers,
         }
 
     def on_request(self, ex: Exchange) -> RequestAnswer:
-        key = key_of(self.spec.key, ex)
+        key = self._key(ex)
         if self._local is not None:
             self._check(self._local.take(key), ex)
             return None
+        assert self._fleet is not None
+        held = self._fleet.spend(key)  # a leased token or a remembered refusal: no coroutine
+        if held is not None:
+            self._check(held, ex)
+            return None
         return self._ask_fleet(key, ex)
+
+    def on_response(self, ex: Exchange, response: Response) -> Response:
+        """The quota left, on an allowed request's answer: the decision this filter noted
+        (limits note theirs in request order; the answers come back in reverse, so each
+        finds its own last). A new `Response`: the cache must not store one client's quota."""
+        noted = ex.rate_limits
+        if not noted or noted[-1][0] is not self:
+            return response  # decided nothing (the store failed and ``allow`` let it pass)
+        decision = noted.pop()[1]
+        if self.spec.headers == "legacy":
+            headers = [*response.headers, *quota_headers(self.spec, decision)]
+            return Response(response.status, headers, response.body)
+        assert self._quota is not None
+        reset = max(1, math.ceil(decision.reset_s - 1e-9))
+        remaining = b"%s%d;t=%d" % (self._remaining_prefix, decision.remaining, reset)
+        policy = self._quota[0][1]
+        old = response.headers
+        if len(old) >= 2 and old[-1][0] == b"ratelimit" and old[-2][0] == b"ratelimit-policy":
+            # another limit's fields, just added: one line each, its items then ours (the
+            # draft's fields are Structured Field Lists: "a";q=1, "b";q=2)
+            headers = old[:-2]
+            headers.append((b"ratelimit-policy", old[-2][1] + b", " + policy))
+            headers.append((b"ratelimit", old[-1][1] + b", " + remaining))
+        else:
+            headers = [*old, (b"ratelimit-policy", policy), (b"ratelimit", remaining)]
+        return Response(response.status, headers, response.body)
 
     def _check(self, decision: Decision, ex: Exchange) -> None:
         if decision.allowed:
             self._allowed.inc()
+            if self._quota is not None:
+                if ex.rate_limits is None:
+                    ex.rate_limits = [(self, decision)]
+                else:
+                    ex.rate_limits.append((self, decision))
         else:
             self._denied.inc()
             ex.note.rate_limited = True  # the access log's field

@@ -301,3 +301,34 @@ def test_extract_unreadable_is_400(headers: Any) -> None:
 
 def test_same_token_twice_is_fine() -> None:
     assert extract_token([(b"authorization", b"Bearer t"), (b"authtoken", b"t")]) == "t"
+
+
+def test_other_claims_are_kept_bounded_for_rate_limit_keys() -> None:
+    from authsvc.tokens import MAX_EXTRA_CLAIMS, claim_of, extra_claims
+
+    ring = KeyRing.from_config("k" * 40)
+    token, issued = issue_token(
+        ring, sub="alice", role="user", now=NOW, ttl_s=60, extra=[("tenant", "acme")]
+    )
+    got = verify_token(ring, token, now=NOW)
+    assert got.extra == (("tenant", "acme"),) == issued.extra
+    assert claim_of(got, "tenant") == "acme" and claim_of(got, "plan") is None
+    assert claim_of(got, "sub") == "alice" and claim_of(got, "iss") is None
+    plain, _ = issue_token(ring, sub="bob", role="user", now=NOW, ttl_s=60)
+    assert verify_token(ring, plain, now=NOW).extra == ()
+    payload = {
+        "sub": "x",
+        "flag": True,
+        "n": 3,
+        "nested": {"a": 1},
+        "list": [1],
+        "long": "v" * 300,
+        "n" * 65: "name too long",
+        **{f"c{i}": "v" for i in range(40)},
+    }
+    extra = dict(extra_claims(payload))
+    assert extra["flag"] == "true" and extra["n"] == "3"
+    assert not {"sub", "nested", "list", "long", "n" * 65} & extra.keys()
+    assert len(extra) == MAX_EXTRA_CLAIMS
+    with pytest.raises(ValueError):
+        issue_token(ring, sub="a", role="user", now=NOW, ttl_s=60, extra=[("role", "admin")])

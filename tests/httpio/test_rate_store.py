@@ -1,6 +1,8 @@
 """`httpio.rate_store` on a real redis-server: four pools (four proxies) sharing one limit
 count it once, the script survives a SCRIPT FLUSH (NOSCRIPT -> EVAL), and a dead Redis is
-a fast `RedisUnavailable`.
+a fast `RedisUnavailable`. Leased (a burst large enough, `httpio.rate_lease`): the count
+stays the fleet's, concurrent requests for a key share one round trip, and an expired
+lease's unspent tokens go back to the fleet.
 
 The shared-limit test does not depend on timing: at 1 request/s with a burst of 100, 400
 attempts from 4 pools allow the burst plus at most one request per second elapsed; N pools
@@ -69,3 +71,74 @@ async def test_a_dead_redis_is_a_fast_unavailable() -> None:
         with pytest.raises(RedisUnavailable):
             await b.take("k")
         await pool.aclose()
+
+
+async def test_leased_decisions_share_round_trips_and_stay_within_the_count(
+    redis_server: RedisProcess,
+) -> None:
+    """Burst 2,000 over 4 proxies: leases of 5. 2,400 attempts from 4 pools x 5 tasks let
+    the burst through, plus the rate over the time elapsed, less at most what the 4 proxies
+    hold unspent (4 leases); fewer round trips than decisions."""
+    pools = [
+        RedisPool(RedisSettings(port=redis_server.port, command_timeout_s=5.0)) for _ in range(4)
+    ]
+    buckets = [
+        FleetBuckets(p, "t:lease:", rate_per_s=1.0, burst=2000, fleet_proxies=4) for p in pools
+    ]
+    assert buckets[0].lease == 5
+    allowed = 0
+
+    async def client(b: FleetBuckets) -> None:
+        nonlocal allowed
+        for _ in range(120):
+            decision = await b.take("k")
+            allowed += decision.allowed
+
+    started = time.monotonic()
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(client, buckets[i % 4])
+    elapsed = time.monotonic() - started
+    assert 2000 - 4 * 5 <= allowed <= 2000 + int(elapsed) + 1
+    trips = sum(b.round_trips for b in buckets)
+    assert trips < 2400 * 0.6, trips  # a refusal is remembered too: most cost no round trip
+    for p in pools:
+        await p.aclose()
+
+
+async def test_an_expired_lease_sends_its_tokens_back(redis_server: RedisProcess) -> None:
+    now = [0.0]
+    pool = RedisPool(RedisSettings(port=redis_server.port, command_timeout_s=5.0))
+    one = FleetBuckets(pool, "t:back:", rate_per_s=0.001, burst=400, clock=lambda: now[0])
+    other = FleetBuckets(pool, "t:back:", rate_per_s=0.001, burst=400)  # another proxy
+    assert one.lease == 4
+    assert (await one.take("k")).allowed  # took 4, spent 1
+    assert one.round_trips == 1 and len(one.leases) == 1
+    taken = 0
+    for _ in range(400):
+        taken += (await other.take("k")).allowed
+    assert taken == 396  # the 3 held by `one` are out of the fleet's count
+    now[0] = 1.0  # `one`'s lease expired: its next decision sends the 3 back and takes them
+    assert (await one.take("k")).allowed
+    assert one.leases.refunded == 3 and one.round_trips == 2
+    assert sum([(await one.take("k")).allowed for _ in range(3)]) == 2
+    await pool.aclose()
+
+
+async def test_concurrent_requests_for_one_key_share_one_round_trip(
+    redis_server: RedisProcess,
+) -> None:
+    pool = RedisPool(RedisSettings(port=redis_server.port, command_timeout_s=5.0))
+    b = FleetBuckets(pool, "t:crowd:", rate_per_s=1000.0, burst=100_000)
+    assert b.lease == 64
+    decisions = []
+
+    async def one() -> None:
+        decisions.append((await b.take("k")).allowed)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(50):
+            nursery.start_soon(one)
+    assert decisions == [True] * 50
+    assert b.round_trips == 1
+    await pool.aclose()

@@ -236,3 +236,19 @@ def test_revoked_token_refused_without_introspection() -> None:
     assert "revoked" in info.value.detail
     with pytest.raises(Unauthorized):
         admit(auth, token, claims)
+
+
+def test_the_tokens_other_claims_survive_introspection() -> None:
+    """The auth server's verdict carries only our claims; the token's others (``tenant``,
+    read from the token verified here) stay with it, for ``claim:<name>`` rate-limit keys."""
+    auth = authorizer()
+    token, claims = issue_token(
+        RING, sub="alice", role="user", now=NOW, ttl_s=60, extra=[("tenant", "acme")]
+    )
+    pending = auth.decide(bearer(token), "/x", ANY_USER, NOW)
+    assert isinstance(pending, NeedsIntrospection) and pending.claims.extra == claims.extra
+    verdict = Claims(sub="alice", role="user", iat=claims.iat, exp=claims.exp, jti=claims.jti)
+    assert auth.accept_introspection(pending, verdict, ANY_USER, NOW).extra == claims.extra
+    cached = auth.decide(bearer(token), "/x", ANY_USER, NOW + 1)
+    assert isinstance(cached, Allowed) and cached.claims is not None
+    assert cached.claims.extra == (("tenant", "acme"),)

@@ -27,7 +27,39 @@ def test_keys_and_the_missing_bucket() -> None:
     assert key_of("service", ex) == key_of("service", exchange(client="198.51.100.1"))
     ex.claims = Claims(sub="alice", role="admin", iat=0, exp=1, jti="j")
     assert key_of("user+claim:role", ex) == "5:alice|5:admin"
-    assert key_of("claim:tenant", ex) == "1:-"
+    assert key_of("claim:tenant", ex) == "1:-"  # a token without the claim: "missing"
+    ex.claims = Claims(sub="bob", role="user", iat=0, exp=1, jti="j", extra=(("tenant", "acme"),))
+    assert key_of("claim:tenant", ex) == "4:acme"  # a claim the token carries beyond ours
+    assert key_of("claim:exp", ex) == "1:1"
+
+
+def test_allowed_answers_carry_the_quota_left() -> None:
+    from httpio.messages import Response
+
+    state = RateLimitState()
+    spec = RateLimitSpec(key="client_ip", rate_per_s=1, burst=10, scope="local")
+    legacy = RateLimitSpec(key="service", rate_per_s=1, burst=5, scope="local", headers="legacy")
+    quiet = RateLimitSpec(key="user", rate_per_s=1, burst=5, scope="local", headers="none")
+    user = RateLimitSpec(key="header:X-User", rate_per_s=2, burst=20, scope="local")
+    f, e, g, h = (RateLimit("svc", s, state) for s in (spec, user, legacy, quiet))
+    ex = exchange()
+    for limit in (f, e, g, h):  # request order; the answer comes back in reverse
+        assert limit.on_request(ex) is None
+    response = Response(200, [(b"content-type", b"text/plain")], b"ok")
+    out = f.on_response(ex, e.on_response(ex, g.on_response(ex, h.on_response(ex, response))))
+    assert response.headers == [(b"content-type", b"text/plain")]  # a new Response
+    assert [v for n, v in out.headers if n == b"ratelimit-policy"] == [
+        b'"service";q=5;w=5',  # legacy: lines of its own
+        b'"header:X-User";q=20;w=10, "client_ip";q=10;w=10',  # draft: one list
+    ]
+    assert [v for n, v in out.headers if n == b"ratelimit"] == [
+        b'"service";r=4;t=1',
+        b'"header:X-User";r=19;t=1, "client_ip";r=9;t=1',
+    ]
+    assert dict(out.headers)[b"x-ratelimit-remaining"] == b"4"
+    assert ex.rate_limits == []
+    bare = exchange()  # a limit that decided nothing here adds nothing
+    assert f.on_response(bare, response) is response
 
 
 def test_identity_keys_run_after_auth() -> None:
@@ -115,3 +147,36 @@ def test_decisions_are_noted_for_the_access_log_and_counted_for_metrics() -> Non
     count = RATELIMIT_DECISIONS.labels("noted", "client_ip", "deny")._value.get()
     assert count == 1
     assert RATELIMIT_DECISIONS.labels("noted", "client_ip", "allow")._value.get() == 1
+
+
+async def test_a_reload_that_moves_redis_counts_in_the_new_store() -> None:
+    """Another database of the same redis-server stands for another address: after
+    `follow_redis`, a rebuilt filter counts there (full again); unchanged settings keep the
+    pool (the one offered is handed back, to close)."""
+    from httpio.redis_client import RedisPool, RedisSettings
+    from tests.support.redisproc import running_redis
+
+    with running_redis() as redis:
+        first = RedisPool(RedisSettings(port=redis.port, command_timeout_s=5.0))
+        moved = RedisPool(RedisSettings(port=redis.port, db=1, command_timeout_s=5.0))
+        same = RedisPool(RedisSettings(port=redis.port, command_timeout_s=5.0))
+        state = RateLimitState(redis=first)
+        spec = RateLimitSpec(key="service", rate_per_s=0.001, burst=1)
+
+        async def allowed(f: RateLimit) -> bool:
+            answer = f.on_request(exchange())
+            try:
+                await answer  # type: ignore[misc]
+            except RateLimited:
+                return False
+            return True
+
+        assert await allowed(RateLimit("svc", spec, state))
+        assert not await allowed(RateLimit("svc", spec, state))
+        assert state.follow_redis(same) is same and state.redis is first
+        assert state.follow_redis(moved) is first and state.redis is moved
+        assert await allowed(RateLimit("svc", spec, state))  # counted in db 1, from full
+        assert not await allowed(RateLimit("svc", spec, state))
+        assert await moved.execute("KEYS", "gw:rl:svc:*") != []
+        for pool in (first, moved, same):
+            await pool.aclose()
