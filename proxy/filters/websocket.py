@@ -19,7 +19,7 @@ as before: ``Upgrade`` is hop-by-hop and never reaches it.
 answer a 101 whose body is a `WebSocketSession`; the server loop (`httpio.switch`) then hands
 it the client's connection and `httpio.ws_relay.Relay` joins the two. A non-101 answer goes
 back as an ordinary response. While a session lasts, its token is decided again every
-``TOKEN_CHECK_S`` from the verdict cache (the revocation feed updates it every second): a
+``check_interval_s`` (1 s) from the verdict cache (the revocation feed updates it every second): a
 revoked or expired token closes the socket with 1008. A cross-region relay leaves message
 size and idle limits to the serving region (it pings its own legs).
 """
@@ -62,12 +62,12 @@ from topology.schema import WebSocketSettings
 
 log = structlog.get_logger()
 
-TOKEN_CHECK_S = 1.0
 HANDSHAKE_TIMEOUT_S = 10.0
 # A relay to another region's ELB: the serving region enforces the service's limits.
 REGION_LIMITS = RelayLimits(idle_timeout_s=0, max_message_bytes=1 << 62, ping_interval_s=30.0)
 REGION_DRAIN_S = 5.0
 _UPGRADE_NAMES = frozenset(n for n, _ in UPGRADE_HEADERS)
+_TOKEN_HEADERS = frozenset({b"authorization", b"authtoken"})
 
 
 def relay_limits(settings: WebSocketSettings) -> RelayLimits:
@@ -145,20 +145,29 @@ class WebSocketSession:
         self._taken = True
         answer = self._answer
         assert answer.stream is not None
+        sockets = self._sockets
         relay = Relay(
-            stream, trailing, answer.stream, answer.trailing, self._limits, name=self._name
+            stream,
+            trailing,
+            answer.stream,
+            answer.trailing,
+            self._limits,
+            name=self._name,
+            clock=sockets.clock if sockets is not None else None,
+            checks=(self._watch.check,) if self._watch is not None else (),
         )
+        # Held for as long as the socket is open: nothing of the handshake stays but the relay.
+        self._answer = UpgradeAnswer(101, [], stream=answer.stream)
+        self._watch = None
+        del answer
         socket = self._describe(relay)
-        if self._sockets is not None:
-            self._sockets.add(socket)
+        if sockets is not None:
+            sockets.add(socket)
         try:
-            if self._watch is not None:
-                await relay.run(self._watch.run)
-            else:
-                await relay.run()
+            await relay.run()
         finally:
-            if self._sockets is not None:
-                self._sockets.discard(socket)
+            if sockets is not None:
+                sockets.discard(socket)
             codes = {f"to_{side.value}": code for side, code in relay.close_codes.items()}
             log.info("websocket_closed", relay=relay.name, why=relay.close_why, **codes)
 
@@ -172,26 +181,39 @@ class WebSocketSession:
 
 
 class TokenWatch:
-    """Decides the session's token again every ``TOKEN_CHECK_S``; closes with 1008 once it
-    is refused (revoked, expired, or its user's role no longer allowed)."""
+    """Decides the session's token again every ``RelayLimits.check_interval_s`` (1 s): once it
+    is refused (revoked, expired, or its user's role no longer allowed) the socket closes with
+    1008. Only the token's headers and the path are kept, not the handshake request."""
 
     def __init__(self, client: AuthClient, policy: AuthPolicy, request: Request) -> None:
         self._client = client
         self._policy = policy
-        self._request = request
+        self._headers = [h for h in request.headers if h[0] in _TOKEN_HEADERS]
+        self._path = request.path
+        self._settling = False
 
-    async def run(self, relay: Relay) -> None:
-        while not relay.closing:
-            await trio.sleep(TOKEN_CHECK_S)
-            try:
-                verdict = self._client.decide(self._request, self._policy)
-                if isinstance(verdict, NeedsIntrospection):
-                    await self._client.settle(verdict, self._policy)
-            except ClientError as err:
-                relay.close(POLICY_VIOLATION, f"token refused: {err.detail}")
-                return
-            except GatewayError:
-                continue  # the auth servers are out of reach: asked again next time
+    def check(self, relay: Relay) -> None:
+        client = self._client
+        try:
+            verdict = client.authorizer.decide(
+                self._headers, self._path, self._policy, client.clock()
+            )
+        except ClientError as err:
+            relay.close(POLICY_VIOLATION, f"token refused: {err.detail}")
+            return
+        if isinstance(verdict, NeedsIntrospection) and not self._settling:
+            self._settling = True
+            relay.start_soon(self._settle, relay, verdict)
+
+    async def _settle(self, relay: Relay, verdict: NeedsIntrospection) -> None:
+        try:
+            await self._client.settle(verdict, self._policy)
+        except ClientError as err:
+            relay.close(POLICY_VIOLATION, f"token refused: {err.detail}")
+        except GatewayError:
+            pass  # the auth servers are out of reach: asked again next time
+        finally:
+            self._settling = False
 
 
 def _answer(answer: UpgradeAnswer, session: WebSocketSession) -> Response:
