@@ -26,6 +26,7 @@ size and idle limits to the serving region (it pings its own legs).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -62,7 +63,6 @@ from topology.schema import WebSocketSettings
 
 log = structlog.get_logger()
 
-HANDSHAKE_TIMEOUT_S = 10.0
 # A relay to another region's ELB: the serving region enforces the service's limits.
 REGION_LIMITS = RelayLimits(idle_timeout_s=0, max_message_bytes=1 << 62, ping_interval_s=30.0)
 REGION_DRAIN_S = 5.0
@@ -235,6 +235,7 @@ class WebSocketForward:
         upstream: UpstreamPool,
         settings: WebSocketSettings,
         connect_timeout_s: float,
+        retries: int,
         via: bytes,
         drop: frozenset[bytes],
         sockets: OpenSockets | None,
@@ -247,6 +248,7 @@ class WebSocketForward:
         self._settings = settings
         self._limits = relay_limits(settings)
         self._connect_timeout_s = connect_timeout_s
+        self._retries = retries
         self._via = via
         self._drop = drop
         self._sockets = sockets
@@ -264,13 +266,61 @@ class WebSocketForward:
     async def _handshake(self, ex: Exchange) -> Response:
         headers = upstream_headers(ex, self._via, self._drop)
         headers.extend(ex.identity)
+        client_ip = ex.request.client[0]
         try:
-            endpoint = self._pool.pick(client_ip=ex.request.client[0], url=ex.target)
+            endpoint: Endpoint | None = self._pool.pick(client_ip=client_ip, url=ex.target)
         except NoHealthyInstance as err:
             raise retry.unavailable(err, dependency=False) from None
-        answer = await _open_on(
-            self._pool, self._upstream, endpoint, ex.target, headers, self._connect_timeout_s
-        )
+        tried: list[Endpoint] = []
+        retries = 0
+        reached_any = False
+        while endpoint is not None:
+            tried.append(endpoint)
+            try:
+                answer = await _open_on(
+                    self._pool,
+                    self._upstream,
+                    endpoint,
+                    ex.target,
+                    headers,
+                    self._connect_timeout_s,
+                    self._settings.handshake_timeout_s,
+                )
+                break
+            except UpstreamError as err:
+                # Before any 101 a handshake is a bodiless GET: it may go to another instance
+                # as an idempotent request would (`proxy.retry`).
+                reached_any = reached_any or err.bytes_sent
+                verdict = retry.decide_retry(
+                    outcome=retry.outcome_of(err),
+                    request_sent=err.bytes_sent,
+                    replayable=True,
+                    retries_done=retries,
+                    max_retries=self._retries,
+                    time_left_s=math.inf,
+                )
+                if verdict is retry.Verdict.RETRY:
+                    retries += 1
+                nxt = None
+                if verdict in retry.TRY_AGAIN:
+                    nxt = self._pool.pick_retry(tried, client_ip=client_ip, url=ex.target)
+                if nxt is None:
+                    raise retry.final_error(
+                        err,
+                        reached_any=reached_any,
+                        service=self.service,
+                        dependency=False,
+                        tries=len(tried),
+                    ) from None
+                log.info(
+                    "websocket_handshake_retried",
+                    service=self.service,
+                    failed=endpoint.url,
+                    next=nxt.url,
+                    error=err.detail,
+                )
+                endpoint = nxt
+        assert endpoint is not None
         watch = None
         if self._auth is not None and self._policy is not None and not self._policy.public:
             watch = TokenWatch(self._auth, self._policy, ex.request)
@@ -289,6 +339,7 @@ async def _open_on(
     target: str,
     headers: Headers,
     connect_timeout_s: float,
+    handshake_timeout_s: float,
 ) -> UpgradeAnswer:
     """The handshake to ``endpoint``, its outcome fed to the pool's health."""
     pool.begin(endpoint)
@@ -299,7 +350,7 @@ async def _open_on(
             target,
             handshake_headers(headers),
             connect_timeout_s=connect_timeout_s,
-            response_head_timeout_s=HANDSHAKE_TIMEOUT_S,
+            response_head_timeout_s=handshake_timeout_s,
         )
     except UpstreamError as err:
         pool.end(endpoint, retry.outcome_of(err), time.monotonic() - started)
@@ -349,7 +400,17 @@ class RemoteWebSocket:
         mark = hop_mark(self._hop_keys, self._local_region, ex.request_id, time.time())
         headers.append((HOP_HEADER, mark))
         endpoint = self._pool.pick()
-        answer = await _open_on(self._pool, self._upstream, endpoint, ex.target, headers, 1.0)
+        # a cross-region request's timeouts: config.json's "Upstream" section
+        timeouts = self._upstream.timeouts
+        answer = await _open_on(
+            self._pool,
+            self._upstream,
+            endpoint,
+            ex.target,
+            headers,
+            timeouts.connect_timeout_s,
+            timeouts.response_head_timeout_s,
+        )
         describe = partial(
             OpenSocket, instance=endpoint.url, drain_s=REGION_DRAIN_S, region=self.region
         )
