@@ -282,12 +282,17 @@ async def test_a_handshake_refused_by_one_instance_is_retried_on_another(
 ) -> None:
     # ``twice``: its first instance is down and, with no health checks to find it, still in
     # the round robin; straight to one proxy, two handshakes in a row meet it once.
-    fleet, _ = ws_fleet
+    fleet, layout = ws_fleet
     for n in range(4):
         url = ws_url(fleet.kr_proxies[0], "/twice/ws/echo")
         async with open_ws(url, extra_headers=bearer(ws_token)) as ws:
             await ws.send_message(f"try {n}")
             assert await ws.get_message() == f"try {n}"
+    stats = await trio.to_thread.run_sync(request, fleet.kr_proxies[0], "/admin/backends")
+    (twice,) = (p for p in stats.json()["services"] if p["service"] == "twice")
+    down = twice["instances"][0]
+    assert down["url"].endswith(layout["b"][3].rsplit(":", 1)[1])
+    assert down["failures"] >= 1  # it was tried, failed, and the handshake went on
 
 
 async def test_the_elb_relay_path_carries_a_websocket_idle_past_the_timeouts(
