@@ -79,6 +79,10 @@ service:
     websocket: {{enabled: true, idle_timeout_s: 1, ping_interval_s: 0, drain_s: 1}}
   - name: plain
     instance: ["{b[2]}"]
+  - name: limited
+    instance: ["{b[0]}"]
+    websocket: {{enabled: true}}
+    rate_limit: [{{key: service, rate_per_s: 0.001, burst: 1, scope: local}}]
   - name: twice
     instance: ["{b[3]}", "{b[0]}"]
     websocket: {{enabled: true}}
@@ -275,6 +279,19 @@ async def test_cross_region_with_x_region(ws_fleet: Any, ws_token: str) -> None:
         assert ws.subprotocol == "bearer"
         await ws.send_message("across")
         assert await ws.get_message() == "across"
+
+
+async def test_rate_limits_count_the_handshake(ws_fleet: Any, ws_token: str) -> None:
+    # ``limited``: a burst of one per proxy, then one per 1,000 s: the first handshake opens
+    # the socket, the second is refused before any 101.
+    fleet, _ = ws_fleet
+    proxy = fleet.kr_proxies[0]
+    async with open_ws(ws_url(proxy, "/limited/ws/echo"), extra_headers=bearer(ws_token)) as ws:
+        await ws.send_message("in")
+        assert await ws.get_message() == "in"
+        reply = await refused_handshake(proxy, "/limited/ws/echo", ws_token)
+        assert reply.status == 429, reply
+        assert "upgrade" not in reply.headers
 
 
 async def test_a_handshake_refused_by_one_instance_is_retried_on_another(
