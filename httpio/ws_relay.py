@@ -125,6 +125,24 @@ class RelayClock:
 class Relay:
     """One joined pair; ``run()`` until it ends. ``close(code, reason)`` ends it from outside."""
 
+    __slots__ = (
+        "_checks",
+        "_clock",
+        "_last_frame",
+        "_next_check",
+        "_next_ping",
+        "_nursery",
+        "_started",
+        "client",
+        "close_codes",
+        "close_why",
+        "closing",
+        "limits",
+        "messages",
+        "name",
+        "upstream",
+    )
+
     def __init__(
         self,
         client: trio.abc.Stream,
@@ -154,7 +172,6 @@ class Relay:
         self.close_codes: dict[Side, int | None] = {}  # what the relay sent each leg
         self.close_why = ""
         self._nursery: trio.Nursery | None = None
-        self._settled = trio.Event()
         self._last_frame = 0.0
         self._started = 0.0
         self._next_ping = 0.0
@@ -339,13 +356,12 @@ class Relay:
                 leg, CloseConnection(code=code or 1005, reason=reason if code else None)
             )
         self._check_settled()
-        with trio.move_on_after(self.limits.close_grace_s):
-            await self._settled.wait()
+        # Both legs settled cancels this wait with the relay (`_finish`); else the grace ends.
+        await trio.sleep(self.limits.close_grace_s)
         self._finish()
 
     def _check_settled(self) -> None:
         if self.client.settled and self.upstream.settled:
-            self._settled.set()
             if not self.closing:
                 self.closing = True
             self._finish()
