@@ -6,7 +6,8 @@ then for 1 and ``--connections`` concurrent trio-websocket clients runs a ping-p
 ``--size``-byte messages for ``--duration`` seconds, first straight to the backend, then
 client -> ELB -> proxy -> backend, and prints messages per second and the p50/p99 round trip
 of each. Last, ``--idle`` WebSockets are opened on the proxy (raw handshakes, nothing sent
-after) and its RSS is read from /proc before and after: the memory an idle WebSocket costs.
+after; each answers the proxy's pings, as a browser does) and its RSS is read from /proc before
+and ``--hold`` seconds after: the memory an idle WebSocket costs.
 
     python -m bench.ws --duration 5 --connections 100 --idle 10000
 """
@@ -108,34 +109,78 @@ async def echo_load(
     return {"messages_per_s": round(len(rtts) / elapsed), "p50_ms": pct(0.5), "p99_ms": pct(0.99)}
 
 
-async def open_idle(
-    port: int, path: str, token: str, n: int
-) -> tuple[list[trio.SocketStream], list[str]]:
-    """``n`` handshakes, 20 at a time; the sockets that got a 101, and why the others did not."""
-    streams: list[trio.SocketStream] = []
-    failures: list[str] = []
-    request_head = (
-        f"GET {path} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n"
-    )
-    limiter = trio.CapacityLimiter(20)
+def pong_for(payload: bytes) -> bytes:
+    """A client's (masked) pong frame answering a ping carrying ``payload`` (≤ 125 bytes)."""
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x8A, 0x80 | len(payload)]) + mask + masked
 
-    async def one() -> None:
-        async with limiter:
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            key = base64.b64encode(os.urandom(16)).decode()
-            await stream.send_all(f"{request_head}Sec-WebSocket-Key: {key}\r\n\r\n".encode())
-            head = await stream.receive_some(4096)
-            if head.startswith(b"HTTP/1.1 101"):
-                streams.append(stream)
-            else:
-                failures.append(head.split(b"\r\n\r\n", 1)[-1].decode("latin-1")[:200])
-                await trio.aclose_forcefully(stream)
 
-    async with trio.open_nursery() as nursery:
-        for _ in range(n):
-            nursery.start_soon(one)
-    return streams, failures
+class IdleSockets:
+    """Idle WebSockets as a browser keeps them: nothing sent, but the proxy's pings answered
+    (a socket that does not answer is dead to the proxy after ``ping_interval_s``, and closed:
+    the first 10,000-socket run measured that, not idle sockets)."""
+
+    def __init__(self) -> None:
+        self.streams: list[trio.SocketStream] = []
+        self.failures: list[str] = []
+        self.closed = 0  # by the proxy, while idle
+
+    async def keep(self, stream: trio.SocketStream, buffer: bytes) -> None:
+        """Answer pings until the proxy closes (any frame but a ping ends it)."""
+        while True:
+            while len(buffer) >= 2:
+                opcode, length = buffer[0] & 0x0F, buffer[1] & 0x7F
+                if length > 125 or len(buffer) < 2 + length:
+                    break
+                payload, buffer = buffer[2 : 2 + length], buffer[2 + length :]
+                if opcode != 0x9:
+                    self.closed += 1
+                    return
+                await stream.send_all(pong_for(payload))
+            data = await stream.receive_some(4096)
+            if not data:
+                self.closed += 1
+                return
+            buffer += data
+
+    async def open(
+        self, nursery: trio.Nursery, port: int, path: str, token: str, n: int, progress: bool
+    ) -> None:
+        """``n`` handshakes, 20 at a time; each socket that got a 101 is kept answering."""
+        request_head = (
+            f"GET {path} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: Bearer {token}\r\n"
+        )
+        limiter = trio.CapacityLimiter(20)
+        started = time.perf_counter()
+
+        async def one() -> None:
+            async with limiter:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                key = base64.b64encode(os.urandom(16)).decode()
+                await stream.send_all(f"{request_head}Sec-WebSocket-Key: {key}\r\n\r\n".encode())
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    data = await stream.receive_some(4096)
+                    if not data:
+                        break
+                    head += data
+                head, _, rest = head.partition(b"\r\n\r\n")
+                if head.startswith(b"HTTP/1.1 101"):
+                    self.streams.append(stream)
+                    nursery.start_soon(self.keep, stream, rest)
+                    if progress and not len(self.streams) % 1000:
+                        took = time.perf_counter() - started
+                        print(f"idle: {len(self.streams)} open after {took:.1f} s", flush=True)
+                else:
+                    self.failures.append(rest.decode("latin-1")[:200])
+                    await trio.aclose_forcefully(stream)
+
+        async with trio.open_nursery() as handshakes:
+            for _ in range(n):
+                handshakes.start_soon(one)
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -162,20 +207,30 @@ async def run(args: argparse.Namespace) -> None:
                 pid = fleet.pids[f"proxy-ko_KR-{ports['proxy']}"]
                 before = rss_mib(pid)
                 opening = time.perf_counter()
-                streams, failures = await open_idle(
-                    ports["proxy"], "/chat/ws/echo", token, args.idle
-                )
-                after = rss_mib(pid)
-                took = time.perf_counter() - opening
-                print(f"idle: {len(streams)} handshakes in {took:.1f} s", flush=True)
-                print(
-                    f"idle: {len(streams)} WebSockets on one proxy: RSS {before:.1f} -> "
-                    f"{after:.1f} MiB ({(after - before) * 1024 / max(1, len(streams)):.1f} KiB each)"
-                )
-                if failures:
-                    print(f"idle: {len(failures)} handshakes refused, first: {failures[0]}")
-                for s in streams:
-                    await trio.aclose_forcefully(s)
+                idle = IdleSockets()
+                async with trio.open_nursery() as nursery:
+                    await idle.open(
+                        nursery, ports["proxy"], "/chat/ws/echo", token, args.idle, True
+                    )
+                    took = time.perf_counter() - opening
+                    await trio.sleep(args.hold)  # past a ping or two: still open, answered
+                    after = rss_mib(pid)
+                    opened = len(idle.streams)
+                    still = opened - idle.closed
+                    print(f"idle: {opened} handshakes in {took:.1f} s", flush=True)
+                    print(
+                        f"idle: {still} WebSockets open on one proxy ({idle.closed} closed by it) "
+                        f"{args.hold:g} s later: RSS {before:.1f} -> {after:.1f} MiB "
+                        f"({(after - before) * 1024 / max(1, still):.1f} KiB each)"
+                    )
+                    if idle.failures:
+                        print(
+                            f"idle: {len(idle.failures)} handshakes refused, "
+                            f"first: {idle.failures[0]}"
+                        )
+                    nursery.cancel_scope.cancel()
+                for stream in idle.streams:
+                    await trio.aclose_forcefully(stream)
             print(f"load average at end: {os.getloadavg()}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -187,6 +242,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--idle", type=int, default=10000)
+    parser.add_argument(
+        "--hold", type=float, default=35.0, help="seconds the idle sockets stay open (pings: 30 s)"
+    )
     trio.run(run, parser.parse_args())
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import resource
 import signal
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -60,13 +61,33 @@ async def serve_tcp(
         task_status.started(listener_port(listeners))
 
 
+NR_OPEN_CAP = 1 << 20  # when the hard limit is "unlimited": Linux's default fs.nr_open
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """RLIMIT_NOFILE's soft limit up to its hard limit, as nginx (``worker_rlimit_nofile``) and
+    HAProxy do at start: a shell's default soft limit is 1024, and a proxy holding WebSockets
+    uses two descriptors for each (10,000 idle ones need 20,000). The limits after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = NR_OPEN_CAP if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass  # left as it was: the process still runs, with fewer connections
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return limits[0], limits[1]
+
+
 async def run_until_signalled(
     name: str,
     start: Callable[[trio.Nursery], Awaitable[None]],
     drain: Callable[[], Awaitable[None]],
 ) -> None:
     """``start(nursery)``, then wait for SIGTERM/SIGINT; on the first, ``drain()`` and cancel
-    whatever still runs in ``nursery``."""
+    whatever still runs in ``nursery``. The open files limit is raised first."""
+    soft, hard = raise_open_files_limit()
+    log.debug("open_files_limit", server=name, soft=soft, hard=hard)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await start(nursery)

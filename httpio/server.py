@@ -65,7 +65,7 @@ from httpio.errors import (
 from httpio.listen import accept_loop, send_refusal, wrap_socket
 from httpio.messages import Handler, Request, Response, ResponseBody, error_response
 from httpio.protocol import Headers, h11, reason_for, refuse_request
-from httpio.switch import SwitchRefused, request_head, switch_protocols
+from httpio.switch import Switched, SwitchRefused, request_head, switch_protocols
 
 # Called once per answered request, after its response went out: (request, response, monotonic
 # time the handler started, body bytes sent). The access log and the metrics are observers.
@@ -420,6 +420,10 @@ class HttpServer:
             request = self._make_request(event, conn, stream, peer, via_elb)
             keep = await self._respond(stream, conn, request)
             self.requests_served += 1
+            if isinstance(keep, Switched):  # the connection is the body's now
+                del event, request, conn  # held for as long as it lasts otherwise
+                await keep.run()
+                return
             if not keep:
                 if not request.body.complete_in_buffer():
                     await self._linger(stream)
@@ -559,9 +563,11 @@ class HttpServer:
             via_elb,
         )
 
-    async def _respond(self, stream: trio.SocketStream, conn: Any, request: Request) -> bool:
+    async def _respond(
+        self, stream: trio.SocketStream, conn: Any, request: Request
+    ) -> bool | Switched:
         """Run the handler and send its response. Returns whether the connection may carry
-        another request."""
+        another request, or the `Switched` to run after a 101."""
         limits = self.limits
         response: Response
         started = time.monotonic() if self.access_log or self.observer else 0.0
@@ -586,16 +592,21 @@ class HttpServer:
             )
             response = error_response(GatewayError("internal error while serving the request"))
         if response.status == 101:  # an upgrade accepted: the connection is the body's now
+            switched: Switched | None = None
             try:
                 head = request_head(request.method, request.target, request.headers)
-                await switch_protocols(stream, conn, 101, response.headers, response.body, head)
+                switched = await switch_protocols(
+                    stream, conn, 101, response.headers, response.body, head
+                )
             except SwitchRefused as exc:
                 log.warning(
                     "switch_refused", server=self.name, target=request.target, error=str(exc)
                 )
             if self.access_log:
                 self._log_access(request, response, started)
-            raise _Closed
+            if switched is None:
+                raise _Closed
+            return switched
         if self.draining or conn.they_are_waiting_for_100_continue:
             # A client still waiting for 100 Continue may or may not send its body now
             # (RFC 9110 10.1.1): the next bytes cannot be trusted to be a request.

@@ -61,4 +61,7 @@ async def receive(sock: trio.socket.SocketType, size: int = RECEIVE_SIZE) -> byt
         try:
             return os.read(fd, size)
         except BlockingIOError:
-            await trio.lowlevel.wait_readable(sock)
+            pass
+        # Not inside the except: a wait there keeps the BlockingIOError and its traceback
+        # alive for as long as the socket is idle (~0.5 KiB per waiting read).
+        await trio.lowlevel.wait_readable(sock)

@@ -15,6 +15,16 @@ pings (payload ``PING_PAYLOAD``) go to both legs. Only data and pings from a pee
 activity for ``idle_timeout_s`` (a pong answering our ping does not, or the pings would keep
 every idle socket open); any frame from a leg shows it alive.
 
+What an idle pair costs is what 10,000 of them cost (the target: one proxy under 150 MB): a
+relay is the connection's own task (client -> upstream) plus one more (upstream -> client), each
+parked in `trio.lowlevel.wait_readable` on the raw socket (`httpio.sockio`: trio's
+``SocketStream.receive_some`` keeps ~3 KiB of conflict detector, context managers and cancel
+scopes alive per waiting read). The timers and the ``checks`` (a token decided again) need no
+task of their own: a process-wide `RelayClock` ticks every ``tick_s`` and calls ``tick`` on each
+relay (a sleeping task per timer per relay was ~2 KiB each); a relay without one (unit tests)
+runs its own timer task. Measured with tracemalloc and ``sys._debugmallocstats`` in a proxy
+holding 1,000 idle pairs: see bench/RESULTS.md, "WebSockets".
+
 Closing (RFC 6455 7): a close from one side is answered to it and passed to the other with its
 code (`httpio.websocket.wire_close_code`: never 1005/1006/1015 on the wire); a close the relay
 starts is sent to both legs; then the relay waits ``close_grace_s`` for the replies and closes
@@ -24,7 +34,7 @@ both TCP connections. A leg that vanishes without a close frame gets the other s
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -40,6 +50,7 @@ from wsproto.events import (
     TextMessage,
 )
 
+from httpio import sockio
 from httpio.websocket import (
     GOING_AWAY,
     MESSAGE_TOO_BIG,
@@ -65,6 +76,7 @@ class RelayLimits:
     ping_interval_s: float = 30.0
     close_grace_s: float = 2.0
     send_timeout_s: float = 30.0
+    check_interval_s: float = 1.0  # how often the ``checks`` run (a token decided again)
 
 
 class _Leg:
@@ -84,11 +96,52 @@ class _Leg:
         return self.gone or self.ws.state is ConnectionState.CLOSED
 
 
-Watcher = Callable[["Relay"], Awaitable[None]]
+Check = Callable[["Relay"], None]
+
+
+class RelayClock:
+    """The timers of every relay in a process, in one task: ``tick`` on each every ``tick_s``
+    (so a timer fires up to ``tick_s`` late: 1 s against limits of seconds to minutes)."""
+
+    def __init__(self, tick_s: float = 1.0) -> None:
+        self.tick_s = tick_s
+        self.relays: set[Relay] = set()
+
+    def __repr__(self) -> str:
+        return f"<RelayClock tick_s={self.tick_s:g} relays={len(self.relays)}>"
+
+    def statistics(self) -> dict[str, object]:
+        return {"tick_s": self.tick_s, "relays": len(self.relays)}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(self.tick_s)
+            now = trio.current_time()
+            for relay in list(self.relays):
+                relay.tick(now)
 
 
 class Relay:
     """One joined pair; ``run()`` until it ends. ``close(code, reason)`` ends it from outside."""
+
+    __slots__ = (
+        "_checks",
+        "_clock",
+        "_last_frame",
+        "_next_check",
+        "_next_ping",
+        "_nursery",
+        "_started",
+        "client",
+        "close_codes",
+        "close_why",
+        "closing",
+        "limits",
+        "messages",
+        "name",
+        "upstream",
+    )
 
     def __init__(
         self,
@@ -99,9 +152,13 @@ class Relay:
         limits: RelayLimits,
         *,
         name: str = "relay",
+        clock: RelayClock | None = None,
+        checks: tuple[Check, ...] = (),
     ) -> None:
         self.limits = limits
         self.name = name
+        self._clock = clock
+        self._checks = checks
         self.client = _Leg(
             Side.CLIENT, client, Connection(ConnectionType.SERVER, trailing_data=client_trailing)
         )
@@ -115,10 +172,10 @@ class Relay:
         self.close_codes: dict[Side, int | None] = {}  # what the relay sent each leg
         self.close_why = ""
         self._nursery: trio.Nursery | None = None
-        self._settled = trio.Event()
-        self._done = trio.Event()
         self._last_frame = 0.0
         self._started = 0.0
+        self._next_ping = 0.0
+        self._next_check = 0.0
 
     def __repr__(self) -> str:
         state = "closing" if self.closing else "open"
@@ -148,25 +205,40 @@ class Relay:
         await trio.sleep(delay_s)
         self.close(code, reason)
 
+    def start_soon(self, fn: Callable[..., object], *args: object) -> None:
+        """Run ``fn(*args)`` in the relay's nursery (a check that must wait), if still open."""
+        if self._nursery is not None and not self.closing:
+            self._nursery.start_soon(fn, *args)  # type: ignore[arg-type]
+
     # -- the run ---------------------------------------------------------------------------
-    async def run(self, *watchers: Watcher) -> None:
-        """Relay until both legs are closed; the streams are closed when it returns."""
-        self._started = self._last_frame = trio.current_time()
+    async def run(self) -> None:
+        """Relay until both legs are closed; the streams are closed when it returns. The
+        calling task carries client -> upstream; one more task the other way."""
+        now = trio.current_time()
+        self._started = self._last_frame = now
+        self._next_ping = now + self.limits.ping_interval_s
+        self._next_check = now + self.limits.check_interval_s
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._pump, self.client, self.upstream)
                 nursery.start_soon(self._pump, self.upstream, self.client)
-                nursery.start_soon(self._clock)
-                for watcher in watchers:
-                    nursery.start_soon(watcher, self)
-                await self._done.wait()
-                nursery.cancel_scope.cancel()
+                if self._clock is None:
+                    nursery.start_soon(self._own_clock)
+                else:
+                    self._clock.relays.add(self)
+                await self._pump(self.client, self.upstream)
+                await trio.sleep_forever()  # until _finish cancels the nursery
         finally:
             self._nursery = None
+            if self._clock is not None:
+                self._clock.relays.discard(self)
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self.upstream.stream)
                 await trio.aclose_forcefully(self.client.stream)
+
+    def _finish(self) -> None:
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     def _other(self, leg: _Leg) -> _Leg:
         return self.upstream if leg is self.client else self.client
@@ -179,7 +251,7 @@ class Relay:
                 self._check_settled()
                 return
             try:
-                data = await src.stream.receive_some(RECEIVE_SIZE)
+                data = await _receive(src.stream)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 data = b""
             if not data:
@@ -284,49 +356,75 @@ class Relay:
                 leg, CloseConnection(code=code or 1005, reason=reason if code else None)
             )
         self._check_settled()
-        with trio.move_on_after(self.limits.close_grace_s):
-            await self._settled.wait()
-        self._done.set()
+        # Both legs settled cancels this wait with the relay (`_finish`); else the grace ends.
+        await trio.sleep(self.limits.close_grace_s)
+        self._finish()
 
     def _check_settled(self) -> None:
         if self.client.settled and self.upstream.settled:
-            self._settled.set()
             if not self.closing:
                 self.closing = True
-            self._done.set()
+            self._finish()
 
-    async def _clock(self) -> None:
-        """Idle, lifetime and ping timers: one task, sleeping until the nearest."""
+    # -- timers ------------------------------------------------------------------------------
+    def _next_deadline(self) -> float:
         limits = self.limits
-        next_ping = self._started + limits.ping_interval_s
+        deadlines = [self._next_check] if self._checks else []
+        if limits.idle_timeout_s > 0:
+            deadlines.append(self._last_frame + limits.idle_timeout_s)
+        if limits.max_lifetime_s > 0:
+            deadlines.append(self._started + limits.max_lifetime_s)
+        if limits.ping_interval_s > 0:
+            deadlines.append(self._next_ping)
+        return min(deadlines, default=float("inf"))
+
+    async def _own_clock(self) -> None:
+        """The timers, for a relay no `RelayClock` ticks."""
         while not self.closing:
-            deadlines = []
-            if limits.idle_timeout_s > 0:
-                deadlines.append(self._last_frame + limits.idle_timeout_s)
-            if limits.max_lifetime_s > 0:
-                deadlines.append(self._started + limits.max_lifetime_s)
-            if limits.ping_interval_s > 0:
-                deadlines.append(next_ping)
-            if not deadlines:
+            await trio.sleep_until(self._next_deadline())
+            self.tick(trio.current_time())
+
+    def tick(self, now: float) -> None:
+        """Idle, lifetime, pings and checks due at ``now``; what must wait runs in a task."""
+        limits = self.limits
+        if self.closing or self._nursery is None:
+            return
+        if limits.idle_timeout_s > 0 and now >= self._last_frame + limits.idle_timeout_s:
+            self.close(GOING_AWAY, f"idle for {limits.idle_timeout_s:g} s")
+            return
+        if limits.max_lifetime_s > 0 and now >= self._started + limits.max_lifetime_s:
+            self.close(GOING_AWAY, f"open for {limits.max_lifetime_s:g} s, the limit")
+            return
+        if limits.ping_interval_s > 0 and now >= self._next_ping:
+            for leg in (self.client, self.upstream):
+                if leg.awaiting_pong:
+                    self._lost(leg, "did not answer a ping")
+                    return
+            self._next_ping = now + limits.ping_interval_s
+            self._nursery.start_soon(self._ping_legs)
+        if self._checks and now >= self._next_check:
+            self._next_check = now + limits.check_interval_s
+            for check in self._checks:
+                check(self)
+                if self.closing:
+                    return
+
+    async def _ping_legs(self) -> None:
+        for leg in (self.client, self.upstream):
+            leg.awaiting_pong = True
+            if not await self._send(leg, Ping(payload=PING_PAYLOAD)):
+                self._lost(leg, "failed while being pinged")
                 return
-            await trio.sleep_until(min(deadlines))
-            if self.closing:
-                return
-            now = trio.current_time()
-            if limits.idle_timeout_s > 0 and now >= self._last_frame + limits.idle_timeout_s:
-                self.close(GOING_AWAY, f"idle for {limits.idle_timeout_s:g} s")
-                return
-            if limits.max_lifetime_s > 0 and now >= self._started + limits.max_lifetime_s:
-                self.close(GOING_AWAY, f"open for {limits.max_lifetime_s:g} s, the limit")
-                return
-            if limits.ping_interval_s > 0 and now >= next_ping:
-                for leg in (self.client, self.upstream):
-                    if leg.awaiting_pong:
-                        self._lost(leg, "did not answer a ping")
-                        return
-                for leg in (self.client, self.upstream):
-                    leg.awaiting_pong = True
-                    if not await self._send(leg, Ping(payload=PING_PAYLOAD)):
-                        self._lost(leg, "failed while being pinged")
-                        return
-                next_ping = now + limits.ping_interval_s
+
+
+async def _receive(stream: trio.abc.Stream) -> bytes:
+    """The next bytes from ``stream``: on a socket, a raw read (`httpio.sockio`), waiting in
+    `trio.lowlevel.wait_readable` only; bytes already there still cost a checkpoint, so a
+    peer that never pauses cannot hold the event loop."""
+    if isinstance(stream, trio.SocketStream):
+        data = sockio.try_receive(stream.socket, RECEIVE_SIZE)
+        if data is None:
+            return await sockio.receive(stream.socket, RECEIVE_SIZE)
+        await trio.lowlevel.checkpoint()
+        return data
+    return bytes(await stream.receive_some(RECEIVE_SIZE))

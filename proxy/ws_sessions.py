@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from httpio.balance import Endpoint
 from httpio.websocket import GOING_AWAY
-from httpio.ws_relay import Relay
+from httpio.ws_relay import Relay, RelayClock
 from proxy.state import ProxyConfig
 
 CLOSE_MARGIN_S = 1.0
@@ -63,6 +63,7 @@ class OpenSockets:
 
     sockets: set[OpenSocket] = field(default_factory=set)
     drained: int = 0
+    clock: RelayClock = field(default_factory=RelayClock)  # the relays' timers, one task
 
     def __repr__(self) -> str:
         return f"<OpenSockets open={len(self.sockets)} drained={self.drained}>"

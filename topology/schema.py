@@ -148,9 +148,12 @@ class WebSocketSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     dead peers; ``max_message_bytes`` (1 MiB) closes with 1009; ``max_lifetime_s`` 0 means
     none; ``drain_s``: what open sockets get on SIGTERM or when a reload drops their service
     or instance, before a 1001 (kept under the server's ``drain_timeout_s``). 0 switches a
-    timer off."""
+    timer off. ``handshake_timeout_s``: from the handshake sent to an instance to its answer's
+    head (the connect is the service's ``limits.connect_timeout_s``); an instance that cannot
+    be reached, or does not answer in time, gets the handshake's one retry on another."""
 
     enabled: bool = False
+    handshake_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     idle_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
     max_message_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1 << 20
     max_lifetime_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0

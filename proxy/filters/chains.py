@@ -231,6 +231,7 @@ def websocket_forward(spec: ServiceSpec, config: ProxyConfig, parts: Parts) -> W
         upstream=parts.upstream,
         settings=spec.websocket,
         connect_timeout_s=spec.limits.connect_timeout_s,
+        retries=spec.limits.retries,
         via=parts.via,
         drop=IDENTITY_HEADERS,
         sockets=parts.websockets,

@@ -19,13 +19,14 @@ as before: ``Upgrade`` is hop-by-hop and never reaches it.
 answer a 101 whose body is a `WebSocketSession`; the server loop (`httpio.switch`) then hands
 it the client's connection and `httpio.ws_relay.Relay` joins the two. A non-101 answer goes
 back as an ordinary response. While a session lasts, its token is decided again every
-``TOKEN_CHECK_S`` from the verdict cache (the revocation feed updates it every second): a
+``check_interval_s`` (1 s) from the verdict cache (the revocation feed updates it every second): a
 revoked or expired token closes the socket with 1008. A cross-region relay leaves message
 size and idle limits to the serving region (it pings its own legs).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -62,12 +63,11 @@ from topology.schema import WebSocketSettings
 
 log = structlog.get_logger()
 
-TOKEN_CHECK_S = 1.0
-HANDSHAKE_TIMEOUT_S = 10.0
 # A relay to another region's ELB: the serving region enforces the service's limits.
 REGION_LIMITS = RelayLimits(idle_timeout_s=0, max_message_bytes=1 << 62, ping_interval_s=30.0)
 REGION_DRAIN_S = 5.0
 _UPGRADE_NAMES = frozenset(n for n, _ in UPGRADE_HEADERS)
+_TOKEN_HEADERS = frozenset({b"authorization", b"authtoken"})
 
 
 def relay_limits(settings: WebSocketSettings) -> RelayLimits:
@@ -145,20 +145,29 @@ class WebSocketSession:
         self._taken = True
         answer = self._answer
         assert answer.stream is not None
+        sockets = self._sockets
         relay = Relay(
-            stream, trailing, answer.stream, answer.trailing, self._limits, name=self._name
+            stream,
+            trailing,
+            answer.stream,
+            answer.trailing,
+            self._limits,
+            name=self._name,
+            clock=sockets.clock if sockets is not None else None,
+            checks=(self._watch.check,) if self._watch is not None else (),
         )
+        # Held for as long as the socket is open: nothing of the handshake stays but the relay.
+        self._answer = UpgradeAnswer(101, [], stream=answer.stream)
+        self._watch = None
+        del answer
         socket = self._describe(relay)
-        if self._sockets is not None:
-            self._sockets.add(socket)
+        if sockets is not None:
+            sockets.add(socket)
         try:
-            if self._watch is not None:
-                await relay.run(self._watch.run)
-            else:
-                await relay.run()
+            await relay.run()
         finally:
-            if self._sockets is not None:
-                self._sockets.discard(socket)
+            if sockets is not None:
+                sockets.discard(socket)
             codes = {f"to_{side.value}": code for side, code in relay.close_codes.items()}
             log.info("websocket_closed", relay=relay.name, why=relay.close_why, **codes)
 
@@ -172,26 +181,39 @@ class WebSocketSession:
 
 
 class TokenWatch:
-    """Decides the session's token again every ``TOKEN_CHECK_S``; closes with 1008 once it
-    is refused (revoked, expired, or its user's role no longer allowed)."""
+    """Decides the session's token again every ``RelayLimits.check_interval_s`` (1 s): once it
+    is refused (revoked, expired, or its user's role no longer allowed) the socket closes with
+    1008. Only the token's headers and the path are kept, not the handshake request."""
 
     def __init__(self, client: AuthClient, policy: AuthPolicy, request: Request) -> None:
         self._client = client
         self._policy = policy
-        self._request = request
+        self._headers = [h for h in request.headers if h[0] in _TOKEN_HEADERS]
+        self._path = request.path
+        self._settling = False
 
-    async def run(self, relay: Relay) -> None:
-        while not relay.closing:
-            await trio.sleep(TOKEN_CHECK_S)
-            try:
-                verdict = self._client.decide(self._request, self._policy)
-                if isinstance(verdict, NeedsIntrospection):
-                    await self._client.settle(verdict, self._policy)
-            except ClientError as err:
-                relay.close(POLICY_VIOLATION, f"token refused: {err.detail}")
-                return
-            except GatewayError:
-                continue  # the auth servers are out of reach: asked again next time
+    def check(self, relay: Relay) -> None:
+        client = self._client
+        try:
+            verdict = client.authorizer.decide(
+                self._headers, self._path, self._policy, client.clock()
+            )
+        except ClientError as err:
+            relay.close(POLICY_VIOLATION, f"token refused: {err.detail}")
+            return
+        if isinstance(verdict, NeedsIntrospection) and not self._settling:
+            self._settling = True
+            relay.start_soon(self._settle, relay, verdict)
+
+    async def _settle(self, relay: Relay, verdict: NeedsIntrospection) -> None:
+        try:
+            await self._client.settle(verdict, self._policy)
+        except ClientError as err:
+            relay.close(POLICY_VIOLATION, f"token refused: {err.detail}")
+        except GatewayError:
+            pass  # the auth servers are out of reach: asked again next time
+        finally:
+            self._settling = False
 
 
 def _answer(answer: UpgradeAnswer, session: WebSocketSession) -> Response:
@@ -213,6 +235,7 @@ class WebSocketForward:
         upstream: UpstreamPool,
         settings: WebSocketSettings,
         connect_timeout_s: float,
+        retries: int,
         via: bytes,
         drop: frozenset[bytes],
         sockets: OpenSockets | None,
@@ -225,6 +248,7 @@ class WebSocketForward:
         self._settings = settings
         self._limits = relay_limits(settings)
         self._connect_timeout_s = connect_timeout_s
+        self._retries = retries
         self._via = via
         self._drop = drop
         self._sockets = sockets
@@ -242,13 +266,61 @@ class WebSocketForward:
     async def _handshake(self, ex: Exchange) -> Response:
         headers = upstream_headers(ex, self._via, self._drop)
         headers.extend(ex.identity)
+        client_ip = ex.request.client[0]
         try:
-            endpoint = self._pool.pick(client_ip=ex.request.client[0], url=ex.target)
+            endpoint: Endpoint | None = self._pool.pick(client_ip=client_ip, url=ex.target)
         except NoHealthyInstance as err:
             raise retry.unavailable(err, dependency=False) from None
-        answer = await _open_on(
-            self._pool, self._upstream, endpoint, ex.target, headers, self._connect_timeout_s
-        )
+        tried: list[Endpoint] = []
+        retries = 0
+        reached_any = False
+        while endpoint is not None:
+            tried.append(endpoint)
+            try:
+                answer = await _open_on(
+                    self._pool,
+                    self._upstream,
+                    endpoint,
+                    ex.target,
+                    headers,
+                    self._connect_timeout_s,
+                    self._settings.handshake_timeout_s,
+                )
+                break
+            except UpstreamError as err:
+                # Before any 101 a handshake is a bodiless GET: it may go to another instance
+                # as an idempotent request would (`proxy.retry`).
+                reached_any = reached_any or err.bytes_sent
+                verdict = retry.decide_retry(
+                    outcome=retry.outcome_of(err),
+                    request_sent=err.bytes_sent,
+                    replayable=True,
+                    retries_done=retries,
+                    max_retries=self._retries,
+                    time_left_s=math.inf,
+                )
+                if verdict is retry.Verdict.RETRY:
+                    retries += 1
+                nxt = None
+                if verdict in retry.TRY_AGAIN:
+                    nxt = self._pool.pick_retry(tried, client_ip=client_ip, url=ex.target)
+                if nxt is None:
+                    raise retry.final_error(
+                        err,
+                        reached_any=reached_any,
+                        service=self.service,
+                        dependency=False,
+                        tries=len(tried),
+                    ) from None
+                log.info(
+                    "websocket_handshake_retried",
+                    service=self.service,
+                    failed=endpoint.url,
+                    next=nxt.url,
+                    error=err.detail,
+                )
+                endpoint = nxt
+        assert endpoint is not None
         watch = None
         if self._auth is not None and self._policy is not None and not self._policy.public:
             watch = TokenWatch(self._auth, self._policy, ex.request)
@@ -267,6 +339,7 @@ async def _open_on(
     target: str,
     headers: Headers,
     connect_timeout_s: float,
+    handshake_timeout_s: float,
 ) -> UpgradeAnswer:
     """The handshake to ``endpoint``, its outcome fed to the pool's health."""
     pool.begin(endpoint)
@@ -277,7 +350,7 @@ async def _open_on(
             target,
             handshake_headers(headers),
             connect_timeout_s=connect_timeout_s,
-            response_head_timeout_s=HANDSHAKE_TIMEOUT_S,
+            response_head_timeout_s=handshake_timeout_s,
         )
     except UpstreamError as err:
         pool.end(endpoint, retry.outcome_of(err), time.monotonic() - started)
@@ -327,7 +400,17 @@ class RemoteWebSocket:
         mark = hop_mark(self._hop_keys, self._local_region, ex.request_id, time.time())
         headers.append((HOP_HEADER, mark))
         endpoint = self._pool.pick()
-        answer = await _open_on(self._pool, self._upstream, endpoint, ex.target, headers, 1.0)
+        # a cross-region request's timeouts: config.json's "Upstream" section
+        timeouts = self._upstream.timeouts
+        answer = await _open_on(
+            self._pool,
+            self._upstream,
+            endpoint,
+            ex.target,
+            headers,
+            timeouts.connect_timeout_s,
+            timeouts.response_head_timeout_s,
+        )
         describe = partial(
             OpenSocket, instance=endpoint.url, drain_s=REGION_DRAIN_S, region=self.region
         )

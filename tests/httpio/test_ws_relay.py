@@ -8,7 +8,9 @@ import trio.testing
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
 
-from httpio.ws_relay import Relay, RelayLimits
+from httpio.websocket import Side
+from httpio.ws_relay import Check, Relay, RelayClock, RelayLimits
+from tests.support.polling import wait_until
 
 
 class Peer:
@@ -29,10 +31,17 @@ class Peer:
             self.ws.receive_data(bytes(data) or None)
 
 
-async def run_relay(limits: RelayLimits, nursery: trio.Nursery) -> tuple[Peer, Peer, Relay]:
+async def run_relay(
+    limits: RelayLimits,
+    nursery: trio.Nursery,
+    clock: RelayClock | None = None,
+    checks: tuple[Check, ...] = (),
+) -> tuple[Peer, Peer, Relay]:
     browser_end, proxy_client = trio.testing.memory_stream_pair()
     proxy_upstream, backend_end = trio.testing.memory_stream_pair()
-    relay = Relay(proxy_client, b"", proxy_upstream, b"", limits, name="t")
+    relay = Relay(
+        proxy_client, b"", proxy_upstream, b"", limits, name="t", clock=clock, checks=checks
+    )
     nursery.start_soon(relay.run)
     return Peer(browser_end, ConnectionType.CLIENT), Peer(backend_end, ConnectionType.SERVER), relay
 
@@ -87,6 +96,38 @@ async def test_idle_closes_with_1001_and_pings_do_not_count(autojump_clock: obje
         assert codes == [1001, 1001]
         assert 60 <= trio.current_time() - started < 70
         assert "idle" in relay.close_why
+
+
+async def test_a_shared_clock_ticks_the_timers_and_the_checks_of_each_relay(
+    autojump_clock: object,
+) -> None:
+    # One RelayClock task for every relay (no timer task per relay): idle pairs cost less.
+    clock = RelayClock(tick_s=1.0)
+    checked: list[float] = []
+
+    def refuse_at_five(relay: Relay) -> None:
+        checked.append(trio.current_time())
+        if len(checked) == 5:
+            relay.close(1008, "token refused")
+
+    limits = RelayLimits(idle_timeout_s=60, ping_interval_s=0, check_interval_s=1.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        browser, _backend, checked_relay = await run_relay(
+            limits, nursery, clock, (refuse_at_five,)
+        )
+        other_browser, _other_backend, idle_relay = await run_relay(limits, nursery, clock)
+        await wait_until(lambda: len(clock.relays) == 2)
+        assert isinstance(await browser.next_event(), CloseConnection)
+        assert checked_relay.close_codes == {Side.CLIENT: 1008, Side.UPSTREAM: 1008}
+        assert len(checked) == 5
+        started = trio.current_time()
+        event = await other_browser.next_event()
+        assert isinstance(event, CloseConnection) and event.code == 1001
+        assert "idle" in idle_relay.close_why
+        assert trio.current_time() - started < 60
+        nursery.cancel_scope.cancel()
+    assert clock.relays == set()
 
 
 async def test_a_peer_that_stops_answering_pings_is_found(autojump_clock: object) -> None:

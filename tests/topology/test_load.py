@@ -18,7 +18,7 @@ from topology.load import (
     load_proxy_list,
     load_region_structure,
 )
-from topology.schema import InstanceSpec, parse_auth_store
+from topology.schema import InstanceSpec, WebSocketSettings, parse_auth_store
 
 DATA = Path(__file__).resolve().parent / "data"  # copies of shared/seed-resources
 TOPOLOGY = Path(__file__).resolve().parents[2] / "topology"
@@ -377,3 +377,15 @@ def test_the_articles_rate_limit_form_is_a_fixed_window_default(tmp_path):
     )
     assert config.default_rate_limit() is not None
     assert load_config(write(tmp_path, "d.json", "{}")).default_rate_limit() is None
+
+
+@pytest.mark.parametrize("msa", ["msa_kr.yaml", "msa_en.yaml"])
+def test_the_shipped_fleet_relays_websockets_for_video_only_behind_its_token_check(
+    msa: str,
+) -> None:
+    shipped = load_msa(Path(__file__).resolve().parents[2] / "topology" / msa)
+    relaying = {s.name: s for s in shipped.service if s.websocket and s.websocket.enabled}
+    assert list(relaying) == ["video"]
+    video = relaying["video"]
+    assert not video.public and not video.public_paths  # the handshake needs a token
+    assert video.websocket == WebSocketSettings(enabled=True)  # the schema's limits
