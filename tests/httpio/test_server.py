@@ -369,9 +369,7 @@ async def test_http_1_0_keep_alive_ends_with_a_body_of_unknown_length() -> None:
     assert app.bodies[0].closed
 
 
-async def test_http_1_0_keep_alive_ends_when_the_client_says_close_or_the_server_drains() -> (
-    None
-):
+async def test_http_1_0_keep_alive_ends_on_close_or_drain() -> None:
     app = App()
     async with serving(app) as (server, port):
         async with connect(port) as client:
