@@ -391,8 +391,10 @@ class HttpServer:
             if self.open_connections == 0:
                 self._all_closed.set()
             try:
-                with trio.CancelScope(shield=True):
-                    await trio.aclose_forcefully(stream)
+                # What a SocketStream's aclose() does, less its checkpoint: no cancel scope
+                # (aclose_forcefully's, the shield) and no yield at each connection's end,
+                # which were a third of what closing cost under ab (issue 14's profile).
+                stream.socket.close()
             except Exception as exc:
                 self._connection_failed(exc)
             if on_close is not None:
@@ -469,19 +471,24 @@ class HttpServer:
         self, stream: trio.SocketStream, conn: Any, peer: tuple[str, int]
     ) -> tuple[tuple[str, int], bool]:
         buffer = b""
-        with trio.move_on_after(self.limits.head_timeout_s):
-            while True:
-                parsed = proxyproto.parse_v2(buffer)
-                if parsed is not proxyproto.NEED_MORE:
-                    break
-                # Every connection from a trusted address comes through here (on one host
-                # the ELBs are on loopback): the raw read, not trio's stream wrapper.
-                data = await sockio.receive(stream.socket)
-                if not data:
+        deadline = trio.current_time() + self.limits.head_timeout_s
+        while True:
+            parsed = proxyproto.parse_v2(buffer)
+            if parsed is not proxyproto.NEED_MORE:
+                break
+            # Every connection from a trusted address comes through here (on one host the
+            # ELBs are on loopback): the raw read, tried first; a cancel scope only around
+            # a wait for bytes not there yet.
+            data = sockio.try_receive(stream.socket)
+            if data is None:
+                with trio.CancelScope(deadline=deadline) as waiting:
+                    await trio.lowlevel.wait_readable(stream.socket)
+                if waiting.cancelled_caught:
                     raise _Closed
-                buffer += data
-        if parsed is proxyproto.NEED_MORE:
-            raise _Closed
+                continue
+            if not data:
+                raise _Closed
+            buffer += data
         if parsed is None:  # not a PROXY header: plain HTTP from a trusted host
             conn.receive_data(buffer)
             return peer, False

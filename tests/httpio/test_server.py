@@ -826,6 +826,18 @@ async def test_broken_proxy_header_from_a_trusted_peer_is_dropped() -> None:
         assert await client.read_to_eof() == b""
 
 
+async def test_a_trusted_peer_silent_mid_proxy_header_is_closed_at_the_head_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limits = ServerLimits(head_timeout_s=5.0)
+    async with serving(None, limits, trusted_proxies=["127.0.0.1"]) as (_, port):
+        async with connect(port) as client:
+            await client.send(SIGNATURE[:6])  # a PROXY header begun, never finished
+            start = trio.current_time()
+            assert await client.read_to_eof() == b""
+            assert 5.0 <= trio.current_time() - start < 6.0
+
+
 async def test_proxy_header_from_an_untrusted_peer_is_400() -> None:
     app = App()
     async with serving(app, trusted_proxies=["192.0.2.1"]) as (_, port), connect(port) as client:
