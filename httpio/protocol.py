@@ -30,6 +30,17 @@ in a field, conflicting Content-Lengths, a Transfer-Encoding other than ``chunke
 
 Each refusal closes the connection (the caller's job): after a refused CONNECT or an
 ambiguous length the next bytes cannot be trusted to start a request.
+
+HTTP/1.0 keep-alive (RFC 9112 9.3 and Appendix C.2.2, RFC 2068 19.7.1): an HTTP/1.0
+connection persists only when the client asked (``Connection: keep-alive``) and the answer
+says so too. h11 makes every HTTP/1.0 exchange its connection's last (it writes
+``Connection: close``, and both sides end in ``MUST_CLOSE``), so ``ab -k`` and any 1.0
+client that asks paid a TCP connection per request. `asks_keep_alive` and
+`http10_may_persist` decide (sans-IO), `keep_alive_head` turns the head h11 wrote into
+one that promises the connection, and the server loop starts a fresh h11 state machine on
+it for the next request. A body the client can only delimit by the close (no
+Content-Length: a 1.0 client knows no chunked) never persists, nor does an answer that
+already carries a ``Connection`` header of its own (a drain's or a refusal's close).
 """
 
 from __future__ import annotations
@@ -111,6 +122,47 @@ def header_value(headers: Headers, name: bytes) -> bytes | None:
 def header_values(headers: Headers, name: bytes) -> list[bytes]:
     """Every value of field ``name``, in order (a list field may span several lines)."""
     return [v for n, v in headers if n == name]
+
+
+def asks_keep_alive(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether ``Connection`` names ``keep-alive`` and not ``close``: how an HTTP/1.0 client
+    asks to keep its connection (an HTTP/1.1 one persists by default; h11 sees to that)."""
+    asked = False
+    for name, value in headers:
+        if name == b"connection":
+            for token in value.split(b","):
+                token = token.strip().lower()
+                if token == b"close":
+                    return False
+                if token == b"keep-alive":
+                    asked = True
+    return asked
+
+
+def http10_may_persist(method: str, status: int, headers: Headers, sized_body: bool) -> bool:
+    """Whether the answer to an HTTP/1.0 request that asked for keep-alive may leave the
+    connection open: its end is known without the close (a bytes body, which gets its
+    Content-Length; a Content-Length; or no body at all), and nobody asked to close."""
+    length = sized_body or method == "HEAD" or status in (204, 304)
+    for name, _ in headers:
+        if name == b"connection":
+            return False
+        if name == b"content-length":
+            length = True
+    return length
+
+
+_CLOSE_TAIL = b"Connection: close\r\n\r\n"
+_KEEP_ALIVE_TAIL = b"Connection: keep-alive\r\n\r\n"
+
+
+def keep_alive_head(head: bytes) -> bytes | None:
+    """h11's response head for an HTTP/1.0 peer, its ``Connection: close`` (the last line
+    h11 adds when the answer carried no ``Connection`` of its own) turned into
+    ``Connection: keep-alive``; None when the head does not end that way."""
+    if not head.endswith(_CLOSE_TAIL):
+        return None
+    return head[: -len(_CLOSE_TAIL)] + _KEEP_ALIVE_TAIL
 
 
 SERVED_METHODS: tuple[bytes, ...] = (

@@ -155,10 +155,18 @@ def forwarded_node(address: str) -> bytes:
 
 
 def client_response_headers(headers: Headers, *, via: bytes, request_id: bytes) -> Headers:
+    """One pass, as `upstream_request_headers`: hop-by-hop headers are skipped inside it,
+    and only a Connection header naming an end-to-end one costs a strip pass first."""
     out: Headers = []
     prior_via: bytes | None = None
     has_id = False
-    for name, value in strip_hop_by_hop(headers):
+    for name, value in headers:
+        if name in HOP_BY_HOP:
+            if name == b"connection" and not _only_hop_by_hop(value):
+                return client_response_headers(
+                    strip_hop_by_hop(headers), via=via, request_id=request_id
+                )
+            continue
         if name == b"via":  # several Via lines are one list, in order (RFC 9110 5.3)
             prior_via = value if prior_via is None else prior_via + b", " + value
             continue

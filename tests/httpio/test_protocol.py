@@ -1,5 +1,6 @@
-"""Shared HTTP/1.1 facts: hop-by-hop stripping (RFC 9110 7.6.1), reason phrases, and the
-choice between the pure and the compiled h11. Pure: no event loop."""
+"""Shared HTTP/1.1 facts: hop-by-hop stripping (RFC 9110 7.6.1), reason phrases, HTTP/1.0
+keep-alive (RFC 9112 9.3), and the choice between the pure and the compiled h11. Pure: no
+event loop."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ import sys
 import pytest
 
 from httpio import protocol
-from httpio.protocol import HOP_BY_HOP, header_value, reason_for, strip_hop_by_hop
+from httpio.protocol import (
+    HOP_BY_HOP,
+    asks_keep_alive,
+    h11,
+    header_value,
+    http10_may_persist,
+    keep_alive_head,
+    reason_for,
+    strip_hop_by_hop,
+)
 
 
 def test_strip_drops_the_fixed_hop_by_hop_set_and_keeps_order() -> None:
@@ -101,3 +111,69 @@ def test_unknown_gateway_h11_stops_the_process() -> None:
     )
     assert result.returncode == 1
     assert "GATEWAY_H11 must be auto, pure or mypyc, not 'fast'" in result.stderr
+
+
+# -- HTTP/1.0 keep-alive ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("headers", "asked"),
+    [
+        ([(b"connection", b"keep-alive")], True),
+        ([(b"connection", b"Keep-Alive")], True),
+        ([(b"connection", b"x-private, keep-alive")], True),
+        ([(b"connection", b"keep-alive"), (b"connection", b"close")], False),
+        ([(b"connection", b"keep-alive, close")], False),
+        ([(b"connection", b"close")], False),
+        ([(b"keep-alive", b"timeout=5")], False),  # the parameter header alone asks nothing
+        ([(b"connection", b"keep-alive-ish")], False),
+        ([], False),
+    ],
+)
+def test_asks_keep_alive(headers: list[tuple[bytes, bytes]], asked: bool) -> None:
+    assert asks_keep_alive(headers) is asked
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "headers", "sized", "persists"),
+    [
+        ("GET", 200, [], True, True),  # a bytes body: the server writes its Content-Length
+        ("GET", 200, [(b"content-length", b"6")], False, True),
+        ("GET", 200, [], False, False),  # streamed, length unknown: only the close ends it
+        ("HEAD", 200, [], False, True),
+        ("GET", 204, [], False, True),
+        ("GET", 304, [], False, True),
+        ("GET", 200, [(b"connection", b"close")], True, False),  # a drain, a refusal
+        ("GET", 200, [(b"content-length", b"6"), (b"connection", b"close")], False, False),
+    ],
+)
+def test_http10_may_persist_only_with_a_known_length(
+    method: str, status: int, headers: list[tuple[bytes, bytes]], sized: bool, persists: bool
+) -> None:
+    assert http10_may_persist(method, status, headers, sized) is persists
+
+
+def http10_head(headers: list[tuple[bytes, bytes]], status: int = 200) -> bytes:
+    """What this build of h11 writes for an answer to an HTTP/1.0 keep-alive request."""
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+    assert type(conn.next_event()) is h11.Request
+    return bytes(
+        conn.send(h11.Response(status_code=status, headers=headers, reason=reason_for(status)))
+    )
+
+
+def test_keep_alive_head_is_h11s_head_with_the_close_turned_into_keep_alive() -> None:
+    head = http10_head([(b"content-type", b"text/plain"), (b"content-length", b"5")])
+    assert head == (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    assert keep_alive_head(head) == (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n"
+        b"Connection: keep-alive\r\n\r\n"
+    )
+
+
+def test_keep_alive_head_leaves_a_head_without_h11s_close_alone() -> None:
+    assert keep_alive_head(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n") is None
+    # a close the answer carried itself is merged by h11, and not the tail we rewrite
+    assert keep_alive_head(http10_head([(b"connection", b"close, x-a")])) is None

@@ -335,6 +335,59 @@ async def test_http_1_0_streaming_body_is_delimited_by_close() -> None:
     assert app.bodies[0].closed
 
 
+async def test_http_1_0_keep_alive_serves_requests_on_one_connection() -> None:
+    # RFC 9112 9.3 / RFC 2068 19.7.1: asked for, and the length known, the connection stays.
+    app = App()
+    ask = "connection: keep-alive"
+    async with serving(app) as (server, port), connect(port) as client:
+        await client.send(get("/hello", ask, version="1.0"))
+        first = await client.read_response()
+        await client.send(get("/echo", ask, "content-length: 4", method="POST", version="1.0"))
+        await client.send(b"ping" + get("/stream-sized", ask, version="1.0"))  # pipelined
+        second, third = await client.read_response(), await client.read_response()
+        await client.send(get("/whoami", ask, version="1.0"))
+        fourth = await client.read_response()
+        await wait_until(lambda: server.requests_served == 4)
+        assert server.open_connections == 1
+    assert masked(first.raw) == (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ndate: <date>\r\n"
+        b"content-length: 5\r\nConnection: keep-alive\r\n\r\nhello"
+    )
+    assert [second.body, third.body] == [b"ping", b"onetwo"]
+    assert third.header(b"connection") == b"keep-alive"
+    assert fourth.json()["version"] == "1.0"
+    assert len({r.client for r in app.requests}) == 1
+
+
+async def test_http_1_0_keep_alive_ends_with_a_body_of_unknown_length() -> None:
+    app = App()
+    async with serving(app) as (_, port), connect(port) as client:
+        await client.send(get("/stream", "connection: keep-alive", version="1.0"))
+        reply = await client.read_response()
+        assert await client.read_to_eof() == b""
+    assert (reply.header(b"connection"), reply.body) == (b"close", b"onetwothree")
+    assert app.bodies[0].closed
+
+
+async def test_http_1_0_keep_alive_ends_on_close_or_drain() -> None:
+    app = App()
+    async with serving(app) as (server, port):
+        async with connect(port) as client:
+            await client.send(get("/hello", "connection: keep-alive, close", version="1.0"))
+            assert (await client.read_response()).header(b"connection") == b"close"
+            assert await client.read_to_eof() == b""
+        async with connect(port) as client:
+            await client.send(get("/slow", "connection: keep-alive", version="1.0"))
+            await app.entered.wait()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.drain)
+                await wait_until(lambda: server.draining)
+                app.release.set()
+                reply = await client.read_response()
+                assert await client.read_to_eof() == b""
+    assert (reply.header(b"connection"), reply.body) == (b"close", b"finally")
+
+
 @pytest.mark.parametrize(
     ("status", "line"),
     [
@@ -771,6 +824,18 @@ async def test_broken_proxy_header_from_a_trusted_peer_is_dropped() -> None:
     async with serving(trusted_proxies=["127.0.0.1"]) as (_, port), connect(port) as client:
         await client.send(SIGNATURE + b"\x13\x11\x00\x00" + get("/whoami"))
         assert await client.read_to_eof() == b""
+
+
+async def test_a_trusted_peer_silent_mid_proxy_header_is_closed_at_the_head_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limits = ServerLimits(head_timeout_s=5.0)
+    async with serving(None, limits, trusted_proxies=["127.0.0.1"]) as (_, port):
+        async with connect(port) as client:
+            await client.send(SIGNATURE[:6])  # a PROXY header begun, never finished
+            start = trio.current_time()
+            assert await client.read_to_eof() == b""
+            assert 5.0 <= trio.current_time() - start < 6.0
 
 
 async def test_proxy_header_from_an_untrusted_peer_is_400() -> None:

@@ -369,3 +369,12 @@ def test_response_via_on_two_lines_ends_with_our_hop() -> None:
     out = client_response_headers([(b"via", b"1.0 a"), (b"via", b"1.1 b")], via=VIA, request_id=RID)
     combined = b", ".join(values(out, b"via"))
     assert combined == b"1.0 a, 1.1 b, 1.1 proxy-a"
+
+
+def test_response_connection_naming_only_hop_by_hop_headers_goes_in_the_one_pass() -> None:
+    out = client_response_headers(
+        [(b"connection", b"Keep-Alive"), (b"keep-alive", b"timeout=5"), (b"x-a", b"1")],
+        via=VIA,
+        request_id=RID,
+    )
+    assert out == [(b"x-a", b"1"), (b"via", VIA), (b"x-request-id", RID)]
