@@ -45,7 +45,8 @@ UPSTREAM_DURATION = Histogram(
 )
 UPSTREAM_ATTEMPTS = Counter(
     "gateway_upstream_attempts",
-    "Requests sent upstream, by their last instance and how they ended",
+    "Tries sent upstream, by instance and how each ended (ok, 5xx, connect_error, "
+    "connect_timeout, reset, timeout)",
     ["service", "instance", "outcome"],
 )
 CACHE_REQUESTS = Counter(
@@ -165,8 +166,10 @@ class ProxyObserver:
                 self._child(CACHE_REQUESTS, label, cache).inc()
             if note.upstream_ms is not None:
                 self._child(UPSTREAM_DURATION, label).observe(note.upstream_ms / 1000)
-            if note.upstream != "-":
-                outcome = "ok" if note.upstream_ms is not None else "failed"
+            for instance, outcome in note.failed_tries:  # each try that got no answer
+                self._child(UPSTREAM_ATTEMPTS, label, instance, outcome).inc()
+            if note.upstream_ms is not None:  # and the one that did
+                outcome = "ok" if response.status < 500 else "5xx"
                 self._child(UPSTREAM_ATTEMPTS, label, note.upstream, outcome).inc()
             if note.user != "-":
                 self._child(AUTH_VERDICTS, "valid").inc()

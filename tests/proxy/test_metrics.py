@@ -1,0 +1,169 @@
+"""`proxy.metrics.ProxyObserver` on a real server loop: a `ProxyApp` served on a port of
+127.0.0.1 with its observer and a real `AccessLog`, real backends on their own ports (one
+that answers, one that refuses every connect, one that answers 503), a real client.
+
+Counters are read from the process's registry before and after, by labels no other test
+uses (each instance's URL holds a port of this test).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from prometheus_client import REGISTRY
+
+from httpio.access_log import AccessLog
+from httpio.listen import listener_port, open_listeners
+from httpio.messages import Request, Response, json_response
+from httpio.server import HttpServer
+from httpio.upstream import UpstreamPool
+from proxy.app import ProxyApp
+from proxy.metrics import ProxyObserver
+from proxy.state import ProxyConfig
+from tests.support.ports import held_port
+from topology.schema import GatewayConfig, MsaFile, RegionSpec, RegionStructure, ServiceSpec
+
+DEADLINE_S = 10
+REGION = "ko_KR"
+
+
+def make_config(*services: ServiceSpec) -> ProxyConfig:
+    elbs = {REGION: ["http://127.0.0.1:9"]}
+    return ProxyConfig(
+        msa=MsaFile(service=list(services)),
+        rs=RegionStructure(
+            cur_region_code=REGION,
+            regions=[RegionSpec(region_code=c, available_zone=u) for c, u in elbs.items()],
+        ),
+        gateway=GatewayConfig(load_balancer_policy="round_robin"),
+        region=REGION,
+        services={s.name: s for s in services},
+        regions=elbs,
+    )
+
+
+async def answering(request: Request) -> Response:
+    return json_response(200, {"path": request.path})
+
+
+async def failing(request: Request) -> Response:
+    return json_response(503, {"error": "busy"})
+
+
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    with held_port() as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+class Served:
+    def __init__(self, app: ProxyApp, url: str, log: AccessLog, client: UpstreamPool) -> None:
+        self.app, self.url, self.log, self.client = app, url, log, client
+
+    async def get(self, target: str, request_id: str) -> tuple[int, dict[bytes, bytes]]:
+        with trio.fail_after(DEADLINE_S):
+            response = await self.client.request(
+                self.url, "GET", target, [(b"x-request-id", request_id.encode())], b""
+            )
+            await response.read_all()
+        return response.status, dict(response.headers)
+
+    def line(self, request_id: str) -> dict[str, Any]:
+        self.log.flush()
+        for raw in Path(self.log.path).read_text().splitlines():
+            doc: dict[str, Any] = json.loads(raw)
+            if doc["request_id"] == request_id:
+                return doc
+        raise AssertionError(f"no access-log line for {request_id}")
+
+
+@asynccontextmanager
+async def backends(*handlers: Any) -> AsyncIterator[list[str]]:
+    async with trio.open_nursery() as nursery:
+        urls = []
+        for handler in handlers:
+            listeners = await open_listeners(0)
+            await nursery.start(HttpServer(handler).serve_listeners, listeners)
+            urls.append(f"http://127.0.0.1:{listener_port(listeners)}")
+        yield urls
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def proxy_with_observer(config: ProxyConfig, tmp_path: Path) -> AsyncIterator[Served]:
+    upstream, client = UpstreamPool(), UpstreamPool()
+    app = ProxyApp(config, upstream, name="proxy-metrics-test")
+    log = AccessLog(tmp_path / "access.log")
+    server = HttpServer(app.handle, name="proxy-metrics-test")
+    server.observer = ProxyObserver(app, log)
+    try:
+        async with trio.open_nursery() as nursery:
+            listeners = await open_listeners(0)
+            await nursery.start(server.serve_listeners, listeners)
+            yield Served(app, f"http://127.0.0.1:{listener_port(listeners)}", log, client)
+            nursery.cancel_scope.cancel()
+    finally:
+        log.close()
+        await client.aclose()
+        await upstream.aclose()
+
+
+def attempts(service: str, instance: str, outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "gateway_upstream_attempts_total",
+        {"service": service, "instance": instance, "outcome": outcome},
+    )
+    return value or 0.0
+
+
+async def test_each_try_counts_against_its_own_instance(refused_url: str, tmp_path: Path) -> None:
+    """A request whose first try is refused counts a connect_error on the refusing instance
+    and an ok on the one that answered; its line names the one that answered and one retry."""
+    async with backends(answering) as (live_url,):
+        config = make_config(ServiceSpec(name="tries", instance=[refused_url, live_url]))
+        async with proxy_with_observer(config, tmp_path) as proxy:
+            status, headers = await proxy.get("/tries/a", "tries-1")  # round robin: refused first
+            assert status == 200
+            assert attempts("tries", refused_url, "connect_error") == 1
+            assert attempts("tries", live_url, "ok") == 1
+            assert attempts("tries", refused_url, "ok") == 0
+            line = proxy.line("tries-1")
+            assert (line["upstream"], line["retries"], line["error"]) == (live_url, 1, "-")
+            assert line["upstream_ms"] is not None
+            # whichever instance the next one tries first, its line and the counters agree
+            status, _ = await proxy.get("/tries/b", "tries-2")
+            assert status == 200
+            line = proxy.line("tries-2")
+            assert line["upstream"] == live_url
+            assert attempts("tries", refused_url, "connect_error") == 1 + line["retries"]
+            assert attempts("tries", live_url, "ok") == 2
+
+
+async def test_an_answer_of_5xx_and_a_request_no_instance_took(
+    refused_url: str, tmp_path: Path
+) -> None:
+    async with backends(failing) as (busy_url,):
+        config = make_config(
+            ServiceSpec(name="busy", instance=[busy_url]),
+            ServiceSpec(name="dead", instance=[refused_url]),
+        )
+        async with proxy_with_observer(config, tmp_path) as proxy:
+            status, _ = await proxy.get("/busy/x", "busy-1")
+            assert status == 503
+            assert attempts("busy", busy_url, "5xx") == 1
+            assert attempts("busy", busy_url, "ok") == 0
+            line = proxy.line("busy-1")
+            assert (line["upstream"], line["retries"], line["status"]) == (busy_url, 0, 503)
+
+            status, _ = await proxy.get("/dead/x", "dead-1")
+            assert status == 503  # no instance accepted a connection
+            assert attempts("dead", refused_url, "connect_error") == 1
+            line = proxy.line("dead-1")
+            assert (line["upstream"], line["retries"]) == (refused_url, 0)
+            assert line["error"] == "no_healthy_instance" and line["upstream_ms"] is None
