@@ -129,7 +129,7 @@ async def test_each_try_counts_against_its_own_instance(refused_url: str, tmp_pa
         config = make_config(ServiceSpec(name="tries", instance=[refused_url, live_url]))
         async with proxy_with_observer(config, tmp_path) as proxy:
             status, headers = await proxy.get("/tries/a", "tries-1")  # round robin: refused first
-            assert status == 200
+            assert status == 200 and headers[b"x-request-id"] == b"tries-1"
             assert attempts("tries", refused_url, "connect_error") == 1
             assert attempts("tries", live_url, "ok") == 1
             assert attempts("tries", refused_url, "ok") == 0
