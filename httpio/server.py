@@ -200,6 +200,14 @@ class RequestBody:
                 wait, why = earned, f"request body slower than {rate} bytes/s"
         return max(wait, 0.0), why
 
+    def local_address(self) -> str | None:
+        """The address the connection was accepted on (None: not a socket)."""
+        sock = getattr(self._stream, "socket", None)
+        try:
+            return str(sock.getsockname()[0]) if sock is not None else None
+        except OSError:
+            return None
+
     def complete_in_buffer(self) -> bool:
         """Whether the rest of the body (often none: a GET) is already here, read without
         waiting. False means the client may still be sending."""
