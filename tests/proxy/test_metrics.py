@@ -16,15 +16,17 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from prometheus_client import REGISTRY
 
-from httpio.access_log import AccessLog
+from httpio.access_log import AccessLog, RequestNote
 from httpio.listen import listener_port, open_listeners
 from httpio.messages import Request, Response, json_response
-from httpio.server import HttpServer
+from httpio.protocol import h11
+from httpio.server import HttpServer, RequestBody, ServerLimits
 from httpio.upstream import UpstreamPool
 from proxy.app import ProxyApp
-from proxy.metrics import ProxyObserver
+from proxy.metrics import REFUSAL_LINES_PER_S, ProxyObserver
 from proxy.state import ProxyConfig
 from tests.support.ports import held_port
 from topology.schema import GatewayConfig, MsaFile, RegionSpec, RegionStructure, ServiceSpec
@@ -73,6 +75,10 @@ class Served:
             )
             await response.read_all()
         return response.status, dict(response.headers)
+
+    def lines(self) -> list[dict[str, Any]]:
+        self.log.flush()
+        return [json.loads(raw) for raw in Path(self.log.path).read_text().splitlines()]
 
     def line(self, request_id: str) -> dict[str, Any]:
         self.log.flush()
@@ -167,3 +173,76 @@ async def test_an_answer_of_5xx_and_a_request_no_instance_took(
             line = proxy.line("dead-1")
             assert (line["upstream"], line["retries"]) == (refused_url, 0)
             assert line["error"] == "no_healthy_instance" and line["upstream_ms"] is None
+
+
+async def garbage_to(url: str, raw: bytes) -> bytes:
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    with trio.fail_after(DEADLINE_S):
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(raw)
+            data = b""
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+    return data
+
+
+def requests_total(**labels: str) -> float:
+    return REGISTRY.get_sample_value("gateway_requests_total", labels) or 0.0
+
+
+async def test_a_request_refused_before_the_handler_has_its_line_and_counts(
+    tmp_path: Path,
+) -> None:
+    config = make_config(ServiceSpec(name="svc", instance=["http://127.0.0.1:9"]))
+    labels = {"region": REGION, "service": "-", "method": "-", "code": "400"}
+    before = requests_total(**labels)
+    async with proxy_with_observer(config, tmp_path) as proxy:
+        answer = await garbage_to(proxy.url, b"GARBAGE /\x00 HTTP/9\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        lines = proxy.lines()
+    assert requests_total(**labels) == before + 1
+    (line,) = lines
+    assert (line["status"], line["error"], line["method"], line["path"]) == (
+        400,
+        "bad_request",
+        "-",
+        "-",
+    )
+    assert line["client_ip"] == "127.0.0.1" and line["service"] == "-"
+    assert line["bytes_out"] > 0 and line["request_id"] == "-"
+
+
+class Lines:
+    def __init__(self) -> None:
+        self.lines: list[object] = []
+
+    def write(self, line: object) -> None:
+        self.lines.append(line)
+
+
+def test_a_flood_of_refusals_writes_a_bounded_number_of_lines() -> None:
+    """Metrics count every refusal; the log takes `REFUSAL_LINES_PER_S` a second."""
+    now = [100.0]
+    app = ProxyApp(make_config(), UpstreamPool(), name="proxy-flood-test")
+    sink = Lines()
+    observer = ProxyObserver(app, sink, clock=lambda: now[0])
+    stream, _ = trio.testing.memory_stream_pair()
+
+    def refused() -> Request:
+        body = RequestBody(h11.Connection(h11.SERVER), stream, ServerLimits())
+        request = Request("-", "-", "-", "", [], "1.1", ("198.51.100.7", 1), body)
+        request.note = RequestNote()
+        request.note.refused, request.note.error = True, "bad_request"
+        return request
+
+    labels = {"region": REGION, "service": "-", "method": "-", "code": "431"}
+    before = requests_total(**labels)
+    for _ in range(3 * REFUSAL_LINES_PER_S):
+        observer(refused(), Response(431), now[0], 40)
+    assert len(sink.lines) == REFUSAL_LINES_PER_S
+    assert observer.refusal_lines_dropped == 2 * REFUSAL_LINES_PER_S
+    assert requests_total(**labels) == before + 3 * REFUSAL_LINES_PER_S
+    now[0] += 1.0  # the next second has its own allowance
+    observer(refused(), Response(431), now[0], 40)
+    assert len(sink.lines) == REFUSAL_LINES_PER_S + 1 and observer.refusal_lines_dropped == 0
