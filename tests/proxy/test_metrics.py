@@ -29,7 +29,14 @@ from proxy.app import ProxyApp
 from proxy.metrics import REFUSAL_LINES_PER_S, ProxyObserver
 from proxy.state import ProxyConfig
 from tests.support.ports import held_port
-from topology.schema import GatewayConfig, MsaFile, RegionSpec, RegionStructure, ServiceSpec
+from topology.schema import (
+    GatewayConfig,
+    MsaFile,
+    RateLimitSpec,
+    RegionSpec,
+    RegionStructure,
+    ServiceSpec,
+)
 
 DEADLINE_S = 10
 REGION = "ko_KR"
@@ -246,3 +253,25 @@ def test_a_flood_of_refusals_writes_a_bounded_number_of_lines() -> None:
     now[0] += 1.0  # the next second has its own allowance
     observer(refused(), Response(431), now[0], 40)
     assert len(sink.lines) == REFUSAL_LINES_PER_S + 1 and observer.refusal_lines_dropped == 0
+
+
+async def test_a_429_is_logged_as_rate_limited_and_counted_as_a_deny(tmp_path: Path) -> None:
+    """Issue 12's 429 line, from issue 11's filter: a local limit of one request (burst 1, one
+    per 1000 s, so the second is refused however slow the machine)."""
+    limit = RateLimitSpec(key="client_ip", rate_per_s=0.001, burst=1, scope="local")
+    async with backends(answering) as (live_url,):
+        config = make_config(ServiceSpec(name="limited", instance=[live_url], rate_limit=[limit]))
+        async with proxy_with_observer(config, tmp_path) as proxy:
+            assert (await proxy.get("/limited/a", "rl-1"))[0] == 200
+            status, headers = await proxy.get("/limited/a", "rl-2")
+            assert status == 429 and b"retry-after" in headers
+            first, second = proxy.line("rl-1"), proxy.line("rl-2")
+    assert first["rate_limited"] is False and first["upstream"] == live_url
+    assert (second["status"], second["error"], second["rate_limited"]) == (
+        429,
+        "rate_limited",
+        True,
+    )
+    assert second["upstream"] == "-" and second["service"] == "limited"
+    deny = {"service": "limited", "key": "client_ip", "decision": "deny"}
+    assert REGISTRY.get_sample_value("gateway_ratelimit_decisions_total", deny) == 1
