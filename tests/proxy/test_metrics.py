@@ -260,7 +260,7 @@ async def test_a_429_is_logged_as_rate_limited_and_counted_as_a_deny(tmp_path: P
     per 1000 s, so the second is refused however slow the machine)."""
     limit = RateLimitSpec(key="client_ip", rate_per_s=0.001, burst=1, scope="local")
     async with backends(answering) as (live_url,):
-        config = make_config(ServiceSpec(name="limited", instance=[live_url], rate_limit=[limit]))
+        config = make_config(ServiceSpec(name="limited", instance=[live_url], rate_limit=(limit,)))
         async with proxy_with_observer(config, tmp_path) as proxy:
             assert (await proxy.get("/limited/a", "rl-1"))[0] == 200
             status, headers = await proxy.get("/limited/a", "rl-2")
