@@ -6,6 +6,11 @@ our own, so a request costs a dict lookup and two ``inc``/``observe`` calls, not
 ``labels()`` call each. What describes state (instances up, the Redis breaker) is read from
 the proxy at scrape time by `ProxyCollector` and costs nothing per request.
 
+``gateway_upstream_attempts_total`` counts tries, not requests: each try that got no answer
+against its own instance (``RequestNote.failed_tries``), and the one that got an answer as
+``ok`` or ``5xx``. A request the server loop refused before any handler is counted like any
+other (service ``-``) and logged within `REFUSAL_LINES_PER_S`.
+
 Label values are bounded: ``service`` is a service the config names, ``other`` else (a path
 is never a label; a request for another region counts under ``region:<code>``, one per
 configured region); ``code`` is the status; ``method`` one of the seven the server serves.
