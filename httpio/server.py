@@ -428,7 +428,8 @@ class HttpServer:
                 peer = _addr(stream.socket.getpeername())
             except OSError:
                 peer = ("-", 0)
-            self._observe_refusal(_REFUSED_CONNECTION, None, peer, via_elb, None, started, 0)
+            sent = len(answer.partition(b"\r\n\r\n")[2])  # its body's bytes
+            self._observe_refusal(_REFUSED_CONNECTION, None, peer, via_elb, None, started, sent)
 
     def _observe_refusal(
         self,
