@@ -509,7 +509,10 @@ async def run_elb(
         nursery.start_soon(elb.serve, listeners, nursery)
         watch(elb)
         if metrics_port is not None:
-            await nursery.start(partial(serve_tcp, metrics_handler, metrics_port, name=elb.name))
+            # on the ELB's own address: the one its host's Prometheus finds it at
+            # (`topology.prometheus`), 127.0.0.1 unless the topology places it on a host
+            serve = partial(serve_tcp, metrics_handler, metrics_port, host=elb.address)
+            await nursery.start(partial(serve, name=elb.name))
         if elb.connection_log is not None:
             await nursery.start(elb.connection_log.run)
         log.info(
@@ -550,7 +553,7 @@ def main(argv: list[str] | None = None) -> None:
         help="listen here; proxies at this address or on loopback are local (hand-off)",
     )
     parser.add_argument(
-        "--metrics-port", type=int, metavar="PORT", help="serve /metrics on 127.0.0.1:PORT"
+        "--metrics-port", type=int, metavar="PORT", help="serve /metrics on PORT of --host"
     )
     parser.add_argument(
         "--access-log", default="off", metavar="PATH|-|off", help="one JSON line per connection"

@@ -77,11 +77,16 @@ class RequestNote:
     ``retries``: tries after the first; ``upstream_ms``: from the first try to the response
     head; ``user``: the token's subject; ``rate_limited``: a rate limit refused or delayed it;
     ``error``: the JSON error kind we answered; ``trace_id``: W3C trace id (`httpio.trace`);
-    ``request_id``: the X-Request-ID this hop used."""
+    ``request_id``: the X-Request-ID this hop used; ``failed_tries``: (instance, outcome) of
+    each try that got no answer, in order (``gateway_upstream_attempts_total`` counts them
+    against their instance; ``upstream`` is the instance of the try after the last of them);
+    ``refused``: the server loop refused it before any handler ran (`httpio.server`)."""
 
     __slots__ = (
         "error",
+        "failed_tries",
         "rate_limited",
+        "refused",
         "region",
         "request_id",
         "retries",
@@ -105,6 +110,8 @@ class RequestNote:
         self.error = "-"
         self.trace_id = "-"
         self.request_id = "-"
+        self.failed_tries: tuple[tuple[str, str], ...] = ()
+        self.refused = False
 
     def __repr__(self) -> str:
         return f"<RequestNote {self.service} upstream={self.upstream} error={self.error}>"

@@ -69,8 +69,15 @@ class Request:
 
     @property
     def local_direct(self) -> bool:
-        """From this host and not through an ELB: who may see /metrics and /admin/*."""
-        return not self.via_elb and self.client[0] in ("127.0.0.1", "::1")
+        """From this host and not through an ELB: who may see /metrics and /admin/*. From this
+        host is from loopback, or from the very address the connection came in on (a process
+        bound to its host's address, `topology.placement`, scraped by a Prometheus on that
+        host): Linux takes no packet with one of its own source addresses from outside
+        (``accept_local`` is off), so such a peer is this host."""
+        if self.via_elb:
+            return False
+        client = self.client[0]
+        return client in ("127.0.0.1", "::1") or client == self.body.local_address()
 
     def header(self, name: bytes) -> bytes | None:
         return header_value(self.headers, name)

@@ -57,6 +57,7 @@ import structlog
 import trio
 
 from httpio import proxyproto, sockio
+from httpio.access_log import RequestNote
 from httpio.dates import http_date
 from httpio.errors import (
     ClientError,
@@ -70,6 +71,7 @@ from httpio.errors import (
 from httpio.listen import accept_loop, send_refusal, wrap_socket
 from httpio.messages import Handler, Request, Response, ResponseBody, error_response
 from httpio.protocol import (
+    SERVED_METHODS,
     Headers,
     asks_keep_alive,
     h11,
@@ -80,8 +82,26 @@ from httpio.protocol import (
 )
 from httpio.switch import Switched, SwitchRefused, request_head, switch_protocols
 
+# What the server knows of a request it refuses before any handler: the peer, whether it came
+# through an ELB, the parsed head (None: it did not parse), when the head began (trio clock).
+_Seen = tuple[tuple[str, int], bool, Any, float]
+# A refused request's target is cut to this in the access log (a head may be 16 KiB of junk).
+REFUSED_TARGET_BYTES = 1024
+_KNOWN_METHODS = frozenset({*SERVED_METHODS, b"CONNECT", b"TRACE"})
+
+
+class _ConnectionLimit(GatewayError):
+    status = 503
+    code = "too_many_connections"  # the code of `_refuse`'s answer
+
+
+_REFUSED_CONNECTION = _ConnectionLimit("server is at its connection limit")
+
 # Called once per answered request, after its response went out: (request, response, monotonic
 # time the handler started, body bytes sent). The access log and the metrics are observers.
+# A request refused before any handler ran (a head that did not parse, too large or too slow,
+# a refused method, a body declared too large, the connection cap) is shown too, with what is
+# known of it and ``request.note.refused`` set (`HttpServer._observe_refusal`).
 Observer = Callable[[Request, Response, float, int], None]
 
 log = structlog.get_logger()
@@ -212,6 +232,14 @@ class RequestBody:
             if earned < wait:
                 wait, why = earned, f"request body slower than {rate} bytes/s"
         return max(wait, 0.0), why
+
+    def local_address(self) -> str | None:
+        """The address the connection was accepted on (None: not a socket)."""
+        sock = getattr(self._stream, "socket", None)
+        try:
+            return str(sock.getsockname()[0]) if sock is not None else None
+        except OSError:
+            return None
 
     def complete_in_buffer(self) -> bool:
         """Whether the rest of the body (often none: a GET) is already here, read without
@@ -375,7 +403,7 @@ class HttpServer:
         try:
             if self.open_connections > self.limits.max_connections or self.draining:
                 self.refused_connections += 1
-                await self._refuse(stream)
+                await self._refuse(stream, via_elb)
                 return
             await self._serve(stream, via_elb)
         except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
@@ -407,9 +435,51 @@ class HttpServer:
         self.failed_connections += 1
         log.error("connection_failed", server=self.name, error=repr(exc), exc_info=exc)
 
-    async def _refuse(self, stream: trio.SocketStream) -> None:
+    async def _refuse(self, stream: trio.SocketStream, via_elb: bool) -> None:
+        started = time.monotonic()
         answer = unavailable_response("too_many_connections", "server is at its connection limit")
         await send_refusal(stream, answer)
+        if self.observer is not None:
+            try:
+                peer = _addr(stream.socket.getpeername())
+            except OSError:
+                peer = ("-", 0)
+            sent = len(answer.partition(b"\r\n\r\n")[2])  # its body's bytes
+            self._observe_refusal(_REFUSED_CONNECTION, None, peer, via_elb, None, started, sent)
+
+    def _observe_refusal(
+        self,
+        err: GatewayError,
+        conn: Any,
+        peer: tuple[str, int],
+        via_elb: bool,
+        event: Any,
+        started: float,
+        sent: int,
+    ) -> None:
+        """Show the observer (metrics, access log) a request refused before any handler ran:
+        what is known of it (the head, if it parsed), its status and error kind. The method
+        is one we know or ``-`` and the target is cut short, so garbage makes no new label
+        nor a long line; `proxy.metrics` bounds how many such lines a second are written."""
+        assert self.observer is not None
+        method, target, headers, version = "-", "-", [], "1.1"
+        if event is not None:
+            raw = bytes(event.method)
+            method = raw.decode("ascii") if raw in _KNOWN_METHODS else "-"
+            target = bytes(event.target)[:REFUSED_TARGET_BYTES].decode("latin-1")
+            headers = list(event.headers)
+            version = bytes(event.http_version).decode("ascii", "replace")
+        path, _, query = target.partition("?")
+        body = RequestBody(conn, None, self.limits)  # type: ignore[arg-type]
+        request = Request(method, target, path, query, headers, version, peer, body, via_elb)
+        note = request.note = RequestNote()
+        note.error = err.code
+        note.refused = True
+        response = Response(err.status, list(err.headers), b"")
+        try:
+            self.observer(request, response, started, sent)
+        except Exception as exc:  # an observer's bug must not end the connection's cleanup
+            self._connection_failed(exc)
 
     async def _serve(self, stream: trio.SocketStream, via_elb: bool) -> None:
         limits = self.limits
@@ -428,7 +498,7 @@ class HttpServer:
                 # A client whose requests are always already here, to a handler that never
                 # waits, would otherwise hold the event loop: every so often, let others run.
                 await trio.lowlevel.checkpoint()
-            event = await self._read_head(stream, conn, first)
+            event = await self._read_head(stream, conn, first, peer, via_elb)
             if event is None:
                 return
             first = False
@@ -502,7 +572,14 @@ class HttpServer:
             conn.receive_data(rest)
         return parsed.source or peer, True
 
-    async def _read_head(self, stream: trio.SocketStream, conn: Any, first: bool) -> Any:
+    async def _read_head(
+        self,
+        stream: trio.SocketStream,
+        conn: Any,
+        first: bool,
+        peer: tuple[str, int],
+        via_elb: bool,
+    ) -> Any:
         limits = self.limits
         waiting_idle = not first and not conn.trailing_data[0]
         deadline = trio.current_time() + (
@@ -512,12 +589,16 @@ class HttpServer:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
-                await self._send_error_and_close(stream, conn, _parse_error(exc, limits))
+                err = _parse_error(exc, limits)
+                started = deadline - limits.head_timeout_s
+                await self._send_error_and_close(stream, conn, err, (peer, via_elb, None, started))
                 return None
             if event is h11.NEED_DATA:
                 # Nothing of a request has arrived yet: a drain may close this connection.
                 unstarted = waiting_idle or (first and not conn.trailing_data[0])
-                data = await self._head_bytes(stream, conn, deadline, waiting_idle, unstarted)
+                data = await self._head_bytes(
+                    stream, conn, deadline, waiting_idle, unstarted, (peer, via_elb, None, 0.0)
+                )
                 if data is None:
                     return None
                 if not data and not conn.trailing_data[0] and conn.their_state is h11.IDLE:
@@ -536,7 +617,9 @@ class HttpServer:
                     limits.max_head_bytes,
                 )
                 if refusal is not None:
-                    await self._send_error_and_close(stream, conn, refusal)
+                    started = deadline - limits.head_timeout_s
+                    seen = (peer, via_elb, event, started)
+                    await self._send_error_and_close(stream, conn, refusal, seen)
                     return None
                 return event
             return None  # ConnectionClosed or PAUSED oddities: nothing more to serve
@@ -548,6 +631,7 @@ class HttpServer:
         deadline: float,
         waiting_idle: bool,
         unstarted: bool,
+        seen: _Seen,
     ) -> bytes | None:
         """The next bytes of a request head (b"": the peer closed), or None when the
         connection ends here: drained or timed out with no byte of a request (closed without
@@ -577,7 +661,8 @@ class HttpServer:
             return data
         if not (unstarted or self.draining):
             timeout = RequestTimeout("request head not received in time")
-            await self._send_error_and_close(stream, conn, timeout)
+            since = deadline - self.limits.head_timeout_s
+            await self._send_error_and_close(stream, conn, timeout, (*seen[:3], since))
         return None
 
     def _make_request(
@@ -610,15 +695,21 @@ class HttpServer:
         limits = self.limits
         response: Response
         started = time.monotonic() if self.access_log or self.observer else 0.0
+        handled = False
         try:
             length = request.header(b"content-length")
             if length is not None:  # digits only, equal duplicates merged: h11 saw to it
                 declared = request.body.length = int(length)
                 if declared > limits.max_body_bytes:
                     raise RequestBodyTooLarge(f"request body exceeds {limits.max_body_bytes} bytes")
+            handled = True
             response = await self.handler(request)
         except GatewayError as err:
             response = error_response(err)
+            if request.note is None:  # what the handler did not say: the error's kind
+                note = request.note = RequestNote()
+                note.error = err.code
+                note.refused = not handled
             if request.body.failed or isinstance(err, RequestBodyTooLarge):
                 # The body's framing is lost (or it is too large to skip): close after
                 # this answer. Refusals of bodiless requests (401, 403) keep the connection.
@@ -807,8 +898,11 @@ class HttpServer:
         return False
 
     async def _send_error_and_close(
-        self, stream: trio.SocketStream, conn: Any, err: GatewayError
+        self, stream: trio.SocketStream, conn: Any, err: GatewayError, seen: _Seen | None = None
     ) -> None:
+        """Answer ``err`` to a request refused before any handler ran, and close; the
+        observer sees it (``seen``: the peer, whether through an ELB, the head if it parsed,
+        and when the head began, in trio's clock)."""
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         body = err.body()
@@ -827,6 +921,10 @@ class HttpServer:
         except h11.LocalProtocolError:
             return
         await send_refusal(stream, out)
+        if seen is not None and self.observer is not None:
+            peer, via_elb, event, began = seen
+            started = time.monotonic() - max(0.0, trio.current_time() - began)
+            self._observe_refusal(err, conn, peer, via_elb, event, started, len(body))
         # The client may still be sending the rest of what we refused (a head too large):
         # without a lingering close the kernel's RST could destroy this answer.
         await self._linger(stream)

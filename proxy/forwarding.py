@@ -23,7 +23,8 @@ What a client must not be able to say to a backend:
   upstream pool's, computed from the body we actually send (RFC 9112 6.3: an
   intermediary removes a received Content-Length before it re-frames a message).
 
-Back to the client: hop-by-hop headers go and ``Via`` gains our hop.
+Back to the client: hop-by-hop headers go, ``Via`` gains our hop, and ``X-Request-ID`` is the
+one this hop used (the access log's and the error bodies'), never an upstream's or a cached one.
 """
 
 from __future__ import annotations
@@ -155,11 +156,13 @@ def forwarded_node(address: str) -> bytes:
 
 
 def client_response_headers(headers: Headers, *, via: bytes, request_id: bytes) -> Headers:
-    """One pass, as `upstream_request_headers`: hop-by-hop headers are skipped inside it,
-    and only a Connection header naming an end-to-end one costs a strip pass first."""
+    """The upstream's headers as the client gets them, in one pass as
+    `upstream_request_headers`: hop-by-hop ones skipped inside it (only a Connection header
+    naming an end-to-end one costs a strip pass first), ``Via`` with our hop, and
+    ``X-Request-ID`` this request's own (an upstream's, or one a cache stored, would name
+    another request than the access log's line and the error bodies do)."""
     out: Headers = []
     prior_via: bytes | None = None
-    has_id = False
     for name, value in headers:
         if name in HOP_BY_HOP:
             if name == b"connection" and not _only_hop_by_hop(value):
@@ -170,9 +173,16 @@ def client_response_headers(headers: Headers, *, via: bytes, request_id: bytes) 
         if name == b"via":  # several Via lines are one list, in order (RFC 9110 5.3)
             prior_via = value if prior_via is None else prior_via + b", " + value
             continue
-        has_id = has_id or name == b"x-request-id"
-        out.append((name, value))
+        if name != b"x-request-id":
+            out.append((name, value))
     out.append((b"via", prior_via + b", " + via if prior_via else via))
-    if not has_id:
-        out.append((b"x-request-id", request_id))
+    out.append((b"x-request-id", request_id))
+    return out
+
+
+def with_request_id(headers: Headers, request_id: bytes) -> Headers:
+    """``headers`` with this request's ``X-Request-ID`` in place of any other (a cached
+    answer's headers hold none, entries stored before they were dropped may)."""
+    out = [(n, v) for n, v in headers if n != b"x-request-id"]
+    out.append((b"x-request-id", request_id))
     return out

@@ -36,7 +36,7 @@ from httpio.upstream import UpstreamPool
 from proxy.app import ProxyApp
 from proxy.cache import redis_pool_for
 from proxy.filters.rate_limit import RateLimitState
-from proxy.metrics import ProxyObserver, count_reload
+from proxy.metrics import AccessSink, ProxyObserver, count_reload
 from proxy.state import ProxyConfig, ProxyPaths, load_proxy_config, watch_config
 from proxy.wiring import start_auth, start_cache
 from proxy.workers import MAX_WORKERS, WORKER_FLAG, WorkerParent, reserve_port
@@ -84,8 +84,7 @@ async def supervise_health_checks(app: ProxyApp) -> None:
 
 
 def follow(server: HttpServer, config: ProxyConfig) -> None:
-    """The access log switch, and the original's RS_print_or_not / MSA_print_or_not."""
-    server.access_log = config.gateway.access_log is True
+    """The original's RS_print_or_not / MSA_print_or_not (``Access_log``: `AccessSwitch`)."""
     if config.gateway.print_region_structure:
         log.info("region_structure", region=config.region, regions=config.regions)
     if config.gateway.print_service_map:
@@ -96,6 +95,39 @@ def rate_limit_redis(config: ProxyConfig) -> RedisPool:
     """The fleet-wide rate limits' store: config.json's Redis (opened on first use)."""
     g = config.gateway
     return redis_pool_for(g.cache, g.redis_address, g.redis_password, g.redis_db)
+
+
+class AccessSwitch:
+    """``Access_log`` in config.json, followed across reloads: ``true`` is the original's
+    "print every request", now the JSON access log's line on standard output (the process
+    log), unless ``--access-log`` names a file, which then takes the lines whatever the
+    config says; ``{sqlite: PATH}`` adds the database (opened at start). One observer reads
+    its ``access_log`` after every answer, so switching is one assignment; with nothing to
+    log and ``--metrics off`` the server has no observer at all (what that flag measures)."""
+
+    def __init__(
+        self,
+        server: HttpServer,
+        observer: ProxyObserver,
+        sinks: list[AccessSink],
+        stdout: AccessLog,
+        *,
+        has_file: bool,
+    ) -> None:
+        self.server = server
+        self.observer = observer
+        self.sinks = sinks  # --access-log PATH and the SQLite database: always on
+        self.stdout = stdout
+        self.has_file = has_file
+
+    def follow(self, config: ProxyConfig) -> None:
+        sinks = list(self.sinks)
+        if config.gateway.access_log is True and not self.has_file:
+            sinks.append(self.stdout)  # a file named by --access-log has every line already
+        observer = self.observer
+        observer.access_log = sinks[0] if len(sinks) == 1 else Tee(*sinks) if sinks else None
+        needed = observer.metrics or observer.access_log is not None
+        self.server.observer = observer if needed else None
 
 
 async def start_proxy(
@@ -132,13 +164,16 @@ async def start_proxy(
     if isinstance(sqlite, AccessLogSettings):
         database = SqliteAccessLog(paths.config.parent / sqlite.sqlite)
         await nursery.start(database.run)
-    sinks = [s for s in (access_log, database) if s is not None]
-    sink = sinks[0] if len(sinks) == 1 else Tee(*sinks) if sinks else None
-    if metrics or sink is not None:
-        server.observer = ProxyObserver(app, sink, metrics=metrics)
+    sinks: list[AccessSink] = [s for s in (access_log, database) if s is not None]
+    observer = ProxyObserver(app, None, metrics=metrics)
+    stdout = AccessLog("-")
+    switch = AccessSwitch(server, observer, sinks, stdout, has_file=access_log is not None)
+    switch.follow(app.config)
+    app.on_reload.append(switch.follow)
     count_reload(ok=True)
     if access_log is not None:
         await nursery.start(access_log.run)
+    await nursery.start(stdout.run)
     await nursery.start(
         watch_config, paths, apply, lambda: app.config.gateway.config_check_interval_s
     )
@@ -180,7 +215,8 @@ def main(argv: list[str] | None = None) -> None:
         "--access-log",
         default="off",
         metavar="PATH|-|off",
-        help="one JSON line per request to PATH (- for standard output); default off",
+        help="one JSON line per request to PATH (- for standard output); default off, or "
+        'standard output while config.json says "Access_log": true',
     )
     parser.add_argument(
         "--metrics",

@@ -6,6 +6,11 @@ our own, so a request costs a dict lookup and two ``inc``/``observe`` calls, not
 ``labels()`` call each. What describes state (instances up, the Redis breaker) is read from
 the proxy at scrape time by `ProxyCollector` and costs nothing per request.
 
+``gateway_upstream_attempts_total`` counts tries, not requests: each try that got no answer
+against its own instance (``RequestNote.failed_tries``), and the one that got an answer as
+``ok`` or ``5xx``. A request the server loop refused before any handler is counted like any
+other (service ``-``) and logged within `REFUSAL_LINES_PER_S`.
+
 Label values are bounded: ``service`` is a service the config names, ``other`` else (a path
 is never a label; a request for another region counts under ``region:<code>``, one per
 configured region); ``code`` is the status; ``method`` one of the seven the server serves.
@@ -18,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+import structlog
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -28,6 +34,8 @@ from httpio.metrics import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from proxy.app import ProxyApp
+
+log = structlog.get_logger()
 
 REQUESTS = Counter(
     "gateway_requests", "Requests a proxy answered", ["region", "service", "method", "code"]
@@ -46,7 +54,8 @@ UPSTREAM_DURATION = Histogram(
 )
 UPSTREAM_ATTEMPTS = Counter(
     "gateway_upstream_attempts",
-    "Requests sent upstream, by their last instance and how they ended",
+    "Tries sent upstream, by instance and how each ended (ok, 5xx, connect_error, "
+    "connect_timeout, reset, timeout)",
     ["service", "instance", "outcome"],
 )
 CACHE_REQUESTS = Counter(
@@ -136,27 +145,46 @@ class AccessSink(Protocol):
     def write(self, line: AccessLine) -> None: ...
 
 
+# Lines a second for requests the server loop refused before any handler (a malformed head,
+# a head too large or too slow, the connection cap): a flood of garbage is counted in full by
+# the metrics, but writes no more than this to the log (the rest are counted and said once a
+# second, ``refusal_lines_dropped``).
+REFUSAL_LINES_PER_S = 100
+
+
 class ProxyObserver:
     """After each answer: the metrics, and the access-log line when a log is open."""
 
     def __init__(
-        self, app: ProxyApp, access_log: AccessSink | None, *, metrics: bool = True
+        self,
+        app: ProxyApp,
+        access_log: AccessSink | None,
+        *,
+        metrics: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
+        self._clock = clock
         self.access_log = access_log
         self.metrics = metrics
         self._requests: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._others: dict[tuple[object, ...], Any] = {}
+        self._refusal_second = 0
+        self._refusal_lines = 0
+        self.refusal_lines_dropped = 0
         _current.append(app)
         del _current[:-1]
 
     def __call__(self, request: Request, response: Response, started: float, sent: int) -> None:
-        now = time.monotonic()
+        now = self._clock()
         note = request.note
         if note is None:
             note = _NO_NOTE
         duration = now - started
         if not self.metrics:
+            if note.refused:
+                self._write_refusal(request, response, note, duration, sent, now)
+                return
             if self.access_log is not None and request.path not in _UNLOGGED:
                 cache = _cache_result(response) if note.service != "-" else "-"
                 self.access_log.write(line_of(request, response, note, duration, sent, cache))
@@ -168,6 +196,9 @@ class ProxyObserver:
             children = self._children(key)
         children[0].inc()
         children[1].observe(duration)
+        if note.refused:
+            self._write_refusal(request, response, note, duration, sent, now)
+            return
         cache = "-"
         if note.service != "-":
             label = self._label(note.service)
@@ -176,8 +207,10 @@ class ProxyObserver:
                 self._child(CACHE_REQUESTS, label, cache).inc()
             if note.upstream_ms is not None:
                 self._child(UPSTREAM_DURATION, label).observe(note.upstream_ms / 1000)
-            if note.upstream != "-":
-                outcome = "ok" if note.upstream_ms is not None else "failed"
+            for instance, outcome in note.failed_tries:  # each try that got no answer
+                self._child(UPSTREAM_ATTEMPTS, label, instance, outcome).inc()
+            if note.upstream_ms is not None:  # and the one that did
+                outcome = "ok" if response.status < 500 else "5xx"
                 self._child(UPSTREAM_ATTEMPTS, label, note.upstream, outcome).inc()
             if note.user != "-":
                 self._child(AUTH_VERDICTS, "valid").inc()
@@ -189,6 +222,29 @@ class ProxyObserver:
                 self._child(AUTH_VERDICTS, _AUTH_RESULT[response.status]).inc()
         if self.access_log is not None and request.path not in _UNLOGGED:
             self.access_log.write(line_of(request, response, note, duration, sent, cache))
+
+    def _write_refusal(
+        self,
+        request: Request,
+        response: Response,
+        note: RequestNote,
+        duration: float,
+        sent: int,
+        now: float,
+    ) -> None:
+        """The line of a request refused before the handler, within `REFUSAL_LINES_PER_S`."""
+        if self.access_log is None:
+            return
+        second = int(now)
+        if second != self._refusal_second:
+            if self.refusal_lines_dropped:
+                log.warning("refusal_lines_dropped", lines=self.refusal_lines_dropped)
+            self._refusal_second, self._refusal_lines, self.refusal_lines_dropped = second, 0, 0
+        if self._refusal_lines >= REFUSAL_LINES_PER_S:
+            self.refusal_lines_dropped += 1
+            return
+        self._refusal_lines += 1
+        self.access_log.write(line_of(request, response, note, duration, sent, "-"))
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, looked up once: ``labels()`` costs a lock and a tuple

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import enum
 import math
+from typing import Final
 
 from httpio.balance import Endpoint
 from httpio.errors import (
@@ -62,6 +63,16 @@ TRY_AGAIN = frozenset({Verdict.RETRY, Verdict.NEXT_INSTANCE})
 _RETRIABLE = frozenset(
     {Outcome.CONNECT_FAILURE, Outcome.CONNECT_TIMEOUT, Outcome.RESET, Outcome.TIMEOUT}
 )
+
+
+# ``gateway_upstream_attempts_total``'s outcome of a try that got no answer (one that got an
+# answer is ``ok``, or ``5xx``): the words an operator looks for, one per way a try fails.
+FAILED_TRY: Final = {
+    Outcome.CONNECT_FAILURE: "connect_error",
+    Outcome.CONNECT_TIMEOUT: "connect_timeout",
+    Outcome.RESET: "reset",
+    Outcome.TIMEOUT: "timeout",
+}
 
 
 def decide_retry(

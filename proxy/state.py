@@ -11,6 +11,7 @@ original did, which needs no inotify and works on every filesystem.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,11 +57,26 @@ def redacted_config(config: ProxyConfig) -> dict[str, object]:
     gateway["Auth_keys"] = [
         {"kid": k["kid"], "secret": REDACTED} for k in gateway.get("Auth_keys", [])
     ]
+    if isinstance(gateway.get("Auth_store"), str):
+        gateway["Auth_store"] = redacted_dsn(gateway["Auth_store"])
     return {
         "gateway": gateway,
         "services": [msgspec.to_builtins(s) for s in config.services.values()],
         "regions": config.regions,
     }
+
+
+_DSN_PASSWORD = re.compile(r"(?i)(://[^:/?#@]*:)[^@/?#]*@|(\bpassword=)('[^']*'|\S*)")
+
+
+def redacted_dsn(dsn: str) -> str:
+    """A database URL (``postgresql://user:pw@host/db``) or libpq ``key=value`` string with its
+    password replaced, so ``Auth_store`` can be shown."""
+
+    def hide(m: re.Match[str]) -> str:
+        return f"{m.group(1)}{REDACTED}@" if m.group(1) else f"{m.group(2)}{REDACTED}"
+
+    return _DSN_PASSWORD.sub(hide, dsn)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,15 +2,19 @@
 
 One job per kind of process (``proxy``, ``elb``, ``authsvc``, ``backend``), each target labelled with
 its region where it has one, so ``sum by (region) (rate(gateway_requests_total[1m]))`` needs no
-relabelling. Every process serves ``/metrics`` on 127.0.0.1 to direct connections only, which
-is where a Prometheus on the fleet's host scrapes from. The ELBs pass connections on without
-reading them: theirs is on ``elb_metrics_port`` when the topology gives one.
+relabelling. Each process is listed at the address it binds (`topology.placement`: its host's
+address in a topology with ``hosts``, else the topology's ``host``); it answers ``/metrics``
+to direct connections from its own host only, so a topology over several hosts wants a
+Prometheus on each host (scraping its own targets) or a federation of them. The ELBs pass
+connections on without reading them: theirs is on ``elb_metrics_port`` when the topology
+gives one, at the ELB's address.
 Scraped every 5 s: the fleet's own health checks run at 0.5 s - 10 s, and a ``fleet top``
 refreshing every second reads ``/metrics`` itself rather than through Prometheus.
 """
 
 from __future__ import annotations
 
+from topology.placement import place
 from topology.schema import FleetTopology, encode_yaml
 
 SCRAPE_INTERVAL_S = 5
@@ -18,20 +22,29 @@ SCRAPE_INTERVAL_S = 5
 
 def scrape_targets(topology: FleetTopology) -> list[tuple[str, str, dict[str, str]]]:
     """(job, ``host:port``, labels) of every process that serves ``/metrics``."""
-    host = topology.host
+    placement = place(topology)
+
+    def at(port: int, of: int | None = None) -> str:
+        address = placement.address_of(port if of is None else of)
+        return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+    def labelled(port: int, **labels: str) -> dict[str, str]:
+        host = placement.host_of(port)
+        return {**labels, "host": host} if host else labels
+
     out: list[tuple[str, str, dict[str, str]]] = []
     for region in topology.regions:
         for port in region.proxy_ports:
             name = f"proxy-{region.code}-{port}"
-            out.append(("proxy", f"{host}:{port}", {"region": region.code, "process": name}))
+            out.append(("proxy", at(port), labelled(port, region=region.code, process=name)))
         if region.elb_metrics_port is not None:
             name = f"elb-{region.code}-{region.elb_port}"
-            labels = {"region": region.code, "process": name}
-            out.append(("elb", f"{host}:{region.elb_metrics_port}", labels))
+            labels = labelled(region.elb_port, region=region.code, process=name)
+            out.append(("elb", at(region.elb_metrics_port, of=region.elb_port), labels))
     for port in topology.auth.ports:
-        out.append(("authsvc", f"{host}:{port}", {"process": f"authsvc-{port}"}))
+        out.append(("authsvc", at(port), labelled(port, process=f"authsvc-{port}")))
     for port in topology.backends.ports:
-        out.append(("backend", f"{host}:{port}", {"process": f"backend-{port}"}))
+        out.append(("backend", at(port), labelled(port, process=f"backend-{port}")))
     return out
 
 

@@ -357,7 +357,8 @@ class GatewayConfig(Struct, frozen=True, forbid_unknown_fields=True):
     auth_limits: AuthLimits = field(default_factory=AuthLimits, name="Auth_limits")
     server: ServerLimits = field(default_factory=ServerLimits, name="Server")
     upstream: UpstreamTimeouts = field(default_factory=UpstreamTimeouts, name="Upstream")
-    # true: the old structlog "access" lines; {sqlite: PATH}: the SQLite sink (issue 12)
+    # true: the JSON access log on standard output unless --access-log names a file (it was
+    # structlog "access" lines before issue 12); {sqlite: PATH}: the SQLite sink as well
     access_log: bool | AccessLogSettings = field(default=False, name="Access_log")
     trace: TraceSettings = field(default_factory=TraceSettings, name="Trace")
     cache: CacheSettings = field(default_factory=CacheSettings, name="Cache")

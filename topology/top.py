@@ -202,7 +202,7 @@ def build_view(before: list[Scrape], after: list[Scrape], now: float) -> View:
             if n == "gateway_cache_requests_total":
                 lookups[d["service"]] += v
                 hits[d["service"]] += v if d["result"] == "HIT" else 0.0
-            elif n == "gateway_ratelimit_decisions_total" and d.get("decision") == "limited":
+            elif n == "gateway_ratelimit_decisions_total" and d.get("decision") == "deny":
                 limited[d["service"]] += (v - b.samples.get((n, ls), 0.0)) / dt
             elif n == "gateway_instance_up":
                 up[d["service"]][d["instance"]] = max(up[d["service"]].get(d["instance"], 0.0), v)

@@ -70,7 +70,19 @@ HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414
 NEVER_STORED_STATUSES = frozenset({206, 304})
 # Dropped from a stored response: recomputed on every hit (Content-Length by the server,
 # Age and X-Cache by us).
-NOT_STORED_HEADERS = frozenset({b"content-length", b"age", b"x-cache"})
+# Per response, not per resource: a HIT gets its own (the trace headers and X-Request-ID
+# name the request that filled the entry, W3C Trace Context's ``traceresponse`` included).
+NOT_STORED_HEADERS = frozenset(
+    {
+        b"content-length",
+        b"age",
+        b"x-cache",
+        b"x-request-id",
+        b"traceparent",
+        b"tracestate",
+        b"traceresponse",
+    }
+)
 # RFC 9110 15.4.5: what a 304 repeats of the 200 it stands for.
 NOT_MODIFIED_HEADERS = frozenset(
     {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary"}

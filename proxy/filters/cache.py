@@ -6,11 +6,16 @@ use the cache, may this response be stored, for how long, under which key) and
 coalescing. It is an around filter because a MISS must call what comes after it (the forward
 and the response-header rewrite) and see the answer, to store what the client gets. It sits
 after the token check, so a cached answer is never served to a caller the service refuses.
+
+What is per request is never stored (``X-Request-ID``, ``traceparent``, ``tracestate``:
+`proxy.cache.policy.NOT_STORED_HEADERS`), and every answer leaves here with this request's
+``X-Request-ID``, a HIT as much as a MISS.
 """
 
 from __future__ import annotations
 
 from httpio.messages import Response
+from proxy import forwarding
 from proxy.cache import HttpCache
 from proxy.filters.chain import Exchange, Stage
 from topology.schema import ServiceCacheSettings
@@ -39,7 +44,7 @@ class CacheLookup:
         async def fetch() -> Response:
             return await rest.run(ex)
 
-        return await self._cache.handle(
+        response = await self._cache.handle(
             ex.request,
             region=self._region,
             service=self._service,
@@ -47,3 +52,5 @@ class CacheLookup:
             settings=self._settings,
             fetch=fetch,
         )
+        response.headers = forwarding.with_request_id(response.headers, ex.request_id)
+        return response

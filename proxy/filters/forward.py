@@ -252,6 +252,7 @@ class Forward:
         anywhere (the verdict, an instance fit for it, and the budget all agree)."""
         now = time.monotonic()
         outcome = retry.outcome_of(err)
+        ex.note.failed_tries += ((endpoint.url, retry.FAILED_TRY.get(outcome, outcome.value)),)
         transition = self._pool.end(endpoint, outcome, now - started)
         if transition is not None:
             log.warning("instance_state", service=self.service, change=str(transition))

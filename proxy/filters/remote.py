@@ -21,7 +21,7 @@ from httpio.upstream import UpstreamPool
 from proxy.filters.chain import Exchange
 from proxy.filters.forward import TrackedBody, relayed, request_body, upstream_headers
 from proxy.hop import HOP_HEADER, sign_hop
-from proxy.retry import outcome_of
+from proxy.retry import FAILED_TRY, outcome_of
 
 _HOP_HEADERS = frozenset({HOP_HEADER})
 
@@ -75,7 +75,9 @@ class RemoteForward:
             )
             ex.note.upstream_ms = round((time.monotonic() - started) * 1000, 3)
         except UpstreamError as err:
-            pool.end(endpoint, outcome_of(err), time.monotonic() - started)
+            outcome = outcome_of(err)
+            ex.note.failed_tries += ((endpoint.url, FAILED_TRY.get(outcome, outcome.value)),)
+            pool.end(endpoint, outcome, time.monotonic() - started)
             raise
         except BaseException:
             pool.end(endpoint, Outcome.CANCELLED, time.monotonic() - started)

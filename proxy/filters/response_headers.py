@@ -1,7 +1,7 @@
 """The response hook every chain ends with: the upstream's headers as the client gets them.
 
-Hop-by-hop headers go, ``Via`` gains our hop, and ``X-Request-ID`` is added when the upstream
-sent none (`proxy.forwarding.client_response_headers`, pure). It sits just before the terminal,
+Hop-by-hop headers go, ``Via`` gains our hop, and ``X-Request-ID`` is this request's, whatever
+the upstream sent (`proxy.forwarding.client_response_headers`, pure). It sits just before the terminal,
 so on the way back it is the first hook to see an upstream's answer: the cache stores what the
 client would get, as it always did. Issue 11's response header rules (``set``, ``add``,
 ``remove``) go beside it, before it in the list, so they see these headers.

@@ -52,6 +52,7 @@ def test_a_cached_hit_is_logged_with_its_user_and_no_token(fleet: RunningFleet, 
     second = rid()
     r = request(proxy, path, headers={**auth, "x-request-id": second})
     assert r.headers["x-cache"] == "HIT"
+    assert r.headers["x-request-id"] == second  # its own, not the one that filled the entry
     line = line_for(fleet, proxy, second)
     assert line["cache"] == "HIT" and line["status"] == 200
     assert line["service"] == "image" and line["region"] == "ko_KR"

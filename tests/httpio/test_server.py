@@ -856,3 +856,78 @@ async def test_serve_tcp_reports_its_port() -> None:
             await client.send(get("/whoami"))
             assert (await client.read_response()).json()["method"] == "GET"
         nursery.cancel_scope.cancel()
+
+
+# -- what the observer sees of requests refused before the handler ------------------------------
+class Seen:
+    """An observer that keeps what it was shown."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Request, Response, float, int]] = []
+
+    def __call__(self, request: Request, response: Response, started: float, sent: int) -> None:
+        self.calls.append((request, response, started, sent))
+
+    def refused(self) -> list[tuple[str, str, str, int, str]]:
+        out = []
+        for request, response, _, _ in self.calls:
+            note = request.note
+            if note is None:  # answered by the handler
+                continue
+            assert note.refused
+            out.append(
+                (request.client[0], request.method, request.target, response.status, note.error)
+            )
+        return out
+
+
+async def test_refusals_before_the_handler_reach_the_observer() -> None:
+    """400 (no head parsed: method and target unknown), 431, 405 and 501 with the head they
+    had, 413 on a declared length, the connection cap's 503: each is shown to the observer
+    with its error kind and the body bytes of its answer."""
+    seen = Seen()
+    limits = ServerLimits(max_head_bytes=1024, max_connections=1)
+    async with serving(limits=limits) as (server, port):
+        server.observer = seen
+        for raw in (
+            b"GARBAGE\r\n\r\n",
+            get("/hello", "x-big: " + "a" * 2000),
+            get("/x?access_token=secret", method="TRACE"),
+            get("/y", method="BREW"),
+            get("/echo", "content-length: 2000000000", method="POST"),
+        ):
+            async with connect(port) as client:
+                await client.send(raw)
+                await client.read_response()
+                await client.read_to_eof()
+            await wait_until(lambda: server.open_connections == 0)  # the cap is 1
+        async with connect(port) as first:
+            await first.send(get("/hello"))
+            await first.read_response()
+            async with connect(port) as second:
+                await second.read_to_eof()
+        await wait_until(lambda: len(seen.calls) == 7)
+    assert seen.refused() == [
+        ("127.0.0.1", "-", "-", 400, "bad_request"),
+        ("127.0.0.1", "GET", "/hello", 431, "headers_too_large"),
+        ("127.0.0.1", "TRACE", "/x?access_token=secret", 405, "method_not_allowed"),
+        ("127.0.0.1", "-", "/y", 501, "not_implemented"),  # an unknown method is no label
+        ("127.0.0.1", "POST", "/echo", 413, "body_too_large"),
+        ("127.0.0.1", "-", "-", 503, "too_many_connections"),
+    ]
+    sizes = [sent for r, _, _, sent in seen.calls if r.note is not None]
+    assert all(n > 0 for n in sizes)  # the JSON body of each answer
+    assert server.requests_served == 2  # /hello, and the 413 (its head was a request)
+
+
+async def test_a_head_that_never_completes_is_shown_with_its_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen = Seen()
+    async with serving(limits=ServerLimits(head_timeout_s=5)) as (server, port):
+        server.observer = seen
+        async with connect(port) as client:
+            await client.send(b"GET /hello HTTP/1.1\r\nhost: te")
+            await client.read_response()
+        await wait_until(lambda: len(seen.calls) == 1)
+    assert seen.refused() == [("127.0.0.1", "-", "-", 408, "request_timeout")]

@@ -15,6 +15,7 @@ from proxy.forwarding import (
     new_request_id,
     request_id_of,
     upstream_request_headers,
+    with_request_id,
 )
 
 VIA = b"1.1 proxy-a"
@@ -342,12 +343,19 @@ def test_response_gains_via_and_request_id() -> None:
     assert out == [(b"content-type", b"text/plain"), (b"via", VIA), (b"x-request-id", RID)]
 
 
-def test_response_via_is_chained_and_upstream_request_id_kept() -> None:
+def test_response_via_is_chained_and_the_request_id_is_ours() -> None:
+    """An upstream's own X-Request-ID would name another request than our access log."""
     out = client_response_headers(
         [(b"via", b"1.1 backend"), (b"x-request-id", b"upstream-id")], via=VIA, request_id=RID
     )
     assert only(out, b"via") == b"1.1 backend, 1.1 proxy-a"
-    assert only(out, b"x-request-id") == b"upstream-id"
+    assert only(out, b"x-request-id") == RID
+
+
+def test_a_stored_request_id_is_replaced_by_this_requests() -> None:
+    stored = [(b"content-type", b"image/png"), (b"x-request-id", b"the-one-that-filled-it")]
+    out = with_request_id(stored, RID)
+    assert out == [(b"content-type", b"image/png"), (b"x-request-id", RID)]
 
 
 def test_response_hop_by_hop_headers_go() -> None:

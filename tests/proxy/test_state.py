@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 
@@ -234,3 +235,34 @@ async def test_watch_config_reads_the_interval_before_each_poll(
         await trio.sleep(1)
         assert applied.at == [start + 11.0]
         nursery.cancel_scope.cancel()
+
+
+def test_a_database_password_is_not_shown() -> None:
+    from proxy.state import REDACTED, redacted_dsn
+
+    assert redacted_dsn("postgresql://gw:s3cr%40t@db:5432/gw?sslmode=require") == (
+        f"postgresql://gw:{REDACTED}@db:5432/gw?sslmode=require"
+    )
+    assert redacted_dsn("host=db user=gw password='a b' dbname=gw") == (
+        f"host=db user=gw password={REDACTED} dbname=gw"
+    )
+    assert redacted_dsn("host=db password=plain") == f"host=db password={REDACTED}"
+    assert redacted_dsn("postgresql://gw@db/gw") == "postgresql://gw@db/gw"
+    assert redacted_dsn("auth.sqlite3") == "auth.sqlite3"
+
+
+def test_admin_config_shows_auth_store_without_its_password() -> None:
+    from proxy.state import ProxyConfig, redacted_config
+    from topology.schema import GatewayConfig, MsaFile, RegionStructure
+
+    gateway = msgspec.convert({"Auth_store": "postgresql://gw:hunter2@db/gw"}, GatewayConfig)
+    config = ProxyConfig(
+        msa=MsaFile(service=[]),
+        rs=RegionStructure(cur_region_code="ko_KR", regions=[]),
+        gateway=gateway,
+        region="ko_KR",
+        services={},
+        regions={},
+    )
+    shown = redacted_config(config)
+    assert "hunter2" not in msgspec.json.encode(shown).decode()

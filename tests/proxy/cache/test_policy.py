@@ -178,6 +178,21 @@ def test_stored_headers_drop_hop_by_hop_and_recomputed_fields_and_add_date():
     assert stored == [(b"content-type", b"text/plain"), (b"date", http_date(NOW))]
 
 
+def test_what_names_one_request_is_not_stored():
+    """A HIT gets its own request id and trace context, not the filling request's."""
+    stored = headers_to_store(
+        [
+            (b"etag", b'"a"'),
+            (b"X-Request-ID", b"filler"),
+            (b"traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            (b"tracestate", b"v=1"),
+            (b"traceresponse", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ],
+        http_date(NOW),
+    )
+    assert stored == [(b"etag", b'"a"'), (b"date", http_date(NOW))]
+
+
 def test_entries_round_trip_through_msgpack_and_report_their_age():
     entry = make_entry(200, [(b"etag", b'"a"')], b"body", verdict(), NOW, http_date(NOW))
     index = VaryIndex(("accept",), "0a1b", NOW + 30)
