@@ -123,18 +123,8 @@ class SentinelProcess:
         )
         return conf
 
-    def start(
-        self,
-        master_name: str,
-        primary_host: str,
-        primary_port: int,
-        *,
-        replicas: Sequence[tuple[str, int]] = (),
-        peers: Sequence[SentinelProcess] = (),
-    ) -> None:
-        conf = self.write_config(
-            master_name, primary_host, primary_port, replicas=replicas, peers=peers
-        )
+    def start(self, conf: Path) -> None:
+        """Run the sentinel on ``conf`` (`write_config`'s file) and wait for its PING."""
         self.process = subprocess.Popen(
             [redis_server_binary(), str(conf), "--sentinel"], stdin=subprocess.DEVNULL
         )
@@ -238,7 +228,10 @@ def start_sentinel_group(
             "the replica's sync",
         )
         for sentinel in sentinels:
-            sentinel.start(master_name, host, p_port, replicas=[(host, r_port)], peers=sentinels)
+            conf = sentinel.write_config(
+                master_name, host, p_port, replicas=[(host, r_port)], peers=sentinels
+            )
+            sentinel.start(conf)
         _wait(lambda: _ready_to_fail_over(group), "the sentinels to know each other")
     except BaseException:
         group.stop()
