@@ -105,7 +105,6 @@ _REFUSED_CONNECTION = _ConnectionLimit("server is at its connection limit")
 Observer = Callable[[Request, Response, float, int], None]
 
 log = structlog.get_logger()
-access_log = structlog.get_logger("access")
 
 RECEIVE_SIZE = 65536
 LINGER_S = 2.0
@@ -326,7 +325,6 @@ class HttpServer:
         self._all_closed = trio.Event()
         self._all_closed.set()
         self.drain_started = trio.Event()
-        self.access_log = False  # one JSON line per response, logger "access"
         self.observer: Observer | None = None
         self._nursery: trio.Nursery | None = None
         self._listeners: list[trio.SocketListener] = []
@@ -694,7 +692,7 @@ class HttpServer:
         another request, or the `Switched` to run after a 101."""
         limits = self.limits
         response: Response
-        started = time.monotonic() if self.access_log or self.observer else 0.0
+        started = time.monotonic() if self.observer is not None else 0.0
         handled = False
         try:
             length = request.header(b"content-length")
@@ -732,8 +730,6 @@ class HttpServer:
                 log.warning(
                     "switch_refused", server=self.name, target=request.target, error=str(exc)
                 )
-            if self.access_log:
-                self._log_access(request, response, started)
             if switched is None:
                 raise _Closed
             return switched
@@ -743,8 +739,6 @@ class HttpServer:
             response.headers.append((b"connection", b"close"))
         persist = request.http_version == "1.0" and asks_keep_alive(request.headers)
         sent, persisted = await self._send(stream, conn, request, response, persist)
-        if self.access_log:
-            self._log_access(request, response, started)
         if self.observer is not None:
             self.observer(request, response, started, sent)
         return persisted or conn.our_state is not h11.MUST_CLOSE
@@ -759,23 +753,6 @@ class HttpServer:
             await sockio.send_all(stream.socket, data, sent)
         if scope.cancelled_caught:
             raise _Closed  # the client stopped reading: nothing more to say to it
-
-    def _log_access(self, request: Request, response: Response, started: float) -> None:
-        request_id = None
-        for name, value in response.headers:
-            if name == b"x-request-id":
-                request_id = value.decode("latin-1")
-                break
-        access_log.info(
-            "access",
-            client=request.client[0],
-            method=request.method,
-            target=request.target,
-            status=response.status,
-            duration_ms=round((time.monotonic() - started) * 1000, 3),
-            request_id=request_id,
-            via_elb=request.via_elb,
-        )
 
     async def _send(
         self,
