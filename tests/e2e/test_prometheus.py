@@ -16,6 +16,7 @@ import pytest
 from tests.e2e.harness import RunningFleet, request
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
+from tests.support.processes import stop_process
 from topology.prometheus import SCRAPE_INTERVAL_S
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -56,12 +57,7 @@ def prometheus(fleet: RunningFleet, tmp_path: Path) -> Iterator[str]:
         wait_for(ready, timeout_s=30, what="prometheus ready")
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_process(process, grace_s=10)
         log.close()
 
 

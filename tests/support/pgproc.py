@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.ports import free_port
+from tests.support.processes import stop_process
 
 READY_TIMEOUT_S = 30.0
 DEBIAN_BIN_GLOB = "/usr/lib/postgresql/*/bin"
@@ -191,12 +192,7 @@ class PostgresProcess:
     def stop(self) -> None:
         """Fast shutdown (SIGINT): clients are disconnected, the cluster is consistent."""
         if self.process is not None:
-            os.kill(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+            stop_process(self.process, signal.SIGINT, grace_s=15)
             self.process = None
 
     def restart(self) -> None:

@@ -15,9 +15,7 @@ namespace's) for the multi-host tests.
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
 import socket
 import subprocess
 import tempfile
@@ -31,6 +29,7 @@ from typing import Any
 import hiredis
 
 from tests.support.ports import free_ports
+from tests.support.processes import stop_process
 from tests.support.redisproc import RedisProcess, redis_server_binary
 
 READY_TIMEOUT_S = 30.0
@@ -132,12 +131,7 @@ class SentinelProcess:
 
     def stop(self) -> None:
         if self.process is not None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+            stop_process(self.process)
             self.process = None
 
 
