@@ -92,6 +92,34 @@ class RunningFleet:
         return int(self.call(lambda: self.fleet.pids[name]))
 
 
+def write_fleet_yaml(
+    base: Path,
+    *,
+    elbs: tuple[int, int],
+    proxies: tuple[list[int], list[int]],
+    backends: list[int],
+    auth: int,
+    redis: int,
+    elb_metrics: tuple[int, int] | None = None,
+    test_faults: bool = False,
+) -> None:
+    """``base/fleet.yaml`` for the two regions of the e2e fleets: ko_KR and en_US, each with
+    its ELB, its proxies and ``msa_<kr|en>.yaml`` beside it; the backends, one auth server
+    and a Redis on the given ports."""
+    regions = []
+    for i, (code, msa) in enumerate((("ko_KR", "msa_kr.yaml"), ("en_US", "msa_en.yaml"))):
+        metrics = f"    elb_metrics_port: {elb_metrics[i]}\n" if elb_metrics else ""
+        regions.append(
+            f"  - code: {code}\n    elb_port: {elbs[i]}\n{metrics}"
+            f"    proxy_ports: {proxies[i]}\n    msa: {msa}\n"
+        )
+    faults = "  test_faults: true\n" if test_faults else ""
+    (base / "fleet.yaml").write_text(
+        "regions:\n" + "".join(regions) + f"backends:\n  ports: {backends}\n{faults}"
+        f"auth:\n  ports: [{auth}]\nredis:\n  port: {redis}\nconfig: config.json\n"
+    )
+
+
 def write_topology(base: Path) -> dict[str, Any]:
     ports = free_ports(16)
     kr_elb, en_elb, p0, p1, p2, redis, auth = ports[:7]
@@ -140,27 +168,15 @@ service:
         }
     )
     (base / "config.json").write_text(json.dumps(config))
-    (base / "fleet.yaml").write_text(
-        f"""regions:
-  - code: ko_KR
-    elb_port: {kr_elb}
-    elb_metrics_port: {kr_metrics}
-    proxy_ports: [{p0}, {p1}]
-    msa: msa_kr.yaml
-  - code: en_US
-    elb_port: {en_elb}
-    elb_metrics_port: {en_metrics}
-    proxy_ports: [{p2}]
-    msa: msa_en.yaml
-backends:
-  ports: {backends}
-  test_faults: true
-auth:
-  ports: [{auth}]
-redis:
-  port: {redis}
-config: config.json
-"""
+    write_fleet_yaml(
+        base,
+        elbs=(kr_elb, en_elb),
+        proxies=([p0, p1], [p2]),
+        backends=backends,
+        auth=auth,
+        redis=redis,
+        elb_metrics=(kr_metrics, en_metrics),
+        test_faults=True,
     )
     return {
         "kr_elb": f"http://127.0.0.1:{kr_elb}",

@@ -27,7 +27,15 @@ from trio_websocket import (
 )
 
 from elb.main import Elb
-from tests.e2e.harness import ROOT, Reply, RunningFleet, fleet_in_a_thread, post_json, request
+from tests.e2e.harness import (
+    ROOT,
+    Reply,
+    RunningFleet,
+    fleet_in_a_thread,
+    post_json,
+    request,
+    write_fleet_yaml,
+)
 from tests.support.polling import wait_until
 from tests.support.ports import free_ports
 from topology.load import load_msa
@@ -122,24 +130,13 @@ service:
         }
     )
     (base / "config.json").write_text(json.dumps(config))
-    (base / "fleet.yaml").write_text(
-        f"""regions:
-  - code: ko_KR
-    elb_port: {kr_elb}
-    proxy_ports: [{p0}, {p1}]
-    msa: msa_kr.yaml
-  - code: en_US
-    elb_port: {en_elb}
-    proxy_ports: [{p2}]
-    msa: msa_en.yaml
-backends:
-  ports: {backends}
-auth:
-  ports: [{auth}]
-redis:
-  port: {redis}
-config: config.json
-"""
+    write_fleet_yaml(
+        base,
+        elbs=(kr_elb, en_elb),
+        proxies=([p0, p1], [p2]),
+        backends=backends,
+        auth=auth,
+        redis=redis,
     )
     return {
         "kr_elb": f"http://127.0.0.1:{kr_elb}",
