@@ -1,12 +1,12 @@
 """Keep-alive HTTP/1.1 client connections to upstreams, pooled per origin.
 
-Layering after httpcore: `UpstreamPool` hands out `_Connection`s, each an h11 client state
-machine over a trio stream. Decisions (which connection, whether it may go back to the pool)
+Layering after httpcore: `UpstreamPool` hands out `_Connection`s, each a
+`httpio.h1client.ResponseReader` (the client half of HTTP/1.1, sans-IO) over a trio stream. Decisions (which connection, whether it may go back to the pool)
 are taken synchronously; the I/O happens after, and closing is shielded from cancellation.
 
 Rules that keep a pool honest:
-- A connection goes back to the pool only when both sides of h11 are ``DONE`` after a full
-  exchange. A cancelled, failed or half-read exchange closes the connection instead.
+- A connection goes back to the pool only when its answer was read to the end and left it
+  fit for another request (``ResponseReader.reusable``). A cancelled, failed or half-read exchange closes the connection instead.
 - A pooled connection may have been closed by the upstream while idle. Before reuse we poll
   its socket for readability (an idle HTTP/1.1 connection has nothing to say, so readable
   means EOF or garbage) and drop it. If it still dies before the first response byte, an
@@ -22,20 +22,21 @@ from __future__ import annotations
 
 import select
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 import msgspec
 import trio
 
-from httpio import sockio
+from httpio import h1client, sockio
 from httpio.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from httpio.h1client import END, NEED_DATA, MalformedResponse, ResponseHead
 from httpio.limits import ConcurrencyLimit
 from httpio.origin import Origin
-from httpio.protocol import Headers, h11
+from httpio.protocol import Headers
 
 RECEIVE_SIZE = 65536
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -57,11 +58,11 @@ class BodySource(Protocol):
 
 
 class _Connection:
-    __slots__ = ("_poll", "conn", "origin", "request_sent", "rested_at", "reused", "stream")
+    __slots__ = ("_poll", "origin", "reader", "request_sent", "rested_at", "reused", "stream")
 
     def __init__(self, stream: trio.SocketStream, origin: Origin) -> None:
         self.stream = stream
-        self.conn: Any = h11.Connection(h11.CLIENT)
+        self.reader = h1client.ResponseReader()
         self.origin = origin
         self.rested_at = 0.0
         self.reused = False
@@ -96,18 +97,18 @@ class UpstreamResponse:
         "status",
     )
 
-    def __init__(self, pool: UpstreamPool, c: _Connection, event: Any) -> None:
+    def __init__(self, pool: UpstreamPool, c: _Connection, event: ResponseHead) -> None:
         self._pool = pool
         self._c: _Connection | None = c
         self._done = False
-        self._ahead: Any = None
+        self._ahead: bytes | None = None
         # True once the end of the body is known to be buffered: the next read() returns
         # b"" without I/O, so a server can send the last chunk and the end in one write.
         self.finished = False
-        self.status: int = event.status_code
-        self.headers: Headers = list(event.headers)
-        self.reason: bytes = bytes(event.reason)
-        self.http_version: bytes = bytes(event.http_version)
+        self.status: int = event.status
+        self.headers: Headers = event.headers
+        self.reason: bytes = event.reason
+        self.http_version: bytes = event.http_version
 
     def __repr__(self) -> str:
         return f"<UpstreamResponse {self.status} done={self._done}>"
@@ -116,14 +117,14 @@ class UpstreamResponse:
         c = self._c
         if self._done or c is None:
             return b""
-        conn = c.conn
+        reader = c.reader
         while True:
             try:
-                event, self._ahead = self._ahead or conn.next_event(), None
-            except h11.RemoteProtocolError as exc:
+                event, self._ahead = self._ahead or reader.next_body(), None
+            except MalformedResponse as exc:
                 await self._discard()
                 raise UpstreamProtocolError(f"{c.origin.url}: {exc}", bytes_sent=True) from exc
-            if event is h11.NEED_DATA:
+            if event is NEED_DATA:
                 try:
                     with trio.fail_after(self._pool.timeouts.body_timeout_s):
                         data = await sockio.receive(c.stream.socket)
@@ -137,32 +138,29 @@ class UpstreamResponse:
                     raise UpstreamUnreachable(
                         f"{c.origin.url}: reset during response body", bytes_sent=True
                     ) from exc
-                conn.receive_data(data)
+                reader.receive_data(data)
                 continue
-            kind = type(event)
-            if kind is h11.Data:
-                # Look one event ahead without I/O: a body that is complete in the buffer
-                # ends now, so its connection goes back to the pool before the client is
-                # even written to.
-                try:
-                    ahead = conn.next_event()
-                except h11.RemoteProtocolError:
-                    ahead = None  # reported by the next read
-                if ahead is not None and type(ahead) is h11.EndOfMessage:
-                    self.finished = self._done = True
-                    self._c = None
-                    self._pool.check_in(c)
-                elif ahead is not None and ahead is not h11.NEED_DATA:
-                    self._ahead = ahead  # another chunk already buffered: next read's
-                return bytes(event.data)
-            if kind is h11.EndOfMessage:
+            if event is END:
                 self._done = True
                 self.finished = True
                 self._c = None
                 self._pool.check_in(c)
                 return b""
-            await self._discard()
-            raise UpstreamProtocolError(f"{c.origin.url}: unexpected {kind.__name__}")
+            assert isinstance(event, bytes)
+            # Look one event ahead without I/O: a body that is complete in the buffer
+            # ends now, so its connection goes back to the pool before the client is
+            # even written to.
+            try:
+                ahead = reader.next_body()
+            except MalformedResponse:
+                ahead = None  # reported by the next read
+            if ahead is END:
+                self.finished = self._done = True
+                self._c = None
+                self._pool.check_in(c)
+            elif isinstance(ahead, bytes):
+                self._ahead = ahead  # another chunk already buffered: next read's
+            return event
 
     async def read_all(self, limit: int = 1 << 30) -> bytes:
         parts = []
@@ -247,7 +245,7 @@ class UpstreamPool:
         elif not any(n in (b"content-length", b"transfer-encoding") for n, _ in headers):
             # A streamed body is framed by the length it declares (``length``: the server's
             # `RequestBody` holds a client to its Content-Length), else chunked; without
-            # framing h11 would send no body at all.
+            # framing the upstream could not tell where it ends.
             length = getattr(body, "length", None)
             headers = [
                 *headers,
@@ -343,7 +341,6 @@ class UpstreamPool:
         when ``c`` was a reused connection that died before a byte of an answer, the error to
         raise unless the request goes again on a fresh connection. Any other failure closes
         ``c`` and raises."""
-        conn = c.conn
         url = c.origin.url
         c.request_sent = False
         timeout = (
@@ -352,13 +349,12 @@ class UpstreamPool:
             else response_head_timeout_s
         )
         try:
-            head = conn.send(h11.Request(method=method, target=target, headers=headers))
+            head = h1client.encode_request(method, target, headers)
+            c.reader.start(method, _asks_close(headers))
             if isinstance(body, bytes):
-                if body:
-                    head += conn.send(h11.Data(data=body))
-                await sockio.send_all(c.stream.socket, head + conn.send(h11.EndOfMessage()))
+                await sockio.send_all(c.stream.socket, head + body if body else head)
             else:
-                await self._send_streamed(c, head, body)
+                await self._send_streamed(c, head, headers, body)
             c.request_sent = True
             # Let the other connections run while the upstream works, then look for its
             # answer before asking trio to wait for it: under load it is usually there by
@@ -368,7 +364,7 @@ class UpstreamPool:
             event = await self._next_head_event(c, trio.current_time() + timeout)
             if event is not None:
                 return UpstreamResponse(self, c, event)
-        except h11.RemoteProtocolError as exc:
+        except MalformedResponse as exc:
             await self._close(c)
             raise UpstreamProtocolError(f"{url}: {exc}", bytes_sent=True) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -383,60 +379,70 @@ class UpstreamPool:
         await self._close(c)
         return UpstreamUnreachable(f"{url}: closed a reused connection", bytes_sent=True)
 
-    async def _send_streamed(self, c: _Connection, head: bytes, body: BodySource) -> None:
-        """The head, then the body chunk by chunk as its source yields it."""
-        conn = c.conn
+    async def _send_streamed(
+        self, c: _Connection, head: bytes, headers: Headers, body: BodySource
+    ) -> None:
+        """The head, then the body chunk by chunk as its source yields it: chunked, or held
+        to the Content-Length the head declares (a source that yields more or fewer bytes
+        is a bug the upstream must not see as a complete request)."""
+        length = None
+        for name, value in headers:
+            if name == b"content-length":
+                length = int(value)
         await c.stream.send_all(head)
         c.request_sent = True
+        if length is None:
+            while chunk := await body.read():
+                await c.stream.send_all(h1client.encode_chunk(chunk))
+            await c.stream.send_all(h1client.LAST_CHUNK)
+            return
+        sent = 0
         while chunk := await body.read():
-            await c.stream.send_all(conn.send(h11.Data(data=chunk)))
-        await c.stream.send_all(conn.send(h11.EndOfMessage()))
+            sent += len(chunk)
+            if sent > length:
+                raise h1client.MalformedRequest(f"request body longer than its {length} bytes")
+            await c.stream.send_all(chunk)
+        if sent != length:
+            raise h1client.MalformedRequest(f"request body ended at {sent} of {length} bytes")
 
     @staticmethod
-    async def _next_head_event(c: _Connection, deadline: float) -> Any:
-        """The response head's h11 event; None when a reused connection closed before sending
+    async def _next_head_event(c: _Connection, deadline: float) -> ResponseHead | None:
+        """The final response's head; None when a reused connection closed before sending
         a byte (it had died while idle). Informational responses are skipped: not ours to
         relay. Each read is tried first; only a wait for bytes not there yet runs under the
         deadline (`UpstreamTimeout` past it), so the usual answer costs no cancel scope."""
-        conn = c.conn
+        reader = c.reader
         sock = c.stream.socket
         got_bytes = False
         while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = sockio.try_receive(sock)
-                if data is None:
-                    # A bare CancelScope rather than fail_after: fail_after's generator-based
-                    # context manager cost ~2 % of the proxy's CPU when it sat on every request.
-                    with trio.CancelScope(deadline=deadline) as waiting:
-                        await trio.lowlevel.wait_readable(sock)
-                    if waiting.cancelled_caught:
-                        raise UpstreamTimeout(
-                            f"{c.origin.url}: no response head in time", bytes_sent=True
-                        )
-                    continue
-                if not data and not got_bytes and c.reused:
-                    return None
-                got_bytes = got_bytes or bool(data)
-                conn.receive_data(data)
-                continue
-            kind = type(event)
-            if kind is h11.Response:
+            event = reader.next_head()
+            if event is not NEED_DATA:
+                assert isinstance(event, ResponseHead)
                 return event
-            if kind is not h11.InformationalResponse:
-                raise UpstreamProtocolError(
-                    f"{c.origin.url}: unexpected {kind.__name__}", bytes_sent=True
-                )
+            data = sockio.try_receive(sock)
+            if data is None:
+                # A bare CancelScope rather than fail_after: fail_after's generator-based
+                # context manager cost ~2 % of the proxy's CPU when it sat on every request.
+                with trio.CancelScope(deadline=deadline) as waiting:
+                    await trio.lowlevel.wait_readable(sock)
+                if waiting.cancelled_caught:
+                    raise UpstreamTimeout(
+                        f"{c.origin.url}: no response head in time", bytes_sent=True
+                    )
+                continue
+            if not data and not got_bytes and c.reused:
+                return None
+            got_bytes = got_bytes or bool(data)
+            reader.receive_data(data)
 
     def check_in(self, c: _Connection) -> None:
-        """An exchange on ``c`` is over (its response read to the end): pooled again when both
-        sides of h11 are done, else closed. Called by the `UpstreamResponse` it gave out."""
+        """An exchange on ``c`` is over (its response read to the end): pooled again when the
+        answer left the connection fit for another request, else closed. Called by the
+        `UpstreamResponse` it gave out."""
         self.in_use -= 1
-        conn = c.conn
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+        if c.reader.reusable:
             idle = self._idle.setdefault(c.origin.key, [])
             if len(idle) < self.timeouts.max_idle_per_origin:
-                conn.start_next_cycle()
                 c.rested_at = trio.current_time()
                 idle.append(c)
                 return
@@ -465,3 +471,12 @@ class UpstreamPool:
         keep_set = set(keep)
         for url in [u for u in self._origins if u not in keep_set]:
             del self._origins[url]
+
+
+def _asks_close(headers: Headers) -> bool:
+    """Whether a request's own fields say ``Connection: close`` (then its answer is the
+    connection's last)."""
+    for name, value in headers:
+        if name == b"connection" and b"close" in value.lower():
+            return any(t.strip() == b"close" for t in value.lower().split(b","))
+    return False
