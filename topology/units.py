@@ -41,6 +41,12 @@ def quote(arg: str) -> str:
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# A server's drain (``drain_timeout_s``, 10 s by default), the 5 s a `proxy --workers` parent
+# grants its workers past it before SIGKILL, and a margin: systemd's own SIGKILL must come
+# after both, not cut a drain short.
+STOP_TIMEOUT_S = 20
+
+
 def unit_name(spec: ChildSpec) -> str:
     return f"{UNIT_PREFIX}{spec.name}"
 
@@ -68,9 +74,13 @@ def _service(
         f"Environment={env_name}={fleet_id}",
         "Restart=always",
         "RestartSec=0.5",
-        "KillMode=control-group",
+        # SIGTERM to the main process alone: `proxy --workers N` passes it on to its workers
+        # and waits for their drain. control-group sent it to every worker as well, so each
+        # got two (systemd's and the parent's). What is left when the main process is gone,
+        # or at the timeout, gets SIGKILL.
+        "KillMode=mixed",
         "KillSignal=SIGTERM",
-        "TimeoutStopSec=10",
+        f"TimeoutStopSec={STOP_TIMEOUT_S}",
         f"StandardOutput=append:{spec.log}",
         f"StandardError=append:{spec.log}",
         "UMask=0077",

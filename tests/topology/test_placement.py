@@ -162,6 +162,9 @@ def test_units_one_per_process_in_start_order_with_the_elbs_socket(tmp_path: Pat
     proxy = b["gateway-proxy-kr-6000.service"]
     assert "After=network-online.target gateway-redis.service" in proxy
     assert "Environment=GATEWAY_FLEET_ID=f1" in proxy and "Restart=always" in proxy
+    # SIGTERM to the parent alone (it stops its workers itself), and time for their drain
+    assert "KillMode=mixed" in proxy and "KillMode=control-group" not in proxy
+    assert "TimeoutStopSec=20" in proxy
     a = unit_files(select_host(plan.groups, plan.placement, "a"), host="a", fleet_id="f1",
                    env_name="GATEWAY_FLEET_ID", source=path)  # fmt: skip
     assert "ListenStream=10.9.0.1:9000" in a["gateway-elb-kr-9000.socket"]
