@@ -29,16 +29,14 @@ from httpio.handoff import UnsafeRuntimeDir, handoff_address, serve_handoffs
 from httpio.health_check import run_health_checks
 from httpio.messages import Handler
 from httpio.origin import Origin
-from httpio.redis_client import RedisPool
 from httpio.run import configure_logging, serve_until_signalled
 from httpio.server import HttpServer
 from httpio.upstream import UpstreamPool
 from proxy.app import ProxyApp
-from proxy.cache import redis_pool_for
 from proxy.filters.rate_limit import RateLimitState
 from proxy.metrics import AccessSink, ProxyObserver, count_reload
 from proxy.state import ProxyConfig, ProxyPaths, load_proxy_config, watch_config
-from proxy.wiring import start_auth, start_cache
+from proxy.wiring import fleet_redis, start_auth, start_cache
 from proxy.workers import MAX_WORKERS, WORKER_FLAG, WorkerParent, reserve_port
 from topology.load import ConfigError
 from topology.schema import AccessLogSettings
@@ -91,12 +89,6 @@ def follow(server: HttpServer, config: ProxyConfig) -> None:
         log.info("service_map", services=config.summary()["services"])
 
 
-def rate_limit_redis(config: ProxyConfig) -> RedisPool:
-    """The fleet-wide rate limits' store: config.json's Redis (opened on first use)."""
-    g = config.gateway
-    return redis_pool_for(g.cache, g.redis_address, g.redis_password, g.redis_db)
-
-
 class AccessSwitch:
     """``Access_log`` in config.json, followed across reloads: ``true`` is the original's
     "print every request", now the JSON access log's line on standard output (the process
@@ -146,16 +138,20 @@ async def start_proxy(
     upstream = UpstreamPool(config.gateway.upstream)
     auth = await start_auth(config, upstream, nursery, proxy=name)
     cache = await start_cache(config, nursery)
-    limits = RateLimitState(redis=rate_limit_redis(config))
+    limits = RateLimitState(redis=fleet_redis(config))
     app = ProxyApp(config, upstream, name=name, auth=auth, cache=cache, rate_limits=limits)
     app.worker = worker
 
     def apply(config: ProxyConfig) -> None:
-        """A reload: the rate limits follow a moved Redis before the chains are rebuilt."""
-        unused = limits.follow_redis(rate_limit_redis(config))
+        """A reload: the rate limits and the cache follow a moved Redis before the chains
+        are rebuilt; the pools they no longer use are closed."""
+        unused = [limits.follow_redis(fleet_redis(config))]
+        if cache is not None:
+            unused.append(cache.follow_redis(fleet_redis(config)))
         app.apply(config)
-        if unused is not None:
-            nursery.start_soon(unused.aclose)
+        for pool in unused:
+            if pool is not None:
+                nursery.start_soon(pool.aclose)
 
     follow(server, app.config)
     app.on_reload.append(partial(follow, server))

@@ -16,6 +16,7 @@ import structlog
 import trio
 
 from authsvc.tokens import KeyRing, key_ring_of
+from httpio.redis_client import RedisPool
 from httpio.upstream import UpstreamPool
 from proxy.auth import Authorizer, VerdictCache
 from proxy.auth_client import AuthClient
@@ -77,20 +78,26 @@ async def start_auth(
     return layer
 
 
+def fleet_redis(config: ProxyConfig) -> RedisPool:
+    """A pool on config.json's Redis: ``Redis_address``/``Redis_password``/``Redis_db``, or
+    the primary that ``Redis_sentinels`` name as ``Redis_master_name``. The cache and the
+    fleet-wide rate limits each open one, and each follows a reload that moves it."""
+    g = config.gateway
+    return redis_pool_for(
+        g.cache,
+        g.redis_address,
+        g.redis_password,
+        g.redis_db,
+        sentinels=g.redis_sentinels,
+        master_name=g.redis_master_name,
+    )
+
+
 async def start_cache(config: ProxyConfig, nursery: trio.Nursery) -> HttpCache | None:
     """``Cache_or_not`` switches the cache on for the services whose msa.yaml entry says
     ``cache: {enabled: true}``; one Redis shared by the fleet behind a per-process tier."""
-    gateway = config.gateway
-    if not gateway.cache_enabled:
+    if not config.gateway.cache_enabled:
         return None
-    pool = redis_pool_for(
-        gateway.cache,
-        gateway.redis_address,
-        gateway.redis_password,
-        gateway.redis_db,
-        sentinels=gateway.redis_sentinels,
-        master_name=gateway.redis_master_name,
-    )
-    cache = HttpCache(gateway.cache, pool)
+    cache = HttpCache(config.gateway.cache, fleet_redis(config))
     await nursery.start(cache.run)
     return cache

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 import msgspec
+import structlog
 import trio
 
 from httpio.breaker import CircuitBreaker
@@ -67,6 +68,8 @@ from proxy.cache.store import TieredStore
 from topology.schema import CacheSettings, ServiceCacheSettings
 
 HIT, MISS, BYPASS = b"HIT", b"MISS", b"BYPASS"
+
+log = structlog.get_logger()
 
 Fetch = Callable[[], Awaitable[Response]]
 
@@ -195,6 +198,7 @@ class HttpCache:
         )
         self.store = TieredStore(memory, redis, breaker, namespace=settings.namespace, clock=clock)
         self._flights: SingleFlight[str, None] = SingleFlight()
+        self._serving = trio.CancelScope()  # `run`'s work on the current Redis
         self._waiting = 0
         self._stats: Counter[str] = Counter()
         # Both keyed by a fixed vocabulary of reasons (plus status codes), never by request.
@@ -226,18 +230,43 @@ class HttpCache:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The purge subscriber; runs until cancelled (returns at once without Redis). A
         first pooled connection is opened before the proxy serves, so that its first burst
-        of requests does not open one each."""
-        if self.store.redis is None:
-            await self.store.run_subscriber(
-                retry_s=self.settings.breaker_open_s, task_status=task_status
-            )
-            return
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.store.redis.run)  # follows a Sentinel failover
-            await self.store.redis.warm()
-            await self.store.run_subscriber(
-                retry_s=self.settings.breaker_open_s, task_status=task_status
-            )
+        of requests does not open one each. When a reload moves the store (`follow_redis`),
+        the subscriber and the pool's Sentinel watch start over on the new one."""
+        status: trio.TaskStatus[None] = task_status
+        while True:
+            redis = self.store.redis
+            if redis is None:
+                await self.store.run_subscriber(
+                    retry_s=self.settings.breaker_open_s, task_status=status
+                )
+                return
+            with trio.CancelScope() as self._serving:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(redis.run)  # follows a Sentinel failover
+                    await redis.warm()
+                    await self.store.run_subscriber(
+                        retry_s=self.settings.breaker_open_s, task_status=status
+                    )
+            status = trio.TASK_STATUS_IGNORED
+
+    def follow_redis(self, pool: RedisPool) -> RedisPool:
+        """A reload with config.json's Redis settings, as ``pool``: when they changed, the
+        next lookups and stores go to the new Redis, the purge subscriber moves to it (and
+        empties the memory tier as it subscribes: purges sent while it moved were missed),
+        and entries of the old one are not carried over. Returns the pool to close: the
+        old one, or ``pool`` itself when nothing changed (or the cache runs without Redis:
+        config.json always names one, so that is a test's cache)."""
+        old = self.store.redis
+        if old is None or pool.settings == old.settings:
+            return pool
+        self.store.redis = pool
+        log.info(
+            "cache_store_moved",
+            old=f"{old.settings.host}:{old.settings.port}/{old.settings.db}",
+            new=f"{pool.settings.host}:{pool.settings.port}/{pool.settings.db}",
+        )
+        self._serving.cancel()
+        return old
 
     async def purge(self, *, key: str | None = None, prefix: str | None = None) -> int:
         """Fleet-wide purge of one key (with its Vary variants) or of a key prefix; both must

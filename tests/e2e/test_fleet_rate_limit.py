@@ -63,6 +63,10 @@ def write_topology(base: Path, two_regions: bool = False) -> Path:
         f"    rate_limit: [{{key: service, rate_per_s: {FLOW_RATE}, burst: {FLOW_BURST},"
         f" fleet_proxies: 4}}]\n"
     )
+    services += (  # no limit; its answers are cached in config.json's Redis
+        f'  - name: cached\n    public: true\n    instance: ["http://127.0.0.1:{backend}"]\n'
+        f"    cache: {{enabled: true}}\n"
+    )
     (base / "msa.yaml").write_text(services)
     (base / "config.json").write_text(
         json.dumps(
@@ -71,6 +75,7 @@ def write_topology(base: Path, two_regions: bool = False) -> Path:
                 "MSA_healthcheck_interval": 1,
                 "Config_check_interval": 0.5,
                 "Redis_address": f"127.0.0.1:{redis}",
+                "Cache_or_not": True,
             }
         )
     )
@@ -155,7 +160,8 @@ async def test_a_reload_moves_the_store_then_raises_a_limit_while_traffic_runs(
 ) -> None:
     """Clients keep sending through the ELB. config.json is rewritten with another Redis's
     address: once both proxies took it, the limit counts there (the new store starts full:
-    200s again, and the key is in the new Redis). Then the service map is rewritten with a
+    200s again, and the key is in the new Redis; so does the cache: an answer cached after
+    the move is in the new Redis and served from it). Then the service map is rewritten with a
     burst of 100,000: every answer is a 200 or a 429 (never a reset, a 5xx or a hang), and
     once both proxies took the new map, everything is a 200."""
     for kind in ("backend", "proxy", "elb", "redis"):
@@ -193,6 +199,7 @@ async def test_a_reload_moves_the_store_then_raises_a_limit_while_traffic_runs(
                 (fleet.run_dir / "config.json").write_text(json.dumps(config))
                 await wait_until(lambda: reloaded(1), DEADLINE_S)
                 await wait_until(lambda: 200 in statuses[moved:], DEADLINE_S)
+                cached = [(await get(elb, "cached"))[1].get(b"x-cache") for _ in range(4)]
                 text = msa.read_text().replace(f"burst: {BURST},", "burst: 100000,", 1)
                 msa.write_text(text)
                 await wait_until(lambda: reloaded(2), DEADLINE_S)
@@ -201,9 +208,12 @@ async def test_a_reload_moves_the_store_then_raises_a_limit_while_traffic_runs(
                 stop.set()
             pool = RedisPool(RedisSettings(port=moved_to.port, command_timeout_s=5.0))
             keys = await pool.execute("KEYS", "gw:rl:web:*")
+            cache_keys = await pool.execute("KEYS", "*:cached:*")
             await pool.aclose()
     assert set(statuses) <= {200, 429}
     assert statuses[moved:].count(200) >= 1 and keys
+    # (`get` lowers the whole head) the fill after the move is stored in the new Redis
+    assert cached[0] == b"miss" and cached[-1] == b"hit" and cache_keys, (cached, cache_keys)
     assert statuses[after + 4 :] == [200] * len(statuses[after + 4 :])
 
 

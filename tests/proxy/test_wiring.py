@@ -18,7 +18,7 @@ from proxy.app import ProxyApp
 from proxy.filters.auth import VouchClient, client_address
 from proxy.hop import HOP_HEADER, sign_hop
 from proxy.state import ProxyConfig
-from proxy.wiring import AuthLayer, start_auth
+from proxy.wiring import AuthLayer, fleet_redis, start_auth
 from topology.schema import (
     AuthKey,
     GatewayConfig,
@@ -128,3 +128,16 @@ def test_client_behind_another_regions_proxy_is_the_one_it_saw() -> None:
     claimed = [(n, forged if n == HOP_HEADER else v) for n, v in hopped]
     assert seen_from(claimed, "192.0.2.4") == "192.0.2.4"
     assert seen_from(hopped[:2], "192.0.2.4") == "192.0.2.4"
+
+
+def test_the_fleet_redis_is_the_sentinels_primary_when_they_are_named() -> None:
+    """The cache and the fleet-wide rate limits open the same store: with Sentinel, its
+    primary (the limits counted on ``Redis_address`` before, which a failover leaves
+    behind as a replica)."""
+    plain = fleet_redis(config(redis_address="10.0.0.5:6380", redis_db=2)).settings
+    assert (plain.host, plain.port, plain.db, plain.sentinels) == ("10.0.0.5", 6380, 2, ())
+    named = fleet_redis(
+        config(redis_sentinels=["127.0.0.1:26379", "127.0.0.1:26380"], redis_master_name="gw")
+    ).settings
+    assert named.sentinels == ("127.0.0.1:26379", "127.0.0.1:26380")
+    assert named.master_name == "gw"

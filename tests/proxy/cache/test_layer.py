@@ -16,6 +16,7 @@ from httpio.messages import Request, Response
 from httpio.redis_client import RedisPool, RedisSettings
 from proxy.cache.layer import HttpCache
 from tests.support.polling import wait_until
+from tests.support.redisproc import running_redis
 from topology.schema import CacheSettings, ServiceCacheSettings
 
 ON = ServiceCacheSettings(enabled=True, default_ttl_s=30.0, max_body_bytes=1000)
@@ -485,6 +486,47 @@ async def test_redis_killed_then_restarted(redis_server, origin):
         await wait_until(resubscribed)
         nursery.cancel_scope.cancel()
     await pool.aclose()
+
+
+# -- a reload that moves Redis ----------------------------------------------------------------
+async def test_a_moved_redis_takes_the_stores_and_the_purge_notices(redis_server, origin):
+    settings = RedisSettings(port=redis_server.port, connect_timeout_s=0.5, command_timeout_s=0.5)
+    old = RedisPool(settings)
+    cache = HttpCache(SETTINGS, old)
+    with running_redis() as moved_to:
+        new = RedisPool(msgspec.structs.replace(settings, port=moved_to.port))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cache.run)
+            await get(cache, origin, path="/img/a.png")
+            assert await old.execute("EXISTS", KEY) == 1
+            same = RedisPool(settings)
+            assert cache.follow_redis(same) is same  # nothing moved: the new pool is unused
+            await same.aclose()
+            with structlog.testing.capture_logs() as logs:
+                assert cache.follow_redis(new) is old
+            assert [e["event"] for e in logs] == ["cache_store_moved"]
+            await old.aclose()
+
+            async def subscribed_there() -> bool:
+                return cache.store.subscribed and await new.execute(
+                    "PUBSUB", "NUMSUB", cache.store.channel
+                ) == [cache.store.channel.encode(), 1]
+
+            await wait_until(subscribed_there)
+            response, _ = await get(cache, origin, path="/img/a.png")  # memory emptied
+            assert header(response, b"x-cache") == b"MISS"
+            assert await new.execute("EXISTS", KEY) == 1
+            assert header((await get(cache, origin))[0], b"x-cache") == b"HIT"
+            other = HttpCache(SETTINGS, new)  # a proxy that started on the new Redis
+            assert await other.purge(key=KEY) >= 1  # its notice reaches the moved cache
+
+            async def purged_here() -> bool:
+                return header((await get(cache, origin))[0], b"x-cache") == b"MISS"
+
+            await wait_until(purged_here)
+            nursery.cancel_scope.cancel()
+        await new.aclose()
+    assert origin.calls == 3
 
 
 async def test_without_redis_the_memory_tier_still_caches(origin):
