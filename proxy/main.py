@@ -33,6 +33,7 @@ from httpio.run import configure_logging, serve_until_signalled
 from httpio.server import HttpServer
 from httpio.upstream import UpstreamPool
 from proxy.app import ProxyApp
+from proxy.cache import HttpCache
 from proxy.filters.rate_limit import RateLimitState
 from proxy.metrics import AccessSink, ProxyObserver, count_reload
 from proxy.state import ProxyConfig, ProxyPaths, load_proxy_config, watch_config
@@ -144,10 +145,16 @@ async def start_proxy(
 
     def apply(config: ProxyConfig) -> None:
         """A reload: the rate limits and the cache follow a moved Redis before the chains
-        are rebuilt; the pools they no longer use are closed."""
+        are rebuilt; the pools they no longer use are closed. ``Cache_or_not`` switched on
+        starts the cache (its first lookups find the memory tier empty and Redis warm);
+        switched off, the chains stop using it and it stays ready for the next switch."""
         unused = [limits.follow_redis(fleet_redis(config))]
-        if cache is not None:
-            unused.append(cache.follow_redis(fleet_redis(config)))
+        if app.cache is not None:
+            unused.append(app.cache.follow_redis(fleet_redis(config)))
+        elif config.gateway.cache_enabled:
+            app.cache = HttpCache(config.gateway.cache, fleet_redis(config))
+            nursery.start_soon(app.cache.run)
+            log.info("cache_started", proxy=name)
         app.apply(config)
         for pool in unused:
             if pool is not None:

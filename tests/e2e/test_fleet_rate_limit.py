@@ -43,7 +43,7 @@ BURST = 10
 FLOW_RATE, FLOW_BURST = 20.0, 800
 
 
-def write_topology(base: Path, two_regions: bool = False) -> Path:
+def write_topology(base: Path, two_regions: bool = False, cache: bool = True) -> Path:
     backend, p0, p1, elb, redis, elb2, p2, p3 = free_ports(8)
     services = "service:\n"
     for name, on_error in (
@@ -75,7 +75,7 @@ def write_topology(base: Path, two_regions: bool = False) -> Path:
                 "MSA_healthcheck_interval": 1,
                 "Config_check_interval": 0.5,
                 "Redis_address": f"127.0.0.1:{redis}",
-                "Cache_or_not": True,
+                "Cache_or_not": cache,
             }
         )
     )
@@ -333,3 +333,25 @@ async def test_four_proxies_two_elbs_count_once_and_within_5_percent(tmp_path: P
     assert tally.refused > 0
     assert least * 0.95 <= allowed <= most + 1, (allowed, least, most, trips)
     assert trips < allowed + tally.refused  # leased: fewer round trips than decisions
+
+
+async def test_a_reload_that_switches_the_cache_on_starts_it(tmp_path: Path) -> None:
+    """``Cache_or_not`` false at start, then true: the proxies start their cache on the
+    reload (no restart), and a cacheable service's answers are stored and served from it."""
+    for kind in ("backend", "proxy", "elb", "redis"):
+        if isinstance(find_launchers().get(kind), str):
+            pytest.skip(f"{kind} is not installed")
+    path = write_topology(tmp_path, cache=False)
+    async with open_fleet(path, tmp_path / "run", out=lambda line: None) as fleet:
+        elb = next(p for name, p in fleet.ports.items() if name.startswith("elb-"))
+        status, headers = await get(elb, "cached")
+        assert status == 200 and b"x-cache" not in headers
+        config = json.loads((fleet.run_dir / "config.json").read_text())
+        config["Cache_or_not"] = True
+        (fleet.run_dir / "config.json").write_text(json.dumps(config))
+        logs = [fleet.run_dir / "logs" / f"{n}.log" for n in fleet.ports if n.startswith("proxy-")]
+        await wait_until(
+            lambda: all("cache_started" in log.read_text() for log in logs), DEADLINE_S
+        )
+        seen = [(await get(elb, "cached"))[1].get(b"x-cache") for _ in range(4)]
+    assert seen[0] == b"miss" and seen[-1] == b"hit", seen  # `get` lowers the whole head
