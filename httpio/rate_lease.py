@@ -12,10 +12,15 @@ a little later (at most ``ttl_s``) or leave some unspent:
   unspent tokens back (the script moves the TAT back, never before now) and takes a new one,
   in the same round trip. A key that gets no more requests here keeps its unspent tokens out
   of the fleet's count: fewer admitted, never more.
-- Its size (`lease_size`) is at most a 100th of the burst per proxy the limit names
-  (``fleet_proxies``), and at most 64: four proxies hold at most 4 % of a burst between them,
-  which is the whole of what leasing can move the fleet's count by in any window. A limit
-  whose burst is too small for a lease of 2 keeps one decision per request (exact).
+- Its size starts at `lease_size`: at most a 100th of the burst per proxy the limit names
+  (``fleet_proxies``), and at most 64. A key whose whole lease was spent within a quarter of
+  ``ttl_s`` asks for twice as many next time, up to `lease_cap` (the same 100th of the burst,
+  and at most 1,024); one whose lease expired with tokens left asks for half (never below the
+  start). So a hot key (one client, or ``key: service``) costs a round trip every ~0.1 s
+  instead of one per 64 requests, and a quiet one holds little. Either way four proxies hold
+  at most 4 % of a burst between them, which is the whole of what leasing can move the
+  fleet's count by in any window. A limit whose burst is too small for a lease of 2 keeps one
+  decision per request (exact).
 - A refusal says, in the fleet's clock, when the next request could pass: until then this
   proxy refuses that key without asking (a flood of refused requests costs Redis nothing).
   It is capped at ``ttl_s`` too, as another proxy's returned tokens may free the key sooner.
@@ -32,14 +37,22 @@ from dataclasses import dataclass
 
 from httpio.gcra import Decision
 
-LEASE_MAX = 64
+LEASE_MAX = 64  # the first lease of a key
+LEASE_CAP = 1024  # a key's lease after it grew
 LEASE_SHARE = 100  # a lease is at most burst / (LEASE_SHARE * fleet_proxies)
 LEASE_TTL_S = 0.5
+GROW_WITHIN = 4  # a lease spent within ttl_s / GROW_WITHIN doubles the next one
 
 
 def lease_size(burst: int, fleet_proxies: int) -> int:
-    """Tokens one proxy takes per round trip; 1 means no leasing (a decision per request)."""
-    size = min(LEASE_MAX, burst // (LEASE_SHARE * max(1, fleet_proxies)))
+    """Tokens one proxy takes per round trip at first; 1 means no leasing (a decision per
+    request)."""
+    return min(LEASE_MAX, lease_cap(burst, fleet_proxies))
+
+
+def lease_cap(burst: int, fleet_proxies: int) -> int:
+    """The most a key's lease grows to (1: no leasing)."""
+    size = min(LEASE_CAP, burst // (LEASE_SHARE * max(1, fleet_proxies)))
     return size if size >= 2 else 1
 
 
@@ -47,13 +60,16 @@ def lease_size(burst: int, fleet_proxies: int) -> int:
 class Lease:
     """Of one key: ``tokens`` left to spend until ``expires``; refused until
     ``refused_until``; the fleet's ``remaining`` and its bucket full again at ``full_at``
-    (both as of the last answer, for the RateLimit fields)."""
+    (both as of the last answer, for the RateLimit fields); ``size`` asked for at
+    ``granted_at`` (0: none asked yet)."""
 
     tokens: int
     expires: float
     refused_until: float
     remaining: int
     full_at: float
+    size: int = 0
+    granted_at: float = 0.0
 
 
 class Leases:
@@ -104,6 +120,21 @@ class Leases:
             )
         return None
 
+    def want(self, key: str, now: float, start: int, cap: int) -> int:
+        """How many tokens to ask for, about to ask (nothing to spend here): ``start`` for a
+        new key, twice the last lease when it was all spent within ``ttl_s /
+        GROW_WITHIN``, half of it when it expired with tokens left (call before
+        `unspent`, which takes them out)."""
+        lease = self._leases.get(key)
+        if lease is None or lease.size == 0:
+            return start
+        if lease.tokens == 0:
+            if now - lease.granted_at < self.ttl_s / GROW_WITHIN:
+                lease.size = min(cap, lease.size * 2)
+        elif now >= lease.expires:
+            lease.size = max(start, lease.size // 2)
+        return lease.size
+
     def unspent(self, key: str, now: float) -> int:
         """The tokens of ``key``'s expired lease, taken out to be sent back (0 if none)."""
         lease = self._leases.get(key)
@@ -113,16 +144,22 @@ class Leases:
         self.refunded += tokens
         return tokens
 
-    def granted(self, key: str, now: float, tokens: int, remaining: int, reset_s: float) -> None:
-        """The fleet granted ``tokens`` (the caller spends the first with `spend`)."""
+    def granted(
+        self, key: str, now: float, tokens: int, remaining: int, reset_s: float, size: int = 0
+    ) -> None:
+        """The fleet granted ``tokens`` of the ``size`` asked for (the caller spent one
+        of them already)."""
         lease = self._leases.get(key)
         if lease is None:
             if len(self._leases) >= self.max_keys:
                 self._sweep(now)
-            self._leases[key] = Lease(tokens, now + self.ttl_s, 0.0, remaining, now + reset_s)
+            self._leases[key] = Lease(
+                tokens, now + self.ttl_s, 0.0, remaining, now + reset_s, size, now
+            )
             return
         lease.tokens, lease.expires, lease.refused_until = tokens, now + self.ttl_s, 0.0
         lease.remaining, lease.full_at = remaining, now + reset_s
+        lease.size, lease.granted_at = size, now
 
     def refused(self, key: str, now: float, retry_after_s: float, reset_s: float) -> None:
         until = now + min(retry_after_s, self.ttl_s)

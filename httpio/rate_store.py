@@ -26,7 +26,7 @@ from collections.abc import Callable
 import trio
 
 from httpio.gcra import Decision, decision_from_reply
-from httpio.rate_lease import Leases, lease_size
+from httpio.rate_lease import Leases, lease_cap, lease_size
 from httpio.redis_client import RedisPool, RedisReplyError, RedisUnavailable
 from httpio.single_flight import SingleFlight
 
@@ -66,6 +66,7 @@ class FleetBuckets:
         "burst",
         "interval_s",
         "lease",
+        "lease_cap",
         "leases",
         "pool",
         "prefix",
@@ -88,6 +89,7 @@ class FleetBuckets:
         self.interval_s = 1.0 / rate_per_s
         self.burst = burst
         self.lease = lease_size(burst, fleet_proxies)
+        self.lease_cap = lease_cap(burst, fleet_proxies)
         self.leases = Leases()
         self.reloads = 0  # NOSCRIPT answers: times the script was sent whole
         self.round_trips = 0
@@ -106,6 +108,7 @@ class FleetBuckets:
             "rate_per_s": 1 / self.interval_s,
             "burst": self.burst,
             "lease": self.lease,
+            "lease_cap": self.lease_cap,
             "round_trips": self.round_trips,
             "script_reloads": self.reloads,
             **self.leases.statistics(),
@@ -116,6 +119,7 @@ class FleetBuckets:
         self.interval_s = 1.0 / rate_per_s
         self.burst = burst
         self.lease = lease_size(burst, fleet_proxies)
+        self.lease_cap = lease_cap(burst, fleet_proxies)
         self.leases.clear()
 
     def spend(self, key: str) -> Decision | None:
@@ -147,7 +151,8 @@ class FleetBuckets:
                 flight = self._flights.lead(key)
                 assert flight is not None  # no checkpoint since join() found none
                 try:
-                    decision = await self._ask(key, self.lease)
+                    want = self.leases.want(key, self._clock(), self.lease, self.lease_cap)
+                    decision = await self._ask(key, want)
                 except Exception as exc:  # the waiters get the same error: one timeout each
                     self._flights.land(key, flight, error=exc)
                     raise
@@ -180,6 +185,6 @@ class FleetBuckets:
         if not decision.allowed:
             self.leases.refused(key, now, decision.retry_after_s, decision.reset_s)
         elif granted > 1:
-            self.leases.granted(key, now, granted - 1, decision.remaining, decision.reset_s)
+            self.leases.granted(key, now, granted - 1, decision.remaining, decision.reset_s, want)
             return Decision(True, decision.remaining + granted - 1, 0.0, decision.reset_s)
         return decision

@@ -3,7 +3,7 @@ remembered refusals, bounded memory. No event loop: the clock is a number."""
 
 from __future__ import annotations
 
-from httpio.rate_lease import LEASE_MAX, Leases, lease_size
+from httpio.rate_lease import LEASE_CAP, LEASE_MAX, Leases, lease_cap, lease_size
 
 
 def test_a_lease_is_a_small_share_of_the_burst_or_none() -> None:
@@ -48,3 +48,30 @@ def test_memory_is_bounded() -> None:
         leases.granted(f"k{i}", float(i), tokens=2, remaining=0, reset_s=1.0)
         assert len(leases) <= 100
     assert leases.spend("k999", 999.1) is not None  # the newest survive
+
+
+def test_a_lease_spent_fast_grows_to_its_cap_and_one_left_unspent_shrinks() -> None:
+    assert lease_cap(burst=1_000_000, fleet_proxies=1) == LEASE_CAP
+    assert lease_cap(burst=2000, fleet_proxies=4) == 5 == lease_size(burst=2000, fleet_proxies=4)
+    assert lease_cap(burst=199, fleet_proxies=1) == 1
+    leases = Leases(ttl_s=0.5)
+    assert leases.want("k", 0.0, start=64, cap=300) == 64  # a new key
+    now, asked = 0.0, []
+    for _ in range(5):  # each lease spent within a quarter of the ttl: twice as many next
+        size = leases.want("k", now, start=64, cap=300)
+        asked.append(size)
+        leases.granted("k", now, size - 1, remaining=10_000, reset_s=1.0, size=size)
+        while leases.spend("k", now + 0.01) is not None:
+            pass
+        now += 0.1
+    assert asked == [64, 128, 256, 300, 300]
+    size = leases.want("k", now + 0.2, start=64, cap=300)  # spent, but not fast: kept
+    assert size == 300
+    leases.granted("k", now, 10, remaining=10_000, reset_s=1.0, size=size)
+    assert leases.want("k", now + 0.6, start=64, cap=300) == 150  # expired with 10 left
+    assert leases.unspent("k", now + 0.6) == 10
+    assert leases.want("k", now + 0.6, start=64, cap=300) == 150  # nothing held: kept
+    leases.granted("k", now + 1, 5, remaining=10_000, reset_s=1.0, size=150)
+    assert leases.want("k", now + 2, start=64, cap=300) == 75
+    leases.granted("k", now + 2, 5, remaining=10_000, reset_s=1.0, size=75)
+    assert leases.want("k", now + 3, start=64, cap=300) == 64  # never below the start

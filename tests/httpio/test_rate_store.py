@@ -125,6 +125,28 @@ async def test_an_expired_lease_sends_its_tokens_back(redis_server: RedisProcess
     await pool.aclose()
 
 
+async def test_a_hot_key_grows_its_lease_and_the_fleet_count_stays_exact(
+    redis_server: RedisProcess,
+) -> None:
+    """One key asked 5,000 times in 0.5 s of this proxy's clock: leases of 64, 128, ...
+    up to the cap (1 % of the burst), so far fewer round trips than 5,000 / 64, and every
+    token this proxy spent or holds is in Redis's count (another proxy gets the rest)."""
+    now = [0.0]
+    pool = RedisPool(RedisSettings(port=redis_server.port, command_timeout_s=5.0))
+    hot = FleetBuckets(pool, "t:hot:", rate_per_s=0.001, burst=100_000, clock=lambda: now[0])
+    assert (hot.lease, hot.lease_cap) == (64, 1000)
+    for _ in range(5000):
+        assert (await hot.take("k")).allowed
+        now[0] += 0.0001
+    # 64 + 128 + 256 + 512, then 5 x 1,000: 5,960 taken from Redis, 960 of them held here
+    assert hot.round_trips == 9, hot.statistics()
+    held = hot.leases.spend("k", now[0])  # what this proxy sees: the fleet's and its own
+    assert held is not None and held.remaining == 100_000 - 5001
+    other = FleetBuckets(pool, "t:hot:", rate_per_s=0.001, burst=100_000)
+    assert (await other.take("k")).remaining == 100_000 - 5960 - 1
+    await pool.aclose()
+
+
 async def test_concurrent_requests_for_one_key_share_one_round_trip(
     redis_server: RedisProcess,
 ) -> None:
