@@ -25,6 +25,7 @@ a proxy's upstream side needs one role and a handful of framings, done with ``by
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 MAX_HEAD_BYTES: Final = 65536
@@ -378,22 +379,39 @@ def _chunk_size(line: bytes) -> int:
 _good_names: set[bytes] = set()
 
 
-def encode_request(method: str, target: str, headers: list[tuple[bytes, bytes]]) -> bytes:
-    """A request head's bytes. Raises `MalformedRequest` for a name that is not a token
-    or a value holding CR, LF, NUL or another control byte, which could split the head."""
-    for name, value in headers:
+# a byte no field value may hold: a control byte other than HTAB (CR and LF among them)
+_NOT_IN_VALUES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def field_problem(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """What makes a head to be sent invalid: a name that is not a token, or a value holding
+    CR, LF, NUL or another control byte, which could split the head; None when nothing.
+    (The values are searched at once: one search costs less than a check per value.)"""
+    for name, _ in headers:
         if name not in _good_names:
             if not name or name.translate(None, _TCHAR):
-                raise MalformedRequest(f"bad header name {name[:40]!r}")
+                return f"bad header name {name[:40]!r}"
             if len(_good_names) < 4096:
                 _good_names.add(name)
-        if value.translate(None, _VALUE_BYTES):
-            raise MalformedRequest(f"bad value for header {name[:40]!r}")
+    if _NOT_IN_VALUES.search(b"".join([value for _, value in headers])) is not None:
+        for name, value in headers:
+            if _NOT_IN_VALUES.search(value) is not None:
+                return f"bad value for header {name[:40]!r}"
+    return None
+
+
+def encode_request(method: str, target: str, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A request head's bytes. Raises `MalformedRequest` for a name or value that would
+    split the head (`field_problem`)."""
+    problem = field_problem(headers)
+    if problem is not None:
+        raise MalformedRequest(problem)
     line = f"{method} {target} HTTP/1.1\r\n".encode("latin-1")
     if line.translate(None, _HEAD_BYTES) or line.count(b" ") != 2 or line.count(b"\n") != 1:
         raise MalformedRequest(f"bad request line {line[:80]!r}")
-    fields = b"".join([name + b": " + value + b"\r\n" for name, value in headers])
-    return line + fields + b"\r\n"
+    if not headers:
+        return line + b"\r\n"
+    return line + b"\r\n".join([name + b": " + value for name, value in headers]) + b"\r\n\r\n"
 
 
 def encode_chunk(data: bytes) -> bytes:

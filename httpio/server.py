@@ -68,6 +68,13 @@ from httpio.errors import (
     Unimplemented,
     unavailable_response,
 )
+from httpio.h1response import (
+    NO_BODY,
+    BodyFraming,
+    MalformedAnswer,
+    client_keeps_alive,
+    encode_response,
+)
 from httpio.listen import accept_loop, send_refusal, wrap_socket
 from httpio.messages import Handler, Request, Response, ResponseBody, error_response
 from httpio.protocol import (
@@ -76,7 +83,6 @@ from httpio.protocol import (
     asks_keep_alive,
     h11,
     http10_may_persist,
-    keep_alive_head,
     reason_for,
     refuse_request,
 )
@@ -513,22 +519,18 @@ class HttpServer:
                 return
             if not request.body.done and not await self._discard_body(request.body):
                 return
-            ours, theirs = conn.our_state, conn.their_state
-            if ours is h11.DONE and theirs is h11.DONE:
-                conn.start_next_cycle()
-            elif ours is h11.MUST_CLOSE and theirs is h11.MUST_CLOSE:
-                # An HTTP/1.0 keep-alive exchange (keep says we promised it): h11 closes
-                # those, so the next request gets a state machine of its own.
-                conn = self._next_http10_connection(conn)
-                if conn is None:
-                    return
-            else:
+            if conn.their_state is not h11.DONE and conn.their_state is not h11.MUST_CLOSE:
+                return
+            # The answer went out through `httpio.h1response`, not h11 (which only reads):
+            # the next request gets a state machine of its own, with what came after this one.
+            conn = self._next_connection(conn)
+            if conn is None:
                 return
             # An idle keep-alive connection should hold no request: at 10,000 idle
             # connections the last request's event and headers were 2 KiB each.
             del event, request
 
-    def _next_http10_connection(self, conn: Any) -> Any:
+    def _next_connection(self, conn: Any) -> Any:
         data, closed = conn.trailing_data
         if closed and not data:
             return None
@@ -694,6 +696,9 @@ class HttpServer:
         response: Response
         started = time.monotonic() if self.observer is not None else 0.0
         handled = False
+        # What the client asked of its connection, before a handler rewrites the headers.
+        keep_alive = client_keeps_alive(request.http_version, request.headers)
+        persist = request.http_version == "1.0" and asks_keep_alive(request.headers)
         try:
             length = request.header(b"content-length")
             if length is not None:  # digits only, equal duplicates merged: h11 saw to it
@@ -737,11 +742,10 @@ class HttpServer:
             # A client still waiting for 100 Continue may or may not send its body now
             # (RFC 9110 10.1.1): the next bytes cannot be trusted to be a request.
             response.headers.append((b"connection", b"close"))
-        persist = request.http_version == "1.0" and asks_keep_alive(request.headers)
-        sent, persisted = await self._send(stream, conn, request, response, persist)
+        sent, keep = await self._send(stream, request, response, keep_alive, persist)
         if self.observer is not None:
             self.observer(request, response, started, sent)
-        return persisted or conn.our_state is not h11.MUST_CLOSE
+        return keep
 
     async def _write(self, stream: trio.SocketStream, data: bytes) -> None:
         """One write under ``send_timeout_s``: a client that stops reading is dropped, but a
@@ -757,13 +761,14 @@ class HttpServer:
     async def _send(
         self,
         stream: trio.SocketStream,
-        conn: Any,
         request: Request,
         response: Response,
+        keep_alive: bool,
         persist: bool = False,
     ) -> tuple[int, bool]:
-        """Send ``response``; the body bytes that went out, and whether an HTTP/1.0 client
-        that asked for keep-alive (``persist``) was promised it."""
+        """Send ``response``; the body bytes that went out, and whether the connection may
+        carry another request (``keep_alive``: the request lets it; ``persist``: an HTTP/1.0
+        client asked for keep-alive, promised when the answer's end is known)."""
         headers = response.headers
         for name, _ in headers:
             if name == b"date":
@@ -778,62 +783,65 @@ class HttpServer:
         sized = isinstance(body, bytes)
         persist = persist and http10_may_persist(request.method, status, headers, sized)
         if not isinstance(body, bytes):
-            sent = await self._send_streamed(
-                stream, conn, request, status, headers, body, no_body, persist
+            return await self._send_streamed(
+                stream, request, status, headers, body, keep_alive, persist
             )
-            return sent, persist
         if not no_body or request.method == "HEAD":
             if not any(n == b"content-length" for n, _ in headers):
                 headers.append((b"content-length", b"%d" % len(body)))
-        out = _head(conn, status, headers, persist)
-        if body and not no_body:
-            out += conn.send(h11.Data(data=body))
-        await self._write(stream, out + conn.send(h11.EndOfMessage()))
-        return (0 if no_body else len(body)), persist
+        out, framing = _head(request, status, headers, keep_alive, persist)
+        try:
+            if body and not no_body:
+                out += framing.data(body)
+            out += framing.end()
+        except MalformedAnswer as exc:  # a Content-Length the body does not have
+            log.warning("response_aborted", server=self.name, target=request.target, error=str(exc))
+            raise _Closed from exc
+        await self._write(stream, out)
+        return (0 if no_body else len(body)), framing.keep_alive
 
     async def _send_streamed(
         self,
         stream: trio.SocketStream,
-        conn: Any,
         request: Request,
         status: int,
         headers: Headers,
         body: ResponseBody,
-        no_body: bool,
+        keep_alive: bool,
         persist: bool = False,
-    ) -> int:
+    ) -> tuple[int, bool]:
         """A streamed body after its head, as few writes as it allows; closed in any case.
-        Returns the body bytes sent."""
+        Returns the body bytes sent and whether the connection may carry another request."""
         read_to_end = False
         sent = 0
         try:
-            head = _head(conn, status, headers, persist)
-            if no_body:
-                await stream.send_all(head + conn.send(h11.EndOfMessage()))
-                return 0
+            head, framing = _head(request, status, headers, keep_alive, persist)
+            if framing.kind == NO_BODY:
+                await stream.send_all(head)
+                return 0, framing.keep_alive
             chunk = await body.read()
             pending = head
             while chunk:
                 sent += len(chunk)
-                pending += conn.send(h11.Data(data=chunk))
+                pending += framing.data(chunk)
                 # A body that says it is finished has nothing more to wait for: its last
                 # chunk goes out with the end of the message (one write for a small answer).
                 if not getattr(body, "finished", False):
                     await self._write(stream, pending)
                     pending = b""
                 chunk = await body.read()
-            pending += conn.send(h11.EndOfMessage())
+            pending += framing.end()
             read_to_end = True
             if pending:
                 await self._write(stream, pending)
-            return sent
+            return sent, framing.keep_alive
         except GatewayError as err:
             # The head is out: the only honest signal left is a truncated message.
             log.warning(
                 "response_aborted", server=self.name, target=request.target, error=err.detail
             )
             raise _Closed from err
-        except h11.LocalProtocolError as exc:
+        except MalformedAnswer as exc:
             # e.g. the upstream sent fewer bytes than its Content-Length promised
             log.warning("response_aborted", server=self.name, target=request.target, error=str(exc))
             raise _Closed from exc
@@ -907,20 +915,25 @@ class HttpServer:
         await self._linger(stream)
 
 
-def _head(conn: Any, status: int, headers: Headers, persist: bool = False) -> bytes:
-    """The response head's bytes; a head h11 refuses to write ends the connection.
-    ``persist``: promise an HTTP/1.0 client the connection (`keep_alive_head`)."""
+def _head(
+    request: Request, status: int, headers: Headers, keep_alive: bool, persist: bool
+) -> tuple[bytes, BodyFraming]:
+    """The response head's bytes and its body's framing (`httpio.h1response`); a head that
+    cannot be written ends the connection. ``persist``: an HTTP/1.0 client asked for
+    keep-alive, promised where the answer's end is known."""
     try:
-        head: bytes = conn.send(
-            h11.Response(status_code=status, headers=headers, reason=reason_for(status))
+        return encode_response(
+            status,
+            reason_for(status),
+            headers,
+            head=request.method == "HEAD",
+            http11=request.http_version >= "1.1",
+            keep_alive=keep_alive,
+            persist=persist,
         )
-    except h11.LocalProtocolError as exc:
+    except MalformedAnswer as exc:
+        log.warning("response_refused", status=status, target=request.target, error=str(exc))
         raise _Closed from exc
-    if persist:
-        # None would mean h11 wrote no close of its own: then its head goes out as it is,
-        # and a client told to close does so.
-        return keep_alive_head(head) or head
-    return head
 
 
 def _parse_error(exc: Any, limits: ServerLimits) -> GatewayError:
