@@ -505,8 +505,8 @@ async def test_a_query_token_is_never_logged_nor_forwarded(ws_fleet: Any) -> Non
 
     await wait_until(all_written, timeout_s=20, interval_s=0.2)
     after = f"/video/after-{mark}"
-    headers = {"authorization": f"Bearer {token}", "x-region": "en_US"}
-    reply = await trio.to_thread.run_sync(lambda: request(fleet.kr_elb, after, headers=headers))
+    plain = {"authorization": f"Bearer {token}", "x-region": "en_US"}
+    reply = await trio.to_thread.run_sync(lambda: request(fleet.kr_elb, after, headers=plain))
     assert reply.status == 404, reply
 
     def access_logged() -> bool:
