@@ -145,9 +145,13 @@ class Readiness:
                         epoll.unregister(fd)
                         waker.wake()
         finally:
+            # Stopped before the relays (a shutdown's order): each waiting leg is woken, and
+            # finding no Readiness running, waits for its bytes in a task of its own.
+            waiting, self._waiting = self._waiting, {}
             self._epoll = None
-            self._waiting.clear()
             epoll.close()
+            for waker in waiting.values():
+                waker.wake()
 
 
 class _Leg:
@@ -369,10 +373,13 @@ class Relay:
                 if watched:
                     assert src.sock is not None and readiness is not None
                     got = sockio.try_receive(src.sock, RECEIVE_SIZE)
-                    if got is None:
+                    if got is None and readiness.running:
                         readiness.watch(src.sock.fileno(), src)
                         return
-                    await trio.lowlevel.checkpoint()  # a peer that never pauses yields here
+                    if got is None:  # the Readiness stopped (a shutdown): wait here instead
+                        got = await sockio.receive(src.sock, RECEIVE_SIZE)
+                    else:
+                        await trio.lowlevel.checkpoint()  # a peer that never pauses yields here
                 else:
                     got = await _receive(src.stream)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):

@@ -251,3 +251,30 @@ async def test_an_upstream_sending_invalid_utf8_gets_1007_and_the_browser_1011(
         assert isinstance(told, CloseConnection) and told.code == 1011
         await browser.send(told.response())
     assert relay.close_codes == {Side.CLIENT: 1011, Side.UPSTREAM: 1007}
+
+
+async def test_legs_read_on_when_the_readiness_stops_under_them() -> None:
+    # At a shutdown the Readiness task may end before the relays it watches for: the legs it
+    # held are woken and wait for their bytes in tasks of their own; nothing is lost.
+    readiness = Readiness()
+    async with trio.open_nursery() as nursery:
+        watching = trio.CancelScope()
+
+        async def run_readiness() -> None:
+            with watching:
+                await readiness.run()
+
+        nursery.start_soon(run_readiness)
+        await wait_until(lambda: readiness.running)
+        browser, backend, _ = await socket_relay(RelayLimits(), nursery, readiness)
+        await wait_until(lambda: readiness.statistics()["waiting"] == 2)
+        watching.cancel()
+        await wait_until(lambda: not readiness.running)
+        for n in range(3):
+            await browser.send(TextMessage(data=f"there {n}"))
+            assert (await backend.next_event()).data == f"there {n}"  # type: ignore[attr-defined]
+            await backend.send(TextMessage(data=f"back {n}"))
+            assert (await browser.next_event()).data == f"back {n}"  # type: ignore[attr-defined]
+        await browser.stream.aclose()
+        await backend.stream.aclose()
+        nursery.cancel_scope.cancel()
