@@ -5,25 +5,29 @@ message over ``max_message_bytes`` (1009, logged: a silent drop at 64 KiB is a c
 about other proxies), no frame either way for ``idle_timeout_s``, a peer that stops answering
 the pings sent every ``ping_interval_s`` (dead peers are found, and NAT entries kept warm: a
 Traefik complaint is that dead peers are never noticed), ``max_lifetime_s``, and whatever the
-caller asks through `Relay.close` (a revoked token: 1008; a drain: 1001). wsproto parses and
-writes the frames (the proxy is the server on the client's leg and the client, masking, on the
-upstream's); messages are passed on fragment by fragment as they arrive, so a 1 MiB message is
-never held whole, and its size is counted on the way.
+caller asks through `Relay.close` (a revoked token: 1008; a drain: 1001). `httpio.ws_frames`
+parses and writes the frames (the proxy is the server on the client's leg and the client,
+masking, on the upstream's); messages are passed on fragment by fragment as they arrive, so a
+1 MiB message is never held whole, and its size is counted on the way.
 
 Pings and pongs are per leg: each leg's pings are answered by the proxy, and the proxy's own
 pings (payload ``PING_PAYLOAD``) go to both legs. Only data and pings from a peer count as
 activity for ``idle_timeout_s`` (a pong answering our ping does not, or the pings would keep
 every idle socket open); any frame from a leg shows it alive.
 
-What an idle pair costs is what 10,000 of them cost (the target: one proxy under 150 MB): a
-relay is the connection's own task (client -> upstream) plus one more (upstream -> client), each
-parked in `trio.lowlevel.wait_readable` on the raw socket (`httpio.sockio`: trio's
-``SocketStream.receive_some`` keeps ~3 KiB of conflict detector, context managers and cancel
-scopes alive per waiting read). The timers and the ``checks`` (a token decided again) need no
-task of their own: a process-wide `RelayClock` ticks every ``tick_s`` and calls ``tick`` on each
-relay (a sleeping task per timer per relay was ~2 KiB each); a relay without one (unit tests)
-runs its own timer task. Measured with tracemalloc and ``sys._debugmallocstats`` in a proxy
-holding 1,000 idle pairs: see bench/RESULTS.md, "WebSockets".
+What an idle pair costs is what 10,000 of them cost (the target: one proxy under 150 MB): an
+idle leg has no task. The relay's own task (the connection's) waits for the end; a leg's bytes
+are read by a task started when they come, which reads until the kernel has no more and then
+hands the socket back to the process's `Readiness`: one task waiting, through an epoll set of
+its own, on every idle socket (a task parked in `trio.lowlevel.wait_readable` per leg was ~1.7
+KiB with its frames and trio's registration). The lock that keeps a leg's frames in order
+exists only while a write waits. The timers and the ``checks`` (a token decided again) need no
+task either: a process-wide `RelayClock` ticks every ``tick_s`` and calls ``tick`` on each
+relay (a sleeping task per timer per relay was ~2 KiB each). A relay without a running
+`Readiness`, or over streams that are not sockets (unit tests), keeps a reading task per leg;
+one without a clock runs its own timer task. Measured with tracemalloc and
+``sys._debugmallocstats`` in a proxy holding 1,000 idle pairs: see bench/RESULTS.md,
+"WebSockets".
 
 Closing (RFC 6455 7): a close from one side is answered to it and passed to the other with its
 code (`httpio.websocket.wire_close_code`: never 1005/1006/1015 on the wire); a close the relay
@@ -34,21 +38,13 @@ both TCP connections. A leg that vanishes without a close frame gets the other s
 
 from __future__ import annotations
 
+import select
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 import trio
-from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import (
-    BytesMessage,
-    CloseConnection,
-    Event,
-    Message,
-    Ping,
-    Pong,
-    TextMessage,
-)
 
 from httpio import sockio
 from httpio.websocket import (
@@ -59,11 +55,30 @@ from httpio.websocket import (
     lost_peer_code,
     wire_close_code,
 )
+from httpio.ws_frames import (
+    BINARY,
+    CLOSE,
+    CONTINUATION,
+    PING,
+    PONG,
+    TEXT,
+    Close,
+    Data,
+    Event,
+    FrameError,
+    FrameReader,
+    Ping,
+    close_payload,
+    frame,
+)
 
 log = structlog.get_logger()
 
 RECEIVE_SIZE = 65536
 PING_PAYLOAD = b"gateway"
+
+# A leg's close handshake (RFC 6455 7.1): what wsproto's ConnectionState said, in four ints.
+OPEN, LOCAL_CLOSING, REMOTE_CLOSING, CLOSED = range(4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,21 +94,107 @@ class RelayLimits:
     check_interval_s: float = 1.0  # how often the ``checks`` run (a token decided again)
 
 
-class _Leg:
-    __slots__ = ("alive", "awaiting_pong", "gone", "lock", "message_bytes", "side", "stream", "ws")
+class Waker(Protocol):
+    def wake(self) -> None: ...
 
-    def __init__(self, side: Side, stream: trio.abc.Stream, ws: Connection) -> None:
+
+class Readiness:
+    """Readability of many sockets, waited on by one task: an epoll set of its own (Linux),
+    itself waited on in trio, readable when one of its sockets is. ``watch(fd, waker)`` calls
+    ``waker.wake()`` once, when ``fd`` has bytes or its peer closed; ``forget`` it before
+    closing ``fd``. The waker is stored as it is (a leg), so an idle socket costs a dict entry."""
+
+    __slots__ = ("_epoll", "_waiting")
+
+    def __init__(self) -> None:
+        self._epoll: select.epoll | None = None
+        self._waiting: dict[int, Waker] = {}
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<Readiness {state} waiting={len(self._waiting)}>"
+
+    def statistics(self) -> dict[str, object]:
+        return {"running": self.running, "waiting": len(self._waiting)}
+
+    @property
+    def running(self) -> bool:
+        return self._epoll is not None
+
+    def watch(self, fd: int, waker: Waker) -> None:
+        assert self._epoll is not None, "Readiness.run is not running"
+        self._epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
+        self._waiting[fd] = waker
+
+    def forget(self, fd: int) -> None:
+        if self._waiting.pop(fd, None) is not None and self._epoll is not None:
+            self._epoll.unregister(fd)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if not hasattr(select, "epoll"):
+            task_status.started()  # not Linux: relays keep a reading task per leg
+            return
+        epoll = self._epoll = select.epoll()
+        task_status.started()
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(epoll.fileno())
+                for fd, _ in epoll.poll(0):
+                    waker = self._waiting.pop(fd, None)
+                    if waker is not None:
+                        epoll.unregister(fd)
+                        waker.wake()
+        finally:
+            # Stopped before the relays (a shutdown's order): each waiting leg is woken, and
+            # finding no Readiness running, waits for its bytes in a task of its own.
+            waiting, self._waiting = self._waiting, {}
+            self._epoll = None
+            epoll.close()
+            for waker in waiting.values():
+                waker.wake()
+
+
+class _Leg:
+    __slots__ = (
+        "awaiting_pong",
+        "failed",
+        "gone",
+        "lock",
+        "masks",
+        "message_bytes",
+        "reader",
+        "relay",
+        "side",
+        "sock",
+        "state",
+        "stream",
+        "trailing",
+    )
+
+    def __init__(self, relay: Relay, side: Side, stream: trio.abc.Stream, trailing: bytes) -> None:
+        self.relay = relay
         self.side = side
         self.stream = stream
-        self.ws = ws
-        self.lock = trio.StrictFIFOLock()  # one writer at a time, bytes in the order made
+        self.sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self.trailing = trailing
+        # The proxy is the server on the client's leg (its frames come masked) and the client,
+        # masking what it sends, on the upstream's (RFC 6455 5.3).
+        self.masks = side is Side.UPSTREAM
+        self.reader = FrameReader(masked=side is Side.CLIENT)
+        self.state = OPEN
+        self.lock: trio.StrictFIFOLock | None = None  # while a write waits: later ones queue
         self.message_bytes = 0  # of the message being received
         self.awaiting_pong = False
         self.gone = False  # its TCP connection ended or failed
+        self.failed = False  # it broke the protocol: no reply to our close is waited for
 
     @property
     def settled(self) -> bool:
-        return self.gone or self.ws.state is ConnectionState.CLOSED
+        return self.gone or self.state == CLOSED
+
+    def wake(self) -> None:
+        """Its socket has bytes (`Readiness`): a task reads them."""
+        self.relay._woken(self)
 
 
 Check = Callable[["Relay"], None]
@@ -132,6 +233,7 @@ class Relay:
         "_next_check",
         "_next_ping",
         "_nursery",
+        "_readiness",
         "_started",
         "client",
         "close_codes",
@@ -154,19 +256,15 @@ class Relay:
         name: str = "relay",
         clock: RelayClock | None = None,
         checks: tuple[Check, ...] = (),
+        readiness: Readiness | None = None,
     ) -> None:
         self.limits = limits
         self.name = name
         self._clock = clock
         self._checks = checks
-        self.client = _Leg(
-            Side.CLIENT, client, Connection(ConnectionType.SERVER, trailing_data=client_trailing)
-        )
-        self.upstream = _Leg(
-            Side.UPSTREAM,
-            upstream,
-            Connection(ConnectionType.CLIENT, trailing_data=upstream_trailing),
-        )
+        self._readiness = readiness
+        self.client = _Leg(self, Side.CLIENT, client, client_trailing)
+        self.upstream = _Leg(self, Side.UPSTREAM, upstream, upstream_trailing)
         self.messages = {Side.CLIENT: 0, Side.UPSTREAM: 0}  # received from that side
         self.closing = False
         self.close_codes: dict[Side, int | None] = {}  # what the relay sent each leg
@@ -213,7 +311,8 @@ class Relay:
     # -- the run ---------------------------------------------------------------------------
     async def run(self) -> None:
         """Relay until both legs are closed; the streams are closed when it returns. The
-        calling task carries client -> upstream; one more task the other way."""
+        calling task only waits: each leg's bytes are read by a task of their own while they
+        come (see the module header)."""
         now = trio.current_time()
         self._started = self._last_frame = now
         self._next_ping = now + self.limits.ping_interval_s
@@ -221,17 +320,20 @@ class Relay:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._pump, self.upstream, self.client)
+                nursery.start_soon(self._pump, self.client)
+                nursery.start_soon(self._pump, self.upstream)
                 if self._clock is None:
                     nursery.start_soon(self._own_clock)
                 else:
                     self._clock.relays.add(self)
-                await self._pump(self.client, self.upstream)
                 await trio.sleep_forever()  # until _finish cancels the nursery
         finally:
             self._nursery = None
             if self._clock is not None:
                 self._clock.relays.discard(self)
+            for leg in (self.upstream, self.client):
+                if leg.sock is not None and self._readiness is not None:
+                    self._readiness.forget(leg.sock.fileno())
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self.upstream.stream)
                 await trio.aclose_forcefully(self.client.stream)
@@ -243,38 +345,57 @@ class Relay:
     def _other(self, leg: _Leg) -> _Leg:
         return self.upstream if leg is self.client else self.client
 
-    async def _pump(self, src: _Leg, dst: _Leg) -> None:
+    def _woken(self, leg: _Leg) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self._pump, leg)
+
+    async def _pump(self, src: _Leg) -> None:
+        """Frames from ``src`` until the kernel has no more bytes of it (then the socket goes
+        back to the `Readiness`, and this task ends) or it is settled."""
+        dst = self._other(src)
+        data, src.trailing = src.trailing, b""
+        readiness = self._readiness
+        watched = src.sock is not None and readiness is not None and readiness.running
         while True:
-            for event in src.ws.events():
-                await self._on_event(src, dst, event)
+            if data:
+                src.awaiting_pong = False
+                src.reader.receive(data)
+                try:
+                    while (event := src.reader.next_event()) is not None:
+                        await self._on_event(src, dst, event)
+                except FrameError as err:
+                    self._failed(src, dst, err)
+                    return
             if src.settled:
                 self._check_settled()
                 return
             try:
-                data = await _receive(src.stream)
+                if watched:
+                    assert src.sock is not None and readiness is not None
+                    got = sockio.try_receive(src.sock, RECEIVE_SIZE)
+                    if got is None and readiness.running:
+                        readiness.watch(src.sock.fileno(), src)
+                        return
+                    if got is None:  # the Readiness stopped (a shutdown): wait here instead
+                        got = await sockio.receive(src.sock, RECEIVE_SIZE)
+                    else:
+                        await trio.lowlevel.checkpoint()  # a peer that never pauses yields here
+                else:
+                    got = await _receive(src.stream)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                data = b""
-            if not data:
+                got = b""
+            if not got:
                 src.gone = True
                 self._lost(src, "closed without a close frame")
                 return
-            src.awaiting_pong = False
-            src.ws.receive_data(bytes(data))
+            data = got
 
     async def _on_event(self, src: _Leg, dst: _Leg, event: Event) -> None:
-        if isinstance(event, Message):
-            if self.closing:
+        if isinstance(event, Data):
+            if self.closing or src.state != OPEN:
                 return  # a close is under way: nothing more goes across
             self._last_frame = trio.current_time()
-            if isinstance(event, TextMessage):
-                src.message_bytes += len(event.data.encode())
-                out: TextMessage | BytesMessage = TextMessage(
-                    data=event.data, message_finished=event.message_finished
-                )
-            else:
-                assert isinstance(event, BytesMessage)
-                src.message_bytes += len(event.data)
-                out = BytesMessage(data=bytes(event.data), message_finished=event.message_finished)
+            src.message_bytes += len(event.payload)
             limit = self.limits.max_message_bytes
             if src.message_bytes > limit:
                 log.warning(
@@ -289,28 +410,38 @@ class Relay:
                     {Side.CLIENT: MESSAGE_TOO_BIG, Side.UPSTREAM: MESSAGE_TOO_BIG}, why
                 )
                 return
-            if event.message_finished:
+            if event.last:
                 src.message_bytes = 0
                 self.messages[src.side] += 1
-            if not await self._send(dst, out):
+            opcode = (TEXT if event.text else BINARY) if event.first else CONTINUATION
+            if not await self._send(dst, opcode, event.payload, fin=event.last):
                 self._lost(dst, "failed while being written to")
         elif isinstance(event, Ping):
             self._last_frame = trio.current_time()
-            await self._send(src, event.response())
-        elif isinstance(event, Pong):
-            pass  # src.awaiting_pong was cleared when its bytes came
-        elif isinstance(event, CloseConnection):
-            state = src.ws.state
-            if state is ConnectionState.REMOTE_CLOSING:  # the peer starts the close
-                await self._send(src, event.response())
-                code = wire_close_code(event.code)
-                self._begin_close({self._other(src).side: code}, event.reason or "")
-            elif state is ConnectionState.OPEN:  # wsproto could not parse what src sent
-                reason = f"{src.side.value}: {event.reason}"
-                self._begin_close(
-                    {src.side: event.code, dst.side: lost_peer_code(src.side)}, reason
-                )
+            await self._send(src, PONG, event.payload)
+        elif isinstance(event, Close):
+            if src.state == OPEN:  # the peer starts the close: answered with its code
+                src.state = REMOTE_CLOSING
+                await self._send(src, CLOSE, close_payload(event.code, event.reason))
+                self._begin_close({dst.side: wire_close_code(event.code)}, event.reason)
+            elif src.state == LOCAL_CLOSING:  # its answer to ours
+                src.state = CLOSED
             self._check_settled()
+        # a Pong: src.awaiting_pong was cleared when its bytes came
+
+    def _failed(self, src: _Leg, dst: _Leg, err: FrameError) -> None:
+        """``src`` broke the protocol: it gets ``err.code`` (RFC 6455 7.1.7), the other side
+        what it would get had ``src`` vanished."""
+        log.info(
+            "websocket_protocol_error", relay=self.name, sender=src.side.value, error=err.detail
+        )
+        src.failed = True
+        if self.closing:
+            src.state = CLOSED
+            self._check_settled()
+            return
+        reason = f"{src.side.value}: {err.detail}"
+        self._begin_close({src.side: err.code, dst.side: lost_peer_code(src.side)}, reason)
 
     def _lost(self, leg: _Leg, what: str) -> None:
         if not self.closing:
@@ -318,23 +449,52 @@ class Relay:
             self._begin_close({other.side: lost_peer_code(leg.side)}, f"{leg.side.value} {what}")
         self._check_settled()
 
-    async def _send(self, leg: _Leg, event: Event) -> bool:
-        """Write one frame to ``leg``; False (and the leg marked gone) when it cannot take it."""
+    async def _send(self, leg: _Leg, opcode: int, payload: bytes, *, fin: bool = True) -> bool:
+        """Write one frame to ``leg``; False (and the leg marked gone) when it cannot take it.
+        A frame its close handshake no longer allows is not sent (True)."""
         if leg.gone:
             return False
-        async with leg.lock:
-            try:
-                data = leg.ws.send(event)
-            except Exception:  # wsproto: not sendable in this state (the leg is closing)
+        if opcode == CLOSE:
+            if leg.state == OPEN:
+                leg.state = LOCAL_CLOSING
+            elif leg.state == REMOTE_CLOSING:
+                leg.state = CLOSED
+            else:
                 return True
-            with trio.move_on_after(self.limits.send_timeout_s) as waited:
-                try:
-                    await leg.stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    leg.gone = True
-            if waited.cancelled_caught:
-                leg.gone = True
+        elif leg.state != OPEN:
+            return True
+        await self._write(leg, frame(opcode, payload, fin=fin, mask=leg.masks))
         return not leg.gone
+
+    async def _write(self, leg: _Leg, data: bytes) -> None:
+        sent = 0
+        sock = leg.sock
+        if leg.lock is None and sock is not None:
+            try:
+                sent = sockio.try_send(sock, data)  # the common case: no wait, no lock
+            except OSError:
+                leg.gone = True
+                return
+            if sent == len(data):
+                return
+        lock = leg.lock
+        if lock is None:
+            lock = leg.lock = trio.StrictFIFOLock()
+        try:
+            async with lock:
+                with trio.move_on_after(self.limits.send_timeout_s) as waited:
+                    try:
+                        if sock is not None:
+                            await sockio.send_all(sock, data, sent)
+                        else:
+                            await leg.stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        leg.gone = True
+                if waited.cancelled_caught:
+                    leg.gone = True
+        finally:
+            if leg.lock is lock and not lock.locked():
+                leg.lock = None  # no writer waits: an idle leg keeps no lock
 
     # -- closing -----------------------------------------------------------------------------
     def _begin_close(self, codes: dict[Side, int | None], reason: str) -> None:
@@ -348,13 +508,13 @@ class Relay:
 
     async def _close_legs(self, codes: dict[Side, int | None], reason: str) -> None:
         for leg in (self.client, self.upstream):
-            if leg.gone or leg.ws.state is not ConnectionState.OPEN:
+            if leg.gone or leg.state != OPEN:
                 continue
             code = wire_close_code(codes.get(leg.side, GOING_AWAY))
             self.close_codes[leg.side] = code
-            await self._send(
-                leg, CloseConnection(code=code or 1005, reason=reason if code else None)
-            )
+            await self._send(leg, CLOSE, close_payload(code, reason))
+            if leg.failed:
+                leg.state = CLOSED  # a peer that broke the protocol is not waited for
         self._check_settled()
         # Both legs settled cancels this wait with the relay (`_finish`); else the grace ends.
         await trio.sleep(self.limits.close_grace_s)
@@ -412,7 +572,7 @@ class Relay:
     async def _ping_legs(self) -> None:
         for leg in (self.client, self.upstream):
             leg.awaiting_pong = True
-            if not await self._send(leg, Ping(payload=PING_PAYLOAD)):
+            if not await self._send(leg, PING, PING_PAYLOAD):
                 self._lost(leg, "failed while being pinged")
                 return
 

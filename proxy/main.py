@@ -183,6 +183,7 @@ async def start_proxy(
     nursery.start_soon(supervise_health_checks, app)
     nursery.start_soon(drain_websockets, server, app)
     await nursery.start(app.websockets.clock.run)
+    await nursery.start(app.websockets.readiness.run)
     return app.handle
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from httpio.balance import Endpoint
 from httpio.websocket import GOING_AWAY
-from httpio.ws_relay import Relay, RelayClock
+from httpio.ws_relay import Readiness, Relay, RelayClock
 from proxy.state import ProxyConfig
 
 CLOSE_MARGIN_S = 1.0
@@ -64,6 +64,7 @@ class OpenSockets:
     sockets: set[OpenSocket] = field(default_factory=set)
     drained: int = 0
     clock: RelayClock = field(default_factory=RelayClock)  # the relays' timers, one task
+    readiness: Readiness = field(default_factory=Readiness)  # idle legs' sockets, one task
 
     def __repr__(self) -> str:
         return f"<OpenSockets open={len(self.sockets)} drained={self.drained}>"
@@ -72,7 +73,11 @@ class OpenSockets:
         return len(self.sockets)
 
     def statistics(self) -> dict[str, object]:
-        return {"open": len(self.sockets), "drained": self.drained}
+        return {
+            "open": len(self.sockets),
+            "drained": self.drained,
+            "idle_legs": self.readiness.statistics()["waiting"],
+        }
 
     def add(self, socket: OpenSocket) -> None:
         self.sockets.add(socket)

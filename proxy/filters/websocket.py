@@ -155,6 +155,7 @@ class WebSocketSession:
             name=self._name,
             clock=sockets.clock if sockets is not None else None,
             checks=(self._watch.check,) if self._watch is not None else (),
+            readiness=sockets.readiness if sockets is not None else None,
         )
         # Held for as long as the socket is open: nothing of the handshake stays but the relay.
         self._answer = UpgradeAnswer(101, [], stream=answer.stream)

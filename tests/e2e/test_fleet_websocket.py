@@ -23,7 +23,9 @@ import trio
 from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
+    WebSocketRequest,
     open_websocket_url,
+    serve_websocket,
 )
 
 from elb.main import Elb
@@ -42,6 +44,7 @@ from topology.load import load_msa
 
 SIZES = [0, 125, 64 * 1024, 1 << 20]
 KEEPALIVE_IDLE_S = 1.0
+LIFETIME_S = 2.0
 
 
 @asynccontextmanager
@@ -73,6 +76,8 @@ def shipped_websocket(msa: str, service: str = "video") -> str:
 
 
 def _msa_kr(b: list[str], auth: int, chat_instances: list[str]) -> str:
+    """``brief`` and ``seen`` go to ``b[4]``, a WebSocket server of the test's own (`serve_probe`)
+    that sees what a backend is sent: the forwarded target, the close code it gets."""
     instances = json.dumps(chat_instances)
     return f"""name: ws-kr
 service:
@@ -95,17 +100,26 @@ service:
     instance: ["{b[3]}", "{b[0]}"]
     websocket: {{enabled: true}}
     health: {{interval_s: 3600}}
+  - name: brief
+    instance: ["{b[4]}"]
+    websocket: {{enabled: true, max_lifetime_s: {LIFETIME_S}, idle_timeout_s: 0, ping_interval_s: 0}}
+    health: {{interval_s: 3600}}
+  - name: seen
+    instance: ["{b[4]}"]
+    websocket: {{enabled: true}}
+    health: {{interval_s: 3600}}
   - name: auth
     instance: ["http://127.0.0.1:{auth}"]
 """
 
 
 def write_topology(base: Path) -> dict[str, Any]:
-    ports = free_ports(11)
+    ports = free_ports(12)
     kr_elb, en_elb, p0, p1, p2, redis, auth = ports[:7]
     backends = ports[7:10]
-    # b[3]: a port nothing listens on (an instance down), for the handshake's retry
-    b = [f"http://127.0.0.1:{p}" for p in (*backends, ports[10])]
+    # b[3]: a port nothing listens on (an instance down), for the handshake's retry;
+    # b[4]: the test's own WebSocket server, listening only during the tests that use it
+    b = [f"http://127.0.0.1:{p}" for p in (*backends, ports[10], ports[11])]
     (base / "msa_kr.yaml").write_text(_msa_kr(b, auth, [b[0]]))
     (base / "msa_en.yaml").write_text(
         f"""name: ws-en
@@ -148,6 +162,7 @@ service:
         "auth_ports": [auth],
         "base": base,
         "b": b,
+        "probe_port": ports[11],
     }
 
 
@@ -380,6 +395,129 @@ async def test_revoked_token_closes_with_1008(ws_fleet: Any) -> None:
         )
         assert r.status == 200
         assert await closed_code(ws, timeout_s=15) == 1008
+
+
+class Probe:
+    """What the test's own WebSocket server (``b[4]``) was sent: each handshake's target, and
+    the close code each socket ended with (None: no close frame)."""
+
+    def __init__(self) -> None:
+        self.targets: list[str] = []
+        self.closes: list[int | None] = []
+
+    async def handle(self, request: WebSocketRequest) -> None:
+        self.targets.append(request.path)
+        ws = await request.accept()
+        try:
+            while True:
+                await ws.send_message(await ws.get_message())
+        except ConnectionClosed as exc:
+            self.closes.append(exc.reason.code if exc.reason is not None else None)
+
+
+async def serve_probe(nursery: trio.Nursery, port: int) -> Probe:
+    probe = Probe()
+    await nursery.start(serve_websocket, probe.handle, "127.0.0.1", port, None)
+    return probe
+
+
+async def test_a_socket_past_max_lifetime_is_closed_with_1001_on_both_sides(
+    ws_fleet: Any, ws_token: str
+) -> None:
+    # ``brief``: max_lifetime_s 2, no idle timeout, no pings; the socket is busy all along,
+    # so what ends it is its age. The proxy closes it with 1001 to the client and to the
+    # backend (a code RFC 6455 7.4.1 lets go on the wire: never 1005/1006).
+    fleet, layout = ws_fleet
+    async with trio.open_nursery() as nursery:
+        probe = await serve_probe(nursery, layout["probe_port"])
+        url = ws_url(fleet.kr_elb, "/brief/ws/echo")
+        async with open_ws(url, extra_headers=bearer(ws_token)) as ws:
+            opened = trio.current_time()
+            code: int | None = None
+            with trio.fail_after(LIFETIME_S + 10):
+                while code is None:
+                    try:
+                        await ws.send_message("busy")
+                        assert await ws.get_message() == "busy"
+                    except ConnectionClosed as exc:
+                        code = exc.reason.code if exc.reason is not None else 1005
+                    await trio.sleep(0.1)
+            lived = trio.current_time() - opened
+        assert code == 1001
+        # the proxy's clock ticks each second: up to one tick late, and a little for the load
+        assert LIFETIME_S - 0.2 <= lived < LIFETIME_S + 4, lived
+        await wait_until(lambda: bool(probe.closes), timeout_s=10)
+        assert probe.closes == [1001]
+        nursery.cancel_scope.cancel()
+
+
+def files_holding(base: Path, needles: list[bytes]) -> list[str]:
+    """Every file under ``base`` that holds any of ``needles``."""
+    out = []
+    for path in sorted(base.rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            if any(n in data for n in needles):
+                out.append(str(path.relative_to(base)))
+    return out
+
+
+def sockets_closed(logs: Path, region: str) -> int:
+    """``websocket_closed`` lines in the process logs of ``region``'s proxies."""
+    return sum(
+        p.read_bytes().count(b'"websocket_closed"') for p in logs.glob(f"proxy-{region}-*.log")
+    )
+
+
+async def test_a_query_token_is_never_logged_nor_forwarded(ws_fleet: Any) -> None:
+    # The access_token form (RFC 6750 2.3) puts a secret in the URL, which logs write; the
+    # proxy takes it out of the target before it goes upstream or into a log
+    # (`proxy.websocket`). A token of its own, used only this way (to a server of the test's,
+    # to the demo backend, and across regions), then every file the fleet wrote is searched.
+    fleet, layout = ws_fleet
+    base: Path = layout["base"]
+    logs = base / "run" / "logs"
+    token = await trio.to_thread.run_sync(_sign_in, fleet, "ws-query-only")
+    mark = f"m{os.getpid()}"
+    query = f"mark={mark}&access_token={token}"
+    closed_before = sockets_closed(logs, "ko_KR"), sockets_closed(logs, "en_US")
+    async with trio.open_nursery() as nursery:
+        probe = await serve_probe(nursery, layout["probe_port"])
+        for path, headers in [
+            (f"/seen/ws/echo?{query}", []),
+            (f"/video/ws/echo?{query}", []),
+            (f"/video/ws/echo?{query}", [(b"X-Region", b"en_US")]),
+        ]:
+            async with open_ws(ws_url(fleet.kr_elb, path), extra_headers=headers) as ws:
+                await ws.send_message(path)
+                assert await ws.get_message() == path
+        await wait_until(lambda: bool(probe.closes), timeout_s=10)
+        nursery.cancel_scope.cancel()
+    # the backend got the target without the token, the rest of the query as it was
+    assert probe.targets == [f"/ws/echo?mark={mark}"]
+
+    # the proxies' lines about these sockets are out (three relays in ko_KR, one in en_US),
+    # and what the access logs hold: a plain request after them, across regions, written
+    # (each writer keeps its lines in order) in both regions' access logs
+    def all_written() -> bool:
+        kr, en = sockets_closed(logs, "ko_KR"), sockets_closed(logs, "en_US")
+        return kr >= closed_before[0] + 3 and en >= closed_before[1] + 1
+
+    await wait_until(all_written, timeout_s=20, interval_s=0.2)
+    after = f"/video/after-{mark}"
+    plain = {"authorization": f"Bearer {token}", "x-region": "en_US"}
+    reply = await trio.to_thread.run_sync(lambda: request(fleet.kr_elb, after, headers=plain))
+    assert reply.status == 404, reply
+
+    def access_logged() -> bool:
+        found = files_holding(logs, [after.encode()])
+        return {f.rsplit("-", 1)[0] for f in found} >= {"access-proxy-ko_KR", "access-proxy-en_US"}
+
+    await wait_until(access_logged, timeout_s=20, interval_s=0.2)
+    # ... and no file holds the token, nor its signature alone (a log cutting it short)
+    signature = token.rsplit(".", 1)[-1].encode()
+    assert len(signature) >= 16
+    assert files_holding(base, [token.encode(), signature]) == []
 
 
 async def test_backend_killed_mid_conversation(ws_fleet: Any, ws_token: str) -> None:

@@ -9,7 +9,7 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
 
 from httpio.websocket import Side
-from httpio.ws_relay import Check, Relay, RelayClock, RelayLimits
+from httpio.ws_relay import Check, Readiness, Relay, RelayClock, RelayLimits
 from tests.support.polling import wait_until
 
 
@@ -165,3 +165,116 @@ async def test_max_lifetime_closes_with_1001_even_when_busy(autojump_clock: obje
             await trio.sleep(1)
         assert event.code == 1001 and 30 <= trio.current_time() - started < 32
         assert "open for 30 s" in relay.close_why
+
+
+async def socket_relay(
+    limits: RelayLimits, nursery: trio.Nursery, readiness: Readiness
+) -> tuple[Peer, Peer, Relay]:
+    """The relay over real sockets, its idle legs waiting in ``readiness`` (no task each)."""
+    browser_sock, client_sock = trio.socket.socketpair()
+    upstream_sock, backend_sock = trio.socket.socketpair()
+    relay = Relay(
+        trio.SocketStream(client_sock),
+        b"",
+        trio.SocketStream(upstream_sock),
+        b"",
+        limits,
+        name="s",
+        readiness=readiness,
+    )
+    nursery.start_soon(relay.run)
+    browser = Peer(trio.SocketStream(browser_sock), ConnectionType.CLIENT)
+    return browser, Peer(trio.SocketStream(backend_sock), ConnectionType.SERVER), relay
+
+
+async def test_idle_socket_legs_have_no_task_and_wake_when_bytes_come() -> None:
+    readiness = Readiness()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(readiness.run)
+        browser, backend, relay = await socket_relay(RelayLimits(), nursery, readiness)
+        await wait_until(lambda: readiness.statistics()["waiting"] == 2)
+        # the relay's own task, its clock, and the readiness task: no reader per leg
+        tasks = len(nursery.child_tasks)
+        assert tasks == 2, nursery.child_tasks
+        for size in (0, 125, 70000, 1 << 20):
+            nursery.start_soon(browser.send, BytesMessage(data=b"b" * size))
+            got = b""
+            while True:
+                event = await backend.next_event()
+                assert isinstance(event, BytesMessage), relay.close_why
+                got += event.data
+                if event.message_finished:
+                    break
+            assert got == b"b" * size
+        await backend.send(TextMessage(data="é" * 1000))
+        text = ""
+        while len(text) < 1000:
+            text += (await browser.next_event()).data  # type: ignore[attr-defined]
+        assert text == "é" * 1000
+        await wait_until(lambda: readiness.statistics()["waiting"] == 2)
+        assert relay.client.lock is None and relay.upstream.lock is None
+        await browser.send(CloseConnection(code=1000, reason="done"))
+        closed = await backend.next_event()
+        assert isinstance(closed, CloseConnection) and closed.code == 1000
+        await backend.send(closed.response())
+        assert isinstance(await browser.next_event(), CloseConnection)
+        await wait_until(lambda: relay.client.settled and relay.upstream.settled)
+        await wait_until(lambda: readiness.statistics()["waiting"] == 0)
+        await browser.stream.aclose()
+        await backend.stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_browser_breaking_the_protocol_gets_1002_and_the_backend_1001(
+    autojump_clock: object,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        browser, backend, relay = await run_relay(RelayLimits(), nursery)
+        await browser.stream.send_all(b"\x81\x02hi")  # a browser's frame, not masked
+        closed = await browser.next_event()
+        assert isinstance(closed, CloseConnection) and closed.code == 1002
+        told = await backend.next_event()
+        assert isinstance(told, CloseConnection) and told.code == 1001
+        await backend.send(told.response())
+    assert "must be masked" in relay.close_why
+
+
+async def test_an_upstream_sending_invalid_utf8_gets_1007_and_the_browser_1011(
+    autojump_clock: object,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        browser, backend, relay = await run_relay(RelayLimits(), nursery)
+        await backend.stream.send_all(b"\x81\x02\xc3\x28")
+        closed = await backend.next_event()
+        assert isinstance(closed, CloseConnection) and closed.code == 1007
+        told = await browser.next_event()
+        assert isinstance(told, CloseConnection) and told.code == 1011
+        await browser.send(told.response())
+    assert relay.close_codes == {Side.CLIENT: 1011, Side.UPSTREAM: 1007}
+
+
+async def test_legs_read_on_when_the_readiness_stops_under_them() -> None:
+    # At a shutdown the Readiness task may end before the relays it watches for: the legs it
+    # held are woken and wait for their bytes in tasks of their own; nothing is lost.
+    readiness = Readiness()
+    async with trio.open_nursery() as nursery:
+        watching = trio.CancelScope()
+
+        async def run_readiness() -> None:
+            with watching:
+                await readiness.run()
+
+        nursery.start_soon(run_readiness)
+        await wait_until(lambda: readiness.running)
+        browser, backend, _ = await socket_relay(RelayLimits(), nursery, readiness)
+        await wait_until(lambda: readiness.statistics()["waiting"] == 2)
+        watching.cancel()
+        await wait_until(lambda: not readiness.running)
+        for n in range(3):
+            await browser.send(TextMessage(data=f"there {n}"))
+            assert (await backend.next_event()).data == f"there {n}"  # type: ignore[attr-defined]
+            await backend.send(TextMessage(data=f"back {n}"))
+            assert (await browser.next_event()).data == f"back {n}"  # type: ignore[attr-defined]
+        await browser.stream.aclose()
+        await backend.stream.aclose()
+        nursery.cancel_scope.cancel()
