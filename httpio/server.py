@@ -22,6 +22,10 @@ Limits and their statuses (RFC 9110 15.5, RFC 6585 5):
   after ``body_deadline_s`` -> 408 and close (see `ServerLimits`);
 - more than ``max_connections`` open -> the new one gets a 503 and is closed.
 
+Each of these answers carries a request id, as a proxy's handler gives every answer one: the
+head's sane ``X-Request-ID`` when it parsed, a new one else (`httpio.trace.request_id_of`), in
+the JSON body, an ``X-Request-ID`` header and what the observer sees (the access log's line).
+
 No exception raised while serving one connection ends the process: `serve_connection` is
 the boundary. What it does not expect (a bug, a library's assert, a response body's
 ``read()``/``aclose()`` failing, an ``ExceptionGroup`` out of a handler's nursery, an
@@ -66,6 +70,7 @@ from httpio.errors import (
     RequestHeadTooLarge,
     RequestTimeout,
     Unimplemented,
+    encode_error,
     unavailable_response,
 )
 from httpio.listen import accept_loop, send_refusal, wrap_socket
@@ -81,6 +86,7 @@ from httpio.protocol import (
     refuse_request,
 )
 from httpio.switch import Switched, SwitchRefused, request_head, switch_protocols
+from httpio.trace import new_request_id, request_id_of
 
 # What the server knows of a request it refuses before any handler: the peer, whether it came
 # through an ELB, the parsed head (None: it did not parse), when the head began (trio clock).
@@ -435,7 +441,10 @@ class HttpServer:
 
     async def _refuse(self, stream: trio.SocketStream, via_elb: bool) -> None:
         started = time.monotonic()
-        answer = unavailable_response("too_many_connections", "server is at its connection limit")
+        request_id = new_request_id()  # no head was read: a new id
+        answer = unavailable_response(
+            "too_many_connections", "server is at its connection limit", request_id
+        )
         await send_refusal(stream, answer)
         if self.observer is not None:
             try:
@@ -443,23 +452,19 @@ class HttpServer:
             except OSError:
                 peer = ("-", 0)
             sent = len(answer.partition(b"\r\n\r\n")[2])  # its body's bytes
-            self._observe_refusal(_REFUSED_CONNECTION, None, peer, via_elb, None, started, sent)
+            refused = (peer, via_elb, None, started)
+            self._observe_refusal(_REFUSED_CONNECTION, None, refused, request_id, sent)
 
     def _observe_refusal(
-        self,
-        err: GatewayError,
-        conn: Any,
-        peer: tuple[str, int],
-        via_elb: bool,
-        event: Any,
-        started: float,
-        sent: int,
+        self, err: GatewayError, conn: Any, seen: _Seen, request_id: bytes, sent: int
     ) -> None:
         """Show the observer (metrics, access log) a request refused before any handler ran:
-        what is known of it (the head, if it parsed), its status and error kind. The method
+        what is known of it (``seen``, with the head if it parsed, and ``started`` in the
+        monotonic clock), the request id its answer carried, its status and error kind. The method
         is one we know or ``-`` and the target is cut short, so garbage makes no new label
         nor a long line; `proxy.metrics` bounds how many such lines a second are written."""
         assert self.observer is not None
+        peer, via_elb, event, started = seen
         method, target, headers, version = "-", "-", [], "1.1"
         if event is not None:
             raw = bytes(event.method)
@@ -473,7 +478,8 @@ class HttpServer:
         note = request.note = RequestNote()
         note.error = err.code
         note.refused = True
-        response = Response(err.status, list(err.headers), b"")
+        note.request_id = request_id.decode()
+        response = Response(err.status, [*err.headers, (b"x-request-id", request_id)], b"")
         try:
             self.observer(request, response, started, sent)
         except Exception as exc:  # an observer's bug must not end the connection's cleanup
@@ -703,11 +709,16 @@ class HttpServer:
             handled = True
             response = await self.handler(request)
         except GatewayError as err:
-            response = error_response(err)
             if request.note is None:  # what the handler did not say: the error's kind
                 note = request.note = RequestNote()
                 note.error = err.code
                 note.refused = not handled
+                if not handled:  # the handler would have given it its id: do so here
+                    request_id = request_id_of(request.headers)
+                    note.request_id = request_id.decode()
+                    err.request_id = note.request_id
+                    err.headers = (*err.headers, (b"x-request-id", request_id))
+            response = error_response(err)
             if request.body.failed or isinstance(err, RequestBodyTooLarge):
                 # The body's framing is lost (or it is too large to skip): close after
                 # this answer. Refusals of bodiless requests (401, 403) keep the connection.
@@ -879,13 +890,17 @@ class HttpServer:
     ) -> None:
         """Answer ``err`` to a request refused before any handler ran, and close; the
         observer sees it (``seen``: the peer, whether through an ELB, the head if it parsed,
-        and when the head began, in trio's clock)."""
+        and when the head began, in trio's clock). The answer carries a request id, as the
+        proxy's answers do: the head's ``X-Request-ID`` when it parsed, else a new one."""
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        body = err.body()
+        event = seen[2] if seen is not None else None
+        request_id = request_id_of(event.headers) if event is not None else new_request_id()
+        body = encode_error(err.status, err.code, err.detail, request_id.decode())
         headers = [
             (b"content-type", b"application/json"),
             *err.headers,
+            (b"x-request-id", request_id),
             (b"content-length", b"%d" % len(body)),
             (b"connection", b"close"),
             (b"date", _clock.date()),
@@ -901,7 +916,7 @@ class HttpServer:
         if seen is not None and self.observer is not None:
             peer, via_elb, event, began = seen
             started = time.monotonic() - max(0.0, trio.current_time() - began)
-            self._observe_refusal(err, conn, peer, via_elb, event, started, len(body))
+            self._observe_refusal(err, conn, (peer, via_elb, event, started), request_id, len(body))
         # The client may still be sending the rest of what we refused (a head too large):
         # without a lingering close the kernel's RST could destroy this answer.
         await self._linger(stream)

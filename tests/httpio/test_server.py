@@ -556,9 +556,13 @@ async def test_over_max_connections_gets_503_and_close() -> None:
             assert (await third.read_response()).status == 200
         assert server.refused_connections == 1
     head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.split(b"\r\n") == [
+    lines = head.split(b"\r\n")
+    request_id = lines[2].removeprefix(b"x-request-id: ")
+    assert re.fullmatch(rb"[0-9a-f]{22}", request_id)
+    assert lines == [
         b"HTTP/1.1 503 Service Unavailable",
         b"content-type: application/json",
+        b"x-request-id: " + request_id,
         b"connection: close",
         b"retry-after: 1",
         b"content-length: %d" % len(body),
@@ -567,6 +571,7 @@ async def test_over_max_connections_gets_503_and_close() -> None:
         "status": 503,
         "error": "too_many_connections",
         "detail": "server is at its connection limit",
+        "request_id": request_id.decode(),
     }
 
 
@@ -918,6 +923,43 @@ async def test_refusals_before_the_handler_reach_the_observer() -> None:
     sizes = [sent for r, _, _, sent in seen.calls if r.note is not None]
     assert all(n > 0 for n in sizes)  # the JSON body of each answer
     assert server.requests_served == 2  # /hello, and the 413 (its head was a request)
+
+
+async def test_every_refusal_carries_a_request_id_in_its_answer_and_its_note() -> None:
+    """Issue 12: a refused request has a request id like any other, in the JSON body, an
+    ``X-Request-ID`` header and what the observer sees (the access log's ``request_id``): the
+    client's own when its head parsed, a new one when it did not or never came."""
+    seen = Seen()
+    limits = ServerLimits(max_connections=1)
+    replies: list[Reply] = []
+    async with serving(limits=limits) as (server, port):
+        server.observer = seen
+        for raw in (
+            b"GARBAGE\r\n\r\n",
+            get("/x", "x-request-id: client-id-1", method="TRACE"),
+            get("/echo", "x-request-id: bad id", "content-length: 2000000000", method="POST"),
+        ):
+            async with connect(port) as client:
+                await client.send(raw)
+                replies.append(await client.read_response())
+                await client.read_to_eof()
+            await wait_until(lambda: server.open_connections == 0)  # the cap is 1
+        async with connect(port) as first:
+            await first.send(get("/hello"))
+            await first.read_response()
+            async with connect(port) as second:
+                replies.append(await second.read_response())
+        await wait_until(lambda: len(seen.calls) == 5)
+    noted = [r.note.request_id for r, _, _, _ in seen.calls if r.note is not None]
+    sent = [reply.header(b"x-request-id") for reply in replies]
+    assert [reply.status for reply in replies] == [400, 405, 413, 503]
+    assert [reply.json()["request_id"] for reply in replies] == noted
+    assert [value.decode() if value else None for value in sent] == noted
+    assert noted[1] == "client-id-1"  # the client's sane id is kept
+    assert all(re.fullmatch("[0-9a-f]{22}", rid) for rid in (noted[0], *noted[2:]))
+    assert len(set(noted)) == 4
+    responses = [response for r, response, _, _ in seen.calls if r.note is not None]
+    assert [dict(response.headers).get(b"x-request-id") for response in responses] == sent
 
 
 async def test_a_head_that_never_completes_is_shown_with_its_wait(

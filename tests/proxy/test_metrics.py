@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -217,7 +218,11 @@ async def test_a_request_refused_before_the_handler_has_its_line_and_counts(
         "-",
     )
     assert line["client_ip"] == "127.0.0.1" and line["service"] == "-"
-    assert line["bytes_out"] > 0 and line["request_id"] == "-"
+    assert line["bytes_out"] > 0
+    # the line's request id is the one the answer carried, in its body and its header
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert msgspec.json.decode(body)["request_id"] == line["request_id"] != "-"
+    assert b"\r\nx-request-id: " + line["request_id"].encode() + b"\r\n" in head + b"\r\n"
 
 
 class Lines:
