@@ -17,6 +17,12 @@ Limits and their statuses (RFC 9110 15.5, RFC 6585 5):
   9.5). nginx does the same with a connection that never spoke (``client timed out`` in
   ``ngx_http_wait_request_handler``): a burst of thousands of silent connects then costs
   a close each, not a 408 and a lingering close each while health probes wait;
+- a connection from a trusted proxy whose PROXY header is bad is closed without a word.
+
+The two that end a connection before it carried any request, silent (``no_request``) or with a
+bad PROXY header (``bad_proxy_header``), are counted in ``dropped_connections`` by that reason
+and shown to ``on_dropped`` (the proxy's access log). An idle keep-alive connection closed, or
+a connection that closed before saying anything, is ordinary and neither.
 - a body that stalls for ``body_timeout_s`` between two reads, falls below
   ``min_body_rate_bytes_per_s`` once ``body_rate_grace_s`` have passed, or is not complete
   after ``body_deadline_s`` -> 408 and close (see `ServerLimits`);
@@ -109,6 +115,10 @@ _REFUSED_CONNECTION = _ConnectionLimit("server is at its connection limit")
 # a refused method, a body declared too large, the connection cap) is shown too, with what is
 # known of it and ``request.note.refused`` set (`HttpServer._observe_refusal`).
 Observer = Callable[[Request, Response, float, int], None]
+# Called when a connection ends before any request: (reason, peer, whether through an ELB,
+# monotonic time it was accepted). ``reason`` is one of `DROP_REASONS`.
+DropObserver = Callable[[str, tuple[str, int], bool, float], None]
+DROP_REASONS = ("no_request", "bad_proxy_header")
 
 log = structlog.get_logger()
 
@@ -327,6 +337,8 @@ class HttpServer:
         self.requests_served = 0
         self.refused_connections = 0
         self.failed_connections = 0  # ended by an exception nobody expected (logged)
+        self.dropped_connections = dict.fromkeys(DROP_REASONS, 0)  # ended before any request
+        self.on_dropped: DropObserver | None = None
         self._idle: set[trio.CancelScope] = set()
         self._all_closed = trio.Event()
         self._all_closed.set()
@@ -347,6 +359,7 @@ class HttpServer:
             "requests_served": self.requests_served,
             "refused_connections": self.refused_connections,
             "failed_connections": self.failed_connections,
+            "dropped_connections": dict(self.dropped_connections),
             "draining": self.draining,
         }
 
@@ -412,8 +425,6 @@ class HttpServer:
             await self._serve(stream, via_elb)
         except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             pass
-        except proxyproto.ProxyProtocolError as exc:
-            log.warning("bad_proxy_header", server=self.name, error=str(exc))
         except OSError as exc:
             log.debug("connection_error", server=self.name, error=str(exc))
         except Exception as exc:  # the boundary: this connection ends, the process does not
@@ -434,6 +445,17 @@ class HttpServer:
                     on_close()
                 except Exception as exc:
                     self._connection_failed(exc)
+
+    def _dropped(self, reason: str, peer: tuple[str, int], via_elb: bool, began: float) -> None:
+        """Count a connection that ends before any request (``began``: its first wait for
+        bytes, trio's clock) and show it to ``on_dropped``."""
+        self.dropped_connections[reason] += 1
+        if self.on_dropped is not None:
+            started = time.monotonic() - max(0.0, trio.current_time() - began)
+            try:
+                self.on_dropped(reason, peer, via_elb, started)
+            except Exception as exc:  # an observer's bug must not end the connection's cleanup
+                self._connection_failed(exc)
 
     def _connection_failed(self, exc: Exception) -> None:
         self.failed_connections += 1
@@ -493,7 +515,13 @@ class HttpServer:
             return
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
         if peer[0] in self.trusted_proxies and not via_elb:
-            peer, via_elb = await self._read_proxy_header(stream, conn, peer)
+            began = trio.current_time()
+            try:
+                peer, via_elb = await self._read_proxy_header(stream, conn, peer, began)
+            except proxyproto.ProxyProtocolError as exc:
+                log.warning("bad_proxy_header", server=self.name, error=str(exc))
+                self._dropped("bad_proxy_header", peer, via_elb, began)
+                return
         first = True
         served = 0
         while True:
@@ -546,10 +574,10 @@ class HttpServer:
         return fresh
 
     async def _read_proxy_header(
-        self, stream: trio.SocketStream, conn: Any, peer: tuple[str, int]
+        self, stream: trio.SocketStream, conn: Any, peer: tuple[str, int], began: float
     ) -> tuple[tuple[str, int], bool]:
         buffer = b""
-        deadline = trio.current_time() + self.limits.head_timeout_s
+        deadline = began + self.limits.head_timeout_s
         while True:
             parsed = proxyproto.parse_v2(buffer)
             if parsed is not proxyproto.NEED_MORE:
@@ -561,7 +589,10 @@ class HttpServer:
             if data is None:
                 with trio.CancelScope(deadline=deadline) as waiting:
                     await trio.lowlevel.wait_readable(stream.socket)
-                if waiting.cancelled_caught:
+                if waiting.cancelled_caught:  # silent, or a header begun and never ended
+                    self._dropped(
+                        "bad_proxy_header" if buffer else "no_request", peer, False, began
+                    )
                     raise _Closed
                 continue
             if not data:
@@ -663,10 +694,12 @@ class HttpServer:
                 self._idle.discard(scope)
         if not scope.cancelled_caught:
             return data
+        since = deadline - self.limits.head_timeout_s
         if not (unstarted or self.draining):
             timeout = RequestTimeout("request head not received in time")
-            since = deadline - self.limits.head_timeout_s
             await self._send_error_and_close(stream, conn, timeout, (*seen[:3], since))
+        elif unstarted and not waiting_idle and not self.draining:
+            self._dropped("no_request", seen[0], seen[1], since)  # it never said a thing
         return None
 
     def _make_request(

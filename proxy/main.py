@@ -128,6 +128,7 @@ class AccessSwitch:
         observer.access_log = sinks[0] if len(sinks) == 1 else Tee(*sinks) if sinks else None
         needed = observer.metrics or observer.access_log is not None
         self.server.observer = observer if needed else None
+        self.server.on_dropped = observer.dropped if observer.access_log is not None else None
 
 
 async def start_proxy(

@@ -169,6 +169,42 @@ def test_request_counters_move_as_traffic_does(fleet: RunningFleet, token: str) 
     assert "/video/index.html" not in text  # paths are never labels
 
 
+def test_a_bad_proxy_header_is_logged_and_counted(fleet: RunningFleet) -> None:
+    """A connection from an ELB's address whose PROXY header is bad carried no request: it is
+    still one bounded access-log line (status 0, its reason as the error) and a counter."""
+    import socket
+
+    from httpio.proxyproto import SIGNATURE
+
+    proxy = fleet.kr_proxies[0]
+    port = int(proxy.rsplit(":", 1)[1])
+    labels = {"reason": "bad_proxy_header"}
+    name = "gateway_connections_dropped_total"
+    before = metric(request(proxy, "/metrics").body.decode(), name, **labels)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(SIGNATURE + b"\x13\x11\x00\x00GET / HTTP/1.1\r\n\r\n")
+        assert sock.recv(100) == b""  # closed without a word
+    after = metric(request(proxy, "/metrics").body.decode(), name, **labels)
+    assert after == before + 1
+    path = access_log(fleet, proxy)
+
+    def logged() -> bool:
+        raws = path.read_text().splitlines() if path.exists() else []
+        errors = [str(json.loads(raw)["error"]) for raw in raws]
+        return errors.count("bad_proxy_header") >= after
+
+    wait_for(logged, timeout_s=10, what=f"a bad_proxy_header line in {path}")
+    lines = [json.loads(raw) for raw in path.read_text().splitlines()]
+    line = [x for x in lines if x["error"] == "bad_proxy_header"][-1]
+    assert (line["status"], line["method"], line["path"], line["client_ip"]) == (
+        0,
+        "-",
+        "-",
+        "127.0.0.1",
+    )
+    assert re.fullmatch(r"[0-9a-f]{22}", line["request_id"])
+
+
 def test_admin_cache_shows_tiers_and_hit_ratios_direct_only(
     fleet: RunningFleet, token: str
 ) -> None:

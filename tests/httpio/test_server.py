@@ -9,6 +9,7 @@ fails the test instead of hanging it.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -261,6 +262,7 @@ async def test_keep_alive_serves_two_requests_on_one_connection() -> None:
             "requests_served": 2,
             "refused_connections": 0,
             "failed_connections": 0,
+            "dropped_connections": {"no_request": 0, "bad_proxy_header": 0},
             "draining": False,
         }
     assert (first.status, first.body, first.header(b"connection")) == (200, b"hello", None)
@@ -792,6 +794,47 @@ async def test_drain_closes_a_connection_that_never_sent_a_byte(
         await server.drain()
         assert trio.current_time() - start < 1
         assert await silent.read_to_eof() == b""
+    assert server.dropped_connections["no_request"] == 0  # a drain's close is no drop
+
+
+# -- connections that end before any request ---------------------------------------------------
+class Drops:
+    """An ``on_dropped`` that keeps what it was shown."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[str, int], bool, float]] = []
+
+    def __call__(self, reason: str, peer: tuple[str, int], via_elb: bool, started: float) -> None:
+        self.calls.append((reason, peer, via_elb, started))
+
+    def reasons(self) -> list[tuple[str, str, bool]]:
+        return [(reason, peer[0], via_elb) for reason, peer, via_elb, _ in self.calls]
+
+
+async def test_a_connection_silent_until_the_head_timeout_is_counted_and_shown(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Closed without a word, but not unseen (issue 12): ``no_request``. An idle keep-alive
+    connection closed after its request, and a client that closes before speaking, are not."""
+    drops = Drops()
+    limits = ServerLimits(head_timeout_s=5.0, idle_timeout_s=7.0)
+    async with serving(limits=limits) as (server, port):
+        server.on_dropped = drops
+        async with connect(port) as silent:
+            start = trio.current_time()
+            assert await silent.read_to_eof() == b""
+            assert 5.0 <= trio.current_time() - start < 6.0
+        async with connect(port) as idle:
+            await idle.send(get("/hello"))
+            await idle.read_response()
+            assert await idle.read_to_eof() == b""  # closed at the idle timeout
+        async with connect(port):
+            pass  # closed before a byte
+        await wait_until(lambda: server.open_connections == 0)
+        assert server.dropped_connections == {"no_request": 1, "bad_proxy_header": 0}
+    (reason, peer, via_elb, started) = drops.calls[0]
+    assert (reason, peer[0], via_elb, len(drops.calls)) == ("no_request", "127.0.0.1", False, 1)
+    assert started < time.monotonic()
 
 
 # -- PROXY protocol v2 -------------------------------------------------------------------------
@@ -826,21 +869,36 @@ async def test_local_proxy_header_keeps_the_transport_address() -> None:
 
 
 async def test_broken_proxy_header_from_a_trusted_peer_is_dropped() -> None:
-    async with serving(trusted_proxies=["127.0.0.1"]) as (_, port), connect(port) as client:
-        await client.send(SIGNATURE + b"\x13\x11\x00\x00" + get("/whoami"))
-        assert await client.read_to_eof() == b""
+    drops = Drops()
+    async with serving(trusted_proxies=["127.0.0.1"]) as (server, port):
+        server.on_dropped = drops
+        async with connect(port) as client:
+            await client.send(SIGNATURE + b"\x13\x11\x00\x00" + get("/whoami"))
+            assert await client.read_to_eof() == b""
+        await wait_until(lambda: server.open_connections == 0)
+        assert server.dropped_connections == {"no_request": 0, "bad_proxy_header": 1}
+    assert drops.reasons() == [("bad_proxy_header", "127.0.0.1", False)]
 
 
 async def test_a_trusted_peer_silent_mid_proxy_header_is_closed_at_the_head_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     limits = ServerLimits(head_timeout_s=5.0)
-    async with serving(None, limits, trusted_proxies=["127.0.0.1"]) as (_, port):
+    drops = Drops()
+    async with serving(None, limits, trusted_proxies=["127.0.0.1"]) as (server, port):
+        server.on_dropped = drops
         async with connect(port) as client:
             await client.send(SIGNATURE[:6])  # a PROXY header begun, never finished
             start = trio.current_time()
             assert await client.read_to_eof() == b""
             assert 5.0 <= trio.current_time() - start < 6.0
+        async with connect(port) as client:  # and one that says nothing at all
+            assert await client.read_to_eof() == b""
+        await wait_until(lambda: len(drops.calls) == 2)
+    assert drops.reasons() == [
+        ("bad_proxy_header", "127.0.0.1", False),
+        ("no_request", "127.0.0.1", False),
+    ]
 
 
 async def test_proxy_header_from_an_untrusted_peer_is_400() -> None:
