@@ -110,7 +110,8 @@ class ServerObserver:
         if child is None:
             child = self._children[key] = SERVER_REQUESTS.labels(key[0], str(key[1]))
         child.inc()
-        SERVER_DURATION.observe(time.monotonic() - started)
+        if response.status != 101:  # a switched connection's life is no request latency
+            SERVER_DURATION.observe(time.monotonic() - started)
 
 
 def observe_server(server: HttpServer) -> None:

@@ -45,6 +45,12 @@ left at ``drain_timeout_s``.
 
 A handler's 101 whose body is an `httpio.switch.SwitchedBody` switches the connection to
 another protocol (`httpio.switch`): the body serves it from then on, and it is closed after.
+The observer sees such a request once, when the switched connection ends, as Envoy and nginx
+log an upgraded connection at its close: status 101, the whole session's duration, and the
+bytes the body says it carried (``bytes_in`` from the client, ``bytes_out`` to it). Until then
+the server keeps a slim copy of the request (its target, client, note and user agent; not its
+headers nor its h11 state) and its note: ~0.65 KiB a session (tracemalloc: 337 B the copy,
+~320 B the note), only when there is an observer.
 
 Responses are written with as few ``send_all`` calls as the body allows: a bytes body goes
 out with its head in one write.
@@ -301,6 +307,17 @@ class _Clock:
 _clock = _Clock()
 
 
+class _Upgraded:
+    """A switched connection to run, and what the observer is shown when it ends."""
+
+    __slots__ = ("request", "started", "switched")
+
+    def __init__(self, switched: Switched, request: Request | None, started: float) -> None:
+        self.switched = switched
+        self.request = request  # slim (`_session_request`); None: no observer to show it to
+        self.started = started
+
+
 class _Closed(Exception):
     """The peer went away, or the connection must not carry another request."""
 
@@ -537,9 +554,9 @@ class HttpServer:
             request = self._make_request(event, conn, stream, peer, via_elb)
             keep = await self._respond(stream, conn, request)
             self.requests_served += 1
-            if isinstance(keep, Switched):  # the connection is the body's now
+            if isinstance(keep, _Upgraded):  # the connection is the body's now
                 del event, request, conn  # held for as long as it lasts otherwise
-                await keep.run()
+                await self._run_upgraded(keep)
                 return
             if not keep:
                 if not request.body.complete_in_buffer():
@@ -561,6 +578,39 @@ class HttpServer:
             # An idle keep-alive connection should hold no request: at 10,000 idle
             # connections the last request's event and headers were 2 KiB each.
             del event, request
+
+    async def _run_upgraded(self, upgraded: _Upgraded) -> None:
+        """Run the switched connection; then show the observer its request (status 101)."""
+        try:
+            await upgraded.switched.run()
+        finally:
+            request = upgraded.request
+            if request is not None and self.observer is not None:
+                received, sent = upgraded.switched.transferred()
+                request.body.length = received
+                try:
+                    self.observer(request, Response(101, [], b""), upgraded.started, sent)
+                except Exception as exc:  # the observer's bug: this connection ends anyway
+                    self._connection_failed(exc)
+
+    def _session_request(self, request: Request) -> Request:
+        """What the observer needs of an upgraded request, without its headers (but the user
+        agent) or its body's h11 state: held for as long as the session lasts."""
+        agent = request.header(b"user-agent")
+        headers = [(b"user-agent", agent)] if agent is not None else []
+        body = RequestBody(None, None, self.limits)  # type: ignore[arg-type]
+        return Request(
+            request.method,
+            request.target,
+            request.path,
+            request.query,
+            headers,
+            request.http_version,
+            request.client,
+            body,
+            request.via_elb,
+            request.note,
+        )
 
     def _next_http10_connection(self, conn: Any) -> Any:
         data, closed = conn.trailing_data
@@ -726,9 +776,9 @@ class HttpServer:
 
     async def _respond(
         self, stream: trio.SocketStream, conn: Any, request: Request
-    ) -> bool | Switched:
+    ) -> bool | _Upgraded:
         """Run the handler and send its response. Returns whether the connection may carry
-        another request, or the `Switched` to run after a 101."""
+        another request, or the switched connection to run after a 101."""
         limits = self.limits
         response: Response
         started = time.monotonic() if self.observer is not None else 0.0
@@ -776,7 +826,8 @@ class HttpServer:
                 )
             if switched is None:
                 raise _Closed
-            return switched
+            slim = self._session_request(request) if self.observer is not None else None
+            return _Upgraded(switched, slim, started)
         if self.draining or conn.they_are_waiting_for_100_continue:
             # A client still waiting for 100 Continue may or may not send its body now
             # (RFC 9110 10.1.1): the next bytes cannot be trusted to be a request.

@@ -80,7 +80,17 @@ class RelayLimits:
 
 
 class _Leg:
-    __slots__ = ("alive", "awaiting_pong", "gone", "lock", "message_bytes", "side", "stream", "ws")
+    __slots__ = (
+        "alive",
+        "awaiting_pong",
+        "gone",
+        "lock",
+        "message_bytes",
+        "received",
+        "side",
+        "stream",
+        "ws",
+    )
 
     def __init__(self, side: Side, stream: trio.abc.Stream, ws: Connection) -> None:
         self.side = side
@@ -90,6 +100,7 @@ class _Leg:
         self.message_bytes = 0  # of the message being received
         self.awaiting_pong = False
         self.gone = False  # its TCP connection ended or failed
+        self.received = 0  # bytes read off its stream: the access log's bytes (issue 12)
 
     @property
     def settled(self) -> bool:
@@ -258,6 +269,7 @@ class Relay:
                 src.gone = True
                 self._lost(src, "closed without a close frame")
                 return
+            src.received += len(data)
             src.awaiting_pong = False
             src.ws.receive_data(bytes(data))
 

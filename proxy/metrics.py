@@ -14,6 +14,10 @@ before any request (`ProxyObserver.dropped`: silent until the head timeout, or a
 header): its line has status 0, as Envoy logs a connection answered nothing, its reason as
 ``error``, and a new request id; ``gateway_connections_dropped_total`` counts it (`httpio.metrics`).
 
+A WebSocket handshake answered 101 is shown once, when its session ends (`httpio.server`): it
+counts under code ``101`` and its line has the session's duration and bytes, but it stays out
+of ``gateway_request_duration_seconds``, whose p99 an hour-long session would make meaningless.
+
 Label values are bounded: ``service`` is a service the config names, ``other`` else (a path
 is never a label; a request for another region counts under ``region:<code>``, one per
 configured region); ``code`` is the status; ``method`` one of the seven the server serves.
@@ -199,7 +203,8 @@ class ProxyObserver:
         if children is None:
             children = self._children(key)
         children[0].inc()
-        children[1].observe(duration)
+        if response.status != 101:  # a WebSocket's session is no request latency
+            children[1].observe(duration)
         if note.refused:
             self._write_refusal(request, response, note, duration, sent, now)
             return

@@ -797,6 +797,62 @@ async def test_drain_closes_a_connection_that_never_sent_a_byte(
     assert server.dropped_connections["no_request"] == 0  # a drain's close is no drop
 
 
+# -- a switched connection (101) ---------------------------------------------------------------
+class EchoUntilQuit:
+    """A switched body: echoes what comes until ``quit``, counting bytes each way."""
+
+    def __init__(self) -> None:
+        self.transferred = (0, 0)
+
+    async def take_over(self, stream: trio.SocketStream, trailing: bytes) -> None:
+        received = sent = len(trailing)
+        data = trailing
+        while b"quit" not in data:
+            data = await stream.receive_some(1024)
+            if not data:
+                break
+            received += len(data)
+            await stream.send_all(data)
+            sent += len(data)
+            self.transferred = (received, sent)
+
+    async def read(self) -> bytes:
+        return b""  # a 101 has no body
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def switching(request: Request) -> Response:
+    headers = [(b"upgrade", b"echo"), (b"connection", b"upgrade")]
+    return Response(101, headers, EchoUntilQuit())
+
+
+async def test_a_switched_connection_is_observed_once_at_its_end() -> None:
+    """Issue 12: a 101 is shown to the observer when the session ends, with the session's
+    duration and the bytes its body counted; not when the 101 goes out."""
+    seen = Seen()
+    async with serving(switching) as (server, port):
+        server.observer = seen
+        async with connect(port) as client:
+            head = get(
+                "/up?access_token=t", "upgrade: echo", "connection: upgrade", "user-agent: ua/1"
+            )
+            await client.send(head)
+            assert (await client.read_response()).status == 101
+            await client.send(b"ping")
+            assert await client.stream.receive_some(4) == b"ping"
+            assert seen.calls == []  # the session is still open
+            await client.send(b"quit")
+            assert await client.read_to_eof() == b"quit"
+        await wait_until(lambda: len(seen.calls) == 1)
+    ((request, response, started, sent),) = seen.calls
+    assert (response.status, request.method, request.target) == (101, "GET", "/up?access_token=t")
+    assert (request.body.length, sent) == (8, 8)  # "ping" and "quit", each way
+    assert request.headers == [(b"user-agent", b"ua/1")]  # the slim copy kept for the session
+    assert started <= time.monotonic()
+
+
 # -- connections that end before any request ---------------------------------------------------
 class Drops:
     """An ``on_dropped`` that keeps what it was shown."""
