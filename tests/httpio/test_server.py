@@ -1000,6 +1000,25 @@ class Seen:
         return out
 
 
+async def refused_each_then_capped(server: HttpServer, port: int, raws: list[bytes]) -> list[Reply]:
+    """Each of ``raws`` on a connection of its own, then a connection over a cap of 1 (while
+    another holds it); the answers, in order."""
+    replies = []
+    for raw in raws:
+        async with connect(port) as client:
+            await client.send(raw)
+            replies.append(await client.read_response())
+            await client.read_to_eof()
+        await wait_until(lambda: server.open_connections == 0)  # the cap is 1
+    async with connect(port) as first:
+        await first.send(get("/hello"))
+        await first.read_response()
+        async with connect(port) as second:
+            replies.append(await second.read_response())
+            await second.read_to_eof()
+    return replies
+
+
 async def test_refusals_before_the_handler_reach_the_observer() -> None:
     """400 (no head parsed: method and target unknown), 431, 405 and 501 with the head they
     had, 413 on a declared length, the connection cap's 503: each is shown to the observer
@@ -1008,23 +1027,14 @@ async def test_refusals_before_the_handler_reach_the_observer() -> None:
     limits = ServerLimits(max_head_bytes=1024, max_connections=1)
     async with serving(limits=limits) as (server, port):
         server.observer = seen
-        for raw in (
+        raws = [
             b"GARBAGE\r\n\r\n",
             get("/hello", "x-big: " + "a" * 2000),
             get("/x?access_token=secret", method="TRACE"),
             get("/y", method="BREW"),
             get("/echo", "content-length: 2000000000", method="POST"),
-        ):
-            async with connect(port) as client:
-                await client.send(raw)
-                await client.read_response()
-                await client.read_to_eof()
-            await wait_until(lambda: server.open_connections == 0)  # the cap is 1
-        async with connect(port) as first:
-            await first.send(get("/hello"))
-            await first.read_response()
-            async with connect(port) as second:
-                await second.read_to_eof()
+        ]
+        await refused_each_then_capped(server, port, raws)
         await wait_until(lambda: len(seen.calls) == 7)
     assert seen.refused() == [
         ("127.0.0.1", "-", "-", 400, "bad_request"),
@@ -1045,24 +1055,14 @@ async def test_every_refusal_carries_a_request_id_in_its_answer_and_its_note() -
     client's own when its head parsed, a new one when it did not or never came."""
     seen = Seen()
     limits = ServerLimits(max_connections=1)
-    replies: list[Reply] = []
     async with serving(limits=limits) as (server, port):
         server.observer = seen
-        for raw in (
+        raws = [
             b"GARBAGE\r\n\r\n",
             get("/x", "x-request-id: client-id-1", method="TRACE"),
             get("/echo", "x-request-id: bad id", "content-length: 2000000000", method="POST"),
-        ):
-            async with connect(port) as client:
-                await client.send(raw)
-                replies.append(await client.read_response())
-                await client.read_to_eof()
-            await wait_until(lambda: server.open_connections == 0)  # the cap is 1
-        async with connect(port) as first:
-            await first.send(get("/hello"))
-            await first.read_response()
-            async with connect(port) as second:
-                replies.append(await second.read_response())
+        ]
+        replies = await refused_each_then_capped(server, port, raws)
         await wait_until(lambda: len(seen.calls) == 5)
     noted = [r.note.request_id for r, _, _, _ in seen.calls if r.note is not None]
     sent = [reply.header(b"x-request-id") for reply in replies]
