@@ -78,7 +78,7 @@ SYSCALLS = {
 
 # Our code, by component: (path prefix, function names or None for any) -> component.
 COMPONENTS: tuple[tuple[str, frozenset[str] | None, str], ...] = (
-    ("proxy/forwarding.py", frozenset({"request_id_of", "new_request_id"}), "request ids"),
+    ("httpio/trace.py", frozenset({"request_id_of", "new_request_id"}), "request ids"),
     ("proxy/forwarding.py", None, "header rewriting"),
     ("proxy/routing.py", None, "routing"),
     ("proxy/hop.py", None, "routing"),

@@ -34,11 +34,14 @@ def encode_error(status: int, code: str, detail: str, request_id: str = "") -> b
     return _encode(ErrorBody(status, code, detail, request_id))
 
 
-def unavailable_response(code: str, detail: str) -> bytes:
+def unavailable_response(code: str, detail: str, request_id: bytes = b"") -> bytes:
     """A whole 503 answer (``Retry-After: 1``, then close) for refusing a connection before
-    any request was parsed: at the connection cap, or with no proxy to give it to."""
-    body = encode_error(503, code, detail)
+    any request was parsed: at the connection cap, or with no proxy to give it to. With a
+    ``request_id`` the body and an ``X-Request-ID`` header carry it."""
+    body = encode_error(503, code, detail, request_id.decode())
     head = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    if request_id:
+        head += b"x-request-id: " + request_id + b"\r\n"
     head += b"connection: close\r\nretry-after: 1\r\ncontent-length: %d\r\n\r\n" % len(body)
     return head + body
 

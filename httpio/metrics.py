@@ -17,6 +17,7 @@ request can have is ``response_timeout_s`` (5 s by default).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -28,6 +29,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from httpio.errors import RouteNotFound
 from httpio.messages import Request, Response
@@ -60,9 +63,35 @@ def metrics_response(request: Request, registry: CollectorRegistry = REGISTRY) -
     )
 
 
+class DroppedConnections(Collector):
+    """``gateway_connections_dropped_total{reason}``: connections closed before any request,
+    silent until the head timeout (``no_request``) or with a bad PROXY header
+    (``bad_proxy_header``), read from the tracked server at scrape time."""
+
+    def __init__(self) -> None:
+        self.server: HttpServer | None = None
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "gateway_connections_dropped",
+            "Connections closed before any request, by reason (no_request, bad_proxy_header)",
+            labels=["reason"],
+        )
+        if self.server is not None:
+            for reason, count in self.server.dropped_connections.items():
+                family.add_metric([reason], count)
+        yield family
+
+
+DROPPED_CONNECTIONS = DroppedConnections()
+REGISTRY.register(DROPPED_CONNECTIONS)
+
+
 def track_open_connections(server: HttpServer) -> None:
-    """``gateway_open_connections`` reads ``server`` at scrape time (no cost per request)."""
+    """``gateway_open_connections`` and ``gateway_connections_dropped_total`` read ``server``
+    at scrape time (no cost per request)."""
     OPEN_CONNECTIONS.set_function(lambda: server.open_connections)
+    DROPPED_CONNECTIONS.server = server
 
 
 class ServerObserver:
@@ -81,7 +110,8 @@ class ServerObserver:
         if child is None:
             child = self._children[key] = SERVER_REQUESTS.labels(key[0], str(key[1]))
         child.inc()
-        SERVER_DURATION.observe(time.monotonic() - started)
+        if response.status != 101:  # a switched connection's life is no request latency
+            SERVER_DURATION.observe(time.monotonic() - started)
 
 
 def observe_server(server: HttpServer) -> None:

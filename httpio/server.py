@@ -17,10 +17,20 @@ Limits and their statuses (RFC 9110 15.5, RFC 6585 5):
   9.5). nginx does the same with a connection that never spoke (``client timed out`` in
   ``ngx_http_wait_request_handler``): a burst of thousands of silent connects then costs
   a close each, not a 408 and a lingering close each while health probes wait;
+- a connection from a trusted proxy whose PROXY header is bad is closed without a word.
+
+The two that end a connection before it carried any request, silent (``no_request``) or with a
+bad PROXY header (``bad_proxy_header``), are counted in ``dropped_connections`` by that reason
+and shown to ``on_dropped`` (the proxy's access log). An idle keep-alive connection closed, or
+a connection that closed before saying anything, is ordinary and neither.
 - a body that stalls for ``body_timeout_s`` between two reads, falls below
   ``min_body_rate_bytes_per_s`` once ``body_rate_grace_s`` have passed, or is not complete
   after ``body_deadline_s`` -> 408 and close (see `ServerLimits`);
 - more than ``max_connections`` open -> the new one gets a 503 and is closed.
+
+Each of these answers carries a request id, as a proxy's handler gives every answer one: the
+head's sane ``X-Request-ID`` when it parsed, a new one else (`httpio.trace.request_id_of`), in
+the JSON body, an ``X-Request-ID`` header and what the observer sees (the access log's line).
 
 No exception raised while serving one connection ends the process: `serve_connection` is
 the boundary. What it does not expect (a bug, a library's assert, a response body's
@@ -35,6 +45,12 @@ left at ``drain_timeout_s``.
 
 A handler's 101 whose body is an `httpio.switch.SwitchedBody` switches the connection to
 another protocol (`httpio.switch`): the body serves it from then on, and it is closed after.
+The observer sees such a request once, when the switched connection ends, as Envoy and nginx
+log an upgraded connection at its close: status 101, the whole session's duration, and the
+bytes the body says it carried (``bytes_in`` from the client, ``bytes_out`` to it). Until then
+the server keeps a slim copy of the request (its target, client, note and user agent; not its
+headers nor its h11 state) and its note: ~0.65 KiB a session (tracemalloc: 337 B the copy,
+~320 B the note), only when there is an observer.
 
 Responses are written with as few ``send_all`` calls as the body allows: a bytes body goes
 out with its head in one write.
@@ -66,6 +82,7 @@ from httpio.errors import (
     RequestHeadTooLarge,
     RequestTimeout,
     Unimplemented,
+    encode_error,
     unavailable_response,
 )
 from httpio.h1response import (
@@ -87,6 +104,7 @@ from httpio.protocol import (
     refuse_request,
 )
 from httpio.switch import Switched, SwitchRefused, request_head, switch_protocols
+from httpio.trace import new_request_id, request_id_of
 
 # What the server knows of a request it refuses before any handler: the peer, whether it came
 # through an ELB, the parsed head (None: it did not parse), when the head began (trio clock).
@@ -109,6 +127,10 @@ _REFUSED_CONNECTION = _ConnectionLimit("server is at its connection limit")
 # a refused method, a body declared too large, the connection cap) is shown too, with what is
 # known of it and ``request.note.refused`` set (`HttpServer._observe_refusal`).
 Observer = Callable[[Request, Response, float, int], None]
+# Called when a connection ends before any request: (reason, peer, whether through an ELB,
+# monotonic time it was accepted). ``reason`` is one of `DROP_REASONS`.
+DropObserver = Callable[[str, tuple[str, int], bool, float], None]
+DROP_REASONS = ("no_request", "bad_proxy_header")
 
 log = structlog.get_logger()
 
@@ -291,6 +313,17 @@ class _Clock:
 _clock = _Clock()
 
 
+class _Upgraded:
+    """A switched connection to run, and what the observer is shown when it ends."""
+
+    __slots__ = ("request", "started", "switched")
+
+    def __init__(self, switched: Switched, request: Request | None, started: float) -> None:
+        self.switched = switched
+        self.request = request  # slim (`_session_request`); None: no observer to show it to
+        self.started = started
+
+
 class _Closed(Exception):
     """The peer went away, or the connection must not carry another request."""
 
@@ -327,6 +360,8 @@ class HttpServer:
         self.requests_served = 0
         self.refused_connections = 0
         self.failed_connections = 0  # ended by an exception nobody expected (logged)
+        self.dropped_connections = dict.fromkeys(DROP_REASONS, 0)  # ended before any request
+        self.on_dropped: DropObserver | None = None
         self._idle: set[trio.CancelScope] = set()
         self._all_closed = trio.Event()
         self._all_closed.set()
@@ -347,6 +382,7 @@ class HttpServer:
             "requests_served": self.requests_served,
             "refused_connections": self.refused_connections,
             "failed_connections": self.failed_connections,
+            "dropped_connections": dict(self.dropped_connections),
             "draining": self.draining,
         }
 
@@ -412,8 +448,6 @@ class HttpServer:
             await self._serve(stream, via_elb)
         except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             pass
-        except proxyproto.ProxyProtocolError as exc:
-            log.warning("bad_proxy_header", server=self.name, error=str(exc))
         except OSError as exc:
             log.debug("connection_error", server=self.name, error=str(exc))
         except Exception as exc:  # the boundary: this connection ends, the process does not
@@ -435,13 +469,27 @@ class HttpServer:
                 except Exception as exc:
                     self._connection_failed(exc)
 
+    def _dropped(self, reason: str, peer: tuple[str, int], via_elb: bool, began: float) -> None:
+        """Count a connection that ends before any request (``began``: its first wait for
+        bytes, trio's clock) and show it to ``on_dropped``."""
+        self.dropped_connections[reason] += 1
+        if self.on_dropped is not None:
+            started = time.monotonic() - max(0.0, trio.current_time() - began)
+            try:
+                self.on_dropped(reason, peer, via_elb, started)
+            except Exception as exc:  # an observer's bug must not end the connection's cleanup
+                self._connection_failed(exc)
+
     def _connection_failed(self, exc: Exception) -> None:
         self.failed_connections += 1
         log.error("connection_failed", server=self.name, error=repr(exc), exc_info=exc)
 
     async def _refuse(self, stream: trio.SocketStream, via_elb: bool) -> None:
         started = time.monotonic()
-        answer = unavailable_response("too_many_connections", "server is at its connection limit")
+        request_id = new_request_id()  # no head was read: a new id
+        answer = unavailable_response(
+            "too_many_connections", "server is at its connection limit", request_id
+        )
         await send_refusal(stream, answer)
         if self.observer is not None:
             try:
@@ -449,23 +497,19 @@ class HttpServer:
             except OSError:
                 peer = ("-", 0)
             sent = len(answer.partition(b"\r\n\r\n")[2])  # its body's bytes
-            self._observe_refusal(_REFUSED_CONNECTION, None, peer, via_elb, None, started, sent)
+            refused = (peer, via_elb, None, started)
+            self._observe_refusal(_REFUSED_CONNECTION, None, refused, request_id, sent)
 
     def _observe_refusal(
-        self,
-        err: GatewayError,
-        conn: Any,
-        peer: tuple[str, int],
-        via_elb: bool,
-        event: Any,
-        started: float,
-        sent: int,
+        self, err: GatewayError, conn: Any, seen: _Seen, request_id: bytes, sent: int
     ) -> None:
         """Show the observer (metrics, access log) a request refused before any handler ran:
-        what is known of it (the head, if it parsed), its status and error kind. The method
+        what is known of it (``seen``, with the head if it parsed, and ``started`` in the
+        monotonic clock), the request id its answer carried, its status and error kind. The method
         is one we know or ``-`` and the target is cut short, so garbage makes no new label
         nor a long line; `proxy.metrics` bounds how many such lines a second are written."""
         assert self.observer is not None
+        peer, via_elb, event, started = seen
         method, target, headers, version = "-", "-", [], "1.1"
         if event is not None:
             raw = bytes(event.method)
@@ -479,7 +523,8 @@ class HttpServer:
         note = request.note = RequestNote()
         note.error = err.code
         note.refused = True
-        response = Response(err.status, list(err.headers), b"")
+        note.request_id = request_id.decode()
+        response = Response(err.status, [*err.headers, (b"x-request-id", request_id)], b"")
         try:
             self.observer(request, response, started, sent)
         except Exception as exc:  # an observer's bug must not end the connection's cleanup
@@ -493,7 +538,13 @@ class HttpServer:
             return
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
         if peer[0] in self.trusted_proxies and not via_elb:
-            peer, via_elb = await self._read_proxy_header(stream, conn, peer)
+            began = trio.current_time()
+            try:
+                peer, via_elb = await self._read_proxy_header(stream, conn, peer, began)
+            except proxyproto.ProxyProtocolError as exc:
+                log.warning("bad_proxy_header", server=self.name, error=str(exc))
+                self._dropped("bad_proxy_header", peer, via_elb, began)
+                return
         first = True
         served = 0
         while True:
@@ -509,9 +560,9 @@ class HttpServer:
             request = self._make_request(event, conn, stream, peer, via_elb)
             keep = await self._respond(stream, conn, request)
             self.requests_served += 1
-            if isinstance(keep, Switched):  # the connection is the body's now
+            if isinstance(keep, _Upgraded):  # the connection is the body's now
                 del event, request, conn  # held for as long as it lasts otherwise
-                await keep.run()
+                await self._run_upgraded(keep)
                 return
             if not keep:
                 if not request.body.complete_in_buffer():
@@ -530,6 +581,39 @@ class HttpServer:
             # connections the last request's event and headers were 2 KiB each.
             del event, request
 
+    async def _run_upgraded(self, upgraded: _Upgraded) -> None:
+        """Run the switched connection; then show the observer its request (status 101)."""
+        try:
+            await upgraded.switched.run()
+        finally:
+            request = upgraded.request
+            if request is not None and self.observer is not None:
+                received, sent = upgraded.switched.transferred()
+                request.body.length = received
+                try:
+                    self.observer(request, Response(101, [], b""), upgraded.started, sent)
+                except Exception as exc:  # the observer's bug: this connection ends anyway
+                    self._connection_failed(exc)
+
+    def _session_request(self, request: Request) -> Request:
+        """What the observer needs of an upgraded request, without its headers (but the user
+        agent) or its body's h11 state: held for as long as the session lasts."""
+        agent = request.header(b"user-agent")
+        headers = [(b"user-agent", agent)] if agent is not None else []
+        body = RequestBody(None, None, self.limits)  # type: ignore[arg-type]
+        return Request(
+            request.method,
+            request.target,
+            request.path,
+            request.query,
+            headers,
+            request.http_version,
+            request.client,
+            body,
+            request.via_elb,
+            request.note,
+        )
+
     def _next_connection(self, conn: Any) -> Any:
         data, closed = conn.trailing_data
         if closed and not data:
@@ -542,10 +626,10 @@ class HttpServer:
         return fresh
 
     async def _read_proxy_header(
-        self, stream: trio.SocketStream, conn: Any, peer: tuple[str, int]
+        self, stream: trio.SocketStream, conn: Any, peer: tuple[str, int], began: float
     ) -> tuple[tuple[str, int], bool]:
         buffer = b""
-        deadline = trio.current_time() + self.limits.head_timeout_s
+        deadline = began + self.limits.head_timeout_s
         while True:
             parsed = proxyproto.parse_v2(buffer)
             if parsed is not proxyproto.NEED_MORE:
@@ -557,7 +641,10 @@ class HttpServer:
             if data is None:
                 with trio.CancelScope(deadline=deadline) as waiting:
                     await trio.lowlevel.wait_readable(stream.socket)
-                if waiting.cancelled_caught:
+                if waiting.cancelled_caught:  # silent, or a header begun and never ended
+                    self._dropped(
+                        "bad_proxy_header" if buffer else "no_request", peer, False, began
+                    )
                     raise _Closed
                 continue
             if not data:
@@ -659,10 +746,12 @@ class HttpServer:
                 self._idle.discard(scope)
         if not scope.cancelled_caught:
             return data
+        since = deadline - self.limits.head_timeout_s
         if not (unstarted or self.draining):
             timeout = RequestTimeout("request head not received in time")
-            since = deadline - self.limits.head_timeout_s
             await self._send_error_and_close(stream, conn, timeout, (*seen[:3], since))
+        elif unstarted and not waiting_idle and not self.draining:
+            self._dropped("no_request", seen[0], seen[1], since)  # it never said a thing
         return None
 
     def _make_request(
@@ -689,9 +778,9 @@ class HttpServer:
 
     async def _respond(
         self, stream: trio.SocketStream, conn: Any, request: Request
-    ) -> bool | Switched:
+    ) -> bool | _Upgraded:
         """Run the handler and send its response. Returns whether the connection may carry
-        another request, or the `Switched` to run after a 101."""
+        another request, or the switched connection to run after a 101."""
         limits = self.limits
         response: Response
         started = time.monotonic() if self.observer is not None else 0.0
@@ -708,11 +797,16 @@ class HttpServer:
             handled = True
             response = await self.handler(request)
         except GatewayError as err:
-            response = error_response(err)
             if request.note is None:  # what the handler did not say: the error's kind
                 note = request.note = RequestNote()
                 note.error = err.code
                 note.refused = not handled
+                if not handled:  # the handler would have given it its id: do so here
+                    request_id = request_id_of(request.headers)
+                    note.request_id = request_id.decode()
+                    err.request_id = note.request_id
+                    err.headers = (*err.headers, (b"x-request-id", request_id))
+            response = error_response(err)
             if request.body.failed or isinstance(err, RequestBodyTooLarge):
                 # The body's framing is lost (or it is too large to skip): close after
                 # this answer. Refusals of bodiless requests (401, 403) keep the connection.
@@ -737,7 +831,8 @@ class HttpServer:
                 )
             if switched is None:
                 raise _Closed
-            return switched
+            slim = self._session_request(request) if self.observer is not None else None
+            return _Upgraded(switched, slim, started)
         if self.draining or conn.they_are_waiting_for_100_continue:
             # A client still waiting for 100 Continue may or may not send its body now
             # (RFC 9110 10.1.1): the next bytes cannot be trusted to be a request.
@@ -887,13 +982,17 @@ class HttpServer:
     ) -> None:
         """Answer ``err`` to a request refused before any handler ran, and close; the
         observer sees it (``seen``: the peer, whether through an ELB, the head if it parsed,
-        and when the head began, in trio's clock)."""
+        and when the head began, in trio's clock). The answer carries a request id, as the
+        proxy's answers do: the head's ``X-Request-ID`` when it parsed, else a new one."""
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        body = err.body()
+        event = seen[2] if seen is not None else None
+        request_id = request_id_of(event.headers) if event is not None else new_request_id()
+        body = encode_error(err.status, err.code, err.detail, request_id.decode())
         headers = [
             (b"content-type", b"application/json"),
             *err.headers,
+            (b"x-request-id", request_id),
             (b"content-length", b"%d" % len(body)),
             (b"connection", b"close"),
             (b"date", _clock.date()),
@@ -909,7 +1008,7 @@ class HttpServer:
         if seen is not None and self.observer is not None:
             peer, via_elb, event, began = seen
             started = time.monotonic() - max(0.0, trio.current_time() - began)
-            self._observe_refusal(err, conn, peer, via_elb, event, started, len(body))
+            self._observe_refusal(err, conn, (peer, via_elb, event, started), request_id, len(body))
         # The client may still be sending the rest of what we refused (a head too large):
         # without a lingering close the kernel's RST could destroy this answer.
         await self._linger(stream)

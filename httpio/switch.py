@@ -13,6 +13,9 @@ demo backend) is a `RawTakeover` instead: the server writes nothing, and ``take_
 connection with a `ReplayStream` that first yields the request's head again (rebuilt from the
 parsed request: h11 lowercases names, which HTTP allows) and the bytes after it.
 
+A body may say what it carried, for the access log: ``transferred``, (bytes from the client,
+bytes to it), read by `Switched.transferred` once the run is over ((0, 0) when it says nothing).
+
 A handler's 101 for a request that proposed no upgrade is its bug: h11 refuses to write it, the
 body is closed and the connection dropped, nothing is sent.
 """
@@ -108,6 +111,13 @@ class Switched:
                 await body.take_over(self._stream, trailing)
         finally:
             await _close_body(body)
+
+    def transferred(self) -> tuple[int, int]:
+        """(bytes from the client, bytes to it) as the body counted them, (0, 0) if it did not."""
+        counted = getattr(self._body, "transferred", None)
+        if isinstance(counted, tuple) and len(counted) == 2:
+            return int(counted[0]), int(counted[1])
+        return 0, 0
 
 
 async def switch_protocols(

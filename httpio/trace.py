@@ -8,9 +8,13 @@ log). A higher version is parsed by its first four fields as section 3.2.4 asks.
 is not ours to touch and passes through with the other end-to-end headers. An edge fleet that
 does not want clients to pick trace ids restarts every trace (``trust_incoming=False``).
 
-Ids come from one ``os.urandom`` per process and a counter, as request ids do
-(`proxy.forwarding.new_request_id`): a getrandom(2) call per request was 1.5 % of a proxy's CPU.
-The ids stay unique per process start, which is what a trace id must be.
+``X-Request-ID`` lives here too: a sane incoming one (`request_id_of`) is kept, else a new one
+is made. It is down in `httpio` because the server loop needs it as much as the proxy: a request
+it refuses before any handler ran gets its id in the JSON body, the header and the access log.
+
+Ids come from one ``os.urandom`` per process and a counter: a getrandom(2) call per request
+was 1.5 % of a proxy's CPU. The ids stay unique per process start, which is what a trace id and
+a request id must be.
 """
 
 from __future__ import annotations
@@ -27,6 +31,22 @@ _ZERO_SPAN = b"0" * 16
 
 _PREFIX = os.urandom(8).hex().encode()  # 16 hex digits per process start
 _counter = itertools.count(1)
+_REQUEST_ID_SHAPE = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+_ID_PREFIX = os.urandom(6).hex()
+_id_counter = itertools.count(1)
+
+
+def new_request_id() -> bytes:
+    """Unique per process start and request: a random per-process prefix and a counter."""
+    return f"{_ID_PREFIX}{next(_id_counter):010x}".encode()
+
+
+def request_id_of(headers: Headers) -> bytes:
+    """The request's first sane ``X-Request-ID``, or a new one."""
+    for name, value in headers:
+        if name == b"x-request-id" and _REQUEST_ID_SHAPE.match(value):
+            return value
+    return new_request_id()
 
 
 def new_ids() -> tuple[bytes, bytes]:

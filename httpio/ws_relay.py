@@ -163,6 +163,7 @@ class _Leg:
         "masks",
         "message_bytes",
         "reader",
+        "received",
         "relay",
         "side",
         "sock",
@@ -187,6 +188,7 @@ class _Leg:
         self.awaiting_pong = False
         self.gone = False  # its TCP connection ended or failed
         self.failed = False  # it broke the protocol: no reply to our close is waited for
+        self.received = 0  # bytes read off its stream: the access log's bytes (issue 12)
 
     @property
     def settled(self) -> bool:
@@ -389,6 +391,7 @@ class Relay:
                 self._lost(src, "closed without a close frame")
                 return
             data = got
+            src.received += len(data)
 
     async def _on_event(self, src: _Leg, dst: _Leg, event: Event) -> None:
         if isinstance(event, Data):

@@ -25,9 +25,8 @@ from httpio.limits import ServiceLimiter
 from httpio.messages import Request, Response, json_response
 from httpio.metrics import metrics_response
 from httpio.retry_budget import RetryBudget
-from httpio.trace import next_traceparent
+from httpio.trace import next_traceparent, request_id_of
 from httpio.upstream import UpstreamPool
-from proxy import forwarding
 from proxy.cache import HttpCache
 from proxy.filters.chains import Chains, Parts, build_chains
 from proxy.filters.rate_limit import RateLimitState
@@ -153,7 +152,7 @@ class ProxyApp:
             return await self.admin(request)
         if path == "/metrics":
             return metrics_response(request)
-        request_id = forwarding.request_id_of(request.headers)
+        request_id = request_id_of(request.headers)
         trace_id, traceparent = next_traceparent(request.headers, trust_incoming=self.trust_trace)
         try:
             chain, exchange = self.chains.exchange(request, request_id)

@@ -4,9 +4,9 @@ Towards the upstream (RFC 9110 7.6): hop-by-hop headers go, including those name
 ``Connection`` (7.6.1); ``Via`` gains our hop (7.6.3); ``X-Forwarded-For`` gains the client
 address, as nginx's ``$proxy_add_x_forwarded_for`` does; ``X-Forwarded-Proto`` and
 ``-Host`` say what the client asked for unless an earlier hop of ours already said it;
-``X-Request-ID`` is kept when the client sent a sane one and generated otherwise, so one
-id follows a request through every hop and log. ``Host`` becomes the instance's, as
-nginx's default ``proxy_set_header Host $proxy_host`` does.
+``X-Request-ID`` is kept when the client sent a sane one and generated otherwise
+(`httpio.trace.request_id_of`), so one id follows a request through every hop and log.
+``Host`` becomes the instance's, as nginx's default ``proxy_set_header Host $proxy_host`` does.
 
 What a client must not be able to say to a backend:
 - A header whose name holds ``_`` is dropped, as nginx does by default
@@ -30,13 +30,10 @@ one this hop used (the access log's and the error bodies'), never an upstream's 
 from __future__ import annotations
 
 import functools
-import itertools
-import os
 import re
 
 from httpio.protocol import HOP_BY_HOP, Headers, strip_hop_by_hop
 
-_REQUEST_ID_SHAPE = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 # Believed only from an earlier hop of ours (a signed hop mark), never from a client.
 _TRUSTED_HOP_HEADERS = frozenset(
     {b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip", b"forwarded"}
@@ -45,23 +42,6 @@ _TRUSTED_HOP_HEADERS = frozenset(
 _REPLACED = frozenset({b"x-request-id", b"content-length", b"traceparent"})
 _NODE_CHARS = re.compile(rb"[^A-Za-z0-9._-]")
 _CONNECTION_ONLY = HOP_BY_HOP | {b"close", b""}
-
-
-_ID_PREFIX = os.urandom(6).hex()
-_id_counter = itertools.count(1)
-
-
-def new_request_id() -> bytes:
-    """Unique per process start and request, without a getrandom(2) call per request
-    (which was 1.5 % of the proxy's CPU): a random per-process prefix and a counter."""
-    return f"{_ID_PREFIX}{next(_id_counter):010x}".encode()
-
-
-def request_id_of(headers: Headers) -> bytes:
-    for name, value in headers:
-        if name == b"x-request-id" and _REQUEST_ID_SHAPE.match(value):
-            return value
-    return new_request_id()
 
 
 def upstream_request_headers(

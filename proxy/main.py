@@ -10,6 +10,17 @@ its own region's ELBs. A hand-off address it cannot have (taken, or an unsafe
 (`proxy.workers`); this process is then their parent and serves nothing itself. Each worker
 is this program with ``--worker K`` added, which shares the port (``SO_REUSEPORT``) and
 takes hand-offs on worker K's address.
+
+A scrape of the shared port reaches whichever worker the kernel picks, so with
+``--worker-metrics-ports P0,P1,...`` (one per worker) worker K also serves ``/metrics`` on its
+own port PK, and a Prometheus lists each as a target (`topology.prometheus`, label
+``worker``). Separate ports rather than prometheus-client's multiprocess mode: that mode writes
+every counter to a memory-mapped file per process (a cost on each request), cannot serve our
+scrape-time collectors (``gateway_instance_up``, ``gateway_open_connections``'s callback) nor
+each worker's process collector (RSS, fds), and leaves a dead worker's files to clean up; and
+rather than the shared port gathering its siblings' metrics, which needs a channel between
+workers and answers nothing when the worker that gathers is the one in trouble. One target
+per worker is what Prometheus does best: each has its own ``up``, and a dead worker is seen.
 """
 
 from __future__ import annotations
@@ -25,9 +36,12 @@ import trio
 from httpio.access_log import AccessLog, Tee, open_access_log
 from httpio.access_sqlite import SqliteAccessLog
 from httpio.balance import ServicePool
+from httpio.errors import RouteNotFound
 from httpio.handoff import UnsafeRuntimeDir, handoff_address, serve_handoffs
 from httpio.health_check import run_health_checks
-from httpio.messages import Handler
+from httpio.listen import open_listeners
+from httpio.messages import Handler, Request, Response
+from httpio.metrics import metrics_response
 from httpio.origin import Origin
 from httpio.run import configure_logging, serve_until_signalled
 from httpio.server import HttpServer
@@ -121,6 +135,7 @@ class AccessSwitch:
         observer.access_log = sinks[0] if len(sinks) == 1 else Tee(*sinks) if sinks else None
         needed = observer.metrics or observer.access_log is not None
         self.server.observer = observer if needed else None
+        self.server.on_dropped = observer.dropped if observer.access_log is not None else None
 
 
 async def start_proxy(
@@ -207,6 +222,49 @@ async def accept_handoffs(
         await nursery.start(serve_handoffs, server, address)
 
 
+async def worker_metrics(request: Request) -> Response:
+    """A worker's own metrics port: ``/metrics`` (local direct only), nothing else."""
+    if request.path == "/metrics":
+        return metrics_response(request)
+    raise RouteNotFound("this port serves /metrics only")
+
+
+async def serve_worker_metrics(host: str, port: int, nursery: trio.Nursery, name: str) -> None:
+    """Worker ``name``'s ``/metrics`` on ``port`` of ``host``. A port it cannot have is
+    logged as an error: the worker serves its traffic anyway, and its target shows down."""
+    try:
+        listeners = await open_listeners(port, host)
+    except OSError as exc:
+        log.error("worker_metrics_disabled", server=name, port=port, error=str(exc))
+        return
+    server = HttpServer(worker_metrics, name=f"{name}-metrics")
+    await nursery.start(server.serve_listeners, listeners)
+    log.info("worker_metrics_listening", server=name, port=port)
+
+
+async def start_extras(
+    port: int,
+    worker: int | None,
+    metrics_port: int | None,
+    host: str,
+    name: str,
+    nursery: trio.Nursery,
+    server: HttpServer,
+) -> None:
+    """After the port is open: the hand-offs, and a worker's own metrics port if it has one."""
+    await accept_handoffs(port, nursery, server, worker)
+    if metrics_port is not None:
+        await serve_worker_metrics(host, metrics_port, nursery, name)
+
+
+def parse_ports(text: str) -> list[int]:
+    """``"9100,9101"`` -> [9100, 9101]; ValueError on anything else."""
+    ports = [int(p) for p in text.split(",")]
+    if not all(0 < p < 65536 for p in ports):
+        raise ValueError(f"not ports: {text!r}")
+    return ports
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="proxy", description=__doc__.splitlines()[0])
     parser.add_argument("port", type=int)
@@ -235,6 +293,13 @@ def main(argv: list[str] | None = None) -> None:
         metavar="N",
         help=f"serve the port with N processes (1-{MAX_WORKERS}; default 1: this one)",
     )
+    parser.add_argument(
+        "--worker-metrics-ports",
+        type=parse_ports,
+        default=None,
+        metavar="P0,P1,...",
+        help="with --workers N: worker K serves /metrics on its own port PK (N ports)",
+    )
     parser.add_argument(WORKER_FLAG, type=int, default=None, help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
@@ -242,6 +307,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--workers must be 1-{MAX_WORKERS}, not {args.workers}")
     if args.workers > 1 and args.port == 0:
         parser.error("--workers needs a fixed port, not 0")
+    metrics_ports = args.worker_metrics_ports
+    if metrics_ports is not None and (args.workers == 1 or len(metrics_ports) != args.workers):
+        parser.error("--worker-metrics-ports needs --workers N and N ports")
     paths = ProxyPaths(args.msa, args.region, args.config)
     try:
         config = load_proxy_config(paths)
@@ -254,8 +322,11 @@ def main(argv: list[str] | None = None) -> None:
         run_parent(argv, args.workers, args.host, args.port, name, config)
         return
     worker = None if args.worker is None else (args.worker, args.workers)
+    metrics_port = None
     if worker is not None:
         structlog.contextvars.bind_contextvars(worker=args.worker)
+        if metrics_ports is not None and args.worker < len(metrics_ports):
+            metrics_port = metrics_ports[args.worker]
     access_log = open_access_log(args.access_log)
     trio.run(
         lambda: serve_until_signalled(
@@ -273,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
             limits=config.gateway.server,
             host=args.host,
             trusted_proxies=elb_addresses(config),
-            extra=partial(accept_handoffs, args.port, worker=args.worker),
+            extra=partial(start_extras, args.port, args.worker, metrics_port, args.host, name),
             reuse_port=worker is not None,
         )
     )

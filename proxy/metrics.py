@@ -9,7 +9,14 @@ the proxy at scrape time by `ProxyCollector` and costs nothing per request.
 ``gateway_upstream_attempts_total`` counts tries, not requests: each try that got no answer
 against its own instance (``RequestNote.failed_tries``), and the one that got an answer as
 ``ok`` or ``5xx``. A request the server loop refused before any handler is counted like any
-other (service ``-``) and logged within `REFUSAL_LINES_PER_S`.
+other (service ``-``) and logged within `REFUSAL_LINES_PER_S`. So is a connection that ended
+before any request (`ProxyObserver.dropped`: silent until the head timeout, or a bad PROXY
+header): its line has status 0, as Envoy logs a connection answered nothing, its reason as
+``error``, and a new request id; ``gateway_connections_dropped_total`` counts it (`httpio.metrics`).
+
+A WebSocket handshake answered 101 is shown once, when its session ends (`httpio.server`): it
+counts under code ``101`` and its line has the session's duration and bytes, but it stays out
+of ``gateway_request_duration_seconds``, whose p99 an hour-long session would make meaningless.
 
 Label values are bounded: ``service`` is a service the config names, ``other`` else (a path
 is never a label; a request for another region counts under ``region:<code>``, one per
@@ -31,6 +38,7 @@ from prometheus_client.registry import Collector
 from httpio.access_log import AccessLine, RequestNote, now_rfc3339, redact_target
 from httpio.messages import Request, Response
 from httpio.metrics import LATENCY_BUCKETS
+from httpio.trace import new_request_id
 
 if TYPE_CHECKING:
     from proxy.app import ProxyApp
@@ -195,7 +203,8 @@ class ProxyObserver:
         if children is None:
             children = self._children(key)
         children[0].inc()
-        children[1].observe(duration)
+        if response.status != 101:  # a WebSocket's session is no request latency
+            children[1].observe(duration)
         if note.refused:
             self._write_refusal(request, response, note, duration, sent, now)
             return
@@ -233,8 +242,18 @@ class ProxyObserver:
         now: float,
     ) -> None:
         """The line of a request refused before the handler, within `REFUSAL_LINES_PER_S`."""
-        if self.access_log is None:
+        if self.access_log is not None and self._refusal_line_allowed(now):
+            self.access_log.write(line_of(request, response, note, duration, sent, "-"))
+
+    def dropped(self, reason: str, peer: tuple[str, int], via_elb: bool, started: float) -> None:
+        """The line of a connection that ended before any request (`httpio.server`'s
+        ``on_dropped``), within the refusals' `REFUSAL_LINES_PER_S`."""
+        now = self._clock()
+        if self.access_log is None or not self._refusal_line_allowed(now):
             return
+        self.access_log.write(dropped_line_of(reason, peer[0], now - started))
+
+    def _refusal_line_allowed(self, now: float) -> bool:
         second = int(now)
         if second != self._refusal_second:
             if self.refusal_lines_dropped:
@@ -242,9 +261,9 @@ class ProxyObserver:
             self._refusal_second, self._refusal_lines, self.refusal_lines_dropped = second, 0, 0
         if self._refusal_lines >= REFUSAL_LINES_PER_S:
             self.refusal_lines_dropped += 1
-            return
+            return False
         self._refusal_lines += 1
-        self.access_log.write(line_of(request, response, note, duration, sent, "-"))
+        return True
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, looked up once: ``labels()`` costs a lock and a tuple
@@ -320,4 +339,32 @@ def line_of(
         rate_limited=note.rate_limited,
         error=note.error,
         user_agent=user_agent.decode("latin-1") if user_agent is not None else "-",
+    )
+
+
+def dropped_line_of(reason: str, client_ip: str, duration_s: float) -> AccessLine:
+    """The line of a connection that ended before any request: status 0 (nothing was
+    answered), ``reason`` as its error."""
+    return AccessLine(
+        time=now_rfc3339(),
+        request_id=new_request_id().decode(),
+        trace_id="-",
+        client_ip=client_ip,
+        method="-",
+        path="-",
+        status=0,
+        bytes_in=0,
+        bytes_out=0,
+        duration_ms=round(duration_s * 1000, 3),
+        upstream_ms=None,
+        service="-",
+        region="-",
+        route="-",
+        upstream="-",
+        retries=0,
+        cache="-",
+        user="-",
+        rate_limited=False,
+        error=reason,
+        user_agent="-",
     )

@@ -332,6 +332,9 @@ class _Specs:
             access = self.run / "logs" / f"access-proxy-{region.code}-{port}.log"
             workers = region.proxy_workers
             more = ["--workers", str(workers)] if workers > 1 else []
+            metrics = region.metrics_ports_of(port)
+            if metrics:
+                more += ["--worker-metrics-ports", ",".join(map(str, metrics))]
             return [str(port), *files(region.code), "--access-log", str(access), *more]
 
         return tuple(

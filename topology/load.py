@@ -225,6 +225,17 @@ def load_fleet(path: str | Path) -> FleetTopology:
         claim(region.elb_port, f"the ELB of {region.code}", f"$.regions[{i}].elb_port")
         for j, p in enumerate(region.proxy_ports):
             claim(p, f"a proxy of {region.code}", f"$.regions[{i}].proxy_ports[{j}]")
+        metrics = region.worker_metrics_ports
+        wanted = len(region.proxy_ports) * region.proxy_workers
+        if metrics and (region.proxy_workers == 1 or len(metrics) != wanted):
+            raise ConfigError(
+                path,
+                f"$.regions[{i}].worker_metrics_ports",
+                f"needs proxy_workers > 1 and one port per worker of each proxy ({wanted})",
+            )
+        for j, p in enumerate(metrics):
+            where = f"$.regions[{i}].worker_metrics_ports[{j}]"
+            claim(p, f"a proxy worker's metrics of {region.code}", where)
         load_msa(base / region.msa)
     for j, p in enumerate(fleet.backends.ports):
         claim(p, "a backend", f"$.backends.ports[{j}]")

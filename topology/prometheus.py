@@ -7,7 +7,10 @@ address in a topology with ``hosts``, else the topology's ``host``); it answers 
 to direct connections from its own host only, so a topology over several hosts wants a
 Prometheus on each host (scraping its own targets) or a federation of them. The ELBs pass
 connections on without reading them: theirs is on ``elb_metrics_port`` when the topology
-gives one, at the ELB's address.
+gives one, at the ELB's address. A proxy of ``proxy_workers: N`` with ``worker_metrics_ports``
+is N targets, one per worker's own port, labelled ``worker`` (a scrape of its shared port
+would see whichever worker the kernel picked, and summing it with the others would count that
+one twice): ``sum by (process)`` is the proxy's.
 Scraped every 5 s: the fleet's own health checks run at 0.5 s - 10 s, and a ``fleet top``
 refreshing every second reads ``/metrics`` itself rather than through Prometheus.
 """
@@ -36,7 +39,12 @@ def scrape_targets(topology: FleetTopology) -> list[tuple[str, str, dict[str, st
     for region in topology.regions:
         for port in region.proxy_ports:
             name = f"proxy-{region.code}-{port}"
-            out.append(("proxy", at(port), labelled(port, region=region.code, process=name)))
+            labels = labelled(port, region=region.code, process=name)
+            metrics = region.metrics_ports_of(port)
+            if not metrics:
+                out.append(("proxy", at(port), labels))
+            for k, worker_port in enumerate(metrics):  # each worker, not the shared port
+                out.append(("proxy", at(worker_port, of=port), {**labels, "worker": str(k)}))
         if region.elb_metrics_port is not None:
             name = f"elb-{region.code}-{region.elb_port}"
             labels = labelled(region.elb_port, region=region.code, process=name)

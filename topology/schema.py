@@ -408,6 +408,17 @@ class FleetRegion(Struct, frozen=True, forbid_unknown_fields=True):
     # processes per proxy (``proxy --workers N``, `proxy.workers`): each of the region's
     # proxies serves its port with this many; 1 is one process, as before
     proxy_workers: Annotated[int, Meta(ge=1, le=64)] = 1
+    # with proxy_workers N > 1: each worker's own /metrics port (`proxy.main`), N per proxy in
+    # the order of proxy_ports (proxy_ports[0]'s workers 0..N-1 first); none: not served, and a
+    # scrape of a proxy's port sees one worker only
+    worker_metrics_ports: list[Port] = field(default_factory=list)
+
+    def metrics_ports_of(self, port: int) -> list[int]:
+        """The metrics ports of the workers of the proxy on ``port`` (none: not served)."""
+        if not self.worker_metrics_ports:
+            return []
+        at = self.proxy_ports.index(port) * self.proxy_workers
+        return list(self.worker_metrics_ports[at : at + self.proxy_workers])
 
 
 class FleetRedis(Struct, frozen=True, forbid_unknown_fields=True):

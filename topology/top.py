@@ -154,6 +154,8 @@ def build_view(before: list[Scrape], after: list[Scrape], now: float) -> View:
     for b, a in zip(before, after, strict=True):
         dt = max(a.at - b.at, 1e-6)
         name = a.labels.get("process", a.target)
+        if "worker" in a.labels:  # one of proxy_workers N, scraped on its own port
+            name += f"/w{a.labels['worker']}"
         port = a.target.rpartition(":")[2]
         region = a.labels.get("region", "-")
         if not a.up:

@@ -22,6 +22,10 @@ back as an ordinary response. While a session lasts, its token is decided again 
 ``check_interval_s`` (1 s) from the verdict cache (the revocation feed updates it every second): a
 revoked or expired token closes the socket with 1008. A cross-region relay leaves message
 size and idle limits to the serving region (it pings its own legs).
+
+A session has one access-log line, written by the server loop when it ends (`httpio.server`):
+``upstream``, ``retries`` and ``upstream_ms`` are its handshake's, set here; its bytes are what
+the relay read off each leg (`WebSocketSession.transferred`).
 """
 
 from __future__ import annotations
@@ -137,6 +141,9 @@ class WebSocketSession:
         self._sockets = sockets
         self._watch = watch
         self._taken = False
+        # (bytes from the client, bytes the upstream sent to it) once the relay ended: the
+        # access log's bytes_in and bytes_out (`httpio.switch.Switched.transferred`)
+        self.transferred = (0, 0)
 
     def __repr__(self) -> str:
         return f"<WebSocketSession {self._name} taken={self._taken}>"
@@ -160,6 +167,7 @@ class WebSocketSession:
         # Held for as long as the socket is open: nothing of the handshake stays but the relay.
         self._answer = UpgradeAnswer(101, [], stream=answer.stream)
         self._watch = None
+        ahead = len(trailing), len(answer.trailing)  # frames that came with the handshakes
         del answer
         socket = self._describe(relay)
         if sockets is not None:
@@ -167,6 +175,10 @@ class WebSocketSession:
         try:
             await relay.run()
         finally:
+            self.transferred = (
+                ahead[0] + relay.client.received,
+                ahead[1] + relay.upstream.received,
+            )
             if sockets is not None:
                 sockets.discard(socket)
             codes = {f"to_{side.value}": code for side, code in relay.close_codes.items()}
@@ -275,6 +287,7 @@ class WebSocketForward:
         tried: list[Endpoint] = []
         retries = 0
         reached_any = False
+        first = time.monotonic()
         while endpoint is not None:
             tried.append(endpoint)
             try:
@@ -322,6 +335,7 @@ class WebSocketForward:
                 )
                 endpoint = nxt
         assert endpoint is not None
+        _note_upstream(ex, endpoint, len(tried) - 1, first)
         watch = None
         if self._auth is not None and self._policy is not None and not self._policy.public:
             watch = TokenWatch(self._auth, self._policy, ex.request)
@@ -331,6 +345,15 @@ class WebSocketForward:
         name = f"{self.service}:{ex.request_id.decode()}"
         session = WebSocketSession(answer, self._limits, name, describe, self._sockets, watch)
         return _answer(answer, session)
+
+
+def _note_upstream(ex: Exchange, endpoint: Endpoint, retries: int, first: float) -> None:
+    """The access log's upstream of a handshake: the instance (or ELB) that answered it, the
+    tries before, and the time from the first try to its answer's head."""
+    note = ex.note
+    note.upstream = endpoint.url
+    note.retries = retries
+    note.upstream_ms = round((time.monotonic() - first) * 1000, 3)
 
 
 async def _open_on(
@@ -403,6 +426,7 @@ class RemoteWebSocket:
         endpoint = self._pool.pick()
         # a cross-region request's timeouts: config.json's "Upstream" section
         timeouts = self._upstream.timeouts
+        first = time.monotonic()
         answer = await _open_on(
             self._pool,
             self._upstream,
@@ -412,6 +436,7 @@ class RemoteWebSocket:
             timeouts.connect_timeout_s,
             timeouts.response_head_timeout_s,
         )
+        _note_upstream(ex, endpoint, 0, first)
         describe = partial(
             OpenSocket, instance=endpoint.url, drain_s=REGION_DRAIN_S, region=self.region
         )

@@ -35,7 +35,7 @@ RAW = "\n".join(
         ";CPyDef__connection___Connection___next_event (__native_db1f86c1c7b990abb148.c:7000) 30",
         # our own code: the header rewrite, and a clock read below it
         FETCH + ";upstream_request_headers (proxy/forwarding.py:104) 5",
-        FETCH + ";new_request_id (proxy/forwarding.py:60);clock_gettime (libc.so.6) 3",
+        FETCH + ";new_request_id (httpio/trace.py:36);clock_gettime (libc.so.6) 3",
         # trio's scheduler between tasks
         "0x7fca1ee4524a (libc.so.6);<module> (proxy:6);main (proxy/main.py:120)"
         ";run (trio/_core/_run.py:2532);unrolled_run (trio/_core/_run.py:2800) 8",

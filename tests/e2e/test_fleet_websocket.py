@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
@@ -251,6 +252,61 @@ async def test_each_token_form_opens_the_socket(ws_fleet: Any, ws_token: str, fo
             assert ws.subprotocol == "bearer"  # what browsers insist on
         await ws.send_message("hello")
         assert await ws.get_message() == "hello"
+
+
+def requests_101(proxy: str) -> float:
+    """``gateway_requests_total`` for video's 101s, from ``proxy``'s /metrics."""
+    text = request(proxy, "/metrics").body.decode()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "gateway_requests_total" and labels.get("code") == "101":
+                total += sample.value if labels.get("service") == "video" else 0.0
+    return total
+
+
+async def test_a_session_is_logged_at_its_close_and_counted_as_a_101(
+    ws_fleet: Any, ws_token: str
+) -> None:
+    """Issue 12: one access-log line per WebSocket, written when it closes (as Envoy and nginx
+    do) with the session's duration and bytes, its user and upstream, the query token
+    redacted; and ``gateway_requests_total{code="101"}`` moves."""
+    fleet, _ = ws_fleet
+    proxy = fleet.kr_proxies[0]
+    port = int(proxy.rsplit(":", 1)[1])
+    (name,) = [n for n in fleet.ports if n.startswith("proxy-") and n.endswith(f"-{port}")]
+    log_path = fleet.fleet.run_dir / "logs" / f"access-{name}.log"
+    request_id = f"ws-obs-{os.getpid()}"
+    before = await trio.to_thread.run_sync(requests_101, proxy)
+    url = ws_url(proxy, f"/video/ws/echo?access_token={ws_token}")
+    headers = [(b"x-request-id", request_id.encode()), (b"user-agent", b"ws-obs/1")]
+    async with open_ws(url, extra_headers=headers) as ws:
+        await ws.send_message("x" * 1000)
+        assert await ws.get_message() == "x" * 1000
+
+    def line() -> dict[str, Any] | None:
+        for raw in log_path.read_text().splitlines() if log_path.exists() else []:
+            doc: dict[str, Any] = json.loads(raw)
+            if doc["request_id"] == request_id:
+                return doc
+        return None
+
+    with trio.fail_after(10):
+        await wait_until(lambda: line() is not None)
+    doc = line()
+    assert doc is not None
+    assert (doc["status"], doc["service"], doc["user"], doc["user_agent"]) == (
+        101,
+        "video",
+        "ws-user",
+        "ws-obs/1",
+    )
+    assert doc["upstream"].startswith("http://127.0.0.1:") and doc["error"] == "-"
+    assert ws_token not in json.dumps(doc) and doc["path"].startswith("/video/ws/echo")
+    assert doc["bytes_in"] > 1000 and doc["bytes_out"] > 1000  # the message, each way
+    assert doc["duration_ms"] > 0
+    assert await trio.to_thread.run_sync(requests_101, proxy) == before + 1
 
 
 async def refused_handshake(url: str, path: str, token: str | None) -> Reply:

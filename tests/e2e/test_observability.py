@@ -169,6 +169,42 @@ def test_request_counters_move_as_traffic_does(fleet: RunningFleet, token: str) 
     assert "/video/index.html" not in text  # paths are never labels
 
 
+def test_a_bad_proxy_header_is_logged_and_counted(fleet: RunningFleet) -> None:
+    """A connection from an ELB's address whose PROXY header is bad carried no request: it is
+    still one bounded access-log line (status 0, its reason as the error) and a counter."""
+    import socket
+
+    from httpio.proxyproto import SIGNATURE
+
+    proxy = fleet.kr_proxies[0]
+    port = int(proxy.rsplit(":", 1)[1])
+    labels = {"reason": "bad_proxy_header"}
+    name = "gateway_connections_dropped_total"
+    before = metric(request(proxy, "/metrics").body.decode(), name, **labels)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(SIGNATURE + b"\x13\x11\x00\x00GET / HTTP/1.1\r\n\r\n")
+        assert sock.recv(100) == b""  # closed without a word
+    after = metric(request(proxy, "/metrics").body.decode(), name, **labels)
+    assert after == before + 1
+    path = access_log(fleet, proxy)
+
+    def logged() -> bool:
+        raws = path.read_text().splitlines() if path.exists() else []
+        errors = [str(json.loads(raw)["error"]) for raw in raws]
+        return errors.count("bad_proxy_header") >= after
+
+    wait_for(logged, timeout_s=10, what=f"a bad_proxy_header line in {path}")
+    lines = [json.loads(raw) for raw in path.read_text().splitlines()]
+    line = [x for x in lines if x["error"] == "bad_proxy_header"][-1]
+    assert (line["status"], line["method"], line["path"], line["client_ip"]) == (
+        0,
+        "-",
+        "-",
+        "127.0.0.1",
+    )
+    assert re.fullmatch(r"[0-9a-f]{22}", line["request_id"])
+
+
 def test_admin_cache_shows_tiers_and_hit_ratios_direct_only(
     fleet: RunningFleet, token: str
 ) -> None:
@@ -203,6 +239,109 @@ def test_fleet_top_renders_every_process_and_service(fleet: RunningFleet, token:
     assert "down" not in text, text
     assert "video" in text and "2/2" in text  # video's two instances up
     assert "last reload per proxy" in text
+
+
+class TopOnATerminal:
+    """``fleet top`` in live mode on a pseudo-terminal of 60 x 160, as an operator runs it;
+    what it wrote so far, without the terminal's escape sequences, split into its frames."""
+
+    ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r")
+
+    def __init__(self, topology: Path) -> None:
+        import fcntl
+        import os
+        import pty
+        import struct
+        import subprocess
+        import sys
+        import termios
+
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 60, 160, 0, 0))
+        env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "160", "LINES": "60"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "topology.fleet", "top", str(topology), "--interval", "0.5"],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            close_fds=True,
+        )
+        os.close(slave)
+        self.raw = b""
+
+    def read(self) -> None:
+        """What the terminal received so far (waiting at most 0.2 s for more)."""
+        import os
+        import select
+
+        while select.select([self.master], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:  # the other end closed
+                return
+            if not chunk:
+                return
+            self.raw += chunk
+
+    def video_rates(self) -> list[float]:
+        """video's req/s in each frame drawn so far that has a video row."""
+        text = self.ANSI.sub("", self.raw.decode("utf-8", "replace"))
+        rates = []
+        for line in text.splitlines():
+            cells = [c.strip() for c in line.split("\u2502")]  # rich's box-drawing bar
+            if len(cells) >= 7 and cells[1] == "video" and "/" in cells[5]:
+                rates.append(float(cells[2]))
+        return rates
+
+    def stop(self) -> int:
+        import os
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # what Ctrl-C does
+        try:
+            code = self.process.wait(timeout=20)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            self.read()
+            os.close(self.master)
+        return code
+
+
+def test_fleet_top_live_refreshes_as_traffic_moves_counters(
+    fleet: RunningFleet, token: str
+) -> None:
+    """The live loop, not ``--once``: on a terminal, frame after frame, video's req/s goes from
+    idle to busy while requests flow and back to 0.0 once they stop; Ctrl-C ends it cleanly.
+    Each step waits for a condition under a deadline, whatever the machine's speed."""
+    import time
+
+    top = TopOnATerminal(fleet.fleet.run_dir.parent / "fleet.yaml")
+    auth = {"authorization": f"Bearer {token}"}
+    try:
+        deadline = time.monotonic() + 60
+        while "last reload per proxy" not in top.raw.decode("utf-8", "replace"):
+            assert time.monotonic() < deadline and top.process.poll() is None, top.raw[-2000:]
+            top.read()
+        idle = top.video_rates()
+        assert all(rate == 0.0 for rate in idle), idle  # no video traffic yet
+        drawn = len(idle)
+        while not any(rate > 0 for rate in top.video_rates()[drawn:]):
+            assert time.monotonic() < deadline and top.process.poll() is None, top.raw[-2000:]
+            for _ in range(5):
+                assert request(fleet.kr_elb, "/video/index.html", headers=auth).status == 200
+            top.read()
+        busy = len(top.video_rates())
+        while 0.0 not in top.video_rates()[busy:]:  # the traffic stopped: idle again
+            assert time.monotonic() < deadline and top.process.poll() is None, top.raw[-2000:]
+            top.read()
+        assert "proxy-ko_KR-" in top.raw.decode("utf-8", "replace")
+    finally:
+        code = top.stop()
+    assert code == 0, top.raw[-2000:]
 
 
 def test_the_elb_serves_its_own_metrics_and_counts_connections(fleet: RunningFleet) -> None:

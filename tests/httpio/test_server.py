@@ -9,6 +9,7 @@ fails the test instead of hanging it.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -261,6 +262,7 @@ async def test_keep_alive_serves_two_requests_on_one_connection() -> None:
             "requests_served": 2,
             "refused_connections": 0,
             "failed_connections": 0,
+            "dropped_connections": {"no_request": 0, "bad_proxy_header": 0},
             "draining": False,
         }
     assert (first.status, first.body, first.header(b"connection")) == (200, b"hello", None)
@@ -556,9 +558,13 @@ async def test_over_max_connections_gets_503_and_close() -> None:
             assert (await third.read_response()).status == 200
         assert server.refused_connections == 1
     head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.split(b"\r\n") == [
+    lines = head.split(b"\r\n")
+    request_id = lines[2].removeprefix(b"x-request-id: ")
+    assert re.fullmatch(rb"[0-9a-f]{22}", request_id)
+    assert lines == [
         b"HTTP/1.1 503 Service Unavailable",
         b"content-type: application/json",
+        b"x-request-id: " + request_id,
         b"connection: close",
         b"retry-after: 1",
         b"content-length: %d" % len(body),
@@ -567,6 +573,7 @@ async def test_over_max_connections_gets_503_and_close() -> None:
         "status": 503,
         "error": "too_many_connections",
         "detail": "server is at its connection limit",
+        "request_id": request_id.decode(),
     }
 
 
@@ -787,6 +794,103 @@ async def test_drain_closes_a_connection_that_never_sent_a_byte(
         await server.drain()
         assert trio.current_time() - start < 1
         assert await silent.read_to_eof() == b""
+    assert server.dropped_connections["no_request"] == 0  # a drain's close is no drop
+
+
+# -- a switched connection (101) ---------------------------------------------------------------
+class EchoUntilQuit:
+    """A switched body: echoes what comes until ``quit``, counting bytes each way."""
+
+    def __init__(self) -> None:
+        self.transferred = (0, 0)
+
+    async def take_over(self, stream: trio.SocketStream, trailing: bytes) -> None:
+        received = sent = len(trailing)
+        data = trailing
+        while b"quit" not in data:
+            data = await stream.receive_some(1024)
+            if not data:
+                break
+            received += len(data)
+            await stream.send_all(data)
+            sent += len(data)
+            self.transferred = (received, sent)
+
+    async def read(self) -> bytes:
+        return b""  # a 101 has no body
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def switching(request: Request) -> Response:
+    headers = [(b"upgrade", b"echo"), (b"connection", b"upgrade")]
+    return Response(101, headers, EchoUntilQuit())
+
+
+async def test_a_switched_connection_is_observed_once_at_its_end() -> None:
+    """Issue 12: a 101 is shown to the observer when the session ends, with the session's
+    duration and the bytes its body counted; not when the 101 goes out."""
+    seen = Seen()
+    async with serving(switching) as (server, port):
+        server.observer = seen
+        async with connect(port) as client:
+            head = get(
+                "/up?access_token=t", "upgrade: echo", "connection: upgrade", "user-agent: ua/1"
+            )
+            await client.send(head)
+            assert (await client.read_response()).status == 101
+            await client.send(b"ping")
+            assert await client.stream.receive_some(4) == b"ping"
+            assert seen.calls == []  # the session is still open
+            await client.send(b"quit")
+            assert await client.read_to_eof() == b"quit"
+        await wait_until(lambda: len(seen.calls) == 1)
+    ((request, response, started, sent),) = seen.calls
+    assert (response.status, request.method, request.target) == (101, "GET", "/up?access_token=t")
+    assert (request.body.length, sent) == (8, 8)  # "ping" and "quit", each way
+    assert request.headers == [(b"user-agent", b"ua/1")]  # the slim copy kept for the session
+    assert started <= time.monotonic()
+
+
+# -- connections that end before any request ---------------------------------------------------
+class Drops:
+    """An ``on_dropped`` that keeps what it was shown."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[str, int], bool, float]] = []
+
+    def __call__(self, reason: str, peer: tuple[str, int], via_elb: bool, started: float) -> None:
+        self.calls.append((reason, peer, via_elb, started))
+
+    def reasons(self) -> list[tuple[str, str, bool]]:
+        return [(reason, peer[0], via_elb) for reason, peer, via_elb, _ in self.calls]
+
+
+async def test_a_connection_silent_until_the_head_timeout_is_counted_and_shown(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Closed without a word, but not unseen (issue 12): ``no_request``. An idle keep-alive
+    connection closed after its request, and a client that closes before speaking, are not."""
+    drops = Drops()
+    limits = ServerLimits(head_timeout_s=5.0, idle_timeout_s=7.0)
+    async with serving(limits=limits) as (server, port):
+        server.on_dropped = drops
+        async with connect(port) as silent:
+            start = trio.current_time()
+            assert await silent.read_to_eof() == b""
+            assert 5.0 <= trio.current_time() - start < 6.0
+        async with connect(port) as idle:
+            await idle.send(get("/hello"))
+            await idle.read_response()
+            assert await idle.read_to_eof() == b""  # closed at the idle timeout
+        async with connect(port):
+            pass  # closed before a byte
+        await wait_until(lambda: server.open_connections == 0)
+        assert server.dropped_connections == {"no_request": 1, "bad_proxy_header": 0}
+    (reason, peer, via_elb, started) = drops.calls[0]
+    assert (reason, peer[0], via_elb, len(drops.calls)) == ("no_request", "127.0.0.1", False, 1)
+    assert started < time.monotonic()
 
 
 # -- PROXY protocol v2 -------------------------------------------------------------------------
@@ -821,21 +925,36 @@ async def test_local_proxy_header_keeps_the_transport_address() -> None:
 
 
 async def test_broken_proxy_header_from_a_trusted_peer_is_dropped() -> None:
-    async with serving(trusted_proxies=["127.0.0.1"]) as (_, port), connect(port) as client:
-        await client.send(SIGNATURE + b"\x13\x11\x00\x00" + get("/whoami"))
-        assert await client.read_to_eof() == b""
+    drops = Drops()
+    async with serving(trusted_proxies=["127.0.0.1"]) as (server, port):
+        server.on_dropped = drops
+        async with connect(port) as client:
+            await client.send(SIGNATURE + b"\x13\x11\x00\x00" + get("/whoami"))
+            assert await client.read_to_eof() == b""
+        await wait_until(lambda: server.open_connections == 0)
+        assert server.dropped_connections == {"no_request": 0, "bad_proxy_header": 1}
+    assert drops.reasons() == [("bad_proxy_header", "127.0.0.1", False)]
 
 
 async def test_a_trusted_peer_silent_mid_proxy_header_is_closed_at_the_head_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     limits = ServerLimits(head_timeout_s=5.0)
-    async with serving(None, limits, trusted_proxies=["127.0.0.1"]) as (_, port):
+    drops = Drops()
+    async with serving(None, limits, trusted_proxies=["127.0.0.1"]) as (server, port):
+        server.on_dropped = drops
         async with connect(port) as client:
             await client.send(SIGNATURE[:6])  # a PROXY header begun, never finished
             start = trio.current_time()
             assert await client.read_to_eof() == b""
             assert 5.0 <= trio.current_time() - start < 6.0
+        async with connect(port) as client:  # and one that says nothing at all
+            assert await client.read_to_eof() == b""
+        await wait_until(lambda: len(drops.calls) == 2)
+    assert drops.reasons() == [
+        ("bad_proxy_header", "127.0.0.1", False),
+        ("no_request", "127.0.0.1", False),
+    ]
 
 
 async def test_proxy_header_from_an_untrusted_peer_is_400() -> None:
@@ -881,6 +1000,25 @@ class Seen:
         return out
 
 
+async def refused_each_then_capped(server: HttpServer, port: int, raws: list[bytes]) -> list[Reply]:
+    """Each of ``raws`` on a connection of its own, then a connection over a cap of 1 (while
+    another holds it); the answers, in order."""
+    replies = []
+    for raw in raws:
+        async with connect(port) as client:
+            await client.send(raw)
+            replies.append(await client.read_response())
+            await client.read_to_eof()
+        await wait_until(lambda: server.open_connections == 0)  # the cap is 1
+    async with connect(port) as first:
+        await first.send(get("/hello"))
+        await first.read_response()
+        async with connect(port) as second:
+            replies.append(await second.read_response())
+            await second.read_to_eof()
+    return replies
+
+
 async def test_refusals_before_the_handler_reach_the_observer() -> None:
     """400 (no head parsed: method and target unknown), 431, 405 and 501 with the head they
     had, 413 on a declared length, the connection cap's 503: each is shown to the observer
@@ -889,23 +1027,14 @@ async def test_refusals_before_the_handler_reach_the_observer() -> None:
     limits = ServerLimits(max_head_bytes=1024, max_connections=1)
     async with serving(limits=limits) as (server, port):
         server.observer = seen
-        for raw in (
+        raws = [
             b"GARBAGE\r\n\r\n",
             get("/hello", "x-big: " + "a" * 2000),
             get("/x?access_token=secret", method="TRACE"),
             get("/y", method="BREW"),
             get("/echo", "content-length: 2000000000", method="POST"),
-        ):
-            async with connect(port) as client:
-                await client.send(raw)
-                await client.read_response()
-                await client.read_to_eof()
-            await wait_until(lambda: server.open_connections == 0)  # the cap is 1
-        async with connect(port) as first:
-            await first.send(get("/hello"))
-            await first.read_response()
-            async with connect(port) as second:
-                await second.read_to_eof()
+        ]
+        await refused_each_then_capped(server, port, raws)
         await wait_until(lambda: len(seen.calls) == 7)
     assert seen.refused() == [
         ("127.0.0.1", "-", "-", 400, "bad_request"),
@@ -918,6 +1047,33 @@ async def test_refusals_before_the_handler_reach_the_observer() -> None:
     sizes = [sent for r, _, _, sent in seen.calls if r.note is not None]
     assert all(n > 0 for n in sizes)  # the JSON body of each answer
     assert server.requests_served == 2  # /hello, and the 413 (its head was a request)
+
+
+async def test_every_refusal_carries_a_request_id_in_its_answer_and_its_note() -> None:
+    """Issue 12: a refused request has a request id like any other, in the JSON body, an
+    ``X-Request-ID`` header and what the observer sees (the access log's ``request_id``): the
+    client's own when its head parsed, a new one when it did not or never came."""
+    seen = Seen()
+    limits = ServerLimits(max_connections=1)
+    async with serving(limits=limits) as (server, port):
+        server.observer = seen
+        raws = [
+            b"GARBAGE\r\n\r\n",
+            get("/x", "x-request-id: client-id-1", method="TRACE"),
+            get("/echo", "x-request-id: bad id", "content-length: 2000000000", method="POST"),
+        ]
+        replies = await refused_each_then_capped(server, port, raws)
+        await wait_until(lambda: len(seen.calls) == 5)
+    noted = [r.note.request_id for r, _, _, _ in seen.calls if r.note is not None]
+    sent = [reply.header(b"x-request-id") for reply in replies]
+    assert [reply.status for reply in replies] == [400, 405, 413, 503]
+    assert [reply.json()["request_id"] for reply in replies] == noted
+    assert [value.decode() if value else None for value in sent] == noted
+    assert noted[1] == "client-id-1"  # the client's sane id is kept
+    assert all(re.fullmatch("[0-9a-f]{22}", rid) for rid in (noted[0], *noted[2:]))
+    assert len(set(noted)) == 4
+    responses = [response for r, response, _, _ in seen.calls if r.note is not None]
+    assert [dict(response.headers).get(b"x-request-id") for response in responses] == sent
 
 
 async def test_a_head_that_never_completes_is_shown_with_its_wait(

@@ -1,4 +1,8 @@
-from httpio.trace import new_ids, next_traceparent, parse_traceparent
+import re
+
+import pytest
+
+from httpio.trace import new_ids, new_request_id, next_traceparent, parse_traceparent, request_id_of
 
 VALID = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -42,3 +46,39 @@ def test_ids_are_unique_and_never_zero():
     seen = {new_ids() for _ in range(1000)}
     assert len(seen) == 1000
     assert all(t != b"0" * 32 and s != b"0" * 16 for t, s in seen)
+
+
+# -- the request id ---------------------------------------------------------------------------
+def is_generated(request_id: bytes) -> bool:
+    return re.fullmatch(rb"[0-9a-f]{16,64}", request_id) is not None
+
+
+@pytest.mark.parametrize(
+    "value", [b"abc", b"A-b_c.d:e", b"0" * 128, b"550e8400-e29b-41d4-a716-446655440000"]
+)
+def test_sane_request_id_is_kept(value: bytes) -> None:
+    assert request_id_of([(b"x-request-id", value)]) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"has space", b"x" * 200, b"0" * 129, b"", b"semi;colon", b"new\tline", "é".encode()],
+)
+def test_malformed_request_id_is_replaced(value: bytes) -> None:
+    replaced = request_id_of([(b"x-request-id", value)])
+    assert replaced != value
+    assert is_generated(replaced)
+
+
+def test_missing_request_id_is_generated_fresh_each_time() -> None:
+    ids = {request_id_of([]), request_id_of([(b"host", b"x")]), new_request_id()}
+    assert len(ids) == 3
+    for generated in ids:
+        assert is_generated(generated)
+        # a generated id is one the next hop keeps
+        assert request_id_of([(b"x-request-id", generated)]) == generated
+
+
+def test_first_sane_request_id_wins() -> None:
+    headers = [(b"x-request-id", b"bad id"), (b"x-request-id", b"good-id")]
+    assert request_id_of(headers) == b"good-id"

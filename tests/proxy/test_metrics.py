@@ -14,12 +14,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 import trio.testing
 from prometheus_client import REGISTRY
 
-from httpio.access_log import AccessLog, RequestNote
+from httpio.access_log import AccessLine, AccessLog, RequestNote
 from httpio.listen import listener_port, open_listeners
 from httpio.messages import Request, Response, json_response
 from httpio.protocol import h11
@@ -217,7 +218,11 @@ async def test_a_request_refused_before_the_handler_has_its_line_and_counts(
         "-",
     )
     assert line["client_ip"] == "127.0.0.1" and line["service"] == "-"
-    assert line["bytes_out"] > 0 and line["request_id"] == "-"
+    assert line["bytes_out"] > 0
+    # the line's request id is the one the answer carried, in its body and its header
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert msgspec.json.decode(body)["request_id"] == line["request_id"] != "-"
+    assert b"\r\nx-request-id: " + line["request_id"].encode() + b"\r\n" in head + b"\r\n"
 
 
 class Lines:
@@ -253,6 +258,30 @@ def test_a_flood_of_refusals_writes_a_bounded_number_of_lines() -> None:
     now[0] += 1.0  # the next second has its own allowance
     observer(refused(), Response(431), now[0], 40)
     assert len(sink.lines) == REFUSAL_LINES_PER_S + 1 and observer.refusal_lines_dropped == 0
+
+
+def test_a_dropped_connection_is_one_line_within_the_refusals_allowance() -> None:
+    """A connection that ended before any request (``on_dropped``) is a line of status 0 with
+    its reason and a request id of its own; a flood of them shares the refusals' allowance."""
+    now = [200.0]
+    app = ProxyApp(make_config(), UpstreamPool(), name="proxy-dropped-test")
+    sink = Lines()
+    observer = ProxyObserver(app, sink, clock=lambda: now[0])
+    observer.dropped("no_request", ("198.51.100.9", 4000), False, now[0] - 5.0)
+    (line,) = sink.lines
+    assert isinstance(line, AccessLine)
+    assert (line.status, line.error, line.client_ip, line.method, line.path) == (
+        0,
+        "no_request",
+        "198.51.100.9",
+        "-",
+        "-",
+    )
+    assert line.duration_ms == 5000.0 and line.request_id != "-"
+    for _ in range(2 * REFUSAL_LINES_PER_S):
+        observer.dropped("bad_proxy_header", ("127.0.0.1", 1), False, now[0])
+    assert len(sink.lines) == REFUSAL_LINES_PER_S
+    assert observer.refusal_lines_dropped == REFUSAL_LINES_PER_S + 1
 
 
 async def test_a_429_is_logged_as_rate_limited_and_counted_as_a_deny(tmp_path: Path) -> None:

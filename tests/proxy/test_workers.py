@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.hop_lab import write_proxy_files
 from httpio.lifeline import Backoff
@@ -194,6 +195,67 @@ async def test_two_workers_share_the_port_take_hand_offs_and_a_killed_one_is_rep
     stopped = proxy.events("worker_stopped")
     assert sorted((row["worker"], row["code"]) for row in stopped) == [(0, 0), (1, 0)]
     assert len([row for row in proxy.events("draining") if "worker" in row]) == 2
+
+
+class ProxyWithWorkerMetrics(Proxy):
+    """``--workers 2 --worker-metrics-ports A,B``: each worker's /metrics on its own port."""
+
+    def __init__(self, tmp: Path, fleet: str) -> None:
+        self.metrics_ports = [free_port(), free_port()]
+        super().__init__(tmp, fleet)
+
+    def options(self, tmp: Path) -> list[str]:  # type: ignore[override]
+        ports = ",".join(map(str, self.metrics_ports))
+        return [*Proxy.options(tmp), "--worker-metrics-ports", ports]
+
+
+def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+async def not_found_total(ports: list[int]) -> float:
+    """The 404s counted by the workers behind ``ports``, summed."""
+    total = 0.0
+    for port in ports:
+        text = (await get(port, "/metrics")).body.decode()
+        total += sum(
+            v for labels, v in samples(text, "gateway_requests_total") if labels["code"] == "404"
+        )
+    return total
+
+
+@linux_only
+async def test_each_worker_serves_its_own_metrics_and_together_they_count_every_request(
+    tmp_path: Path,
+) -> None:
+    """Issue 12: a scrape of the shared port sees one worker; each worker's own port sees
+    that worker, and the sum over them is the proxy's (what prometheus.yml lists)."""
+    proxy = ProxyWithWorkerMetrics(tmp_path, f"test-{secrets.token_hex(6)}")
+    try:
+        workers = await both_up(proxy)
+        await wait_until(
+            lambda: len(proxy.events("worker_metrics_listening")) == 2, timeout_s=STARTUP_S
+        )
+        seen = []
+        for k, port in enumerate(proxy.metrics_ports):
+            reply = await get(port, "/metrics")
+            assert reply.status == 200
+            ((info, _),) = samples(reply.body.decode(), "gateway_worker_info")
+            seen.append((info["worker"], int(info["pid"])))
+            assert info["worker"] == str(k)
+            assert (await get(port, "/admin/backends")).status == 404  # /metrics only
+        assert {pid for _, pid in seen} == workers
+        before = await not_found_total(proxy.metrics_ports)
+        for _ in range(24):  # each on a new connection: the kernel spreads them
+            assert (await get(proxy.port, "/nowhere/x")).status == 404
+        assert await not_found_total(proxy.metrics_ports) == before + 24
+    finally:
+        proxy.stop()
 
 
 @linux_only

@@ -204,6 +204,22 @@ def test_a_regions_proxies_run_the_workers_its_topology_asks_for(tmp_path):
     path.write_text(f"regions:\n  - {region % ', proxy_workers: 0'}\nredis: {{enabled: false}}\n")
     with pytest.raises(ConfigError, match="proxy_workers"):
         load_fleet(path)
+    metrics = ", proxy_workers: 2, worker_metrics_ports: [7100, 7101]"
+    path.write_text(f"regions:\n  - {region % metrics}\nredis: {{enabled: false}}\n")
+    (two,) = [c for c in plan_for(path, tmp_path / "run").children if c.kind == "proxy"]
+    assert two.argv is not None
+    assert two.argv[-4:] == ("--workers", "2", "--worker-metrics-ports", "7100,7101")
+    for wrong in (
+        ", proxy_workers: 2, worker_metrics_ports: [7100]",
+        ", worker_metrics_ports: [7100]",
+    ):
+        path.write_text(f"regions:\n  - {region % wrong}\nredis: {{enabled: false}}\n")
+        with pytest.raises(ConfigError, match="worker_metrics_ports"):
+            load_fleet(path)
+    taken = ", proxy_workers: 2, worker_metrics_ports: [7100, 19000]"  # the ELB's port
+    path.write_text(f"regions:\n  - {region % taken}\nredis: {{enabled: false}}\n")
+    with pytest.raises(ConfigError, match="already used"):
+        load_fleet(path)
 
 
 def test_backends_obey_fault_switches_only_when_the_topology_says_so(topology_path, tmp_path):

@@ -74,3 +74,27 @@ def test_a_fleet_over_hosts_lists_each_process_where_it_listens():
             port = "9000"
         assert placement.address_of(int(port)) == address
     assert "host" not in scrape_targets(topology())[0][2]  # one machine: as before
+
+
+def test_each_worker_of_a_proxy_is_a_target_of_its_own():
+    """``proxy_workers: 2`` with ``worker_metrics_ports``: two targets per proxy, each worker's
+    own port labelled ``worker``, and not the shared port (a random worker, counted twice)."""
+    fleet = FleetTopology(
+        regions=[
+            FleetRegion(
+                "ko_KR",
+                9000,
+                [6000, 6001],
+                "msa.yaml",
+                proxy_workers=2,
+                worker_metrics_ports=[7100, 7101, 7102, 7103],
+            )
+        ],
+    )
+    proxies = [(t, labels) for job, t, labels in scrape_targets(fleet) if job == "proxy"]
+    assert proxies == [
+        ("127.0.0.1:7100", {"region": "ko_KR", "process": "proxy-ko_KR-6000", "worker": "0"}),
+        ("127.0.0.1:7101", {"region": "ko_KR", "process": "proxy-ko_KR-6000", "worker": "1"}),
+        ("127.0.0.1:7102", {"region": "ko_KR", "process": "proxy-ko_KR-6001", "worker": "0"}),
+        ("127.0.0.1:7103", {"region": "ko_KR", "process": "proxy-ko_KR-6001", "worker": "1"}),
+    ]
