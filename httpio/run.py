@@ -153,7 +153,10 @@ def configure_logging(name: str) -> None:
             structlog.processors.format_exc_info,  # exc_info -> the traceback as text
             structlog.processors.JSONRenderer(),
         ],
-        logger_factory=structlog.PrintLoggerFactory(),
+        # One write per line, its newline included: print() writes the newline apart, and
+        # with PYTHONUNBUFFERED (common in containers) the workers of ``proxy --workers N``
+        # sharing one stdout then interleaved lines ("{...}{...}\n\n").
+        logger_factory=structlog.WriteLoggerFactory(),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(process=name)

@@ -1,10 +1,16 @@
-"""`httpio.run`: the open files limit every process raises at start."""
+"""`httpio.run`: the open files limit every process raises at start, the log's lines."""
 
 from __future__ import annotations
 
+import json
 import resource
 import subprocess
 import sys
+
+import pytest
+import structlog
+
+from httpio.run import configure_logging
 
 PROBE = """
 import resource
@@ -25,3 +31,36 @@ def test_the_soft_open_files_limit_is_raised_to_the_hard_one() -> None:
         assert soft > 256
     else:
         assert soft == hard
+
+
+class Writes:
+    """A stdout that keeps each write() apart, as an unbuffered one hands them to the OS."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_each_log_line_is_one_write_with_its_newline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With PYTHONUNBUFFERED each write is a write(2): the workers of ``proxy --workers N``
+    share one stdout, so a line and its newline written apart could be split by another
+    worker's line."""
+    out = Writes()
+    monkeypatch.setattr(sys, "stdout", out)
+    try:
+        configure_logging("probe")
+        log = structlog.get_logger()
+        log.info("first", n=1)
+        log.warning("second", text="a\nb")
+    finally:
+        structlog.reset_defaults()
+    assert len(out.calls) == 2
+    for call in out.calls:
+        assert call.endswith("\n") and call.count("\n") == 1
+        assert json.loads(call)["process"] == "probe"
