@@ -5,7 +5,7 @@ noise is as large as the filters' cost; this says which filter the cost is in. E
 the ``edge`` service (the same msa as bench.edge) runs its request hook (and its response
 hook, on a small answer) on requests that trigger none of them, best of ``--repeat`` runs of
 ``--requests`` each; the fleet-wide limit runs against a real redis-server, 20 tasks at once,
-exact (a burst too small to lease: a round trip per decision) and leased (64 per round trip).
+exact (a burst too small to lease: a round trip per decision) and leased (64 per round trip at first, growing while spent fast).
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     with running_redis() as redis:
         for burst in (100, 1_000_000):
             us, trips, lease = trio.run(fleet_us, redis.port, burst, 4000, route)
-            kind = "exact" if lease == 1 else f"leased ({lease})"
+            kind = "exact" if lease == 1 else f"leased ({lease}, growing)"
             print(
                 f"rate_limit[client_ip] fleet, {kind:12} {us:7.1f} us per decision, 20 tasks; "
                 f"{trips} round trips for 4000"
