@@ -43,6 +43,12 @@ BURST = 10
 FLOW_RATE, FLOW_BURST = 20.0, 800
 
 
+def skip_unless_installed() -> None:
+    for kind in ("backend", "proxy", "elb", "redis"):
+        if isinstance(find_launchers().get(kind), str):
+            pytest.skip(f"{kind} is not installed")
+
+
 def write_topology(base: Path, two_regions: bool = False, cache: bool = True) -> Path:
     backend, p0, p1, elb, redis, elb2, p2, p3 = free_ports(8)
     services = "service:\n"
@@ -112,9 +118,7 @@ async def get(port: int, service: str = "web") -> tuple[int, dict[bytes, bytes]]
 async def test_a_fleet_limit_counts_once_across_the_proxies_and_redis_stopped(
     tmp_path: Path,
 ) -> None:
-    for kind in ("backend", "proxy", "elb", "redis"):
-        if isinstance(find_launchers().get(kind), str):
-            pytest.skip(f"{kind} is not installed")
+    skip_unless_installed()
     path = write_topology(tmp_path)
     async with open_fleet(path, tmp_path / "run", out=lambda line: None) as fleet:
         ports = sorted(p for name, p in fleet.ports.items() if name.startswith("proxy-"))
@@ -164,9 +168,7 @@ async def test_a_reload_moves_the_store_then_raises_a_limit_while_traffic_runs(
     the move is in the new Redis and served from it). Then the service map is rewritten with a
     burst of 100,000: every answer is a 200 or a 429 (never a reset, a 5xx or a hang), and
     once both proxies took the new map, everything is a 200."""
-    for kind in ("backend", "proxy", "elb", "redis"):
-        if isinstance(find_launchers().get(kind), str):
-            pytest.skip(f"{kind} is not installed")
+    skip_unless_installed()
     path = write_topology(tmp_path)
     with running_redis() as moved_to:
         async with open_fleet(path, tmp_path / "run", out=lambda line: None) as fleet:
@@ -288,9 +290,7 @@ async def test_four_proxies_two_elbs_count_once_and_within_5_percent(tmp_path: P
     clients saw: it is at most "first request sent -> last answer received" and at least
     "first answer received -> last request sent"; the count is at most ``rate * longest +
     burst`` (+1) and at least 95 % of ``rate * shortest + burst`` (see FLOW_RATE)."""
-    for kind in ("backend", "proxy", "elb", "redis"):
-        if isinstance(find_launchers().get(kind), str):
-            pytest.skip(f"{kind} is not installed")
+    skip_unless_installed()
     path = write_topology(tmp_path, two_regions=True)
     async with open_fleet(path, tmp_path / "run", out=lambda line: None) as fleet:
         elbs = sorted(p for name, p in fleet.ports.items() if name.startswith("elb-"))
@@ -338,9 +338,7 @@ async def test_four_proxies_two_elbs_count_once_and_within_5_percent(tmp_path: P
 async def test_a_reload_that_switches_the_cache_on_starts_it(tmp_path: Path) -> None:
     """``Cache_or_not`` false at start, then true: the proxies start their cache on the
     reload (no restart), and a cacheable service's answers are stored and served from it."""
-    for kind in ("backend", "proxy", "elb", "redis"):
-        if isinstance(find_launchers().get(kind), str):
-            pytest.skip(f"{kind} is not installed")
+    skip_unless_installed()
     path = write_topology(tmp_path, cache=False)
     async with open_fleet(path, tmp_path / "run", out=lambda line: None) as fleet:
         elb = next(p for name, p in fleet.ports.items() if name.startswith("elb-"))
