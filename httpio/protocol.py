@@ -36,9 +36,9 @@ connection persists only when the client asked (``Connection: keep-alive``) and 
 says so too. h11 makes every HTTP/1.0 exchange its connection's last (it writes
 ``Connection: close``, and both sides end in ``MUST_CLOSE``), so ``ab -k`` and any 1.0
 client that asks paid a TCP connection per request. `asks_keep_alive` and
-`http10_may_persist` decide (sans-IO), `keep_alive_head` turns the head h11 wrote into
-one that promises the connection, and the server loop starts a fresh h11 state machine on
-it for the next request. A body the client can only delimit by the close (no
+`http10_may_persist` decide (sans-IO), `httpio.h1response` writes the head that promises
+the connection, and the server loop starts a fresh h11 state machine on it for the next
+request. A body the client can only delimit by the close (no
 Content-Length: a 1.0 client knows no chunked) never persists, nor does an answer that
 already carries a ``Connection`` header of its own (a drain's or a refusal's close).
 """
@@ -150,19 +150,6 @@ def http10_may_persist(method: str, status: int, headers: Headers, sized_body: b
         if name == b"content-length":
             length = True
     return length
-
-
-_CLOSE_TAIL = b"Connection: close\r\n\r\n"
-_KEEP_ALIVE_TAIL = b"Connection: keep-alive\r\n\r\n"
-
-
-def keep_alive_head(head: bytes) -> bytes | None:
-    """h11's response head for an HTTP/1.0 peer, its ``Connection: close`` (the last line
-    h11 adds when the answer carried no ``Connection`` of its own) turned into
-    ``Connection: keep-alive``; None when the head does not end that way."""
-    if not head.endswith(_CLOSE_TAIL):
-        return None
-    return head[: -len(_CLOSE_TAIL)] + _KEEP_ALIVE_TAIL
 
 
 SERVED_METHODS: tuple[bytes, ...] = (

@@ -48,17 +48,15 @@ another protocol (`httpio.switch`): the body serves it from then on, and it is c
 The observer sees such a request once, when the switched connection ends, as Envoy and nginx
 log an upgraded connection at its close: status 101, the whole session's duration, and the
 bytes the body says it carried (``bytes_in`` from the client, ``bytes_out`` to it). Until then
-the server keeps a slim copy of the request (its target, client, note and user agent; not its
-headers nor its h11 state) and its note: ~0.65 KiB a session (tracemalloc: 337 B the copy,
-~320 B the note), only when there is an observer.
+the server keeps what that line needs (method, target, client, user agent and the note: a
+tuple, `_SessionFacts`), only when there is an observer.
 
-Responses are written with as few ``send_all`` calls as the body allows: a bytes body goes
-out with its head in one write.
-
-An HTTP/1.0 client that asks for keep-alive keeps its connection when the answer's length
-is known (`httpio.protocol.asks_keep_alive`, RFC 9112 9.3): h11 ends every HTTP/1.0
-exchange in ``MUST_CLOSE``, so such a connection gets a fresh ``h11.Connection`` for its
-next request, fed what the client already sent.
+h11 only reads requests. Responses are written by `httpio.h1response` (its framing and
+keep-alive decisions are h11's, tested against it), with as few ``send_all`` calls as the body
+allows: a bytes body goes out with its head in one write. As h11 never sends, each request
+after the first on a connection gets a fresh ``h11.Connection``, fed what the client already
+sent. An HTTP/1.0 client that asks for keep-alive keeps its connection when the answer's
+length is known (`httpio.protocol.asks_keep_alive`, RFC 9112 9.3).
 """
 
 from __future__ import annotations

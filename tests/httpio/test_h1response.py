@@ -20,7 +20,6 @@ from httpio.h1response import (
     client_keeps_alive,
     encode_response,
 )
-from httpio.protocol import keep_alive_head
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -100,8 +99,9 @@ def test_the_same_answer_as_h11(
 
 
 def test_an_http10_keep_alive_is_promised_where_its_end_is_known() -> None:
-    """What `keep_alive_head` made of h11's head before: ``Connection: keep-alive`` instead of
-    its last line, when the answer has a length and no Connection of its own."""
+    """What the server made of h11's head before: ``Connection: keep-alive`` instead of the
+    ``Connection: close`` h11 ends it with, when the answer has a length and no Connection of
+    its own."""
     sized = [(b"content-length", b"2")]
     head, framing = encode_response(
         200, b"OK", sized, head=False, http11=False, keep_alive=False, persist=True
@@ -109,9 +109,9 @@ def test_an_http10_keep_alive_is_promised_where_its_end_is_known() -> None:
     reference = h11.Connection(h11.SERVER)
     reference.receive_data(b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
     reference.next_event()
-    assert head == keep_alive_head(
-        reference.send(h11.Response(status_code=200, headers=sized, reason=b"OK"))
-    )
+    closing = reference.send(h11.Response(status_code=200, headers=sized, reason=b"OK"))
+    assert closing.endswith(b"Connection: close\r\n\r\n")
+    assert head == closing.replace(b"Connection: close\r\n\r\n", b"Connection: keep-alive\r\n\r\n")
     assert framing.keep_alive and framing.data(b"ok") == b"ok" and framing.end() == b""
     for headers in ([], [(b"content-length", b"2"), (b"connection", b"close")]):
         head, framing = encode_response(

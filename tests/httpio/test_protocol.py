@@ -17,7 +17,6 @@ from httpio.protocol import (
     h11,
     header_value,
     http10_may_persist,
-    keep_alive_head,
     reason_for,
     strip_hop_by_hop,
 )
@@ -159,21 +158,3 @@ def http10_head(headers: list[tuple[bytes, bytes]], status: int = 200) -> bytes:
     return bytes(
         conn.send(h11.Response(status_code=status, headers=headers, reason=reason_for(status)))
     )
-
-
-def test_keep_alive_head_is_h11s_head_with_the_close_turned_into_keep_alive() -> None:
-    head = http10_head([(b"content-type", b"text/plain"), (b"content-length", b"5")])
-    assert head == (
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n"
-        b"Connection: close\r\n\r\n"
-    )
-    assert keep_alive_head(head) == (
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n"
-        b"Connection: keep-alive\r\n\r\n"
-    )
-
-
-def test_keep_alive_head_leaves_a_head_without_h11s_close_alone() -> None:
-    assert keep_alive_head(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n") is None
-    # a close the answer carried itself is merged by h11, and not the tail we rewrite
-    assert keep_alive_head(http10_head([(b"connection", b"close, x-a")])) is None
