@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from httpio.access_log import AccessLine, RequestNote, now_rfc3339, redact_target
@@ -69,11 +69,6 @@ UPSTREAM_ATTEMPTS = Counter(
 CACHE_REQUESTS = Counter(
     "gateway_cache_requests", "Cache look-ups by their result", ["service", "result"]
 )
-RATELIMIT_DECISIONS = Counter(
-    "gateway_ratelimit_decisions",
-    "Rate-limit decisions (issue 11's filters count here)",
-    ["service", "key", "decision"],
-)
 AUTH_VERDICTS = Counter("gateway_auth_verdicts", "Token checks by their verdict", ["result"])
 CONFIG_RELOADS = Counter("gateway_config_reloads", "Config reloads by their result", ["result"])
 LAST_RELOAD = Gauge(
@@ -93,12 +88,12 @@ def count_reload(ok: bool) -> None:
 
 class ProxyCollector(Collector):
     """State read at scrape time: ``gateway_instance_up``, ``gateway_redis_breaker_open``,
-    and for a worker of ``proxy --workers N`` ``gateway_worker_info``."""
+    ``gateway_ratelimit_decisions_total`` (plain counts the limits keep), and for a worker of ``proxy --workers N`` ``gateway_worker_info``."""
 
     def __init__(self, app: Callable[[], ProxyApp | None]) -> None:
         self._app = app
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         app = self._app()
         if app is None:
             return
@@ -119,6 +114,15 @@ class ProxyCollector(Collector):
             [], 1.0 if store is not None and store.breaker.state.value == "open" else 0.0
         )
         yield breaker
+        decisions = CounterMetricFamily(
+            "gateway_ratelimit_decisions",
+            "Rate-limit decisions (issue 11's filters count here)",
+            labels=["service", "key", "decision"],
+        )
+        for (service, key), (allowed, denied) in app.rate_limits.decisions.items():
+            decisions.add_metric([service, key, "allow"], allowed)
+            decisions.add_metric([service, key, "deny"], denied)
+        yield decisions
         if app.worker is not None:
             # with ``--workers N`` a scrape of the shared port reaches one worker, this one
             info = GaugeMetricFamily(

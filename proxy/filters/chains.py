@@ -36,7 +36,7 @@ from proxy.filters.cors import Cors
 from proxy.filters.forward import Forward
 from proxy.filters.header_rules import RequestHeaderRules, ResponseHeaderRules
 from proxy.filters.ip_filter import IpFilter
-from proxy.filters.rate_limit import RateLimit, RateLimitState, needs_identity
+from proxy.filters.rate_limit import FieldsRateLimit, RateLimit, RateLimitState, needs_identity
 from proxy.filters.remote import RemoteForward
 from proxy.filters.response_headers import ResponseHeaders
 from proxy.filters.routes import RouteMethod, RouteTable, host_of, upstream_target
@@ -249,7 +249,13 @@ def rate_limits_of(spec: ServiceSpec, config: ProxyConfig, parts: Parts) -> list
     if specs is None:
         default = config.gateway.default_rate_limit()
         specs = () if default is None else (default_limit(default),)
-    return [RateLimit(spec.name, s, state) for s in specs]
+    # in chain order (client-address keys before auth, identity keys after): the first one
+    # writes every limit's quota fields on the answer
+    ordered = sorted(specs, key=lambda s: needs_identity(s.key))
+    return [
+        (FieldsRateLimit if i == 0 else RateLimit)(spec.name, s, state)
+        for i, s in enumerate(ordered)
+    ]
 
 
 def default_limit(default: RateLimitDefault) -> RateLimitSpec:

@@ -26,7 +26,8 @@ A refusal is a 429 with the JSON error body, ``Retry-After`` in whole seconds ro
 ``Retry-After``. An allowed request's answer carries the same quota fields (``none``: none),
 one ``RateLimit-Policy`` and one ``RateLimit`` line listing every limit that decided (the
 draft's fields are Structured Field Lists; one line each costs less to send than one per
-limit); a ``legacy`` limit's fields go on lines of their own.
+limit); a ``legacy`` limit's fields go on lines of their own. The chain's first limit writes
+them all, in one pass (`FieldsRateLimit`); the others only decide.
 
 The buckets outlive a config snapshot (`RateLimitState`, kept by the proxy): a reload that
 changes a limit resizes the same buckets, so a client's debt is not forgiven by a reload. A
@@ -55,7 +56,6 @@ from httpio.rate_store import FleetBuckets
 from httpio.redis_client import RedisError, RedisPool
 from proxy.filters.auth import client_address
 from proxy.filters.chain import Exchange, RequestAnswer
-from proxy.metrics import RATELIMIT_DECISIONS
 from topology.schema import RateLimitSpec
 
 log = structlog.get_logger()
@@ -170,6 +170,14 @@ class RateLimitState:
     fleet: dict[tuple[str, str], FleetBuckets] = field(default_factory=dict)
     store_errors: int = 0
     in_outage: bool = False
+    # (service, key) -> [allowed, denied]: gateway_ratelimit_decisions_total, across snapshots
+    decisions: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+
+    def decision_counts(self, service: str, key: str) -> list[int]:
+        counts = self.decisions.get((service, key))
+        if counts is None:
+            counts = self.decisions[service, key] = [0, 0]
+        return counts
 
     def buckets(self, service: str, spec: RateLimitSpec, kind: str) -> LocalBuckets:
         rate, burst = spec.rate_per_s, spec.burst
@@ -231,8 +239,7 @@ class RateLimit:
     """One ``rate_limit`` entry of one service."""
 
     __slots__ = (
-        "_allowed",
-        "_denied",
+        "_counts",
         "_fallback",
         "_fleet",
         "_key",
@@ -258,9 +265,9 @@ class RateLimit:
             name = spec.key.replace('"', "")
             self._quota = [(b"ratelimit-policy", f'"{name}";q={spec.burst};w={window}'.encode())]
         self._remaining_prefix = f'"{spec.key.replace(chr(34), "")}";r='.encode()
-        # /metrics: the children looked up once, not per request
-        self._allowed = RATELIMIT_DECISIONS.labels(service, spec.key, "allow")
-        self._denied = RATELIMIT_DECISIONS.labels(service, spec.key, "deny")
+        # /metrics: plain counts (allowed, denied) that outlive the snapshot, read at scrape
+        # time (`proxy.metrics.ProxyCollector`): prometheus-client's inc() takes a lock
+        self._counts = state.decision_counts(service, spec.key)
         self._local: LocalBuckets | None = None
         self._fleet: FleetBuckets | None = None
         self._fallback: LocalBuckets | None = None
@@ -297,42 +304,16 @@ class RateLimit:
             return None
         return self._ask_fleet(key, ex)
 
-    def on_response(self, ex: Exchange, response: Response) -> Response:
-        """The quota left, on an allowed request's answer: the decision this filter noted
-        (limits note theirs in request order; the answers come back in reverse, so each
-        finds its own last). A new `Response`: the cache must not store one client's quota."""
-        noted = ex.rate_limits
-        if not noted or noted[-1][0] is not self:
-            return response  # decided nothing (the store failed and ``allow`` let it pass)
-        decision = noted.pop()[1]
-        if self.spec.headers == "legacy":
-            headers = [*response.headers, *quota_headers(self.spec, decision)]
-            return Response(response.status, headers, response.body)
-        assert self._quota is not None
-        reset = max(1, math.ceil(decision.reset_s - 1e-9))
-        remaining = b"%s%d;t=%d" % (self._remaining_prefix, decision.remaining, reset)
-        policy = self._quota[0][1]
-        old = response.headers
-        if len(old) >= 2 and old[-1][0] == b"ratelimit" and old[-2][0] == b"ratelimit-policy":
-            # another limit's fields, just added: one line each, its items then ours (the
-            # draft's fields are Structured Field Lists: "a";q=1, "b";q=2)
-            headers = old[:-2]
-            headers.append((b"ratelimit-policy", old[-2][1] + b", " + policy))
-            headers.append((b"ratelimit", old[-1][1] + b", " + remaining))
-        else:
-            headers = [*old, (b"ratelimit-policy", policy), (b"ratelimit", remaining)]
-        return Response(response.status, headers, response.body)
-
     def _check(self, decision: Decision, ex: Exchange) -> None:
         if decision.allowed:
-            self._allowed.inc()
+            self._counts[0] += 1
             if self._quota is not None:
                 if ex.rate_limits is None:
                     ex.rate_limits = [(self, decision)]
                 else:
                     ex.rate_limits.append((self, decision))
         else:
-            self._denied.inc()
+            self._counts[1] += 1
             ex.note.rate_limited = True  # the access log's field
             raise RateLimited(
                 f"rate limit of {self.spec.rate_per_s:g}/s (burst {self.spec.burst}) on {self.spec.key}",
@@ -357,7 +338,7 @@ class RateLimit:
                     on_store_error=self.spec.on_store_error,
                 )
             if self.spec.on_store_error == "deny":
-                self._denied.inc()
+                self._counts[1] += 1
                 ex.note.rate_limited = True
                 raise RateLimited(
                     "the rate limit store is unavailable", headers=((b"retry-after", b"1"),)
@@ -369,3 +350,41 @@ class RateLimit:
             state.in_outage = False
             log.info("rate_limit_store_back", errors=state.store_errors)
         self._check(decision, ex)
+
+
+class FieldsRateLimit(RateLimit):
+    """The first rate limit of a chain (request order), which also writes the quota fields of
+    every limit that allowed the request on its answer (`quota_fields`): one new `Response`
+    for all of them, where a hook per limit made one each and merged their lines."""
+
+    __slots__ = ()
+
+    def on_response(self, ex: Exchange, response: Response) -> Response:
+        return quota_fields(ex, response)
+
+
+def quota_fields(ex: Exchange, response: Response) -> Response:
+    """The quota left, on an allowed request's answer: the decisions the limits noted, in one
+    ``RateLimit-Policy`` and one ``RateLimit`` line (the draft's fields are Structured Field
+    Lists, the last limit's items first: ``"b";q=2, "a";q=1``), a ``legacy`` limit's on lines
+    of their own before them. A new `Response`: the cache must not store one client's quota."""
+    noted = ex.rate_limits
+    if not noted:
+        return response  # none decided (or the store failed and ``allow`` let it pass)
+    ex.rate_limits = None
+    headers = list(response.headers)
+    policies: list[bytes] = []
+    remaining: list[bytes] = []
+    for limit, decision in reversed(noted):
+        assert isinstance(limit, RateLimit)
+        if limit.spec.headers == "legacy":
+            headers.extend(quota_headers(limit.spec, decision))
+            continue
+        assert limit._quota is not None
+        reset = max(1, math.ceil(decision.reset_s - 1e-9))
+        policies.append(limit._quota[0][1])
+        remaining.append(b"%s%d;t=%d" % (limit._remaining_prefix, decision.remaining, reset))
+    if policies:
+        headers.append((b"ratelimit-policy", b", ".join(policies)))
+        headers.append((b"ratelimit", b", ".join(remaining)))
+    return Response(response.status, headers, response.body)

@@ -7,11 +7,13 @@ import pytest
 from authsvc.tokens import Claims
 from httpio.gcra import Decision
 from proxy.filters.rate_limit import (
+    FieldsRateLimit,
     RateLimit,
     RateLimited,
     RateLimitState,
     key_of,
     needs_identity,
+    quota_fields,
     refusal_headers,
 )
 from tests.proxy.filters.edge import exchange
@@ -46,7 +48,7 @@ def test_allowed_answers_carry_the_quota_left() -> None:
     for limit in (f, e, g, h):  # request order; the answer comes back in reverse
         assert limit.on_request(ex) is None
     response = Response(200, [(b"content-type", b"text/plain")], b"ok")
-    out = f.on_response(ex, e.on_response(ex, g.on_response(ex, h.on_response(ex, response))))
+    out = quota_fields(ex, response)  # what the chain's first limit writes for them all
     assert response.headers == [(b"content-type", b"text/plain")]  # a new Response
     assert [v for n, v in out.headers if n == b"ratelimit-policy"] == [
         b'"service";q=5;w=5',  # legacy: lines of its own
@@ -57,9 +59,16 @@ def test_allowed_answers_carry_the_quota_left() -> None:
         b'"header:X-User";r=19;t=1, "client_ip";r=9;t=1',
     ]
     assert dict(out.headers)[b"x-ratelimit-remaining"] == b"4"
-    assert ex.rate_limits == []
-    bare = exchange()  # a limit that decided nothing here adds nothing
-    assert f.on_response(bare, response) is response
+    assert not ex.rate_limits
+    bare = exchange()  # no limit decided: nothing added
+    assert quota_fields(bare, response) is response
+    first = FieldsRateLimit("svc", spec, state)  # the first of a chain writes them
+    fielded = exchange()
+    assert first.on_request(fielded) is None and e.on_request(fielded) is None
+    assert dict(first.on_response(fielded, response).headers)[b"ratelimit"] == (
+        b'"header:X-User";r=18;t=1, "client_ip";r=8;t=2'
+    )
+    assert not hasattr(f, "on_response")  # the others only decide
 
 
 def test_identity_keys_run_after_auth() -> None:
@@ -135,18 +144,19 @@ async def test_store_errors_allow_deny_or_fall_back_to_a_local_bucket() -> None:
 
 
 def test_decisions_are_noted_for_the_access_log_and_counted_for_metrics() -> None:
-    from proxy.metrics import RATELIMIT_DECISIONS
-
     spec = RateLimitSpec(key="client_ip", rate_per_s=0.001, burst=1, scope="local")
-    f = RateLimit("noted", spec, RateLimitState())
+    state = RateLimitState()
+    f = RateLimit("noted", spec, state)
     allowed, refused = exchange(), exchange()
     assert f.on_request(allowed) is None
     with pytest.raises(RateLimited):
         f.on_request(refused)
     assert not allowed.note.rate_limited and refused.note.rate_limited
-    count = RATELIMIT_DECISIONS.labels("noted", "client_ip", "deny")._value.get()
-    assert count == 1
-    assert RATELIMIT_DECISIONS.labels("noted", "client_ip", "allow")._value.get() == 1
+    assert state.decisions == {("noted", "client_ip"): [1, 1]}  # allowed, denied
+    again = RateLimit("noted", spec, state)  # a reload's filter counts on the same numbers
+    with pytest.raises(RateLimited):
+        again.on_request(exchange())
+    assert state.decisions[("noted", "client_ip")] == [1, 2]
 
 
 async def test_a_reload_that_moves_redis_counts_in_the_new_store() -> None:
