@@ -1,7 +1,8 @@
-"""A killed ELB costs its region no connection: the launcher holds the ELB's listening socket
-(`topology.supervisor`'s standby listener), so while the ELB is restarted new connections
-wait in the kernel's backlog and the next ELB answers them. Before, its port refused
-connections for the ~1.4 s the restart took."""
+"""A killed ELB costs its region no new connection: the launcher holds the ELB's listening
+socket (`topology.supervisor`'s standby listener), so while the ELB is restarted new
+connections wait in the kernel's backlog and the next ELB answers them. Before, its port
+refused connections for the ~1.4 s the restart took. (A connection the ELB held at the
+instant it was killed is lost with it; under load that happens now and then.)"""
 
 from __future__ import annotations
 
@@ -55,6 +56,9 @@ def test_a_killed_elb_refuses_no_connection(fleet: RunningFleet) -> None:
         stop.set()
         for t in threads:
             t.join(60)
-    assert errors == []
+    # No connection refused. One the ELB itself held at the instant of its SIGKILL (accepted,
+    # not yet handed to a proxy) dies with it: at most one per load thread, reset, never more.
+    assert all(e.startswith(("ConnectionResetError", "BrokenPipeError")) for e in errors), errors
+    assert len(errors) <= WORKERS, errors
     assert set(statuses) == {200}
     assert len(statuses) >= answered + AFTER_RESTART
