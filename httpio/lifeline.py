@@ -40,6 +40,19 @@ from collections.abc import Callable, Mapping, Sequence
 
 import trio
 
+# A `proxy --workers N` parent's grace to its workers past their drain, before SIGKILL.
+WORKER_KILL_GRACE_S = 5.0
+STOP_MARGIN_S = 5.0
+
+
+def stop_timeout_s(drain_timeout_s: float) -> float:
+    """How long whatever supervises a server (the launcher, systemd) waits after SIGTERM
+    before SIGKILL: the server's drain (config.json's ``Server.drain_timeout_s``), the grace
+    a `proxy --workers` parent gives its workers past it, and a margin: a SIGKILL must not
+    cut a drain short. 20 s for the default 10 s drain."""
+    return drain_timeout_s + WORKER_KILL_GRACE_S + STOP_MARGIN_S
+
+
 _PR_SET_PDEATHSIG = 1
 _POLL_S = 0.05  # only without pidfds (Linux < 5.3)
 

@@ -40,12 +40,12 @@ from collections.abc import Sequence
 import structlog
 import trio
 
-from httpio.lifeline import Backoff, ChildProcess, start_child
+from httpio.lifeline import WORKER_KILL_GRACE_S, Backoff, ChildProcess, start_child
 
 log = structlog.get_logger()
 
 MAX_WORKERS = 64  # as topology.schema's bound and the ELB's search (elb.main.MAX_WORKERS)
-KILL_GRACE_S = 5.0
+KILL_GRACE_S = WORKER_KILL_GRACE_S  # the launcher's and systemd's stop timeouts count it
 WORKER_FLAG = "--worker"
 _WORKER_MAIN = "import sys; from proxy.main import main; main(sys.argv[1:])"
 

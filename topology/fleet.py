@@ -53,6 +53,7 @@ import msgspec
 import trio
 
 from httpio.handoff import FLEET_ENV
+from httpio.lifeline import stop_timeout_s
 from httpio.origin import Origin, origin_url
 from topology import report, top
 from topology.fleet_lock import FleetLock, FleetState, obstacles, record_of
@@ -152,6 +153,8 @@ class FleetPlan:
     run_dir: Path
     files: dict[Path, bytes]
     groups: tuple[tuple[ChildSpec, ...], ...]  # in start order
+    # SIGTERM -> SIGKILL for every child: config.json's drain and a margin (`stop_timeout_s`)
+    stop_grace_s: float = 20.0
 
     @property
     def children(self) -> list[ChildSpec]:
@@ -201,7 +204,8 @@ def plan_fleet(
         specs.proxies(topology),
         specs.elbs(topology),
     ]
-    return FleetPlan(topology, run, files, tuple(g for g in groups if g))
+    drain_s = gateway_config(topology, topology_path).server.drain_timeout_s
+    return FleetPlan(topology, run, files, tuple(g for g in groups if g), stop_timeout_s(drain_s))
 
 
 def run_files(
@@ -603,7 +607,13 @@ async def run_until_signalled(plan: FleetPlan, out: Output, lock: FleetLock | No
             ]
             lock.write_state(FleetState(launcher, fleet_id, str(plan.run_dir), children))
 
-    supervisor = Supervisor(plan.groups, out=out, env={FLEET_ENV: fleet_id}, on_spawn=remember)
+    supervisor = Supervisor(
+        plan.groups,
+        out=out,
+        grace_s=plan.stop_grace_s,
+        env={FLEET_ENV: fleet_id},
+        on_spawn=remember,
+    )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             with trio.CancelScope() as running:
@@ -693,6 +703,7 @@ def write_units(argv: list[str]) -> None:
             fleet_id=new_fleet_id(),
             env_name=FLEET_ENV,
             source=Path(args.topology).resolve(),
+            stop_timeout_s=plan.stop_grace_s,
         )
     except (ConfigError, OSError, ValueError) as exc:
         _fail(str(exc))

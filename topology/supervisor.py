@@ -19,7 +19,8 @@ within a minute waited 4.7 s and 8.7 s for its restarts although each run had be
 Every child runs in its own session (``start_new_session=True``), so a Ctrl-C typed at the
 terminal reaches only the launcher, which then stops the groups in reverse order (ELBs
 first, so no new traffic enters while the proxies and backends drain) with SIGTERM, and
-SIGKILL after ``grace_s`` (10 s, the servers' own drain deadline). The signal goes to the
+SIGKILL after ``grace_s`` (the fleet's: config.json's drain and a margin,
+`httpio.lifeline.stop_timeout_s`; 10 s when not given). The signal goes to the
 child's whole process group, so nothing a child forked is left behind. A launcher killed
 with SIGKILL cannot do this; the kernel then kills the children (`httpio.lifeline`).
 

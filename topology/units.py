@@ -7,7 +7,7 @@ backends, auth servers, proxies, ELBs); a child that exits is restarted
 (``Restart=always``) after ``RestartSec`` (the launcher's first back-off, 0.5 s) with
 systemd's own crash-loop limit (``StartLimitIntervalSec=10``, as `topology.supervisor`
 explains); a stop is SIGTERM to the whole control group, SIGKILL after ``TimeoutStopSec``
-(the servers' 10 s drain). Each process logs to the same file as under the launcher.
+(the servers' drain plus a margin, `httpio.lifeline.stop_timeout_s`). Each process logs to the same file as under the launcher.
 
 An ELB's listening socket is a ``.socket`` unit passed as descriptor 3 (``--listen-fd 3``):
 systemd holds it across the ELB's restarts as the launcher does, so connections that
@@ -21,6 +21,7 @@ Pure: `unit_files` returns the files' names and texts; the command line writes t
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,10 +42,10 @@ def quote(arg: str) -> str:
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-# A server's drain (``drain_timeout_s``, 10 s by default), the 5 s a `proxy --workers` parent
-# grants its workers past it before SIGKILL, and a margin: systemd's own SIGKILL must come
-# after both, not cut a drain short.
-STOP_TIMEOUT_S = 20
+# systemd's SIGKILL comes after the servers' drain, a `proxy --workers` parent's grace to its
+# workers and a margin (`httpio.lifeline.stop_timeout_s`): 20 s for the default 10 s drain;
+# `unit_files` is given the fleet's own (`topology.fleet.FleetPlan.stop_grace_s`).
+STOP_TIMEOUT_S = 20.0
 
 
 def unit_name(spec: ChildSpec) -> str:
@@ -52,7 +53,13 @@ def unit_name(spec: ChildSpec) -> str:
 
 
 def _service(
-    spec: ChildSpec, after: Sequence[str], fleet_id: str, env_name: str, host: str, source: str
+    spec: ChildSpec,
+    after: Sequence[str],
+    fleet_id: str,
+    env_name: str,
+    host: str,
+    source: str,
+    stop_timeout_s: float,
 ) -> str:
     assert spec.argv is not None
     argv = [*spec.argv, "--listen-fd", str(LISTEN_FD)] if spec.listen else list(spec.argv)
@@ -80,7 +87,7 @@ def _service(
         # or at the timeout, gets SIGKILL.
         "KillMode=mixed",
         "KillSignal=SIGTERM",
-        f"TimeoutStopSec={STOP_TIMEOUT_S}",
+        f"TimeoutStopSec={math.ceil(stop_timeout_s)}",
         f"StandardOutput=append:{spec.log}",
         f"StandardError=append:{spec.log}",
         "UMask=0077",
@@ -123,6 +130,7 @@ def unit_files(
     fleet_id: str,
     env_name: str,
     source: Path,
+    stop_timeout_s: float = STOP_TIMEOUT_S,
 ) -> dict[str, str]:
     """File name -> text of every unit for the children of ``groups`` (one host's, in start
     order); ValueError naming a child whose program is missing."""
@@ -133,7 +141,7 @@ def unit_files(
             if spec.argv is None:
                 raise ValueError(f"{spec.name}: {spec.missing}")
             files[f"{unit_name(spec)}.service"] = _service(
-                spec, earlier, fleet_id, env_name, host, str(source)
+                spec, earlier, fleet_id, env_name, host, str(source), stop_timeout_s
             )
             if spec.listen:
                 files[f"{unit_name(spec)}.socket"] = _socket(spec, host)

@@ -164,9 +164,23 @@ def test_units_one_per_process_in_start_order_with_the_elbs_socket(tmp_path: Pat
     assert "Environment=GATEWAY_FLEET_ID=f1" in proxy and "Restart=always" in proxy
     # SIGTERM to the parent alone (it stops its workers itself), and time for their drain
     assert "KillMode=mixed" in proxy and "KillMode=control-group" not in proxy
-    assert "TimeoutStopSec=20" in proxy
+    assert "TimeoutStopSec=20" in proxy and plan.stop_grace_s == 20.0  # a 10 s drain
     a = unit_files(select_host(plan.groups, plan.placement, "a"), host="a", fleet_id="f1",
                    env_name="GATEWAY_FLEET_ID", source=path)  # fmt: skip
     assert "ListenStream=10.9.0.1:9000" in a["gateway-elb-kr-9000.socket"]
     assert "--listen-fd 3" in a["gateway-elb-kr-9000.service"]
     assert quote("a b%$") == '"a b%%$$"' and quote("/x/y") == "/x/y"
+
+
+def test_a_longer_drain_in_config_json_lengthens_every_stop_timeout(tmp_path: Path) -> None:
+    """config.json's ``Server.drain_timeout_s`` is every server's drain: the launcher's
+    SIGKILL and systemd's ``TimeoutStopSec`` come after it (and a `proxy --workers` parent's
+    grace to its workers), never in the middle."""
+    config = {"Redis_password": "x", "Auth_store": "postgresql://u@h/g"}
+    path = write(tmp_path, three_hosts(), {**config, "Server": {"drain_timeout_s": 42.5}})
+    plan = plan_fleet(load_fleet(path), path, tmp_path / "run", LAUNCHERS)
+    assert plan.stop_grace_s == 52.5
+    b = unit_files(select_host(plan.groups, plan.placement, "b"), host="b", fleet_id="f1",
+                   env_name="GATEWAY_FLEET_ID", source=path,
+                   stop_timeout_s=plan.stop_grace_s)  # fmt: skip
+    assert all("TimeoutStopSec=53\n" in text for n, text in b.items() if n.endswith(".service"))
