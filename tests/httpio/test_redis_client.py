@@ -166,7 +166,7 @@ async def test_subscribe_receives_published_messages(pool):
     assert received == [(b"chan", b"hello"), (b"chan", b"world")]
 
     async def unsubscribed() -> bool:  # the exit closes the connection; Redis sees it soon
-        return await pool.execute("PUBLISH", "chan", b"gone") == 0
+        return bool(await pool.execute("PUBLISH", "chan", b"gone") == 0)
 
     await wait_until(unsubscribed)
 
