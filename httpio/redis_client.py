@@ -104,6 +104,12 @@ class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         host, port = parse_redis_address(address)
         return cls(host=host, port=port, **fields)
 
+    def where(self) -> str:
+        """Which Redis, for a log line: ``host:port/db``, or the sentinels' primary."""
+        if self.sentinels:
+            return f"{self.master_name} of {','.join(self.sentinels)}/{self.db}"
+        return f"{self.host}:{self.port}/{self.db}"
+
 
 def parse_redis_address(address: str) -> tuple[str, int]:
     """``host:port`` (an IPv6 host may be bracketed); ValueError for anything else."""

@@ -43,15 +43,15 @@ from httpio.listen import open_listeners
 from httpio.messages import Handler, Request, Response
 from httpio.metrics import metrics_response
 from httpio.origin import Origin
+from httpio.redis_client import RedisPool
 from httpio.run import configure_logging, serve_until_signalled
 from httpio.server import HttpServer
 from httpio.upstream import UpstreamPool
 from proxy.app import ProxyApp
-from proxy.cache import HttpCache
 from proxy.filters.rate_limit import RateLimitState
 from proxy.metrics import AccessSink, ProxyObserver, count_reload
 from proxy.state import ProxyConfig, ProxyPaths, load_proxy_config, watch_config
-from proxy.wiring import fleet_redis, start_auth, start_cache
+from proxy.wiring import fleet_redis, new_cache, start_auth, start_cache
 from proxy.workers import MAX_WORKERS, WORKER_FLAG, WorkerParent, reserve_port
 from topology.load import ConfigError
 from topology.schema import AccessLogSettings
@@ -154,7 +154,7 @@ async def start_proxy(
     upstream = UpstreamPool(config.gateway.upstream)
     auth = await start_auth(config, upstream, nursery, proxy=name)
     cache = await start_cache(config, nursery)
-    limits = RateLimitState(redis=fleet_redis(config))
+    limits = RateLimitState(redis=RedisPool(fleet_redis(config)))
     app = ProxyApp(config, upstream, name=name, auth=auth, cache=cache, rate_limits=limits)
     app.worker = worker
 
@@ -163,11 +163,12 @@ async def start_proxy(
         are rebuilt; the pools they no longer use are closed. ``Cache_or_not`` switched on
         starts the cache (its first lookups find the memory tier empty and Redis warm);
         switched off, the chains stop using it and it stays ready for the next switch."""
-        unused = [limits.follow_redis(fleet_redis(config))]
+        redis = fleet_redis(config)
+        unused = [limits.follow_redis(redis)]
         if app.cache is not None:
-            unused.append(app.cache.follow_redis(fleet_redis(config)))
+            unused.append(app.cache.follow_redis(redis))
         elif config.gateway.cache_enabled:
-            app.cache = HttpCache(config.gateway.cache, fleet_redis(config))
+            app.cache = new_cache(config)
             nursery.start_soon(app.cache.run)
             log.info("cache_started", proxy=name)
         app.apply(config)

@@ -16,11 +16,11 @@ import structlog
 import trio
 
 from authsvc.tokens import KeyRing, key_ring_of
-from httpio.redis_client import RedisPool
+from httpio.redis_client import RedisPool, RedisSettings
 from httpio.upstream import UpstreamPool
 from proxy.auth import Authorizer, VerdictCache
 from proxy.auth_client import AuthClient
-from proxy.cache import HttpCache, redis_pool_for
+from proxy.cache import HttpCache, redis_settings_for
 from proxy.state import ProxyConfig
 
 log = structlog.get_logger()
@@ -78,12 +78,12 @@ async def start_auth(
     return layer
 
 
-def fleet_redis(config: ProxyConfig) -> RedisPool:
-    """A pool on config.json's Redis: ``Redis_address``/``Redis_password``/``Redis_db``, or
-    the primary that ``Redis_sentinels`` name as ``Redis_master_name``. The cache and the
-    fleet-wide rate limits each open one, and each follows a reload that moves it."""
+def fleet_redis(config: ProxyConfig) -> RedisSettings:
+    """config.json's Redis: ``Redis_address``/``Redis_password``/``Redis_db``, or the primary
+    that ``Redis_sentinels`` name as ``Redis_master_name``. The cache and the fleet-wide rate
+    limits each open a pool on it, and each follows a reload that moves it."""
     g = config.gateway
-    return redis_pool_for(
+    return redis_settings_for(
         g.cache,
         g.redis_address,
         g.redis_password,
@@ -98,6 +98,11 @@ async def start_cache(config: ProxyConfig, nursery: trio.Nursery) -> HttpCache |
     ``cache: {enabled: true}``; one Redis shared by the fleet behind a per-process tier."""
     if not config.gateway.cache_enabled:
         return None
-    cache = HttpCache(config.gateway.cache, fleet_redis(config))
+    cache = new_cache(config)
     await nursery.start(cache.run)
     return cache
+
+
+def new_cache(config: ProxyConfig) -> HttpCache:
+    """The cache of config.json's settings, on its Redis (started by its ``run``)."""
+    return HttpCache(config.gateway.cache, RedisPool(fleet_redis(config)))

@@ -2,6 +2,6 @@
 Redis behind a breaker (`store`), and the `HttpCache` the proxy calls (`layer`). Its settings
 (``cache:`` of a service, ``Cache`` of config.json) are `topology.schema`'s."""
 
-from proxy.cache.layer import HttpCache, redis_pool_for
+from proxy.cache.layer import HttpCache, redis_settings_for
 
-__all__ = ["HttpCache", "redis_pool_for"]
+__all__ = ["HttpCache", "redis_settings_for"]

@@ -79,7 +79,7 @@ class PurgeRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     prefix: str | None = None
 
 
-def redis_pool_for(
+def redis_settings_for(
     settings: CacheSettings,
     address: str,
     password: str = "",
@@ -87,19 +87,17 @@ def redis_pool_for(
     *,
     sentinels: Sequence[str] = (),
     master_name: str = "mymaster",
-) -> RedisPool:
-    """The pool for config.json's ``Redis_address``/``Redis_password``/``Redis_db``, or for
-    the primary ``Redis_sentinels`` name as ``Redis_master_name`` (`httpio.sentinel`)."""
-    return RedisPool(
-        RedisSettings.from_address(
-            address,
-            password=password,
-            db=db,
-            connect_timeout_s=settings.redis_connect_timeout_s,
-            command_timeout_s=settings.redis_command_timeout_s,
-            sentinels=tuple(sentinels),
-            master_name=master_name,
-        )
+) -> RedisSettings:
+    """The pool settings for config.json's ``Redis_address``/``Redis_password``/``Redis_db``,
+    or for the primary ``Redis_sentinels`` name as ``Redis_master_name`` (`httpio.sentinel`)."""
+    return RedisSettings.from_address(
+        address,
+        password=password,
+        db=db,
+        connect_timeout_s=settings.redis_connect_timeout_s,
+        command_timeout_s=settings.redis_command_timeout_s,
+        sentinels=tuple(sentinels),
+        master_name=master_name,
     )
 
 
@@ -249,22 +247,18 @@ class HttpCache:
                     )
             status = trio.TASK_STATUS_IGNORED
 
-    def follow_redis(self, pool: RedisPool) -> RedisPool:
-        """A reload with config.json's Redis settings, as ``pool``: when they changed, the
-        next lookups and stores go to the new Redis, the purge subscriber moves to it (and
+    def follow_redis(self, settings: RedisSettings) -> RedisPool | None:
+        """A reload with config.json's Redis settings: when they changed, the next lookups
+        and stores go to a pool on the new Redis, the purge subscriber moves to it (and
         empties the memory tier as it subscribes: purges sent while it moved were missed),
-        and entries of the old one are not carried over. Returns the pool to close: the
-        old one, or ``pool`` itself when nothing changed (or the cache runs without Redis:
-        config.json always names one, so that is a test's cache)."""
+        and entries of the old one are not carried over. Returns the old pool, to close;
+        None when nothing changed (or the cache runs without Redis: config.json always
+        names one, so that is a test's cache)."""
         old = self.store.redis
-        if old is None or pool.settings == old.settings:
-            return pool
-        self.store.redis = pool
-        log.info(
-            "cache_store_moved",
-            old=f"{old.settings.host}:{old.settings.port}/{old.settings.db}",
-            new=f"{pool.settings.host}:{pool.settings.port}/{pool.settings.db}",
-        )
+        if old is None or settings == old.settings:
+            return None
+        self.store.redis = RedisPool(settings)
+        log.info("cache_store_moved", old=old.settings.where(), new=settings.where())
         self._serving.cancel()
         return old
 

@@ -53,7 +53,7 @@ from httpio.messages import Response
 from httpio.protocol import Headers
 from httpio.rate_lease import lease_size
 from httpio.rate_store import FleetBuckets
-from httpio.redis_client import RedisError, RedisPool
+from httpio.redis_client import RedisError, RedisPool, RedisSettings
 from proxy.filters.auth import client_address
 from proxy.filters.chain import Exchange, RequestAnswer
 from topology.schema import RateLimitSpec
@@ -191,20 +191,16 @@ class RateLimitState:
             found.resize(rate, burst)
         return found
 
-    def follow_redis(self, pool: RedisPool) -> RedisPool | None:
-        """A reload with config.json's Redis settings, as ``pool``: when they changed, the
-        limits count in the new store from the next snapshot on (the buckets of the old one
-        are not carried over: the new store starts full). Returns the pool to close (the
-        old one, or ``pool`` itself when nothing changed)."""
-        if self.redis is None or pool.settings == self.redis.settings:
-            return pool
-        old, self.redis = self.redis, pool
+    def follow_redis(self, settings: RedisSettings) -> RedisPool | None:
+        """A reload with config.json's Redis settings: when they changed, the limits count
+        in a pool on the new store from the next snapshot on (the buckets of the old one
+        are not carried over: the new store starts full). Returns the old pool, to close;
+        None when nothing changed."""
+        if self.redis is None or settings == self.redis.settings:
+            return None
+        old, self.redis = self.redis, RedisPool(settings)
         self.in_outage = False
-        log.info(
-            "rate_limit_store_moved",
-            old=f"{old.settings.host}:{old.settings.port}/{old.settings.db}",
-            new=f"{pool.settings.host}:{pool.settings.port}/{pool.settings.db}",
-        )
+        log.info("rate_limit_store_moved", old=old.settings.where(), new=settings.where())
         return old
 
     def fleet_buckets(self, service: str, spec: RateLimitSpec) -> FleetBuckets:

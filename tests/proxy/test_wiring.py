@@ -134,10 +134,10 @@ def test_the_fleet_redis_is_the_sentinels_primary_when_they_are_named() -> None:
     """The cache and the fleet-wide rate limits open the same store: with Sentinel, its
     primary (the limits counted on ``Redis_address`` before, which a failover leaves
     behind as a replica)."""
-    plain = fleet_redis(config(redis_address="10.0.0.5:6380", redis_db=2)).settings
+    plain = fleet_redis(config(redis_address="10.0.0.5:6380", redis_db=2))
     assert (plain.host, plain.port, plain.db, plain.sentinels) == ("10.0.0.5", 6380, 2, ())
     named = fleet_redis(
         config(redis_sentinels=["127.0.0.1:26379", "127.0.0.1:26380"], redis_master_name="gw")
-    ).settings
+    )
     assert named.sentinels == ("127.0.0.1:26379", "127.0.0.1:26380")
     assert named.master_name == "gw"

@@ -494,18 +494,18 @@ async def test_a_moved_redis_takes_the_stores_and_the_purge_notices(redis_server
     old = RedisPool(settings)
     cache = HttpCache(SETTINGS, old)
     with running_redis() as moved_to:
-        new = RedisPool(msgspec.structs.replace(settings, port=moved_to.port))
+        moved = msgspec.structs.replace(settings, port=moved_to.port)
         async with trio.open_nursery() as nursery:
             await nursery.start(cache.run)
             await get(cache, origin, path="/img/a.png")
             assert await old.execute("EXISTS", KEY) == 1
-            same = RedisPool(settings)
-            assert cache.follow_redis(same) is same  # nothing moved: the new pool is unused
-            await same.aclose()
+            assert cache.follow_redis(settings) is None  # nothing moved: nothing to close
             with structlog.testing.capture_logs() as logs:
-                assert cache.follow_redis(new) is old
+                assert cache.follow_redis(moved) is old
             assert [e["event"] for e in logs] == ["cache_store_moved"]
             await old.aclose()
+            new = cache.store.redis
+            assert new is not None and new.settings == moved
 
             async def subscribed_there() -> bool:
                 return cache.store.subscribed and await new.execute(
