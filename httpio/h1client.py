@@ -26,6 +26,7 @@ a proxy's upstream side needs one role and a handful of framings, done with ``by
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Final
 
 MAX_HEAD_BYTES: Final = 65536
@@ -183,9 +184,8 @@ class ResponseReader:
                 lengths.append(value)
             elif name == b"transfer-encoding":
                 coding.append(value)
-            elif name == b"connection" and keep:
-                if any(t.strip(_OWS).lower() == b"close" for t in value.split(b",")):
-                    keep = False
+            elif name == b"connection" and keep and b"close" in field_tokens(value):
+                keep = False
         self._phase = 2
         self._keep = keep
         if self._head_only or status in (204, 304):
@@ -377,6 +377,21 @@ def _chunk_size(line: bytes) -> int:
 
 
 _good_names: set[bytes] = set()
+
+
+def field_tokens(value: bytes) -> list[bytes]:
+    """The items of a comma-separated field value (``Connection``'s tokens), lowercased and
+    stripped of OWS, empty ones dropped (RFC 9110 5.6.1)."""
+    return [t for t in (item.strip(_OWS).lower() for item in value.split(b",")) if t]
+
+
+def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
+    """Every token of a message's ``Connection`` fields (names lowercased, as parsed)."""
+    tokens: list[bytes] = []
+    for name, value in headers:
+        if name == b"connection":
+            tokens.extend(field_tokens(value))
+    return tokens
 
 
 # a byte no field value may hold: a control byte other than HTAB (CR and LF among them)

@@ -29,7 +29,13 @@ from __future__ import annotations
 
 from typing import Final
 
-from httpio.h1client import LAST_CHUNK, encode_chunk, field_problem
+from httpio.h1client import (
+    LAST_CHUNK,
+    connection_tokens,
+    encode_chunk,
+    field_problem,
+    field_tokens,
+)
 
 _DIGITS = b"0123456789"
 _OWS = b" \t"
@@ -94,14 +100,7 @@ class BodyFraming:
 def client_keeps_alive(http_version: str, headers: list[tuple[bytes, bytes]]) -> bool:
     """Whether a request lets its connection persist by itself: HTTP/1.1 or later, and no
     ``close`` in its ``Connection`` (an HTTP/1.0 client's keep-alive is ``persist``'s)."""
-    if http_version < "1.1":
-        return False
-    for name, value in headers:
-        if name == _CONNECTION and any(
-            t.strip(_OWS).lower() == b"close" for t in value.split(b",")
-        ):
-            return False
-    return True
+    return http_version >= "1.1" and b"close" not in connection_tokens(headers)
 
 
 def _length_of(value: bytes, seen: int | None) -> int:
@@ -155,7 +154,7 @@ def encode_response(
             elif lower == _CONNECTION:
                 if tokens is None:
                     tokens = []
-                tokens.extend(t.strip(_OWS).lower() for t in value.split(b",") if t.strip(_OWS))
+                tokens.extend(field_tokens(value))
     out = headers
     need_close = False
     if status == 204 or status == 304:

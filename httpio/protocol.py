@@ -59,6 +59,7 @@ from httpio.errors import (
     RequestHeadTooLarge,
     Unimplemented,
 )
+from httpio.h1client import connection_tokens
 
 h11 = _pure_h11
 _choice = os.environ.get("GATEWAY_H11", "auto")
@@ -127,16 +128,8 @@ def header_values(headers: Headers, name: bytes) -> list[bytes]:
 def asks_keep_alive(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     """Whether ``Connection`` names ``keep-alive`` and not ``close``: how an HTTP/1.0 client
     asks to keep its connection (an HTTP/1.1 one persists by default; h11 sees to that)."""
-    asked = False
-    for name, value in headers:
-        if name == b"connection":
-            for token in value.split(b","):
-                token = token.strip().lower()
-                if token == b"close":
-                    return False
-                if token == b"keep-alive":
-                    asked = True
-    return asked
+    tokens = connection_tokens(headers)
+    return b"keep-alive" in tokens and b"close" not in tokens
 
 
 def http10_may_persist(method: str, status: int, headers: Headers, sized_body: bool) -> bool:

@@ -476,7 +476,4 @@ class UpstreamPool:
 def _asks_close(headers: Headers) -> bool:
     """Whether a request's own fields say ``Connection: close`` (then its answer is the
     connection's last)."""
-    for name, value in headers:
-        if name == b"connection" and b"close" in value.lower():
-            return any(t.strip() == b"close" for t in value.lower().split(b","))
-    return False
+    return b"close" in h1client.connection_tokens(headers)
