@@ -989,8 +989,6 @@ class HttpServer:
         observer sees it (``seen``: the peer, whether through an ELB, the head if it parsed,
         and when the head began, in trio's clock). The answer carries a request id, as the
         proxy's answers do: the head's ``X-Request-ID`` when it parsed, else a new one."""
-        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
         event = seen[2] if seen is not None else None
         request_id = request_id_of(event.headers) if event is not None else new_request_id()
         body = encode_error(err.status, err.code, err.detail, request_id.decode())
@@ -1002,12 +1000,18 @@ class HttpServer:
             (b"connection", b"close"),
             (b"date", _clock.date()),
         ]
-        try:
-            out = conn.send(
-                h11.Response(status_code=err.status, headers=headers, reason=reason_for(err.status))
+        to_head = event is not None and bytes(event.method) == b"HEAD"
+        try:  # the answer's own ``Connection: close`` ends the connection, written as it is
+            head, framing = encode_response(
+                err.status,
+                reason_for(err.status),
+                headers,
+                head=to_head,
+                http11=event is not None and bytes(event.http_version) >= b"1.1",
+                keep_alive=True,
             )
-            out += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
-        except h11.LocalProtocolError:
+            out = head + (b"" if to_head else framing.data(body)) + framing.end()
+        except MalformedAnswer:
             return
         await send_refusal(stream, out)
         if seen is not None and self.observer is not None:

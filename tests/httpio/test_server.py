@@ -435,6 +435,21 @@ async def test_malformed_head_is_400_with_the_json_error_body() -> None:
     assert server.requests_served == 0
 
 
+async def test_a_refused_head_request_gets_the_head_alone() -> None:
+    """A HEAD refused before the handler (here an ambiguous length) is answered with the head
+    of its error, Content-Length included, and no body (RFC 9110 9.3.2): a body after it
+    would be read as the next answer. h11 refused to write one at all, so before the client
+    got nothing but the close."""
+    async with serving() as (server, port), connect(port) as client:
+        ambiguous = ("content-length: 5", "transfer-encoding: chunked")
+        await client.send(get("/x", *ambiguous, method="HEAD") + b"0\r\n\r\n")
+        reply = await client.read_response(method=b"HEAD")
+        assert await client.read_to_eof() == b""
+    assert reply.status_line == b"HTTP/1.1 400 Bad Request"
+    assert int(reply.header(b"content-length") or b"0") > 0 and reply.body == b""
+    assert reply.header(b"connection") == b"close" and server.requests_served == 0
+
+
 async def test_head_too_large_in_one_piece_is_431() -> None:
     limits = ServerLimits(max_head_bytes=1024)
     async with serving(limits=limits) as (_, port), connect(port) as client:
