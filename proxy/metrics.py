@@ -88,7 +88,8 @@ def count_reload(ok: bool) -> None:
 
 class ProxyCollector(Collector):
     """State read at scrape time: ``gateway_instance_up``, ``gateway_redis_breaker_open``,
-    ``gateway_ratelimit_decisions_total`` (plain counts the limits keep), and for a worker of ``proxy --workers N`` ``gateway_worker_info``."""
+    ``gateway_ratelimit_decisions_total`` (plain counts the limits keep), and for a worker of
+    ``proxy --workers N`` ``gateway_worker_info``."""
 
     def __init__(self, app: Callable[[], ProxyApp | None]) -> None:
         self._app = app

@@ -19,7 +19,7 @@ that exits with `httpio.lifeline.Backoff` (0.5 s doubling to 30 s, forgiven afte
 passes SIGHUP on to every worker (each reopens its access log; each also watches its
 config files as a single proxy does), and turns SIGTERM or SIGINT into SIGTERM to every
 worker, each of which drains as a single proxy does; a worker that outlives its drain
-deadline by ``KILL_GRACE_S`` is killed. Workers are started with `httpio.lifeline`, so a
+deadline by ``WORKER_KILL_GRACE_S`` (`httpio.lifeline`) is killed. Workers are started with `httpio.lifeline`, so a
 SIGKILLed parent takes its workers with it (the kernel's ``PR_SET_PDEATHSIG``).
 
 Before the first worker starts, the parent binds the port itself with ``SO_REUSEPORT`` and
@@ -45,7 +45,6 @@ from httpio.lifeline import WORKER_KILL_GRACE_S, Backoff, ChildProcess, start_ch
 log = structlog.get_logger()
 
 MAX_WORKERS = 64  # as topology.schema's bound and the ELB's search (elb.main.MAX_WORKERS)
-KILL_GRACE_S = WORKER_KILL_GRACE_S  # the launcher's and systemd's stop timeouts count it
 WORKER_FLAG = "--worker"
 _WORKER_MAIN = "import sys; from proxy.main import main; main(sys.argv[1:])"
 
@@ -168,12 +167,12 @@ class WorkerParent:
             await trio.sleep(delay)
 
     async def _stop_all(self) -> None:
-        """SIGTERM to every worker, SIGKILL to those still running ``KILL_GRACE_S`` after
+        """SIGTERM to every worker, SIGKILL to those still running ``WORKER_KILL_GRACE_S`` after
         their own drain deadline."""
         self.stopping = True
         for worker in self.workers:
             worker.send_signal(signal.SIGTERM)
-        with trio.move_on_after(self.drain_timeout_s + KILL_GRACE_S):
+        with trio.move_on_after(self.drain_timeout_s + WORKER_KILL_GRACE_S):
             for worker in self.workers:
                 if worker.process is not None:
                     await worker.process.wait()

@@ -154,7 +154,7 @@ class FleetPlan:
     files: dict[Path, bytes]
     groups: tuple[tuple[ChildSpec, ...], ...]  # in start order
     # SIGTERM -> SIGKILL for every child: config.json's drain and a margin (`stop_timeout_s`)
-    stop_grace_s: float = 20.0
+    stop_grace_s: float
 
     @property
     def children(self) -> list[ChildSpec]:
@@ -703,7 +703,7 @@ def write_units(argv: list[str]) -> None:
             fleet_id=new_fleet_id(),
             env_name=FLEET_ENV,
             source=Path(args.topology).resolve(),
-            stop_timeout_s=plan.stop_grace_s,
+            stop_s=plan.stop_grace_s,
         )
     except (ConfigError, OSError, ValueError) as exc:
         _fail(str(exc))

@@ -7,7 +7,8 @@ backends, auth servers, proxies, ELBs); a child that exits is restarted
 (``Restart=always``) after ``RestartSec`` (the launcher's first back-off, 0.5 s) with
 systemd's own crash-loop limit (``StartLimitIntervalSec=10``, as `topology.supervisor`
 explains); a stop is SIGTERM to the whole control group, SIGKILL after ``TimeoutStopSec``
-(the servers' drain plus a margin, `httpio.lifeline.stop_timeout_s`). Each process logs to the same file as under the launcher.
+(the servers' drain plus a margin, `httpio.lifeline.stop_timeout_s`). Each process logs to
+the same file as under the launcher.
 
 An ELB's listening socket is a ``.socket`` unit passed as descriptor 3 (``--listen-fd 3``):
 systemd holds it across the ELB's restarts as the launcher does, so connections that
@@ -26,6 +27,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from httpio.lifeline import stop_timeout_s
+from httpio.server import ServerLimits
 from topology.supervisor import ChildSpec
 
 UNIT_PREFIX = "gateway-"
@@ -43,9 +46,9 @@ def quote(arg: str) -> str:
 
 
 # systemd's SIGKILL comes after the servers' drain, a `proxy --workers` parent's grace to its
-# workers and a margin (`httpio.lifeline.stop_timeout_s`): 20 s for the default 10 s drain;
+# workers and a margin (`httpio.lifeline.stop_timeout_s`), for the default drain here;
 # `unit_files` is given the fleet's own (`topology.fleet.FleetPlan.stop_grace_s`).
-STOP_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = stop_timeout_s(ServerLimits().drain_timeout_s)
 
 
 def unit_name(spec: ChildSpec) -> str:
@@ -59,7 +62,7 @@ def _service(
     env_name: str,
     host: str,
     source: str,
-    stop_timeout_s: float,
+    stop_s: float,
 ) -> str:
     assert spec.argv is not None
     argv = [*spec.argv, "--listen-fd", str(LISTEN_FD)] if spec.listen else list(spec.argv)
@@ -87,7 +90,7 @@ def _service(
         # or at the timeout, gets SIGKILL.
         "KillMode=mixed",
         "KillSignal=SIGTERM",
-        f"TimeoutStopSec={math.ceil(stop_timeout_s)}",
+        f"TimeoutStopSec={math.ceil(stop_s)}",
         f"StandardOutput=append:{spec.log}",
         f"StandardError=append:{spec.log}",
         "UMask=0077",
@@ -130,7 +133,7 @@ def unit_files(
     fleet_id: str,
     env_name: str,
     source: Path,
-    stop_timeout_s: float = STOP_TIMEOUT_S,
+    stop_s: float = STOP_TIMEOUT_S,
 ) -> dict[str, str]:
     """File name -> text of every unit for the children of ``groups`` (one host's, in start
     order); ValueError naming a child whose program is missing."""
@@ -141,7 +144,7 @@ def unit_files(
             if spec.argv is None:
                 raise ValueError(f"{spec.name}: {spec.missing}")
             files[f"{unit_name(spec)}.service"] = _service(
-                spec, earlier, fleet_id, env_name, host, str(source), stop_timeout_s
+                spec, earlier, fleet_id, env_name, host, str(source), stop_s
             )
             if spec.listen:
                 files[f"{unit_name(spec)}.socket"] = _socket(spec, host)

@@ -182,5 +182,5 @@ def test_a_longer_drain_in_config_json_lengthens_every_stop_timeout(tmp_path: Pa
     assert plan.stop_grace_s == 52.5
     b = unit_files(select_host(plan.groups, plan.placement, "b"), host="b", fleet_id="f1",
                    env_name="GATEWAY_FLEET_ID", source=path,
-                   stop_timeout_s=plan.stop_grace_s)  # fmt: skip
+                   stop_s=plan.stop_grace_s)  # fmt: skip
     assert all("TimeoutStopSec=53\n" in text for n, text in b.items() if n.endswith(".service"))
