@@ -140,10 +140,9 @@ def quota_headers(spec: RateLimitSpec, decision: Decision) -> Headers:
     if spec.headers == "none":
         return []
     name = spec.key.replace('"', "")
-    window = max(1, math.ceil(spec.burst / spec.rate_per_s))
     reset = max(1, math.ceil(decision.reset_s - 1e-9))
     headers: Headers = [
-        (b"ratelimit-policy", f'"{name}";q={spec.burst};w={window}'.encode()),
+        (b"ratelimit-policy", policy_of(spec)),
         (b"ratelimit", f'"{name}";r={decision.remaining};t={reset}'.encode()),
     ]
     if spec.headers == "legacy":
@@ -151,6 +150,12 @@ def quota_headers(spec: RateLimitSpec, decision: Decision) -> Headers:
         headers.append((b"x-ratelimit-remaining", str(decision.remaining).encode()))
         headers.append((b"x-ratelimit-reset", str(reset).encode()))
     return headers
+
+
+def policy_of(spec: RateLimitSpec) -> bytes:
+    """The draft's ``RateLimit-Policy`` item of a limit: ``"<key>";q=<burst>;w=<seconds>``."""
+    window = max(1, math.ceil(spec.burst / spec.rate_per_s))
+    return f'"{spec.key.replace(chr(34), "")}";q={spec.burst};w={window}'.encode()
 
 
 def refusal_headers(spec: RateLimitSpec, decision: Decision) -> Headers:
@@ -240,7 +245,7 @@ class RateLimit:
         "_fleet",
         "_key",
         "_local",
-        "_quota",
+        "_policy",
         "_remaining_prefix",
         "_state",
         "name",
@@ -255,11 +260,7 @@ class RateLimit:
         self._state = state
         self._key = compile_key(spec.key)
         # the allowed answers' fields, what is constant in them made once (see quota_headers)
-        self._quota: Headers | None = None
-        if spec.headers != "none":
-            window = max(1, math.ceil(spec.burst / spec.rate_per_s))
-            name = spec.key.replace('"', "")
-            self._quota = [(b"ratelimit-policy", f'"{name}";q={spec.burst};w={window}'.encode())]
+        self._policy = policy_of(spec) if spec.headers != "none" else None
         self._remaining_prefix = f'"{spec.key.replace(chr(34), "")}";r='.encode()
         # /metrics: plain counts (allowed, denied) that outlive the snapshot, read at scrape
         # time (`proxy.metrics.ProxyCollector`): prometheus-client's inc() takes a lock
@@ -303,7 +304,7 @@ class RateLimit:
     def _check(self, decision: Decision, ex: Exchange) -> None:
         if decision.allowed:
             self._counts[0] += 1
-            if self._quota is not None:
+            if self._policy is not None:
                 if ex.rate_limits is None:
                     ex.rate_limits = [(self, decision)]
                 else:
@@ -376,9 +377,9 @@ def quota_fields(ex: Exchange, response: Response) -> Response:
         if limit.spec.headers == "legacy":
             headers.extend(quota_headers(limit.spec, decision))
             continue
-        assert limit._quota is not None
+        assert limit._policy is not None
         reset = max(1, math.ceil(decision.reset_s - 1e-9))
-        policies.append(limit._quota[0][1])
+        policies.append(limit._policy)
         remaining.append(b"%s%d;t=%d" % (limit._remaining_prefix, decision.remaining, reset))
     if policies:
         headers.append((b"ratelimit-policy", b", ".join(policies)))
