@@ -1,4 +1,5 @@
-"""Which h11 this process speaks with, and the few HTTP/1.1 facts every module shares.
+"""Which h11 this process speaks with (the upstream WebSocket handshake's, `httpio.upgrade`),
+and the few HTTP/1.1 facts every module shares.
 
 `h11-mypyc` is the same state machine compiled with mypyc (alpha). It is an optional
 accelerator: ``GATEWAY_H11=pure`` forces the pure-Python build, ``GATEWAY_H11=mypyc``
@@ -9,9 +10,10 @@ classes that are not instances of themselves, so they are only ever compared wit
 Hop-by-hop headers (RFC 9110 7.6.1) are listed here because both the server side and the
 upstream side strip them.
 
-`refuse_request` is what the server loop refuses in a head that h11 parsed, before any
-handler runs (h11 already refuses what it cannot parse: a space before a colon, NUL or CR
-in a field, conflicting Content-Lengths, a Transfer-Encoding other than ``chunked``):
+`refuse_request` is what the server loop refuses in a head that `httpio.h1request` parsed,
+before any handler runs (the reader already refuses what it cannot parse, as h11 did: a
+space before a colon, a control byte or a bare CR in a field, conflicting Content-Lengths,
+a Transfer-Encoding other than ``chunked``):
 
 - Methods. Every process serves and forwards GET, HEAD, POST, PUT, DELETE, PATCH and
   OPTIONS. CONNECT and TRACE are known and refused with 405 and ``Allow``, as nginx does
@@ -25,7 +27,7 @@ in a field, conflicting Content-Lengths, a Transfer-Encoding other than ``chunke
   do by default: RFC 9112 6.1 lets a server reject it and says it "ought to be handled as
   an error" (6.3); the two headers are how request smuggling splits one request into two
   between hops. Transfer-Encoding in HTTP/1.0 is 400 too: 6.1 calls that framing faulty.
-- A head larger than the limit even though it arrived whole (h11 bounds only an
+- A head larger than the limit even though it arrived whole (the reader bounds only an
   incomplete one) is 431.
 
 Each refusal closes the connection (the caller's job): after a refused CONNECT or an
@@ -37,9 +39,8 @@ says so too. h11 makes every HTTP/1.0 exchange its connection's last (it writes
 ``Connection: close``, and both sides end in ``MUST_CLOSE``), so ``ab -k`` and any 1.0
 client that asks paid a TCP connection per request. `asks_keep_alive` and
 `http10_may_persist` decide (sans-IO), `httpio.h1response` writes the head that promises
-the connection, and the server loop starts a fresh h11 state machine on it for the next
-request. A body the client can only delimit by the close (no
-Content-Length: a 1.0 client knows no chunked) never persists, nor does an answer that
+the connection, and the server loop reads the next request from it. A body the client can
+only delimit by the close (no Content-Length: a 1.0 client knows no chunked) never persists, nor does an answer that
 already carries a ``Connection`` header of its own (a drain's or a refusal's close).
 """
 
@@ -169,7 +170,7 @@ def refuse_request(
     """Why a parsed request head must be answered with an error (and the connection
     closed) before any handler sees it; None for a request to serve."""
     if method not in _SERVED:
-        name = method.decode("ascii", "replace")  # h11 let only a token through
+        name = method.decode("ascii", "replace")  # the reader let only a token through
         if method in _REFUSED:
             return MethodNotAllowed(f"{name} is not served here", allow=ALLOW)
         return Unimplemented(f"method {name} is not implemented")

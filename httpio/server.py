@@ -8,7 +8,8 @@ place they become a status line and a JSON body.
 
 Limits and their statuses (RFC 9110 15.5, RFC 6585 5):
 - request head larger than ``max_head_bytes`` -> 431; malformed head -> 400; a method,
-  a framing or a transfer coding refused by `httpio.protocol.refuse_request` or by h11
+  a framing or a transfer coding refused by `httpio.protocol.refuse_request` or by
+  `httpio.h1request`
   -> 405, 400 or 501; each of these closes the connection;
 - body larger than ``max_body_bytes`` -> 413 (up front when Content-Length says so);
 - no complete head within ``head_timeout_s`` of the first byte -> 408;
@@ -51,12 +52,13 @@ bytes the body says it carried (``bytes_in`` from the client, ``bytes_out`` to i
 the server keeps what that line needs (method, target, client, user agent and the note: a
 tuple, `_SessionFacts`), only when there is an observer.
 
-h11 only reads requests. Responses are written by `httpio.h1response` (its framing and
-keep-alive decisions are h11's, tested against it), with as few ``send_all`` calls as the body
-allows: a bytes body goes out with its head in one write. As h11 never sends, each request
-after the first on a connection gets a fresh ``h11.Connection``, fed what the client already
-sent. An HTTP/1.0 client that asks for keep-alive keeps its connection when the answer's
-length is known (`httpio.protocol.asks_keep_alive`, RFC 9112 9.3).
+Requests are read by `httpio.h1request` (sans-IO, tested against h11, which did it before),
+one `RequestReader` per connection for all its requests; responses are written by
+`httpio.h1response` (its framing and keep-alive decisions are h11's, tested against it), with
+as few ``send_all`` calls as the body allows: a bytes body goes out with its head in one write.
+An HTTP/1.0 client that asks for keep-alive keeps its connection when the answer's length is
+known (`httpio.protocol.asks_keep_alive`, RFC 9112 9.3). A request that proposed an upgrade
+and was answered otherwise ends its connection, as it did when h11 paused there.
 """
 
 from __future__ import annotations
@@ -77,12 +79,11 @@ from httpio.errors import (
     ClientError,
     GatewayError,
     RequestBodyTooLarge,
-    RequestHeadTooLarge,
     RequestTimeout,
-    Unimplemented,
     encode_error,
     unavailable_response,
 )
+from httpio.h1request import CONTINUE, END, NEED_DATA, RequestHead, RequestReader
 from httpio.h1response import (
     NO_BODY,
     BodyFraming,
@@ -96,7 +97,6 @@ from httpio.protocol import (
     SERVED_METHODS,
     Headers,
     asks_keep_alive,
-    h11,
     http10_may_persist,
     reason_for,
     refuse_request,
@@ -176,14 +176,25 @@ class RequestBody:
 
     ``read()`` returns the next chunk and ``b""`` at the end. Cancellation mid-read leaves
     the connection unusable; the server then closes it rather than reuse it. ``length`` is
-    the declared Content-Length (h11 checked it and holds the body to it), None for a
-    chunked body or none: a proxy frames what it forwards with it.
+    the declared Content-Length (`httpio.h1request` checked it and holds the body to it),
+    None for a chunked body or none: a proxy frames what it forwards with it.
     """
 
-    __slots__ = ("_conn", "_done", "_limits", "_received", "_stream", "_waited", "failed", "length")
+    __slots__ = (
+        "_done",
+        "_limits",
+        "_reader",
+        "_received",
+        "_stream",
+        "_waited",
+        "failed",
+        "length",
+    )
 
-    def __init__(self, conn: Any, stream: trio.abc.Stream, limits: ServerLimits) -> None:
-        self._conn = conn
+    def __init__(
+        self, reader: RequestReader, stream: trio.abc.Stream, limits: ServerLimits
+    ) -> None:
+        self._reader = reader
         self._stream = stream
         self._limits = limits
         self._received = 0
@@ -206,21 +217,13 @@ class RequestBody:
     async def _read(self) -> bytes:
         if self._done:
             return b""
-        conn = self._conn
+        reader = self._reader
         while True:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise ClientError(f"malformed request body: {exc}") from exc
-            if event is h11.NEED_DATA:
-                if conn.they_are_waiting_for_100_continue:
-                    await self._stream.send_all(
-                        conn.send(
-                            h11.InformationalResponse(
-                                status_code=100, headers=[], reason=b"Continue"
-                            )
-                        )
-                    )
+            piece = reader.next_body()
+            if piece is NEED_DATA:
+                if reader.expects_continue:
+                    await self._stream.send_all(CONTINUE)
+                    reader.continue_sent()
                 wait, why = self._allowed_wait()
                 started = trio.current_time()
                 with trio.CancelScope(deadline=started + wait) as scope:
@@ -228,20 +231,18 @@ class RequestBody:
                 self._waited += trio.current_time() - started
                 if scope.cancelled_caught:
                     raise RequestTimeout(why)
-                conn.receive_data(data)
+                reader.receive_data(bytes(data))
                 continue
-            kind = type(event)
-            if kind is h11.Data:
-                self._received += len(event.data)
-                if self._received > self._limits.max_body_bytes:
-                    raise RequestBodyTooLarge(
-                        f"request body exceeds {self._limits.max_body_bytes} bytes"
-                    )
-                return bytes(event.data)
-            if kind is h11.EndOfMessage:
+            if piece is END:
                 self._done = True
                 return b""
-            raise ClientError("connection closed during request body")
+            assert isinstance(piece, bytes)
+            self._received += len(piece)
+            if self._received > self._limits.max_body_bytes:
+                raise RequestBodyTooLarge(
+                    f"request body exceeds {self._limits.max_body_bytes} bytes"
+                )
+            return piece
 
     def _allowed_wait(self) -> tuple[float, str]:
         """How long the next read may wait for the client, and what to say if it times out."""
@@ -273,15 +274,13 @@ class RequestBody:
             return self._done
         try:
             while True:
-                event = self._conn.next_event()
-                if event is h11.NEED_DATA or event is h11.PAUSED:
+                piece = self._reader.next_body()
+                if piece is NEED_DATA:
                     return False
-                if type(event) is h11.EndOfMessage:
+                if piece is END:
                     self._done = True
                     return True
-                if type(event) is not h11.Data:
-                    return False
-        except h11.RemoteProtocolError:
+        except ClientError:
             return False
 
     async def read_all(self) -> bytes:
@@ -505,7 +504,12 @@ class HttpServer:
             self._observe_refusal(_REFUSED_CONNECTION, None, refused, request_id, sent)
 
     def _observe_refusal(
-        self, err: GatewayError, conn: Any, seen: _Seen, request_id: bytes, sent: int
+        self,
+        err: GatewayError,
+        conn: RequestReader | None,
+        seen: _Seen,
+        request_id: bytes,
+        sent: int,
     ) -> None:
         """Show the observer (metrics, access log) a request refused before any handler ran:
         what is known of it (``seen``, with the head if it parsed, and ``started`` in the
@@ -540,7 +544,7 @@ class HttpServer:
             peer = _addr(stream.socket.getpeername())
         except OSError:
             return
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
+        conn = RequestReader(limits.max_head_bytes)
         if peer[0] in self.trusted_proxies and not via_elb:
             began = trio.current_time()
             try:
@@ -577,13 +581,9 @@ class HttpServer:
                 return
             if not request.body.done and not await self._discard_body(request.body):
                 return
-            if conn.their_state is not h11.DONE and conn.their_state is not h11.MUST_CLOSE:
-                return
-            # The answer went out through `httpio.h1response`, not h11 (which only reads):
-            # the next request gets a state machine of its own, with what came after this one.
-            conn = self._next_connection(conn)
-            if conn is None:
-                return
+            if conn.upgrade or (conn.closed and not conn.buffered):
+                return  # an upgrade proposed and not taken (see the module's header)
+            conn.next_request()
             # An idle keep-alive connection should hold no request: at 10,000 idle
             # connections the last request's event and headers were 2 KiB each.
             del event, request
@@ -609,19 +609,8 @@ class HttpServer:
         body = RequestBody(None, None, self.limits)  # type: ignore[arg-type]
         return Request(method, target, path, query, headers, version, client, body, via_elb, note)
 
-    def _next_connection(self, conn: Any) -> Any:
-        data, closed = conn.trailing_data
-        if closed and not data:
-            return None
-        fresh = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)
-        if data:
-            fresh.receive_data(data)
-        if closed:
-            fresh.receive_data(b"")
-        return fresh
-
     async def _read_proxy_header(
-        self, stream: trio.SocketStream, conn: Any, peer: tuple[str, int], began: float
+        self, stream: trio.SocketStream, conn: RequestReader, peer: tuple[str, int], began: float
     ) -> tuple[tuple[str, int], bool]:
         buffer = b""
         deadline = began + self.limits.head_timeout_s
@@ -650,47 +639,46 @@ class HttpServer:
             return peer, False
         assert isinstance(parsed, proxyproto.ProxyHeader)
         rest = buffer[parsed.length :]
-        if rest:  # b"" would tell h11 that the peer closed
+        if rest:  # b"" would tell the reader that the peer closed
             conn.receive_data(rest)
         return parsed.source or peer, True
 
     async def _read_head(
         self,
         stream: trio.SocketStream,
-        conn: Any,
+        conn: RequestReader,
         first: bool,
         peer: tuple[str, int],
         via_elb: bool,
-    ) -> Any:
+    ) -> RequestHead | None:
         limits = self.limits
-        waiting_idle = not first and not conn.trailing_data[0]
+        waiting_idle = not first and not conn.buffered
         deadline = trio.current_time() + (
             limits.idle_timeout_s if waiting_idle else limits.head_timeout_s
         )
         while True:
             try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                err = _parse_error(exc, limits)
+                event = conn.next_head()
+            except GatewayError as err:
                 started = deadline - limits.head_timeout_s
                 await self._send_error_and_close(stream, conn, err, (peer, via_elb, None, started))
                 return None
-            if event is h11.NEED_DATA:
+            if event is NEED_DATA:
                 # Nothing of a request has arrived yet: a drain may close this connection.
-                unstarted = waiting_idle or (first and not conn.trailing_data[0])
+                unstarted = waiting_idle or (first and not conn.buffered)
                 data = await self._head_bytes(
                     stream, conn, deadline, waiting_idle, unstarted, (peer, via_elb, None, 0.0)
                 )
                 if data is None:
                     return None
-                if not data and not conn.trailing_data[0] and conn.their_state is h11.IDLE:
+                if not data and not conn.buffered:
                     return None  # clean close between requests
                 conn.receive_data(data)
                 if waiting_idle and data:
                     waiting_idle = False
                     deadline = trio.current_time() + limits.head_timeout_s
                 continue
-            if type(event) is h11.Request:
+            if type(event) is RequestHead:
                 refusal = refuse_request(
                     event.method,
                     event.http_version,
@@ -704,12 +692,12 @@ class HttpServer:
                     await self._send_error_and_close(stream, conn, refusal, seen)
                     return None
                 return event
-            return None  # ConnectionClosed or PAUSED oddities: nothing more to serve
+            return None  # CLOSED: nothing more to serve
 
     async def _head_bytes(
         self,
         stream: trio.SocketStream,
-        conn: Any,
+        conn: RequestReader,
         deadline: float,
         waiting_idle: bool,
         unstarted: bool,
@@ -759,8 +747,8 @@ class HttpServer:
 
     def _make_request(
         self,
-        event: Any,
-        conn: Any,
+        event: RequestHead,
+        conn: RequestReader,
         stream: trio.SocketStream,
         peer: tuple[str, int],
         via_elb: bool,
@@ -772,7 +760,7 @@ class HttpServer:
             target,
             path,
             query,
-            list(event.headers),
+            event.headers,
             event.http_version.decode("ascii"),
             peer,
             RequestBody(conn, stream, self.limits),
@@ -780,7 +768,7 @@ class HttpServer:
         )
 
     async def _respond(
-        self, stream: trio.SocketStream, conn: Any, request: Request
+        self, stream: trio.SocketStream, conn: RequestReader, request: Request
     ) -> bool | _Upgraded:
         """Run the handler and send its response. Returns whether the connection may carry
         another request, or the switched connection to run after a 101."""
@@ -793,7 +781,7 @@ class HttpServer:
         persist = request.http_version == "1.0" and asks_keep_alive(request.headers)
         try:
             length = request.header(b"content-length")
-            if length is not None:  # digits only, equal duplicates merged: h11 saw to it
+            if length is not None:  # digits only, equal duplicates merged: h1request saw to it
                 declared = request.body.length = int(length)
                 if declared > limits.max_body_bytes:
                     raise RequestBodyTooLarge(f"request body exceeds {limits.max_body_bytes} bytes")
@@ -846,7 +834,7 @@ class HttpServer:
                     request.note,
                 )
             return _Upgraded(switched, facts, started)
-        if self.draining or conn.they_are_waiting_for_100_continue:
+        if self.draining or conn.expects_continue:
             # A client still waiting for 100 Continue may or may not send its body now
             # (RFC 9110 10.1.1): the next bytes cannot be trusted to be a request.
             response.headers.append((b"connection", b"close"))
@@ -991,7 +979,11 @@ class HttpServer:
         return False
 
     async def _send_error_and_close(
-        self, stream: trio.SocketStream, conn: Any, err: GatewayError, seen: _Seen | None = None
+        self,
+        stream: trio.SocketStream,
+        conn: RequestReader,
+        err: GatewayError,
+        seen: _Seen | None = None,
     ) -> None:
         """Answer ``err`` to a request refused before any handler ran, and close; the
         observer sees it (``seen``: the peer, whether through an ELB, the head if it parsed,
@@ -1050,15 +1042,3 @@ def _head(
     except MalformedAnswer as exc:
         log.warning("response_refused", status=status, target=request.target, error=str(exc))
         raise _Closed from exc
-
-
-def _parse_error(exc: Any, limits: ServerLimits) -> GatewayError:
-    """What to answer to a head h11 could not accept: its status hint says which."""
-    hint = exc.error_status_hint
-    if hint == 431:
-        return RequestHeadTooLarge(f"request head exceeds {limits.max_head_bytes} bytes")
-    if hint == 501:
-        # A Transfer-Encoding other than one "chunked": nginx answers 501 to those too
-        # (RFC 9112 6.1: a coding the server does not understand).
-        return Unimplemented(f"transfer coding not implemented: {exc}")
-    return ClientError(f"malformed request: {exc}")

@@ -2,31 +2,35 @@
 
 A handler accepts an upgrade by returning ``Response(101, headers, body)`` whose body is a
 `SwitchedBody`: the server loop (`httpio.server`) then calls `switch_protocols` instead of
-writing a response, drops its h11 connection and the request, and runs the `Switched`. h11 writes the 101 (an informational response, RFC 9110 15.2.2, which h11
-lets through only for a request that proposed the upgrade), both sides of its state machine go
-to SWITCHED_PROTOCOL, and ``trailing_data`` holds what the client sent after its request (its
-first frames may have come with the head). The body's ``take_over`` then owns the stream until
-the switched protocol ends; the server closes the stream after it, whatever happened.
+writing a response, drops the request, and runs the `Switched`. `switching_head` writes the 101
+(an informational response, RFC 9110 15.2.2), only for a request that proposed the upgrade (an
+``Upgrade`` field, as h11 allowed it), and the reader's ``buffered`` holds what the client sent
+after its request (its first frames may have come with the head). The body's ``take_over``
+then owns the stream until the switched protocol ends; the server closes the stream after it,
+whatever happened.
 
 A body that speaks the handshake itself (a WebSocket library's server, trio-websocket in the
 demo backend) is a `RawTakeover` instead: the server writes nothing, and ``take_raw`` gets the
 connection with a `ReplayStream` that first yields the request's head again (rebuilt from the
-parsed request: h11 lowercases names, which HTTP allows) and the bytes after it.
+parsed request: `httpio.h1request` lowercases names, which HTTP allows) and the bytes after it.
 
 A body may say what it carried, for the access log: ``transferred``, (bytes from the client,
 bytes to it), read by `Switched.transferred` once the run is over ((0, 0) when it says nothing).
 
-A handler's 101 for a request that proposed no upgrade is its bug: h11 refuses to write it, the
-body is closed and the connection dropped, nothing is sent.
+A handler's 101 for a request that proposed no upgrade is its bug: it is not written, the body
+is closed and the connection dropped, nothing is sent.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import trio
 
-from httpio.protocol import Headers, h11
+from httpio.errors import ClientError
+from httpio.h1client import field_problem
+from httpio.h1request import END, RequestReader
+from httpio.protocol import Headers
 
 
 @runtime_checkable
@@ -83,12 +87,13 @@ def request_head(method: str, target: str, headers: Headers) -> bytes:
 
 
 class SwitchRefused(Exception):
-    """h11 would not write the 101: the request did not propose an upgrade."""
+    """The 101 cannot be written: the request did not propose an upgrade, or a field of the
+    answer would split its head."""
 
 
 class Switched:
     """A connection whose 101 is sent: ``run()`` gives it to the body. Made by
-    `switch_protocols` before the server loop lets go of its h11 state and the request, so
+    `switch_protocols` before the server loop lets go of its reader state and the request, so
     that a WebSocket open for hours holds none of it (~2 KiB per connection)."""
 
     __slots__ = ("_body", "_stream", "_trailing")
@@ -120,9 +125,23 @@ class Switched:
         return 0, 0
 
 
+def switching_head(status: int, headers: Headers, proposed: bool) -> bytes:
+    """The 101's head (sans-IO); `SwitchRefused` when the request proposed no upgrade
+    (``proposed``: it had an ``Upgrade`` field), or a field would split the head."""
+    if status != 101:
+        raise SwitchRefused(f"a switch is answered 101, not {status}")
+    if not proposed:
+        raise SwitchRefused("the request did not propose this upgrade")
+    problem = field_problem(headers)
+    if problem is not None:
+        raise SwitchRefused(problem)
+    fields = b"".join([name + b": " + value + b"\r\n" for name, value in headers])
+    return b"HTTP/1.1 101 Switching Protocols\r\n" + fields + b"\r\n"
+
+
 async def switch_protocols(
     stream: trio.SocketStream,
-    conn: Any,
+    conn: RequestReader,
     status: int,
     headers: Headers,
     body: object,
@@ -132,26 +151,17 @@ async def switch_protocols(
     `Switched` to run. Raises `SwitchRefused` (``body`` closed) when it cannot be sent."""
     try:
         if isinstance(body, RawTakeover):
-            trailing, _ = conn.trailing_data
-            return Switched(body, ReplayStream(stream, request_head + bytes(trailing)), b"")
+            return Switched(body, ReplayStream(stream, request_head + conn.buffered), b"")
         if not isinstance(body, SwitchedBody):
             raise SwitchRefused("a 101 needs a body that takes the connection over")
-        while conn.their_state is h11.SEND_BODY:  # a bodyless request's end, not yet read
-            if type(conn.next_event()) is not h11.EndOfMessage:
-                raise SwitchRefused("an upgrade request has no body")
+        head = switching_head(status, headers, conn.upgrade)
         try:
-            head = conn.send(
-                h11.InformationalResponse(
-                    status_code=status, headers=headers, reason=b"Switching Protocols"
-                )
-            )
-        except h11.LocalProtocolError as exc:
+            if conn.next_body() is not END:  # a bodyless request's end, not yet read
+                raise SwitchRefused("an upgrade request has no body")
+        except ClientError as exc:
             raise SwitchRefused(str(exc)) from exc
-        if conn.our_state is not h11.SWITCHED_PROTOCOL:
-            raise SwitchRefused("the request did not propose this upgrade")
         await stream.send_all(head)
-        trailing, _ = conn.trailing_data
-        return Switched(body, stream, bytes(trailing))
+        return Switched(body, stream, conn.buffered)
     except BaseException:
         await _close_body(body)
         raise

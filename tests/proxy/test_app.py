@@ -23,7 +23,7 @@ from httpio.errors import RouteNotFound
 from httpio.health import HealthSettings, Outcome, State
 from httpio.limits import ServiceLimits
 from httpio.messages import Request, Response, json_response
-from httpio.protocol import Headers, h11
+from httpio.protocol import Headers
 from httpio.run import serve_tcp
 from httpio.server import RequestBody, ServerLimits
 from httpio.upstream import UpstreamPool
@@ -31,6 +31,7 @@ from proxy import forwarding
 from proxy.app import ProxyApp
 from proxy.state import ProxyConfig
 from tests.support.ports import held_port
+from tests.support.requests import bodiless_get
 from topology.schema import (
     GatewayConfig,
     InstanceSpec,
@@ -202,7 +203,7 @@ def direct_request(
 ) -> Request:
     """A bodiless GET as the server loop would hand it to `ProxyApp.handle`."""
     stream, _ = trio.testing.memory_stream_pair()
-    body = RequestBody(h11.Connection(h11.SERVER), stream, ServerLimits())
+    body = RequestBody(bodiless_get(), stream, ServerLimits())
     headers = headers or [(b"host", b"p")]
     return Request("GET", path, path, "", headers, "1.1", client, body, via_elb)
 

@@ -23,13 +23,13 @@ from prometheus_client import REGISTRY
 from httpio.access_log import AccessLine, AccessLog, RequestNote
 from httpio.listen import listener_port, open_listeners
 from httpio.messages import Request, Response, json_response
-from httpio.protocol import h11
 from httpio.server import HttpServer, RequestBody, ServerLimits
 from httpio.upstream import UpstreamPool
 from proxy.app import ProxyApp
 from proxy.metrics import REFUSAL_LINES_PER_S, ProxyObserver
 from proxy.state import ProxyConfig
 from tests.support.ports import held_port
+from tests.support.requests import bodiless_get
 from topology.schema import (
     GatewayConfig,
     MsaFile,
@@ -242,7 +242,7 @@ def test_a_flood_of_refusals_writes_a_bounded_number_of_lines() -> None:
     stream, _ = trio.testing.memory_stream_pair()
 
     def refused() -> Request:
-        body = RequestBody(h11.Connection(h11.SERVER), stream, ServerLimits())
+        body = RequestBody(bodiless_get(), stream, ServerLimits())
         request = Request("-", "-", "-", "", [], "1.1", ("198.51.100.7", 1), body)
         request.note = RequestNote()
         request.note.refused, request.note.error = True, "bad_request"
