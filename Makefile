@@ -7,7 +7,7 @@ TOPOLOGY ?= topology/fleet.yaml
 ELB ?= http://127.0.0.1:9000
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: top report observability-cost fleet server proxy benchmark test check system-deps install regular region concurrent image large signin wrk bench bench-caddy bench-hop bench-hop-profile elb-cost idle policies policy-cost chaos soak bench-hosts clean ws ratelimit bench-edge bench-edge-filters bench-routes
+.PHONY: top report observability-cost fleet server proxy benchmark test check system-deps install regular region concurrent image large signin wrk bench bench-caddy bench-hop bench-hop-profile bench-hop-ab elb-cost idle policies policy-cost chaos soak bench-hosts clean ws ratelimit bench-edge bench-edge-filters bench-routes
 
 BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
@@ -91,6 +91,10 @@ bench-hop: system-deps $(BENCH_STAMP)
 # load; ARGS="--target relay" profiles the reference relay instead
 bench-hop-profile: system-deps $(BENCH_STAMP)
 	$(PY) -m bench.hop_profile --strace --perf --speedscope $(ARGS)
+
+# CPU per request of our proxy from two source trees, alternating (ARGS="/tmp/base .")
+bench-hop-ab: system-deps $(STAMP)
+	$(PY) -m bench.hop_ab $(ARGS)
 
 # a fleet over hosts (issue 16): signup/signin rates on SQLite and on PostgreSQL, same run (starts
 # its own auth servers and PostgreSQL); the relay vs hand-off part comes with the hosts work
