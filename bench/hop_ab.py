@@ -22,7 +22,16 @@ import sys
 from pathlib import Path
 
 from bench import hop, hop_profile
-from bench.hop_lab import BIN, Lab, Target, free_port, lab_running, write_proxy_files
+from bench.caddy import free_port
+from bench.hop_lab import (
+    BIN,
+    PATH,
+    Lab,
+    Target,
+    check_target,
+    lab_running,
+    write_proxy_files,
+)
 
 
 def start_proxy(lab: Lab, tree: Path, index: int) -> Target:
@@ -48,7 +57,7 @@ def start_proxy(lab: Lab, tree: Path, index: int) -> Target:
         else:
             os.environ["PYTHONPATH"] = before
     lab.wait_until_answers(child, f"http://127.0.0.1:{port}/health", name)
-    url = f"{child.url}/pub{hop.PATH}"
+    url = f"{child.url}/pub{PATH}"
     return Target(str(tree), str(tree), url, pid=child.process.pid)
 
 
@@ -68,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         lab.start_backend()
         targets = [start_proxy(lab, tree.resolve(), i) for i, tree in enumerate(args.trees)]
         for target in targets:
-            hop.check_target(target, lab.expected_body)
+            check_target(target, lab.expected_body)
             subprocess.run(hop_profile.drive(target, load, 3), capture_output=True)  # warm up
         runs: dict[str, list[float]] = {target.name: [] for target in targets}
         for round_no in range(args.rounds):
