@@ -34,8 +34,9 @@ from bench.hop_lab import (
 )
 
 
-def start_proxy(lab: Lab, tree: Path, index: int) -> Target:
-    """Our proxy from ``tree``, public service, cache off, as `bench.hop`'s ``proxy``."""
+def start_proxy(lab: Lab, tree: Path, index: int, args: list[str]) -> Target:
+    """Our proxy from ``tree``, public service, cache off, as `bench.hop`'s ``proxy``, with
+    ``args`` after its files."""
     port = free_port()
     name = f"proxy-tree{index}"
     directory = lab.workdir / name
@@ -50,7 +51,7 @@ def start_proxy(lab: Lab, tree: Path, index: int) -> Target:
     before = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(tree)  # the child's imports come from this tree
     try:
-        child = lab.spawn(name, [str(BIN / "proxy"), str(port), *map(str, files)], port)
+        child = lab.spawn(name, [str(BIN / "proxy"), str(port), *map(str, files), *args], port)
     finally:
         if before is None:
             os.environ.pop("PYTHONPATH", None)
@@ -58,24 +59,33 @@ def start_proxy(lab: Lab, tree: Path, index: int) -> Target:
             os.environ["PYTHONPATH"] = before
     lab.wait_until_answers(child, f"http://127.0.0.1:{port}/health", name)
     url = f"{child.url}/pub{PATH}"
-    return Target(str(tree), str(tree), url, pid=child.process.pid)
+    name = " ".join([str(tree), *args])
+    return Target(name, name, url, pid=child.process.pid)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.hop_ab", description=__doc__)
-    parser.add_argument("trees", nargs="+", type=Path, help="source trees to compare")
+    parser.add_argument(
+        "trees",
+        nargs="+",
+        help="source trees to compare; TREE::ARGS runs that one with the proxy's ARGS"
+        " (e.g. '.::--metrics off')",
+    )
     parser.add_argument("--load", default="wrk", choices=sorted(hop.LOADS))
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=int, default=5)
     args = parser.parse_args(argv)
-    for tree in args.trees:
-        if not (tree / "httpio" / "server.py").exists():
+    runs_of: list[tuple[Path, list[str]]] = []
+    for spec in args.trees:
+        tree, _, extra = spec.partition("::")
+        if not (Path(tree) / "httpio" / "server.py").exists():
             parser.error(f"{tree} is not a checkout of this project")
+        runs_of.append((Path(tree).resolve(), extra.split()))
     hop.exit_on_termination()
     load = hop.LOADS[args.load]
     with lab_running() as lab:
         lab.start_backend()
-        targets = [start_proxy(lab, tree.resolve(), i) for i, tree in enumerate(args.trees)]
+        targets = [start_proxy(lab, tree, i, extra) for i, (tree, extra) in enumerate(runs_of)]
         for target in targets:
             check_target(target, lab.expected_body)
             subprocess.run(hop_profile.drive(target, load, 3), capture_output=True)  # warm up

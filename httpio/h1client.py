@@ -334,12 +334,16 @@ def _parse_head(raw: bytes) -> ResponseHead:
         raise MalformedResponse(f"bad status code {status}")
     headers: list[tuple[bytes, bytes]] = []
     append = headers.append
+    known = KNOWN_NAMES
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or not name or name.translate(None, _TCHAR):
-            # also a line that starts with SP or HT: obs-fold (RFC 9112 5.2)
-            raise MalformedResponse(f"bad header line: {line[:80]!r}")
-        append((name.lower(), value.strip(_OWS)))
+        lower = known.get(name)
+        if lower is None or not colon:
+            lower = lowercase_token(name) if colon else None
+            if lower is None:
+                # also a line that starts with SP or HT: obs-fold (RFC 9112 5.2)
+                raise MalformedResponse(f"bad header line: {line[:80]!r}")
+        append((lower, value.strip(_OWS)))
     return ResponseHead(status, status_line[13:], headers, version)
 
 
@@ -376,7 +380,23 @@ def _chunk_size(line: bytes) -> int:
     return int(size, 16)
 
 
-_good_names: set[bytes] = set()
+# Field names seen and found to be tokens, each with its lowercase: the names of one head are
+# those of the last, and one lookup stands for the check (a translate) and the lower(), two new
+# objects. Bounded: names made up by a peer fill it to MAX_KNOWN_NAMES, then are checked each time.
+KNOWN_NAMES: dict[bytes, bytes] = {}
+MAX_KNOWN_NAMES: Final = 4096
+
+
+def lowercase_token(name: bytes) -> bytes | None:
+    """``name`` lowercased if it is a token (a field name), else None; remembered."""
+    lower = KNOWN_NAMES.get(name)
+    if lower is None:
+        if not name or name.translate(None, _TCHAR):
+            return None
+        lower = name.lower()
+        if len(KNOWN_NAMES) < MAX_KNOWN_NAMES:
+            KNOWN_NAMES[name] = lower
+    return lower
 
 
 def field_tokens(value: bytes) -> list[bytes]:
@@ -402,12 +422,10 @@ def field_problem(headers: list[tuple[bytes, bytes]]) -> str | None:
     """What makes a head to be sent invalid: a name that is not a token, or a value holding
     CR, LF, NUL or another control byte, which could split the head; None when nothing.
     (The values are searched at once: one search costs less than a check per value.)"""
+    known = KNOWN_NAMES
     for name, _ in headers:
-        if name not in _good_names:
-            if not name or name.translate(None, _TCHAR):
-                return f"bad header name {name[:40]!r}"
-            if len(_good_names) < 4096:
-                _good_names.add(name)
+        if name not in known and lowercase_token(name) is None:
+            return f"bad header name {name[:40]!r}"
     if _NOT_IN_VALUES.search(b"".join([value for _, value in headers])) is not None:
         for name, value in headers:
             if _NOT_IN_VALUES.search(value) is not None:

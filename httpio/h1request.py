@@ -51,7 +51,7 @@ from httpio.errors import (
     RequestHeadTooLarge,
     Unimplemented,
 )
-from httpio.h1client import END, NEED_DATA, field_tokens
+from httpio.h1client import END, KNOWN_NAMES, NEED_DATA, field_tokens, lowercase_token
 
 __all__ = ["CLOSED", "END", "NEED_DATA", "RequestHead", "RequestReader"]
 
@@ -252,11 +252,14 @@ class RequestReader:
         # Every line's syntax is checked before what the fields say, as h11 did: the first
         # such refusal is raised after the loop.
         problem: GatewayError | None = None
+        known = KNOWN_NAMES
         for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon or not name or name.translate(None, _TCHAR):
-                raise _malformed(f"illegal header line {line[:80]!r}")
-            name = name.lower()
+            raw_name, colon, value = line.partition(b":")
+            name = known.get(raw_name)
+            if name is None or not colon:
+                name = lowercase_token(raw_name) if colon else None
+                if name is None:
+                    raise _malformed(f"illegal header line {line[:80]!r}")
             value = value.strip(_OWS)
             if len(name) < 4 or name[0] not in b"cthue":  # none of the fields below
                 append((name, value))

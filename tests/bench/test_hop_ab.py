@@ -17,3 +17,9 @@ def test_a_tree_that_is_not_a_checkout_is_refused(tmp_path: Path) -> None:
 
 def test_this_checkout_is_one() -> None:
     assert (Path(hop_ab.__file__).parent.parent / "httpio" / "server.py").exists()
+
+
+def test_a_tree_with_args_that_is_not_a_checkout_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        hop_ab.main([".", f"{tmp_path}::--metrics off"])
+    assert exit_.value.code == 2

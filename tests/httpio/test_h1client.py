@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 
 from httpio.h1client import (
     END,
+    KNOWN_NAMES,
     LAST_CHUNK,
+    MAX_KNOWN_NAMES,
     NEED_DATA,
     MalformedRequest,
     MalformedResponse,
@@ -17,6 +19,7 @@ from httpio.h1client import (
     ResponseReader,
     encode_chunk,
     encode_request,
+    lowercase_token,
 )
 
 
@@ -338,3 +341,20 @@ def test_a_request_head_that_would_split_is_refused(
 
 def test_chunks_frame_what_they_carry_and_never_end_the_body_early() -> None:
     assert encode_chunk(b"hello") + encode_chunk(b"") + LAST_CHUNK == b"5\r\nhello\r\n0\r\n\r\n"
+
+
+def test_field_names_are_remembered_lowercased_and_only_up_to_a_bound() -> None:
+    assert lowercase_token(b"X-Seen-Once") == b"x-seen-once"
+    assert KNOWN_NAMES[b"X-Seen-Once"] == b"x-seen-once"
+    assert lowercase_token(b"x a") is None and b"x a" not in KNOWN_NAMES
+    assert lowercase_token(b"") is None
+    for n in range(MAX_KNOWN_NAMES + 10):  # names a peer makes up, one per message
+        assert lowercase_token(b"x-made-up-%d" % n) == b"x-made-up-%d" % n
+    assert len(KNOWN_NAMES) == MAX_KNOWN_NAMES
+    assert lowercase_token(b"X-Past-The-Bound") == b"x-past-the-bound"  # checked all the same
+    assert b"X-Past-The-Bound" not in KNOWN_NAMES
+    reader = ResponseReader()
+    reader.start("GET")
+    reader.receive_data(b"HTTP/1.1 200 OK\r\nX-Past-The-Bound: 1\r\nBad Name: 2\r\n\r\n")
+    with pytest.raises(MalformedResponse):
+        reader.next_head()  # a name not remembered is still checked
