@@ -61,7 +61,7 @@ class AuthPolicy:
     public_prefixes: tuple[str, ...] = ()
 
     def is_public(self, path: str) -> bool:
-        return self.public or any(path.startswith(prefix) for prefix in self.public_prefixes)
+        return self.public or path.startswith(self.public_prefixes)  # () matches nothing
 
 
 @dataclass(frozen=True, slots=True)
