@@ -65,6 +65,8 @@ _VALUE_BYTES = bytes([9, *range(32, 127), *range(128, 256)])
 _HEX = b"0123456789abcdefABCDEF"
 _DIGITS = b"0123456789"
 _OWS = b" \t"
+# HTTP/1.x SP a status of 100 or more [SP reason] (RFC 9112 4; the reason may be absent)
+_STATUS_LINE = re.compile(rb"HTTP/(1\.[0-9]) ([1-9][0-9][0-9])(?: (.*))?")
 
 # body framings
 _NONE, _LENGTH, _CHUNKED, _CLOSE = 0, 1, 2, 3
@@ -315,6 +317,30 @@ def _parse_head(raw: bytes) -> ResponseHead:
     if raw.count(b"\r") != len(lines) - 1 or raw.count(b"\n") != len(lines) - 1:
         raise MalformedResponse("bare CR or LF in response head")
     status_line = lines[0]
+    matched = _STATUS_LINE.fullmatch(status_line)
+    if matched is not None:  # the usual one: HTTP/1.x, a status of 100 or more
+        version, code, reason = matched.groups()
+        status = int(code)
+    else:
+        version, status, reason = _odd_status_line(status_line)
+    headers: list[tuple[bytes, bytes]] = []
+    append = headers.append
+    known = KNOWN_NAMES
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        lower = known.get(name)
+        if lower is None or not colon:
+            lower = lowercase_token(name) if colon else None
+            if lower is None:
+                # also a line that starts with SP or HT: obs-fold (RFC 9112 5.2)
+                raise MalformedResponse(f"bad header line: {line[:80]!r}")
+        append((lower, value.strip(_OWS)))
+    return ResponseHead(status, reason or b"", headers, version)
+
+
+def _odd_status_line(status_line: bytes) -> tuple[bytes, int, bytes]:
+    """What `_STATUS_LINE` did not match, said precisely: a version we do not speak, a
+    status below 100, or no status line at all (`MalformedResponse` in each case)."""
     if (
         len(status_line) < 12
         or status_line[:5] != b"HTTP/"
@@ -332,19 +358,7 @@ def _parse_head(raw: bytes) -> ResponseHead:
     status = int(status_line[9:12])
     if status < 100:
         raise MalformedResponse(f"bad status code {status}")
-    headers: list[tuple[bytes, bytes]] = []
-    append = headers.append
-    known = KNOWN_NAMES
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        lower = known.get(name)
-        if lower is None or not colon:
-            lower = lowercase_token(name) if colon else None
-            if lower is None:
-                # also a line that starts with SP or HT: obs-fold (RFC 9112 5.2)
-                raise MalformedResponse(f"bad header line: {line[:80]!r}")
-        append((lower, value.strip(_OWS)))
-    return ResponseHead(status, status_line[13:], headers, version)
+    raise AssertionError(f"_STATUS_LINE refused a good status line {status_line[:80]!r}")
 
 
 def _check_field_line(line: bytes) -> None:

@@ -36,7 +36,8 @@ an incomplete head past ``max_head_bytes``; a complete one is measured by
 h11 did this before; its general state machine (both roles, events as objects, a regular
 expression per field) was the largest single layer of a proxied request's CPU under issue
 14's keep-alive load once both sides wrote their own heads. Here a head is one regular
-expression search for its end, one ``translate`` over it, and a ``partition`` per field.
+expression search for its end, one ``translate`` over it, one match of its request line, and a
+dict lookup and a ``partition`` per field.
 """
 
 from __future__ import annotations
@@ -71,7 +72,6 @@ MAX_CHUNK_LINE_BYTES: Final = 4096
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 _TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_VCHAR = bytes(range(0x21, 0x7F))
 # What a head may hold: visible ASCII, SP, HTAB, obs-text, and CR LF (CR then checked to
 # come only before LF).
 _HEAD_BYTES = bytes([9, 10, 13, *range(32, 127), *range(128, 256)])
@@ -80,10 +80,8 @@ _HEX = b"0123456789abcdefABCDEF"
 _DIGITS = b"0123456789"
 _OWS = b" \t"
 _FOLD = re.compile(rb"\n[ \t]")
-# Method names that are tokens: no check needed (the ones a gateway sees nearly always).
-_KNOWN_TOKENS = frozenset(
-    {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"CONNECT", b"TRACE"}
-)
+# method SP target SP HTTP-version (RFC 9112 3): a token, visible ASCII, HTTP/d.d
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])")
 
 # phases
 _IDLE, _BODY, _DONE = 0, 1, 2
@@ -215,34 +213,22 @@ class RequestReader:
     def _parse(self, raw: bytes) -> RequestHead:
         if raw.translate(None, _HEAD_BYTES):
             raise _malformed("control byte in the request head")
+        if raw.endswith(b"\r"):  # the last line's CR (its LF began the blank line)
+            raw = raw[:-1]
         crlf = raw.count(b"\r\n")
-        if crlf == raw.count(b"\n") and raw.count(b"\r") == crlf + raw.endswith(b"\r"):
-            if raw.endswith(b"\r"):
-                raw = raw[:-1]
+        if crlf == raw.count(b"\n") == raw.count(b"\r"):  # no bare CR, no bare LF
+            lines = raw.split(b"\r\n")
             if _FOLD.search(raw) is not None:
-                lines = _unfold(raw.split(b"\r\n"))
-            else:
-                lines = raw.split(b"\r\n")
+                lines = _unfold(lines)
         else:  # bare LF line ends, some or all
             lines = [line[:-1] if line.endswith(b"\r") else line for line in raw.split(b"\n")]
             if any(b"\r" in line for line in lines):
                 raise _malformed("bare CR in the request head")
             lines = _unfold(lines)
-        method, _, rest = lines[0].partition(b" ")
-        target, space, version = rest.partition(b" ")
-        if (
-            not space
-            or len(version) != 8
-            or version[:5] != b"HTTP/"
-            or version[6:7] != b"."
-            or not version[5:6].isdigit()
-            or not version[7:8].isdigit()
-            or not target
-            or target.translate(None, _VCHAR)
-            or (method not in _KNOWN_TOKENS and (not method or method.translate(None, _TCHAR)))
-        ):
+        matched = _REQUEST_LINE.fullmatch(lines[0])
+        if matched is None:
             raise _malformed(f"illegal request line {lines[0][:80]!r}")
-        http_version = version[5:]
+        method, target, http_version = matched.groups()
         headers: list[tuple[bytes, bytes]] = []
         append = headers.append
         hosts = 0

@@ -358,3 +358,42 @@ def test_field_names_are_remembered_lowercased_and_only_up_to_a_bound() -> None:
     reader.receive_data(b"HTTP/1.1 200 OK\r\nX-Past-The-Bound: 1\r\nBad Name: 2\r\n\r\n")
     with pytest.raises(MalformedResponse):
         reader.next_head()  # a name not remembered is still checked
+
+
+@pytest.mark.parametrize(
+    ("line", "status", "reason"),
+    [
+        (b"HTTP/1.1 200 OK", 200, b"OK"),
+        (b"HTTP/1.0 404 Not Found", 404, b"Not Found"),
+        (b"HTTP/1.1 204", 204, b""),  # the reason may be left out
+        (b"HTTP/1.1 200 ", 200, b""),
+        (b"HTTP/1.1 599 \xe9t\xe9", 599, b"\xe9t\xe9"),  # obs-text in a reason
+    ],
+)
+def test_status_lines_read(line: bytes, status: int, reason: bytes) -> None:
+    reader = ResponseReader()
+    reader.start("GET")
+    reader.receive_data(line + b"\r\nContent-Length: 0\r\n\r\n")
+    head = reader.next_head()
+    assert isinstance(head, ResponseHead)
+    assert (head.status, head.reason) == (status, reason)
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        (b"HTTP/2.0 200 OK", "HTTP version not supported"),
+        (b"HTTP/1.1 099 Low", "bad status code 99"),
+        (b"HTTP/1.1 2000 OK", "bad status line"),
+        (b"HTTP/1.1 200OK", "bad status line"),
+        (b"HTTP/1.x 200 OK", "bad status line"),
+        (b"HTTP/1.1  200 OK", "bad status line"),
+        (b"ICY 200 OK", "bad status line"),
+    ],
+)
+def test_odd_status_lines_are_refused_saying_why(line: bytes, said: str) -> None:
+    reader = ResponseReader()
+    reader.start("GET")
+    reader.receive_data(line + b"\r\n\r\n")
+    with pytest.raises(MalformedResponse, match=said):
+        reader.next_head()
