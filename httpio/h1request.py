@@ -23,10 +23,11 @@ let ``\\x01`` - ``\\x08``, ``\\x0e`` - ``\\x1f`` and DEL through in field values
 upstream side would then refuse to write: the client now hears 400 instead of a 502).
 
 What the reader tells the server besides: ``keep_alive`` (HTTP/1.1 or later and no
-``Connection: close``: h11's ``MUST_CLOSE`` otherwise), ``upgrade`` (an ``Upgrade`` field:
-after an answer other than 101 the connection is not reused, as h11 paused it), and
-``expects_continue`` (``Expect: 100-continue`` in HTTP/1.1, until a byte of the body is read
-or `continue_sent` says the 100 went out).
+``Connection: close``: h11's ``MUST_CLOSE`` otherwise), ``content_length`` (the body's, when
+a Content-Length frames it), ``upgrade`` (an ``Upgrade`` field: after an answer other than 101
+the connection is not reused, as h11 paused it), and ``expects_continue`` (``Expect:
+100-continue`` in HTTP/1.1, until a byte of the body is read or `continue_sent` says the 100
+went out).
 
 Errors are the client's (`httpio.errors`): `ClientError` (400), `RequestHeadTooLarge` (431:
 an incomplete head past ``max_head_bytes``; a complete one is measured by
@@ -131,6 +132,7 @@ class RequestReader:
         "_phase",
         "_searched",
         "buffered",
+        "content_length",
         "expects_continue",
         "keep_alive",
         "upgrade",
@@ -149,6 +151,7 @@ class RequestReader:
         self.keep_alive = True
         self.upgrade = False
         self.expects_continue = False
+        self.content_length: int | None = None
 
     def __repr__(self) -> str:
         phase = ("idle", "body", "done")[self._phase]
@@ -290,6 +293,7 @@ class RequestReader:
         self.keep_alive = modern and not close
         self.upgrade = upgrade
         self.expects_continue = modern and expects
+        self.content_length = None
         if chunked:
             self._framing = _CHUNKED
             self._chunk_state = _SIZE
@@ -300,7 +304,7 @@ class RequestReader:
             elif len(length) > 18:
                 raise RequestBodyTooLarge(f"a Content-Length of {len(length)} digits")
             else:
-                self._left = int(length)
+                self._left = self.content_length = int(length)
         return RequestHead(method, target, headers, http_version)
 
     # -- the body ---------------------------------------------------------------------------

@@ -88,7 +88,6 @@ from httpio.h1response import (
     NO_BODY,
     BodyFraming,
     MalformedAnswer,
-    client_keeps_alive,
     encode_response,
 )
 from httpio.listen import accept_loop, send_refusal, wrap_socket
@@ -776,13 +775,14 @@ class HttpServer:
         response: Response
         started = time.monotonic() if self.observer is not None else 0.0
         handled = False
-        # What the client asked of its connection, before a handler rewrites the headers.
-        keep_alive = client_keeps_alive(request.http_version, request.headers)
+        # What the client asked of its connection, as the reader found it in the head (a
+        # handler may rewrite the headers).
+        keep_alive = conn.keep_alive
         persist = request.http_version == "1.0" and asks_keep_alive(request.headers)
         try:
-            length = request.header(b"content-length")
-            if length is not None:  # digits only, equal duplicates merged: h1request saw to it
-                declared = request.body.length = int(length)
+            declared = conn.content_length
+            if declared is not None:
+                request.body.length = declared
                 if declared > limits.max_body_bytes:
                     raise RequestBodyTooLarge(f"request body exceeds {limits.max_body_bytes} bytes")
             handled = True

@@ -104,6 +104,9 @@ def by_reader(data: bytes, *, closed: bool = False, step: int = 0) -> Outcome:
             assert isinstance(piece, bytes) and piece
             body += piece
         assert reader.body_done and not reader.expects_continue
+        lengths = [v for n, v in head[3] if n == b"content-length"]
+        chunked = any(n == b"transfer-encoding" for n, _ in head[3])
+        assert reader.content_length == (int(lengths[0]) if lengths and not chunked else None)
         while fed():  # what came after the request stays for the next one
             pass
         return ("request", head, body, reader.keep_alive, reader.upgrade, expects, reader.buffered)
