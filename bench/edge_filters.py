@@ -205,10 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     assert spec.request_headers is not None and spec.response_headers is not None
     assert spec.max_body_bytes is not None
     state = RateLimitState()
-    limits: list[RateLimit] = [
-        FieldsRateLimit("edge", spec.rate_limit[0], state),
-        RateLimit("edge", spec.rate_limit[1], state),
-    ]
+    second = RateLimit("edge", spec.rate_limit[1], state)
+    limits: list[RateLimit] = [FieldsRateLimit("edge", spec.rate_limit[0], state, [second]), second]
     filters: list[object] = [
         IpFilter(spec.allow_cidrs, spec.deny_cidrs),
         Cors(spec.cors),

@@ -252,10 +252,10 @@ def rate_limits_of(spec: ServiceSpec, config: ProxyConfig, parts: Parts) -> list
     # in chain order (client-address keys before auth, identity keys after): the first one
     # writes every limit's quota fields on the answer
     ordered = sorted(specs, key=lambda s: needs_identity(s.key))
-    return [
-        (FieldsRateLimit if i == 0 else RateLimit)(spec.name, s, state)
-        for i, s in enumerate(ordered)
-    ]
+    if not ordered:
+        return []
+    others = [RateLimit(spec.name, s, state) for s in ordered[1:]]
+    return [FieldsRateLimit(spec.name, ordered[0], state, others), *others]
 
 
 def default_limit(default: RateLimitDefault) -> RateLimitSpec:
