@@ -38,6 +38,9 @@ class Route:
         return self.spec.methods
 
 
+HOSTS_MEMO = 1024
+
+
 class DuplicateRoute(ValueError):
     pass
 
@@ -46,11 +49,12 @@ class RouteTable:
     """Exact routes by Host then path; prefix routes by Host then the prefix without its
     trailing ``/`` (so one lookup per segment boundary of the path)."""
 
-    __slots__ = ("_exact", "_prefix", "size")
+    __slots__ = ("_exact", "_hosts", "_prefix", "size")
 
     def __init__(self, services: Iterable[ServiceSpec]) -> None:
         self._exact: dict[str, dict[str, Route]] = {}
         self._prefix: dict[str, dict[str, Route]] = {}
+        self._hosts: dict[bytes, str] = {}
         self.size = 0
         for spec in services:
             for i, r in enumerate(spec.routes):
@@ -73,6 +77,18 @@ class RouteTable:
 
     def __bool__(self) -> bool:
         return self.size > 0
+
+    def host(self, value: bytes | None) -> str:
+        """`host_of`, remembered for the last Host values seen (at most ``HOSTS_MEMO``,
+        emptied when full): a keep-alive client sends the same one on every request."""
+        if value is None:
+            return ""
+        host = self._hosts.get(value)
+        if host is None:
+            if len(self._hosts) >= HOSTS_MEMO:
+                self._hosts.clear()
+            host = self._hosts[value] = host_of(value)
+        return host
 
     def match(self, host: str, path: str) -> Route | None:
         for h in (host, "") if host else ("",):

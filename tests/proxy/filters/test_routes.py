@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from httpio.errors import MethodNotAllowed
-from proxy.filters.routes import DuplicateRoute, RouteMethod, RouteTable, host_of, upstream_target
+from proxy.filters.routes import (
+    HOSTS_MEMO,
+    DuplicateRoute,
+    RouteMethod,
+    RouteTable,
+    host_of,
+    upstream_target,
+)
 from tests.proxy.filters.edge import exchange
 from topology.schema import RouteSpec, ServiceSpec
 
@@ -67,6 +74,16 @@ def test_host_of_drops_the_port_and_case() -> None:
     assert host_of(b"API.example.com:9000") == "api.example.com"
     assert host_of(b"[::1]:80") == "[::1]"
     assert host_of(None) == ""
+
+
+def test_the_table_remembers_few_hosts() -> None:
+    table = RouteTable([])
+    assert table.host(b"API.example.com:9000") == "api.example.com"
+    assert table.host(b"API.example.com:9000") == "api.example.com"  # remembered
+    assert table.host(None) == "" and table.host(b"") == ""
+    for i in range(HOSTS_MEMO + 10):  # a flood of distinct Hosts costs the parse, no memory
+        assert table.host(b"h%d:80" % i) == f"h{i}"
+    assert len(table._hosts) <= HOSTS_MEMO
 
 
 def test_a_method_not_listed_is_405_with_allow() -> None:
