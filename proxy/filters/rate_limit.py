@@ -51,7 +51,7 @@ from authsvc.tokens import claim_of
 from httpio.errors import ClientError
 from httpio.gcra import Decision, LocalBuckets, retry_after_header
 from httpio.messages import Response
-from httpio.protocol import Headers
+from httpio.protocol import Headers, header_value
 from httpio.rate_lease import lease_size
 from httpio.rate_store import FleetBuckets
 from httpio.redis_client import RedisError, RedisPool, RedisSettings
@@ -72,29 +72,43 @@ def needs_identity(key: str) -> bool:
     return any(p == "user" or p.startswith("claim:") for p in key.split("+"))
 
 
+# A key part gives its item of the bucket's name, length-prefixed ("9:192.0.2.1"): "a+b" of
+# two parts never collides with a value holding "+" or "|". One part's item is the name.
 KeyPart = Callable[[Exchange], str]
+_MISSING_ITEM = f"{len(MISSING)}:{MISSING}"
+
+
+def _client_ip(ex: Exchange) -> str:
+    v = client_address(ex)
+    return f"{len(v)}:{v}"
 
 
 def _service(ex: Exchange) -> str:
-    return "*"
+    return "1:*"
 
 
 def _user(ex: Exchange) -> str:
-    return ex.claims.sub if ex.claims is not None else MISSING
+    if ex.claims is None:
+        return _MISSING_ITEM
+    v = ex.claims.sub
+    return f"{len(v)}:{v}"
 
 
 def _header_part(name: bytes) -> KeyPart:
     def header(ex: Exchange) -> str:
-        raw = ex.request.header(name)
-        return raw.decode("latin-1") if raw is not None else MISSING
+        raw = header_value(ex.request.headers, name)
+        if raw is None:
+            return _MISSING_ITEM
+        v = raw.decode("latin-1")
+        return f"{len(v)}:{v}"
 
     return header
 
 
 def _claim_part(name: str) -> KeyPart:
     def claim(ex: Exchange) -> str:
-        value = claim_of(ex.claims, name) if ex.claims is not None else None
-        return MISSING if value is None else value
+        v = claim_of(ex.claims, name) if ex.claims is not None else None
+        return _MISSING_ITEM if v is None else f"{len(v)}:{v}"
 
     return claim
 
@@ -104,7 +118,7 @@ def compile_key(key: str) -> Callable[[Exchange], str]:
     parts: list[KeyPart] = []
     for part in key.split("+"):
         if part == "client_ip":
-            parts.append(client_address)
+            parts.append(_client_ip)
         elif part == "service":
             parts.append(_service)
         elif part == "user":
@@ -113,19 +127,12 @@ def compile_key(key: str) -> Callable[[Exchange], str]:
             parts.append(_header_part(part[7:].lower().encode()))
         else:
             parts.append(_claim_part(part[6:]))
-    # Length-prefixed: "a+b" of two parts never collides with a value holding "+".
     if len(parts) == 1:
-        (only,) = parts
-
-        def one(ex: Exchange) -> str:
-            v = only(ex)
-            return f"{len(v)}:{v}"
-
-        return one
+        return parts[0]  # its item is the name: no frame between the limit and the part
     every = tuple(parts)
 
     def joined(ex: Exchange) -> str:
-        return "|".join(f"{len(v)}:{v}" for v in [p(ex) for p in every])
+        return "|".join([p(ex) for p in every])
 
     return joined
 
