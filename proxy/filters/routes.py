@@ -39,6 +39,7 @@ class Route:
 
 
 HOSTS_MEMO = 1024
+HOST_MAX = 259  # a DNS name (253), ":" and a port (a bracketed IPv6 address is shorter)
 
 
 class DuplicateRoute(ValueError):
@@ -79,15 +80,19 @@ class RouteTable:
         return self.size > 0
 
     def host(self, value: bytes | None) -> str:
-        """`host_of`, remembered for the last Host values seen (at most ``HOSTS_MEMO``,
-        emptied when full): a keep-alive client sends the same one on every request."""
+        """`host_of`, remembered for the last Host values seen (at most ``HOSTS_MEMO`` of
+        them, emptied when full, and none longer than a host name and port can be, so a
+        flood of odd Hosts costs the parse, no memory): a keep-alive client sends the same
+        one on every request."""
         if value is None:
             return ""
         host = self._hosts.get(value)
         if host is None:
-            if len(self._hosts) >= HOSTS_MEMO:
-                self._hosts.clear()
-            host = self._hosts[value] = host_of(value)
+            host = host_of(value)
+            if len(value) <= HOST_MAX:
+                if len(self._hosts) >= HOSTS_MEMO:
+                    self._hosts.clear()
+                self._hosts[value] = host
         return host
 
     def match(self, host: str, path: str) -> Route | None:

@@ -84,6 +84,8 @@ def test_the_table_remembers_few_hosts() -> None:
     for i in range(HOSTS_MEMO + 10):  # a flood of distinct Hosts costs the parse, no memory
         assert table.host(b"h%d:80" % i) == f"h{i}"
     assert len(table._hosts) <= HOSTS_MEMO
+    table = RouteTable([])
+    assert table.host(b"A" * 300) == "a" * 300 and not table._hosts  # parsed, not kept
 
 
 def test_a_method_not_listed_is_405_with_allow() -> None:
