@@ -13,7 +13,9 @@ time (``time.process_time``: the machine is shared, wall clock is not the filter
   answers the demo backend's ``test.css`` head; per request, route resolution
   (`Chains.exchange`), the chain, and the answer's head
   (`httpio.h1response.encode_response`), so a header a filter adds costs what it costs the
-  server. Then what each edge filter adds to a chain of ``response_headers`` and the stub.
+  server. Then what each edge filter adds to a chain of ``response_headers`` and the stub
+  (the first limit, alone there, writes its fields by the general path, `quota_fields`: its
+  one-template path needs every limit of its chain).
 - the fleet-wide limit alone, 20 tasks at once, exact (a burst too small to lease: a round
   trip per decision) and leased (64 per round trip at first, growing while spent fast).
 """
