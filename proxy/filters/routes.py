@@ -32,6 +32,8 @@ class Route:
     spec: RouteSpec
     where: str  # "service users, routes[1]": for errors and /admin/config
     allow: bytes  # the Allow header of a 405
+    # the methods that pass `RouteMethod`: those listed, and HEAD with GET (empty: any)
+    passes: frozenset[str] = frozenset()
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -60,7 +62,8 @@ class RouteTable:
         for spec in services:
             for i, r in enumerate(spec.routes):
                 where = f"service {spec.name!r} routes[{i}]"
-                route = Route(spec.name, r, where, ", ".join(r.methods).encode())
+                passes = {*r.methods, "HEAD"} if "GET" in r.methods else set(r.methods)
+                route = Route(spec.name, r, where, ", ".join(r.methods).encode(), frozenset(passes))
                 exact = r.match == "exact"
                 path = r.path if exact else r.path.rstrip("/")
                 for host in spec.hosts or ("",):
@@ -147,9 +150,8 @@ class RouteMethod:
 
     def on_request(self, ex: Exchange) -> RequestAnswer:
         route = ex.route
-        if route is not None and route.methods and ex.request.method not in route.methods:
-            if not (ex.request.method == "HEAD" and "GET" in route.methods):
-                raise MethodNotAllowed(
-                    f"{ex.request.method} is not allowed on {route.spec.path}", allow=route.allow
-                )
+        if route is not None and route.passes and ex.request.method not in route.passes:
+            raise MethodNotAllowed(
+                f"{ex.request.method} is not allowed on {route.spec.path}", allow=route.allow
+            )
         return None

@@ -94,9 +94,15 @@ def test_a_method_not_listed_is_405_with_allow() -> None:
     with pytest.raises(MethodNotAllowed) as err:
         RouteMethod().on_request(ex)
     assert dict(err.value.headers)[b"allow"] == b"GET, POST"
-    ex = exchange("POST", "/api/users/7")
-    ex.route = TABLE.match("", "/api/users/7")
-    assert RouteMethod().on_request(ex) is None
+    for method, path in (("POST", "/api/users/7"), ("HEAD", "/api/users/7"), ("PUT", "/api/x")):
+        ex = exchange(method, path)  # listed; HEAD with GET; a route listing none takes any
+        ex.route = TABLE.match("", path)
+        assert RouteMethod().on_request(ex) is None
+    head_only = RouteTable([svc("h", RouteSpec("/h/", methods=("HEAD",)))])
+    ex = exchange("GET", "/h/x")  # HEAD listed does not let GET in
+    ex.route = head_only.match("", "/h/x")
+    with pytest.raises(MethodNotAllowed):
+        RouteMethod().on_request(ex)
 
 
 def test_matching_does_not_scan_routes() -> None:
