@@ -109,14 +109,16 @@ class Leases:
         lease = self._leases.get(key)
         if lease is None:
             return None
+        reset = lease.full_at - now
         if now < lease.refused_until:
             self.refusals += 1
-            return Decision(False, 0, lease.refused_until - now, max(0.0, lease.full_at - now))
+            return Decision(False, 0, lease.refused_until - now, reset if reset > 0.0 else 0.0)
         if lease.tokens > 0 and now < lease.expires:
             lease.tokens -= 1
             self.spent += 1
+            # a conditional, not max(): this is every leased decision
             return Decision(
-                True, lease.remaining + lease.tokens, 0.0, max(0.0, lease.full_at - now)
+                True, lease.remaining + lease.tokens, 0.0, reset if reset > 0.0 else 0.0
             )
         return None
 

@@ -72,9 +72,16 @@ class BodyLimit:
 
     def on_request(self, ex: Exchange) -> RequestAnswer:
         request = ex.request
-        raw = request.header(b"content-length")
+        raw = None
+        chunked = False
+        for name, value in request.headers:  # one pass for both (most requests have neither)
+            if name == b"content-length":
+                raw = value
+                break  # the first one decides, whatever follows
+            if name == b"transfer-encoding":
+                chunked = True
         if raw is None:
-            if request.header(b"transfer-encoding") is not None and not request.body.done:
+            if chunked and not request.body.done:
                 request.body = LimitedBody(request.body, self.max_body_bytes)
             return None
         length = declared_length(raw)

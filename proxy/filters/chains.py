@@ -39,7 +39,7 @@ from proxy.filters.ip_filter import IpFilter
 from proxy.filters.rate_limit import FieldsRateLimit, RateLimit, RateLimitState, needs_identity
 from proxy.filters.remote import RemoteForward
 from proxy.filters.response_headers import ResponseHeaders
-from proxy.filters.routes import RouteMethod, RouteTable, host_of, upstream_target
+from proxy.filters.routes import RouteMethod, RouteTable, upstream_target
 from proxy.filters.websocket import RemoteWebSocket, WebSocketForward, WebSocketHandshake
 from proxy.hop import HOP_HEADER, verified_hop
 from proxy.state import ProxyConfig
@@ -151,7 +151,7 @@ class Chains:
         if region is not None and region != self.config.region:
             return None
         assert self.routes is not None
-        found = self.routes.match(host_of(request.header(b"host")), request.path)
+        found = self.routes.match(self.routes.host(request.header(b"host")), request.path)
         if found is None:
             return None
         ex = Exchange(
@@ -252,10 +252,10 @@ def rate_limits_of(spec: ServiceSpec, config: ProxyConfig, parts: Parts) -> list
     # in chain order (client-address keys before auth, identity keys after): the first one
     # writes every limit's quota fields on the answer
     ordered = sorted(specs, key=lambda s: needs_identity(s.key))
-    return [
-        (FieldsRateLimit if i == 0 else RateLimit)(spec.name, s, state)
-        for i, s in enumerate(ordered)
-    ]
+    if not ordered:
+        return []
+    others = [RateLimit(spec.name, s, state) for s in ordered[1:]]
+    return [FieldsRateLimit(spec.name, ordered[0], state, others), *others]
 
 
 def default_limit(default: RateLimitDefault) -> RateLimitSpec:

@@ -23,11 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from httpio.messages import Response
-from httpio.protocol import Headers
+from httpio.protocol import Headers, header_value
 from proxy.filters.chain import Exchange, RequestAnswer
 from topology.schema import CorsSpec
 
 _VARY_PREFLIGHT = b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
+_VARY_ORIGIN = (b"vary", b"Origin")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,13 @@ class Cors:
         self.spec = spec
         self.rule = OriginRule.parse(spec.allow_origins)
         self._expose = ", ".join(spec.expose_headers).encode()
+        # what follows Access-Control-Allow-Origin on an allowed origin's answer: constant
+        tail: Headers = []
+        if spec.allow_credentials:
+            tail.append((b"access-control-allow-credentials", b"true"))
+        if self._expose:
+            tail.append((b"access-control-expose-headers", self._expose))
+        self._grant_tail = tuple(tail)
 
     def __repr__(self) -> str:
         return f"<Cors origins={len(self.spec.allow_origins)}>"
@@ -136,14 +144,9 @@ class Cors:
             return response
         # A new Response, not an edit: the cache stores a streamed answer when its body ends,
         # from the Response it passed on, and a grant must never be stored.
-        headers = [*response.headers, (b"vary", b"Origin")]
-        origin = ex.request.header(b"origin")
-        if origin is not None and self.rule.allows(origin):
-            headers.append(
-                (b"access-control-allow-origin", allow_origin_value(self.spec, self.rule, origin))
-            )
-            if self.spec.allow_credentials:
-                headers.append((b"access-control-allow-credentials", b"true"))
-            if self._expose:
-                headers.append((b"access-control-expose-headers", self._expose))
+        origin = header_value(ex.request.headers, b"origin")
+        if origin is None or not self.rule.allows(origin):
+            return Response(response.status, [*response.headers, _VARY_ORIGIN], response.body)
+        grant = (b"access-control-allow-origin", allow_origin_value(self.spec, self.rule, origin))
+        headers = [*response.headers, _VARY_ORIGIN, grant, *self._grant_tail]
         return Response(response.status, headers, response.body)

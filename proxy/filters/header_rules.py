@@ -62,41 +62,67 @@ def render(parts: tuple[Part, ...], ex: Exchange) -> bytes:
     return "".join(p if isinstance(p, str) else p(ex) for p in parts).encode("latin-1", "replace")
 
 
-Value = bytes | tuple[Part, ...]  # bytes: a value with no per-request variable, encoded once
+Renderer = Callable[[Exchange], bytes]
+Value = bytes | Renderer  # bytes: a value with no per-request variable, encoded once
 
 
 def compile_rule(value: str, region: str) -> Value:
-    parts = compile_value(value, region)
+    """A value's bytes when it has no per-request variable, else what renders it: one
+    variable alone is encoded as it comes, without a join (``${client_ip}``, the usual)."""
+    parts: list[Part] = []
+    for part in compile_value(value, region):  # neighbouring text (``${region}`` is) as one
+        if isinstance(part, str) and parts and isinstance(parts[-1], str):
+            parts[-1] += part
+        else:
+            parts.append(part)
     if all(isinstance(p, str) for p in parts):
         return "".join(p for p in parts if isinstance(p, str)).encode("latin-1", "replace")
-    return parts
+    if len(parts) == 1:
+        variable = parts[0]
+        assert not isinstance(variable, str)
+
+        def one(ex: Exchange) -> bytes:
+            return variable(ex).encode("latin-1", "replace")
+
+        return one
+    every = tuple(parts)
+
+    def joined(ex: Exchange) -> bytes:
+        return render(every, ex)
+
+    return joined
 
 
 @dataclass(frozen=True, slots=True)
 class CompiledRules:
     """The rules of one snapshot, with what can be done once done once: the names to drop
-    (removed or replaced) as one set, constant values already encoded."""
+    (removed or replaced) as one set, the lines to append (set's, then add's) with constant
+    values already encoded, and when all of them are constant, those lines as they go."""
 
     drop: frozenset[bytes]
-    set: tuple[tuple[bytes, Value], ...]
-    add: tuple[tuple[bytes, Value], ...]
+    append: tuple[tuple[bytes, Value], ...]
+    constant: tuple[tuple[bytes, bytes], ...] | None
 
     @classmethod
     def of(cls, rules: HeaderRules, region: str) -> CompiledRules:
         set_ = tuple((n.lower().encode(), compile_rule(v, region)) for n, v in rules.set.items())
+        add = tuple((n.lower().encode(), compile_rule(v, region)) for n, v in rules.add.items())
+        append = set_ + add
+        constant = tuple((n, v) for n, v in append if isinstance(v, bytes))
         return cls(
             frozenset(n.lower().encode() for n in rules.remove) | {n for n, _ in set_},
-            set_,
-            tuple((n.lower().encode(), compile_rule(v, region)) for n, v in rules.add.items()),
+            append,
+            constant if len(constant) == len(append) else None,
         )
 
     def apply(self, headers: Headers, ex: Exchange) -> Headers:
         drop = self.drop
         out = [h for h in headers if h[0] not in drop] if drop else list(headers)
-        for n, v in self.set:
-            out.append((n, v if isinstance(v, bytes) else render(v, ex)))
-        for n, v in self.add:
-            out.append((n, v if isinstance(v, bytes) else render(v, ex)))
+        if self.constant is not None:
+            out += self.constant
+            return out
+        for n, v in self.append:
+            out.append((n, v if isinstance(v, bytes) else v(ex)))
         return out
 
 

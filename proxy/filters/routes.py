@@ -32,10 +32,16 @@ class Route:
     spec: RouteSpec
     where: str  # "service users, routes[1]": for errors and /admin/config
     allow: bytes  # the Allow header of a 405
+    # the methods that pass `RouteMethod`: those listed, and HEAD with GET (empty: any)
+    passes: frozenset[str] = frozenset()
 
     @property
     def methods(self) -> tuple[str, ...]:
         return self.spec.methods
+
+
+HOSTS_MEMO = 1024
+HOST_MAX = 259  # a DNS name (253), ":" and a port (a bracketed IPv6 address is shorter)
 
 
 class DuplicateRoute(ValueError):
@@ -46,16 +52,18 @@ class RouteTable:
     """Exact routes by Host then path; prefix routes by Host then the prefix without its
     trailing ``/`` (so one lookup per segment boundary of the path)."""
 
-    __slots__ = ("_exact", "_prefix", "size")
+    __slots__ = ("_exact", "_hosts", "_prefix", "size")
 
     def __init__(self, services: Iterable[ServiceSpec]) -> None:
         self._exact: dict[str, dict[str, Route]] = {}
         self._prefix: dict[str, dict[str, Route]] = {}
+        self._hosts: dict[bytes, str] = {}
         self.size = 0
         for spec in services:
             for i, r in enumerate(spec.routes):
                 where = f"service {spec.name!r} routes[{i}]"
-                route = Route(spec.name, r, where, ", ".join(r.methods).encode())
+                passes = {*r.methods, "HEAD"} if "GET" in r.methods else set(r.methods)
+                route = Route(spec.name, r, where, ", ".join(r.methods).encode(), frozenset(passes))
                 exact = r.match == "exact"
                 path = r.path if exact else r.path.rstrip("/")
                 for host in spec.hosts or ("",):
@@ -73,6 +81,22 @@ class RouteTable:
 
     def __bool__(self) -> bool:
         return self.size > 0
+
+    def host(self, value: bytes | None) -> str:
+        """`host_of`, remembered for the last Host values seen (at most ``HOSTS_MEMO`` of
+        them, emptied when full, and none longer than a host name and port can be, so a
+        flood of odd Hosts costs the parse, no memory): a keep-alive client sends the same
+        one on every request."""
+        if value is None:
+            return ""
+        host = self._hosts.get(value)
+        if host is None:
+            host = host_of(value)
+            if len(value) <= HOST_MAX:
+                if len(self._hosts) >= HOSTS_MEMO:
+                    self._hosts.clear()
+                self._hosts[value] = host
+        return host
 
     def match(self, host: str, path: str) -> Route | None:
         for h in (host, "") if host else ("",):
@@ -126,9 +150,8 @@ class RouteMethod:
 
     def on_request(self, ex: Exchange) -> RequestAnswer:
         route = ex.route
-        if route is not None and route.methods and ex.request.method not in route.methods:
-            if not (ex.request.method == "HEAD" and "GET" in route.methods):
-                raise MethodNotAllowed(
-                    f"{ex.request.method} is not allowed on {route.spec.path}", allow=route.allow
-                )
+        if route is not None and route.passes and ex.request.method not in route.passes:
+            raise MethodNotAllowed(
+                f"{ex.request.method} is not allowed on {route.spec.path}", allow=route.allow
+            )
         return None

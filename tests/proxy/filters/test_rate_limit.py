@@ -71,6 +71,56 @@ def test_allowed_answers_carry_the_quota_left() -> None:
     assert not hasattr(f, "on_response")  # the others only decide
 
 
+def test_the_first_limit_of_a_chain_writes_the_same_fields_from_its_template() -> None:
+    """Given the chain's other limits, the first fills one template when they all noted
+    (the bytes `quota_fields` writes), and takes `quota_fields` for any other set."""
+    from httpio.messages import Response
+
+    response = Response(200, [(b"content-type", b"text/plain")], b"ok")
+    ip = RateLimitSpec(key="client_ip", rate_per_s=1, burst=10, scope="local")
+    odd = RateLimitSpec(key='header:X-%d"Key', rate_per_s=2, burst=20, scope="local")
+    quiet = RateLimitSpec(key="service", rate_per_s=1, burst=5, scope="local", headers="none")
+    legacy = RateLimitSpec(key="user", rate_per_s=1, burst=5, scope="local", headers="legacy")
+
+    def chain(*others: RateLimitSpec) -> list[RateLimit]:
+        state = RateLimitState()
+        rest = [RateLimit("svc", s, state) for s in others]
+        return [FieldsRateLimit("svc", ip, state, rest), *rest]
+
+    def answer(limits: list[RateLimit], skip: int = -1) -> list[tuple[bytes, bytes]]:
+        ex = exchange()
+        for i, limit in enumerate(limits):
+            if i != skip:  # a limit that let the request through unnoted (a store outage)
+                assert limit.on_request(ex) is None
+        noted = list(ex.rate_limits or [])
+        out = limits[0].on_response(ex, response)  # type: ignore[attr-defined]
+        assert ex.rate_limits is None and response.headers == [(b"content-type", b"text/plain")]
+        ex.rate_limits = noted
+        assert out.headers == quota_fields(ex, response).headers  # the same bytes
+        return list(out.headers[1:])
+
+    fielded = chain(quiet, odd)
+    assert answer(fielded) == [
+        (b"ratelimit-policy", b'"header:X-%dKey";q=20;w=10, "client_ip";q=10;w=10'),
+        (b"ratelimit", b'"header:X-%dKey";r=19;t=1, "client_ip";r=9;t=1'),
+    ]
+    assert answer(fielded, skip=2) == [
+        (b"ratelimit-policy", b'"client_ip";q=10;w=10'),
+        (b"ratelimit", b'"client_ip";r=8;t=2'),
+    ]
+    assert [n for n, _ in answer(chain(odd, legacy))] == [
+        b"ratelimit-policy",
+        b"ratelimit",
+        b"x-ratelimit-limit",
+        b"x-ratelimit-remaining",
+        b"x-ratelimit-reset",
+        b"ratelimit-policy",
+        b"ratelimit",
+    ]
+    assert answer(chain(quiet, odd), skip=0)[1] == (b"ratelimit", b'"header:X-%dKey";r=19;t=1')
+    assert answer([FieldsRateLimit("svc", quiet, RateLimitState())]) == []
+
+
 def test_identity_keys_run_after_auth() -> None:
     assert needs_identity("user") and needs_identity("client_ip+claim:tenant")
     assert not needs_identity("client_ip+header:X-Api-Key")

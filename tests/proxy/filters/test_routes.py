@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from httpio.errors import MethodNotAllowed
-from proxy.filters.routes import DuplicateRoute, RouteMethod, RouteTable, host_of, upstream_target
+from proxy.filters.routes import (
+    HOSTS_MEMO,
+    DuplicateRoute,
+    RouteMethod,
+    RouteTable,
+    host_of,
+    upstream_target,
+)
 from tests.proxy.filters.edge import exchange
 from topology.schema import RouteSpec, ServiceSpec
 
@@ -69,15 +76,33 @@ def test_host_of_drops_the_port_and_case() -> None:
     assert host_of(None) == ""
 
 
+def test_the_table_remembers_few_hosts() -> None:
+    table = RouteTable([])
+    assert table.host(b"API.example.com:9000") == "api.example.com"
+    assert table.host(b"API.example.com:9000") == "api.example.com"  # remembered
+    assert table.host(None) == "" and table.host(b"") == ""
+    for i in range(HOSTS_MEMO + 10):  # a flood of distinct Hosts costs the parse, no memory
+        assert table.host(b"h%d:80" % i) == f"h{i}"
+    assert len(table._hosts) <= HOSTS_MEMO
+    table = RouteTable([])
+    assert table.host(b"A" * 300) == "a" * 300 and not table._hosts  # parsed, not kept
+
+
 def test_a_method_not_listed_is_405_with_allow() -> None:
     ex = exchange("DELETE", "/api/users/7")
     ex.route = TABLE.match("", "/api/users/7")
     with pytest.raises(MethodNotAllowed) as err:
         RouteMethod().on_request(ex)
     assert dict(err.value.headers)[b"allow"] == b"GET, POST"
-    ex = exchange("POST", "/api/users/7")
-    ex.route = TABLE.match("", "/api/users/7")
-    assert RouteMethod().on_request(ex) is None
+    for method, path in (("POST", "/api/users/7"), ("HEAD", "/api/users/7"), ("PUT", "/api/x")):
+        ex = exchange(method, path)  # listed; HEAD with GET; a route listing none takes any
+        ex.route = TABLE.match("", path)
+        assert RouteMethod().on_request(ex) is None
+    head_only = RouteTable([svc("h", RouteSpec("/h/", methods=("HEAD",)))])
+    ex = exchange("GET", "/h/x")  # HEAD listed does not let GET in
+    ex.route = head_only.match("", "/h/x")
+    with pytest.raises(MethodNotAllowed):
+        RouteMethod().on_request(ex)
 
 
 def test_matching_does_not_scan_routes() -> None:
