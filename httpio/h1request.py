@@ -345,6 +345,9 @@ class RequestReader:
         return END
 
     def _next_chunk(self) -> bytes | object:
+        # The twin of `httpio.h1client.ResponseReader._next_chunk`, kept apart on purpose: this
+        # side reads as h11 did (up to 20 hex digits, no BWS before ``;``, trailer lines as
+        # fields), that one is stricter, and each blames its own peer.
         while True:
             state = self._chunk_state
             buf = self.buffered
