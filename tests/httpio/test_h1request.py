@@ -14,7 +14,6 @@ from typing import Any
 
 import h11
 import pytest
-from h11._connection import _keep_alive
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +21,7 @@ from httpio.errors import ClientError, GatewayError, RequestBodyTooLarge, Reques
 from httpio.h1request import CLOSED, CONTINUE, END, NEED_DATA, RequestHead, RequestReader
 
 MAX_HEAD = 1024
+MIGHT_SWITCH_PROTOCOL = getattr(h11, "MIGHT_SWITCH_PROTOCOL")  # noqa: B009 (not in its __all__)
 Outcome = tuple[Any, ...]
 
 
@@ -55,16 +55,18 @@ def by_h11(data: bytes, *, closed: bool = False) -> Outcome:
             assert type(piece) is h11.EndOfMessage, piece
             break
         # (h11 also pauses after a CONNECT, which `httpio.protocol.refuse_request` refuses)
-        upgrade = conn.their_state is h11._state.MIGHT_SWITCH_PROTOCOL
-        keep = h11_keep_alive(event)  # h11's own rule; its states fold it with the switch
+        upgrade = conn.their_state is MIGHT_SWITCH_PROTOCOL
+        if upgrade:  # h11's state says the switch, not the keep-alive: its rule, RFC 9112 9.3
+            tokens = [
+                t.strip().lower() for n, v in head[3] if n == b"connection" for t in v.split(b",")
+            ]
+            keep = head[2] >= b"1.1" and b"close" not in tokens
+        else:
+            keep = conn.their_state is h11.DONE  # else MUST_CLOSE
         trailing = bytes(conn.trailing_data[0])
         return ("request", head, body, keep, upgrade, expects, trailing)
     except h11.RemoteProtocolError as exc:
         return ("error", exc.error_status_hint)
-
-
-def h11_keep_alive(event: Any) -> bool:
-    return bool(_keep_alive(event))
 
 
 def by_reader(data: bytes, *, closed: bool = False, step: int = 0) -> Outcome:
