@@ -31,7 +31,6 @@ from typing import Final
 
 from httpio.h1client import (
     LAST_CHUNK,
-    connection_tokens,
     encode_chunk,
     field_problem,
     field_tokens,
@@ -97,12 +96,6 @@ class BodyFraming:
         return b""
 
 
-def client_keeps_alive(http_version: str, headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether a request lets its connection persist by itself: HTTP/1.1 or later, and no
-    ``close`` in its ``Connection`` (an HTTP/1.0 client's keep-alive is ``persist``'s)."""
-    return http_version >= "1.1" and b"close" not in connection_tokens(headers)
-
-
 def _length_of(value: bytes, seen: int | None) -> int:
     if value.isdigit() and len(value) <= 18 and seen is None:  # the usual one: digits alone
         return int(value)
@@ -130,7 +123,7 @@ def encode_response(
 ) -> tuple[bytes, BodyFraming]:
     """The head of an answer to a request (``head``: a HEAD; ``http11``: the client speaks
     HTTP/1.1 or later; ``keep_alive``: the request lets the connection persist,
-    `client_keeps_alive`; ``persist``: an HTTP/1.0 client asked for keep-alive and may be
+    `httpio.h1request.RequestReader.keep_alive`; ``persist``: an HTTP/1.0 client asked for keep-alive and may be
     promised it), and how its body is framed. Raises `MalformedAnswer`."""
     if not 200 <= status <= 999:
         raise MalformedAnswer(f"status {status} cannot be a final answer")

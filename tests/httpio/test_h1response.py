@@ -10,6 +10,7 @@ import itertools
 import h11
 import pytest
 
+from httpio.h1request import RequestHead, RequestReader
 from httpio.h1response import (
     CHUNKED,
     LENGTH,
@@ -17,7 +18,6 @@ from httpio.h1response import (
     UNTIL_CLOSE,
     BodyFraming,
     MalformedAnswer,
-    client_keeps_alive,
     encode_response,
 )
 
@@ -55,14 +55,13 @@ def with_h11(
 def ours(
     method: bytes, version: bytes, asked: bytes | None, status: int, headers: Headers, body: bytes
 ) -> tuple[bytes, bool]:
-    request_headers = [(b"connection", asked)] if asked is not None else []
     head, framing = encode_response(
         status,
         b"R",
         list(headers),
         head=method == b"HEAD",
         http11=version == b"1.1",
-        keep_alive=client_keeps_alive(version.decode(), request_headers),
+        keep_alive=keeps_alive(version, [(b"connection", asked)] if asked is not None else []),
     )
     out = head
     if body and method != b"HEAD" and status not in (204, 304):
@@ -181,4 +180,14 @@ def test_what_would_not_be_valid_http_is_refused(status: int, headers: Headers) 
     ],
 )
 def test_which_requests_keep_their_connection(version: str, headers: Headers, keeps: bool) -> None:
-    assert client_keeps_alive(version, headers) is keeps
+    assert keeps_alive(version.encode(), headers) is keeps
+
+
+def keeps_alive(version: bytes, headers: Headers) -> bool:
+    """What the server's reader says of a request's connection (`RequestReader.keep_alive`),
+    the ``keep_alive`` the server loop gives `encode_response`."""
+    reader = RequestReader(16384)
+    fields = b"".join(n + b": " + v + b"\r\n" for n, v in [(b"host", b"x"), *headers])
+    reader.receive_data(b"GET / HTTP/%s\r\n%s\r\n" % (version, fields))
+    assert isinstance(reader.next_head(), RequestHead)
+    return reader.keep_alive
