@@ -176,11 +176,8 @@ def item_template(spec: RateLimitSpec) -> bytes:
 def reset_seconds(reset_s: float) -> int:
     """The ``t`` of a RateLimit item: whole seconds until the bucket is full, rounded up,
     at least 1."""
-    seconds = _ceil(reset_s - 1e-9)
+    seconds = math.ceil(reset_s - 1e-9)
     return seconds if seconds > 1 else 1
-
-
-_ceil = math.ceil
 
 
 def refusal_headers(spec: RateLimitSpec, decision: Decision) -> Headers:
@@ -325,15 +322,7 @@ class RateLimit:
             if held is None:
                 return self._ask_fleet(key, ex)
             decision = held
-        if not decision.allowed:
-            self._refuse(decision, ex)
-        # `_check`'s allowed branch, here: the common answer costs no call
-        self._counts[0] += 1
-        if self._policy is not None:
-            if ex.rate_limits is None:
-                ex.rate_limits = [(self, decision)]
-            else:
-                ex.rate_limits.append((self, decision))
+        self._check(decision, ex)
         return None
 
     def _check(self, decision: Decision, ex: Exchange) -> None:
