@@ -33,7 +33,7 @@ class Route:
     where: str  # "service users, routes[1]": for errors and /admin/config
     allow: bytes  # the Allow header of a 405
     # the methods that pass `RouteMethod`: those listed, and HEAD with GET (empty: any)
-    passes: frozenset[str] = frozenset()
+    passes: frozenset[str]
 
     @property
     def methods(self) -> tuple[str, ...]:
