@@ -40,8 +40,9 @@ says so too. h11 makes every HTTP/1.0 exchange its connection's last (it writes
 client that asks paid a TCP connection per request. `asks_keep_alive` and
 `http10_may_persist` decide (sans-IO), `httpio.h1response` writes the head that promises
 the connection, and the server loop reads the next request from it. A body the client can
-only delimit by the close (no Content-Length: a 1.0 client knows no chunked) never persists, nor does an answer that
-already carries a ``Connection`` header of its own (a drain's or a refusal's close).
+only delimit by the close (no Content-Length: a 1.0 client knows no chunked) never persists,
+nor does an answer that already carries a ``Connection`` header of its own (a drain's or a
+refusal's close).
 """
 
 from __future__ import annotations
