@@ -53,7 +53,19 @@ from httpio.errors import (
     RequestHeadTooLarge,
     Unimplemented,
 )
-from httpio.h1client import END, KNOWN_NAMES, NEED_DATA, field_tokens, lowercase_token
+from httpio.h1client import (
+    _DIGITS,
+    _HEAD_BYTES,  # visible ASCII, SP, HTAB, obs-text, and CR LF (CR checked to come before LF)
+    _HEX,
+    _OWS,
+    _TCHAR,
+    _VALUE_BYTES,
+    END,
+    KNOWN_NAMES,
+    NEED_DATA,
+    field_tokens,
+    lowercase_token,
+)
 
 __all__ = ["CLOSED", "END", "NEED_DATA", "RequestHead", "RequestReader"]
 
@@ -72,14 +84,6 @@ CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 MAX_CHUNK_LINE_BYTES: Final = 4096
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")
-_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-# What a head may hold: visible ASCII, SP, HTAB, obs-text, and CR LF (CR then checked to
-# come only before LF).
-_HEAD_BYTES = bytes([9, 10, 13, *range(32, 127), *range(128, 256)])
-_VALUE_BYTES = bytes([9, *range(32, 127), *range(128, 256)])
-_HEX = b"0123456789abcdefABCDEF"
-_DIGITS = b"0123456789"
-_OWS = b" \t"
 _FOLD = re.compile(rb"\n[ \t]")
 # method SP target SP HTTP-version (RFC 9112 3): a token, visible ASCII, HTTP/d.d
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])")
