@@ -707,8 +707,6 @@ class HttpServer:
         a word), or timed out mid-head (answered 408 first)."""
         if self.draining and unstarted:
             return None
-        # Under load the bytes are usually here by the time we look: read them with no cancel
-        # scope and no wait. Only a read that would block waits, under the deadline.
         if waiting_idle:
             # The answer has just gone out and nothing of the next request was here: a busy
             # keep-alive client's next one is on its way. Let the other connections run once,
@@ -718,6 +716,8 @@ class HttpServer:
             await trio.lowlevel.checkpoint()
             if self.draining:
                 return None
+        # Under load the bytes are usually here by the time we look: read them with no cancel
+        # scope and no wait. Only a read that would block waits, under the deadline.
         data = sockio.try_receive(stream.socket)
         if data is not None:
             return data
