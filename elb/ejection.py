@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from httpio.health import HealthSettings
+from httpio.settings import HealthSettings
 
 
 class Verdict(enum.Enum):

@@ -60,14 +60,14 @@ from httpio.handoff import (
     UnsafeRuntimeDir,
     handoff_address,
 )
-from httpio.health import HealthSettings
 from httpio.health_check import probe_round, run_on_schedule
 from httpio.listen import accept_loop, open_listeners, send_refusal, wrap_socket
 from httpio.messages import Request, Response
 from httpio.metrics import metrics_response
 from httpio.proxyproto import build_v2
 from httpio.run import configure_logging, run_until_signalled, serve_tcp
-from httpio.upstream import UpstreamPool, UpstreamTimeouts
+from httpio.settings import HealthSettings, UpstreamTimeouts
+from httpio.upstream import UpstreamPool
 from topology.load import ConfigError, load_elb_targets
 from topology.placement import LOOPBACK_NAMES, is_local
 

@@ -53,9 +53,10 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from httpio.errors import NoHealthyInstance
-from httpio.health import HealthSettings, HealthTracker, Outcome, Transition
+from httpio.health import HealthTracker, Outcome, Transition
 from httpio.limits import RETRY_AFTER
 from httpio.origin import origin_url, parse_origin
+from httpio.settings import HealthSettings
 
 EWMA_ALPHA = 0.3
 UNMEASURED_LATENCY_S = 0.010
@@ -229,8 +230,12 @@ def _pick_random(b: Balancer, c: Sequence[InstanceState], ip: str, url: str) -> 
 
 def _rendezvous(b: Balancer, c: Sequence[InstanceState], key: str) -> InstanceState:
     # fmix64(key_hash ^ node_hash), inlined: this loop is the whole cost of the hash policies.
+    # The unweighted score is the hash itself, an int: -1/ln(u) grows with u, so the largest
+    # hash wins and no log is needed (and no float, which would tie hashes past 2**53).
     k = _hash64(key)
-    best, best_score = c[0], -1.0
+    best = c[0]
+    best_score = -1.0
+    best_hash = -1
     for s in c:
         x = k ^ s.node_hash
         x = ((x ^ (x >> 33)) * 0xFF51AFD7ED558CCD) & _MASK64
@@ -238,10 +243,10 @@ def _rendezvous(b: Balancer, c: Sequence[InstanceState], key: str) -> InstanceSt
         x ^= x >> 33
         if b.weighted:
             score = s.endpoint.weight / -math.log(((x >> 11) + 0.5) / _TWO53)
-        else:  # -1/ln(u) grows with u: the largest hash wins, no log needed
-            score = x
-        if score > best_score:
-            best, best_score = s, score
+            if score > best_score:
+                best, best_score = s, score
+        elif x > best_hash:
+            best, best_hash = s, x
     return best
 
 

@@ -134,6 +134,14 @@ class Overloaded(GatewayRefusal):
     code = "overloaded"
 
 
+class TooManyConnections(GatewayRefusal):
+    """A server at its connection cap (`httpio.server.ServerLimits.max_connections`): the
+    connection is answered at once and closed, before any request is read."""
+
+    status = 503
+    code = "too_many_connections"
+
+
 class DependencyUnavailable(GatewayRefusal):
     """A service we need to decide (the auth server) cannot be reached: never fail open."""
 

@@ -44,31 +44,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Annotated, Final
+from typing import Final
 
-import msgspec
-from msgspec import Meta
-
-Seconds = Annotated[float, Meta(gt=0)]
-
-
-class HealthSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    path: str = "/health"
-    interval_s: Seconds | None = None  # None -> config.json MSA_healthcheck_interval
-    timeout_s: Seconds = 1.0
-    rise: Annotated[int, Meta(ge=1)] = 2
-    fall: Annotated[int, Meta(ge=1)] = 3
-    consecutive_failures: Annotated[int, Meta(ge=1)] = 5  # Envoy's consecutive_5xx
-    consecutive_gateway_failures: Annotated[int, Meta(ge=1)] = 3  # ... consecutive_gateway_failure
-    recently_failed_s: Seconds = 5.0  # a retry avoids an instance that failed this recently
-    base_ejection_s: Seconds = 10.0
-    max_ejection_s: Seconds = 300.0
-    max_ejection_percent: Annotated[int, Meta(ge=0, le=100)] = 50
-    panic: bool = True  # no instance usable -> spread over all of them rather than answer 503
-
-    def effective_interval_s(self, default_s: float) -> float:
-        return default_s if self.interval_s is None else self.interval_s
-
+from httpio.settings import HealthSettings
 
 # Members are singletons and compared with ``is``: hashed by identity, in C. Enum's own
 # __hash__ is a Python call (hash of the name), and the transition table and the balancer look

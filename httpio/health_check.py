@@ -31,7 +31,7 @@ import structlog
 import trio
 
 from httpio.balance import ServicePool
-from httpio.health import HealthSettings
+from httpio.settings import HealthSettings
 from httpio.upstream import UpstreamPool
 
 log = structlog.get_logger("httpio.health_check")

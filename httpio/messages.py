@@ -2,7 +2,7 @@
 
 Kept apart from the server loop so that applications (proxy, auth server, backends) depend
 on the shape of a request and a response, not on how connections are served. The request
-body is read straight off the connection by `httpio.server.RequestBody`; a response body is
+body is read straight off the connection by `httpio.body.RequestBody`; a response body is
 bytes (sent with its head in one write) or any object with ``read()``/``aclose()``, which
 the server streams and always closes.
 """
@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
+from httpio.body import RequestBody
 from httpio.errors import GatewayError
 from httpio.protocol import Headers, header_value
 
 if TYPE_CHECKING:
     from httpio.access_log import RequestNote
-    from httpio.server import RequestBody
 
 
 class ResponseBody(Protocol):

@@ -64,16 +64,19 @@ from httpio.errors import (
 from httpio.h1client import connection_tokens
 
 h11 = _pure_h11
+# The name is found first and the module bound once from it: compiled (`httpio.accel`), a
+# read of ``h11`` would be of the module imported statically, whatever was bound since.
 _choice = os.environ.get("GATEWAY_H11", "auto")
 if _choice not in ("auto", "pure", "mypyc"):
     raise SystemExit(f"GATEWAY_H11 must be auto, pure or mypyc, not {_choice!r}")
+H11_NAME = "h11"
 if _choice != "pure":
     try:
         h11 = importlib.import_module("h11_mypyc")
+        H11_NAME = "h11_mypyc"
     except ImportError:
         if _choice == "mypyc":
             raise
-H11_NAME: str = h11.__name__
 
 Headers = list[tuple[bytes, bytes]]
 

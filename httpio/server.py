@@ -66,24 +66,24 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any
+from typing import Any
 
-import msgspec
 import structlog
 import trio
 
 from httpio import proxyproto, sockio
 from httpio.access_log import RequestNote
+from httpio.body import RequestBody
 from httpio.dates import http_date
 from httpio.errors import (
-    ClientError,
     GatewayError,
     RequestBodyTooLarge,
     RequestTimeout,
+    TooManyConnections,
     encode_error,
     unavailable_response,
 )
-from httpio.h1request import CONTINUE, END, NEED_DATA, RequestHead, RequestReader
+from httpio.h1request import NEED_DATA, RequestHead, RequestReader
 from httpio.h1response import (
     NO_BODY,
     BodyFraming,
@@ -100,6 +100,7 @@ from httpio.protocol import (
     reason_for,
     refuse_request,
 )
+from httpio.settings import ServerLimits
 from httpio.switch import Switched, SwitchRefused, request_head, switch_protocols
 from httpio.trace import new_request_id, request_id_of
 
@@ -111,12 +112,7 @@ REFUSED_TARGET_BYTES = 1024
 _KNOWN_METHODS = frozenset({*SERVED_METHODS, b"CONNECT", b"TRACE"})
 
 
-class _ConnectionLimit(GatewayError):
-    status = 503
-    code = "too_many_connections"  # the code of `_refuse`'s answer
-
-
-_REFUSED_CONNECTION = _ConnectionLimit("server is at its connection limit")
+_REFUSED_CONNECTION = TooManyConnections("server is at its connection limit")
 
 # Called once per answered request, after its response went out: (request, response, monotonic
 # time the handler started, body bytes sent). The access log and the metrics are observers.
@@ -131,162 +127,12 @@ DROP_REASONS = ("no_request", "bad_proxy_header")
 
 log = structlog.get_logger()
 
-RECEIVE_SIZE = 65536
 LINGER_S = 2.0
 LINGER_BYTES = 1 << 20
 # A keep-alive connection's next head is read without waiting when it is already there;
 # one request in this many yields to the scheduler anyway (the proxy's requests each yield
 # while their upstream answers, a static backend's need not).
 YIELD_EVERY_REQUESTS = 16
-
-
-class ServerLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Limits of one listening server. Defaults follow common proxy practice: nginx's
-    large_client_header_buffers (4 x 8k) sits near 16 KiB, its keepalive_timeout is 75 s;
-    we choose shorter idle times because idle connections cost memory on a 2-core box.
-
-    A request body is bounded three ways, and each counts only the time spent waiting for
-    the client's bytes (not the handler's work, nor an upstream slow to take them):
-    ``body_timeout_s`` between two reads (nginx's ``client_body_timeout``, per read); a
-    minimum rate, Apache ``mod_reqtimeout``'s model (``body=20,MinRate=500``): once
-    ``body_rate_grace_s`` have gone by, each ``min_body_rate_bytes_per_s`` bytes received
-    buys one more second (0 switches the rate off); and ``body_deadline_s`` for the whole
-    body, as HAProxy's ``timeout http-request`` bounds a whole request. A body trickling a
-    byte every few seconds so held a service's in-flight slots for as long as it liked.
-    1 KiB/s is 8 kbit/s, below any link a real upload uses, after 10 s of grace for a
-    client that starts slowly; 300 s lets a 1 GiB body (``max_body_bytes``) in at 3.6 MB/s,
-    and a deployment taking larger uploads on slower links raises it."""
-
-    max_head_bytes: int = 16384
-    max_body_bytes: int = 1 << 30
-    head_timeout_s: float = 10.0
-    idle_timeout_s: float = 30.0
-    body_timeout_s: float = 30.0
-    body_deadline_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
-    min_body_rate_bytes_per_s: Annotated[int, msgspec.Meta(ge=0)] = 1024
-    body_rate_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
-    send_timeout_s: float = 30.0
-    max_connections: int = 20000
-    drain_timeout_s: float = 10.0
-
-
-class RequestBody:
-    """The body of the request being served, read straight off the connection.
-
-    ``read()`` returns the next chunk and ``b""`` at the end. Cancellation mid-read leaves
-    the connection unusable; the server then closes it rather than reuse it. ``length`` is
-    the declared Content-Length (`httpio.h1request` checked it and holds the body to it),
-    None for a chunked body or none: a proxy frames what it forwards with it.
-    """
-
-    __slots__ = (
-        "_done",
-        "_limits",
-        "_reader",
-        "_received",
-        "_stream",
-        "_waited",
-        "failed",
-        "length",
-    )
-
-    def __init__(
-        self, reader: RequestReader, stream: trio.abc.Stream, limits: ServerLimits
-    ) -> None:
-        self._reader = reader
-        self._stream = stream
-        self._limits = limits
-        self._received = 0
-        self._waited = 0.0  # seconds spent waiting for the client's bytes
-        self._done = False
-        self.failed = False  # a read raised: the connection's framing is no longer known
-        self.length: int | None = None
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    async def read(self) -> bytes:
-        try:
-            return await self._read()
-        except BaseException:
-            self.failed = True
-            raise
-
-    async def _read(self) -> bytes:
-        if self._done:
-            return b""
-        reader = self._reader
-        while True:
-            piece = reader.next_body()
-            if piece is NEED_DATA:
-                if reader.expects_continue:
-                    await self._stream.send_all(CONTINUE)
-                    reader.continue_sent()
-                wait, why = self._allowed_wait()
-                started = trio.current_time()
-                with trio.CancelScope(deadline=started + wait) as scope:
-                    data = await self._stream.receive_some(RECEIVE_SIZE)
-                self._waited += trio.current_time() - started
-                if scope.cancelled_caught:
-                    raise RequestTimeout(why)
-                reader.receive_data(bytes(data))
-                continue
-            if piece is END:
-                self._done = True
-                return b""
-            assert isinstance(piece, bytes)
-            self._received += len(piece)
-            if self._received > self._limits.max_body_bytes:
-                raise RequestBodyTooLarge(
-                    f"request body exceeds {self._limits.max_body_bytes} bytes"
-                )
-            return piece
-
-    def _allowed_wait(self) -> tuple[float, str]:
-        """How long the next read may wait for the client, and what to say if it times out."""
-        limits = self._limits
-        wait = limits.body_timeout_s
-        why = "request body not received in time"
-        left = limits.body_deadline_s - self._waited
-        if left < wait:
-            wait, why = left, f"request body not complete within {limits.body_deadline_s:g} s"
-        rate = limits.min_body_rate_bytes_per_s
-        if rate:
-            earned = limits.body_rate_grace_s + self._received / rate - self._waited
-            if earned < wait:
-                wait, why = earned, f"request body slower than {rate} bytes/s"
-        return max(wait, 0.0), why
-
-    def local_address(self) -> str | None:
-        """The address the connection was accepted on (None: not a socket)."""
-        sock = getattr(self._stream, "socket", None)
-        try:
-            return str(sock.getsockname()[0]) if sock is not None else None
-        except OSError:
-            return None
-
-    def complete_in_buffer(self) -> bool:
-        """Whether the rest of the body (often none: a GET) is already here, read without
-        waiting. False means the client may still be sending."""
-        if self._done or self.failed:
-            return self._done
-        try:
-            while True:
-                piece = self._reader.next_body()
-                if piece is NEED_DATA:
-                    return False
-                if piece is END:
-                    self._done = True
-                    return True
-        except ClientError:
-            return False
-
-    async def read_all(self) -> bytes:
-        parts = []
-        while chunk := await self.read():
-            parts.append(chunk)
-        return b"".join(parts)
 
 
 class _Clock:
@@ -450,8 +296,8 @@ class HttpServer:
             await self._serve(stream, via_elb)
         except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             pass
-        except OSError as exc:
-            log.debug("connection_error", server=self.name, error=str(exc))
+        except OSError as broken:
+            log.debug("connection_error", server=self.name, error=str(broken))
         except Exception as exc:  # the boundary: this connection ends, the process does not
             self._connection_failed(exc)
         finally:
@@ -490,7 +336,7 @@ class HttpServer:
         started = time.monotonic()
         request_id = new_request_id()  # no head was read: a new id
         answer = unavailable_response(
-            "too_many_connections", "server is at its connection limit", request_id
+            _REFUSED_CONNECTION.code, _REFUSED_CONNECTION.detail, request_id
         )
         await send_refusal(stream, answer)
         if self.observer is not None:
@@ -525,7 +371,7 @@ class HttpServer:
             headers = list(event.headers)
             version = bytes(event.http_version).decode("ascii", "replace")
         path, _, query = target.partition("?")
-        body = RequestBody(conn, None, self.limits)  # type: ignore[arg-type]
+        body = RequestBody(conn, None, self.limits)
         request = Request(method, target, path, query, headers, version, peer, body, via_elb)
         note = request.note = RequestNote()
         note.error = err.code
@@ -605,7 +451,7 @@ class HttpServer:
         method, target, version, client, via_elb, agent, note = facts
         path, _, query = target.partition("?")
         headers = [(b"user-agent", agent)] if agent is not None else []
-        body = RequestBody(None, None, self.limits)  # type: ignore[arg-type]
+        body = RequestBody(None, None, self.limits)
         return Request(method, target, path, query, headers, version, client, body, via_elb, note)
 
     async def _read_proxy_header(

@@ -24,7 +24,6 @@ import select
 from collections.abc import Iterable
 from typing import Protocol
 
-import msgspec
 import trio
 
 from httpio import h1client, sockio
@@ -37,17 +36,10 @@ from httpio.h1client import END, NEED_DATA, MalformedResponse, ResponseHead
 from httpio.limits import ConcurrencyLimit
 from httpio.origin import Origin
 from httpio.protocol import Headers
+from httpio.settings import UpstreamTimeouts
 
 RECEIVE_SIZE = 65536
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-
-
-class UpstreamTimeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    connect_timeout_s: float = 1.0
-    response_head_timeout_s: float = 30.0
-    body_timeout_s: float = 30.0
-    idle_timeout_s: float = 20.0
-    max_idle_per_origin: int = 256
 
 
 class BodySource(Protocol):
@@ -121,9 +113,11 @@ class UpstreamResponse:
         while True:
             try:
                 event, self._ahead = self._ahead or reader.next_body(), None
-            except MalformedResponse as exc:
+            except MalformedResponse as malformed:
                 await self._discard()
-                raise UpstreamProtocolError(f"{c.origin.url}: {exc}", bytes_sent=True) from exc
+                raise UpstreamProtocolError(
+                    f"{c.origin.url}: {malformed}", bytes_sent=True
+                ) from malformed
             if event is NEED_DATA:
                 try:
                     with trio.fail_after(self._pool.timeouts.body_timeout_s):
@@ -364,9 +358,9 @@ class UpstreamPool:
             event = await self._next_head_event(c, trio.current_time() + timeout)
             if event is not None:
                 return UpstreamResponse(self, c, event)
-        except MalformedResponse as exc:
+        except MalformedResponse as malformed:
             await self._close(c)
-            raise UpstreamProtocolError(f"{url}: {exc}", bytes_sent=True) from None
+            raise UpstreamProtocolError(f"{url}: {malformed}", bytes_sent=True) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             await self._close(c)
             reset = UpstreamUnreachable(f"{url}: connection reset", bytes_sent=c.request_sent)

@@ -25,10 +25,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct, field
 
-from httpio.health import HealthSettings
 from httpio.limits import ServiceLimits
-from httpio.server import ServerLimits
-from httpio.upstream import UpstreamTimeouts
+from httpio.settings import HealthSettings, ServerLimits, UpstreamTimeouts
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
 PositiveInt = Annotated[int, Meta(ge=1)]

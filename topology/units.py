@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from httpio.lifeline import stop_timeout_s
-from httpio.server import ServerLimits
+from httpio.settings import ServerLimits
 from topology.supervisor import ChildSpec
 
 UNIT_PREFIX = "gateway-"

@@ -13,8 +13,8 @@ by the server first, as before.
 
 from __future__ import annotations
 
+from httpio.body import RequestBody
 from httpio.errors import RequestBodyTooLarge
-from httpio.server import RequestBody
 from proxy.filters.chain import Exchange, RequestAnswer
 
 

@@ -29,13 +29,13 @@ import time
 import structlog
 
 from httpio.balance import Endpoint, ServicePool
+from httpio.body import RequestBody
 from httpio.errors import NoHealthyInstance, UpstreamError
 from httpio.health import Outcome, outcome_of_status
 from httpio.limits import ConcurrencyLimit, ServiceLimiter, ServiceLimits
 from httpio.messages import Request, Response
 from httpio.protocol import Headers
 from httpio.retry_budget import RetryBudget
-from httpio.server import RequestBody
 from httpio.upstream import IDEMPOTENT, UpstreamPool, UpstreamResponse
 from proxy import forwarding, retry
 from proxy.filters.chain import Exchange
@@ -205,8 +205,8 @@ class Forward:
         client_ip = ex.request.client[0]
         try:
             endpoint = pool.pick(client_ip=client_ip, url=ex.target)
-        except NoHealthyInstance as err:
-            raise retry.unavailable(err, dependency=self._dependency) from None
+        except NoHealthyInstance as none_left:
+            raise retry.unavailable(none_left, dependency=self._dependency) from None
         first = time.monotonic()
         note = ex.note
         while True:

@@ -8,7 +8,7 @@ import pytest
 
 from elb.ejection import TRANSITIONS, Change, Evidence, ProxyHealth, Verdict
 from elb.main import ELB_HEALTH
-from httpio.health import HealthSettings
+from httpio.settings import HealthSettings
 
 PASS, MISS, GONE = Evidence.PROBE_PASSED, Evidence.PROBE_FAILED, Evidence.GONE
 A, B, C, D = "http://127.0.0.1:6000", "http://127.0.0.1:6001", "http://h:6002", "http://h:6003"

@@ -19,7 +19,8 @@ from httpio.balance import (
     normalize_policy,
 )
 from httpio.errors import NoHealthyInstance
-from httpio.health import HealthSettings, Outcome, State
+from httpio.health import Outcome, State
+from httpio.settings import HealthSettings
 from tests.support.clock import FakeClock
 
 SEED_CONFIG = Path("/work/shared/seed-resources/config.json")

@@ -8,13 +8,13 @@ import pytest
 from httpio.health import (
     TRANSITIONS,
     Event,
-    HealthSettings,
     HealthTracker,
     Outcome,
     State,
     outcome_of_status,
 )
 from httpio.limits import DEFAULT_PER_TRY_TIMEOUT_S
+from httpio.settings import HealthSettings
 from tests.support.clock import FakeClock
 
 

@@ -14,10 +14,11 @@ import trio
 
 from httpio.balance import Endpoint, ServicePool
 from httpio.errors import UpstreamTimeout, UpstreamUnreachable
-from httpio.health import HealthSettings, State
+from httpio.health import State
 from httpio.health_check import USER_AGENT, check_round, probe_health, run_health_checks
 from httpio.messages import Request, Response, json_response
 from httpio.run import serve_tcp
+from httpio.settings import HealthSettings
 from httpio.upstream import UpstreamPool
 from tests.support.ports import held_port
 

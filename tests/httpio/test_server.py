@@ -26,7 +26,8 @@ from httpio.listen import listener_port, open_listeners
 from httpio.messages import Handler, Request, Response, json_response
 from httpio.proxyproto import SIGNATURE, build_v2
 from httpio.run import serve_tcp
-from httpio.server import YIELD_EVERY_REQUESTS, HttpServer, ServerLimits
+from httpio.server import YIELD_EVERY_REQUESTS, HttpServer
+from httpio.settings import ServerLimits
 from tests.support.polling import wait_until
 
 DEADLINE_S = 10.0  # per client read; the server timeouts under test are all shorter

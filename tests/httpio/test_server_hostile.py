@@ -17,7 +17,7 @@ import trio.testing
 
 from httpio.messages import Request, Response, json_response
 from httpio.protocol import h11
-from httpio.server import ServerLimits
+from httpio.settings import ServerLimits
 from tests.httpio.test_server import (
     DEADLINE_S,
     App,

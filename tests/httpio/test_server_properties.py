@@ -40,7 +40,8 @@ from hypothesis import strategies as st
 
 from httpio.listen import listener_port, open_listeners
 from httpio.messages import Request, Response, json_response
-from httpio.server import HttpServer, ServerLimits
+from httpio.server import HttpServer
+from httpio.settings import ServerLimits
 from httpio.upstream import UpstreamPool
 from proxy.app import ProxyApp
 from proxy.state import ProxyConfig

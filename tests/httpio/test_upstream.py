@@ -23,7 +23,8 @@ from httpio.errors import UpstreamTimeout, UpstreamUnreachable
 from httpio.messages import Request, Response, json_response
 from httpio.origin import Origin
 from httpio.run import serve_tcp
-from httpio.upstream import UpstreamPool, UpstreamTimeouts
+from httpio.settings import UpstreamTimeouts
+from httpio.upstream import UpstreamPool
 
 DEADLINE_S = 10.0
 BIG = 1 << 20

@@ -19,13 +19,14 @@ import trio
 import trio.testing
 
 from httpio.balance import Endpoint
+from httpio.body import RequestBody
 from httpio.errors import RouteNotFound
-from httpio.health import HealthSettings, Outcome, State
+from httpio.health import Outcome, State
 from httpio.limits import ServiceLimits
 from httpio.messages import Request, Response, json_response
 from httpio.protocol import Headers
 from httpio.run import serve_tcp
-from httpio.server import RequestBody, ServerLimits
+from httpio.settings import HealthSettings, ServerLimits
 from httpio.upstream import UpstreamPool
 from proxy import forwarding
 from proxy.app import ProxyApp

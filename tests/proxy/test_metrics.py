@@ -21,9 +21,11 @@ import trio.testing
 from prometheus_client import REGISTRY
 
 from httpio.access_log import AccessLine, AccessLog, RequestNote
+from httpio.body import RequestBody
 from httpio.listen import listener_port, open_listeners
 from httpio.messages import Request, Response, json_response
-from httpio.server import HttpServer, RequestBody, ServerLimits
+from httpio.server import HttpServer
+from httpio.settings import ServerLimits
 from httpio.upstream import UpstreamPool
 from proxy.app import ProxyApp
 from proxy.metrics import REFUSAL_LINES_PER_S, ProxyObserver
