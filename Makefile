@@ -7,7 +7,7 @@ TOPOLOGY ?= topology/fleet.yaml
 ELB ?= http://127.0.0.1:9000
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: top report observability-cost fleet server proxy benchmark test check system-deps install regular region concurrent image large signin wrk bench bench-caddy bench-hop bench-hop-profile bench-hop-ab elb-cost idle policies policy-cost chaos soak bench-hosts clean ws ratelimit bench-edge bench-edge-filters bench-routes
+.PHONY: accel top report observability-cost fleet server proxy benchmark test check system-deps install regular region concurrent image large signin wrk bench bench-caddy bench-hop bench-hop-profile bench-hop-ab elb-cost idle policies policy-cost chaos soak bench-hosts clean ws ratelimit bench-edge bench-edge-filters bench-routes
 
 BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
@@ -18,7 +18,12 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-install: system-deps $(STAMP)
+install: system-deps $(STAMP) accel
+
+# our hot modules compiled with mypyc (httpio.accel), a no-op when the build is fresh; without a
+# C compiler the build fails, says so, and every process runs the pure modules
+accel: $(STAMP)
+	@$(PY) -m httpio.accel_build build || echo "make accel failed: the pure modules will run" >&2
 
 # the optional `bench` extra (matplotlib for charts, py-spy for profiles)
 $(BENCH_STAMP): $(STAMP)

@@ -66,6 +66,7 @@ from bench.hop_lab import (
 )
 from bench.parse import BenchOutputError, parse_ab, parse_wrk
 from bench.policies import Child
+from httpio.accel import STATE as ACCEL_STATE
 from httpio.protocol import H11_NAME
 
 AB_SOCKET_TIMEOUT_S = 10
@@ -275,6 +276,7 @@ def host_facts() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "h11": H11_NAME,
+        "accel": ACCEL_STATE,  # our modules: compiled (mypyc) or pure, and why
         "nginx": version([hop_anchors.find_program("nginx"), "-v"]),
         "haproxy": version([hop_anchors.find_program("haproxy"), "-v"]),
         "caddy": version(["caddy", "version"]),
@@ -438,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         print(note)
     print(
         f"\nload average (1, 5, 15 min) before {host['loadavg_before']}, after"
-        f" {host['loadavg_after']}; {host['cpus']} CPUs; h11: {H11_NAME}"
+        f" {host['loadavg_after']}; {host['cpus']} CPUs; h11: {H11_NAME}; ours: {ACCEL_STATE}"
     )
     print(f"record: {path}")
     if not args.no_chart:

@@ -49,6 +49,7 @@ from typing import Any
 from bench import hop
 from bench.hop_lab import Target, lab_running
 from bench.parse import BenchResult, format_rows, parse_ab, parse_wrk
+from httpio.accel import STATE as ACCEL_STATE
 from httpio.protocol import H11_NAME
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -417,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         "load": drive(target, load, args.seconds),
         "started": stamp,
         "h11": H11_NAME,
+        "accel": ACCEL_STATE,  # our modules: compiled (mypyc) or pure, and why
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in load_after],
         "cpu": {k: round(v, 3) for k, v in cpu.items()},
@@ -437,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{args.target} under {args.load}: {cpu['requests_per_s']:,.0f} req/s at {cpu['cpu_share']:.0%} of a core;"
         f" {cpu_us:.1f} us CPU per request ({cpu['user_us_per_request']:.1f} user,"
-        f" {cpu['system_us_per_request']:.1f} system); h11: {H11_NAME}"
+        f" {cpu['system_us_per_request']:.1f} system); h11: {H11_NAME}; ours: {ACCEL_STATE}"
     )
     print(format_rows(("layer", "py-spy share", "us/req", "main callers"), rows))
     if syscalls is not None:

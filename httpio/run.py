@@ -22,12 +22,14 @@ from collections.abc import Awaitable, Callable, Iterable
 import structlog
 import trio
 
+from httpio import accel
 from httpio.errors import GatewayError
 from httpio.listen import listener_port, open_listeners
 from httpio.messages import Handler, Request, Response
 from httpio.metrics import observe_server
 from httpio.protocol import h11
-from httpio.server import HttpServer, ServerLimits
+from httpio.server import HttpServer
+from httpio.settings import ServerLimits
 
 log = structlog.get_logger()
 
@@ -133,7 +135,13 @@ async def serve_until_signalled(
         await nursery.start(server.serve_listeners, listeners)
         if extra is not None:
             await extra(nursery, server)
-        log.info("listening", server=name, port=listener_port(listeners), h11=h11.__name__)
+        log.info(
+            "listening",
+            server=name,
+            port=listener_port(listeners),
+            h11=h11.__name__,
+            accel=accel.STATE,
+        )
 
     await run_until_signalled(name, start, server.drain)
 

@@ -1,5 +1,7 @@
 #!/bin/sh
-# The whole suite under both h11 builds (compiled, then GATEWAY_H11=pure), side by side.
+# The whole suite under both builds, side by side: compiled (h11-mypyc and our own modules
+# compiled by `make accel`, GATEWAY_ACCEL=mypyc, which stops every process if that build is
+# missing or stale) and pure (GATEWAY_H11=pure GATEWAY_ACCEL=pure).
 #
 # Run one after the other they took 13.5 min on this 2-core machine, most of it spent
 # waiting for processes to start, sync or fail over rather than on the CPU. Side by side,
@@ -16,7 +18,8 @@ PY=${PY:-.venv/bin/python}
 IP=$(command -v ip || echo /usr/sbin/ip)
 
 sequential() {
-    "$PY" -m pytest "$@" && GATEWAY_H11=pure "$PY" -m pytest "$@"
+    GATEWAY_ACCEL=mypyc "$PY" -m pytest "$@" \
+        && GATEWAY_H11=pure GATEWAY_ACCEL=pure "$PY" -m pytest "$@"
 }
 
 if [ "${TEST_BUILDS:-parallel}" = sequential ] || [ "$(id -u)" != 0 ] \
@@ -29,10 +32,10 @@ fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/test-builds-XXXXXX")
 pure_log="$work/pure.log"
-echo "== h11 compiled (the pure build runs beside it in its own network namespace) =="
-env --default-signal=INT "$PY" -m pytest "$@" &
+echo "== compiled (the pure build runs beside it in its own network namespace) =="
+GATEWAY_ACCEL=mypyc env --default-signal=INT "$PY" -m pytest "$@" &
 compiled=$!
-GATEWAY_H11=pure unshare -n sh -c '"$1" link set lo up && shift && exec "$@"' sh \
+GATEWAY_H11=pure GATEWAY_ACCEL=pure unshare -n sh -c '"$1" link set lo up && shift && exec "$@"' sh \
     "$IP" env --default-signal=INT "$PY" -m pytest "$@" >"$pure_log" 2>&1 &
 pure=$!
 # A shell starts background commands with SIGINT ignored, which Python keeps; env gives them
@@ -54,7 +57,7 @@ finish "$pure"
 pure_rc=$?
 trap - TERM INT
 
-echo "== GATEWAY_H11=pure =="
+echo "== GATEWAY_H11=pure GATEWAY_ACCEL=pure =="
 cat "$pure_log"
 rm -rf "$work"
 echo "== compiled: exit $compiled_rc; pure: exit $pure_rc =="

@@ -52,3 +52,7 @@ CORS sits before the cache as well, so grants are computed per request and never
 A chain of filters configured but not triggering is measured against one without by
 ``make bench-edge`` (`bench.edge`).
 """
+
+from httpio.accel import package_path as _package_path
+
+__path__ = _package_path(__name__, __path__)  # the compiled modules first, when fresh
