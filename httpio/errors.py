@@ -102,6 +102,14 @@ class Forbidden(ClientError):
     code = "forbidden"
 
 
+class RateLimited(ClientError):
+    """Over a rate limit (`proxy.filters.rate_limit`): 429 with ``Retry-After`` and the
+    quota fields its limit sends."""
+
+    status = 429
+    code = "rate_limited"
+
+
 class MethodNotAllowed(ClientError):
     """A method we know and refuse everywhere (CONNECT, TRACE). RFC 9110 15.5.6: a 405
     carries ``Allow``, the methods that are served."""

@@ -20,11 +20,12 @@ the response it was given: the terminal's body holds an in-flight slot.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
 from httpio.access_log import RequestNote
 from httpio.messages import Request, Response
 from httpio.protocol import Headers
+from proxy.filters.hooks import AroundFilter, RequestFilter, ResponseFilter, Terminal
 
 if TYPE_CHECKING:
     from authsvc.tokens import Claims
@@ -82,28 +83,6 @@ class Exchange:
         return f"<Exchange {self.request.method} {self.target} id={self.request_id.decode()}>"
 
 
-@runtime_checkable
-class RequestFilter(Protocol):
-    def on_request(self, ex: Exchange) -> RequestAnswer: ...
-
-
-@runtime_checkable
-class ResponseFilter(Protocol):
-    def on_response(self, ex: Exchange, response: Response) -> Response: ...
-
-
-@runtime_checkable
-class AroundFilter(Protocol):
-    """Runs the rest of the chain itself (``await rest.run(ex)``), or answers instead."""
-
-    async def around(self, ex: Exchange, rest: Stage) -> Response: ...
-
-
-@runtime_checkable
-class Terminal(Protocol):
-    async def respond(self, ex: Exchange) -> Response: ...
-
-
 class Stage:
     """Request hooks, then an around filter (with the next stage) or the terminal, then the
     response hooks, reversed. Built by `Chain`; never per request."""
@@ -135,8 +114,8 @@ class Stage:
         for f, back in self._requests:
             answer = f.on_request(ex)
             if answer is not None:
-                if type(answer) is not Response:
-                    answer = await answer  # type: ignore[misc]
+                if not isinstance(answer, Response):
+                    answer = await answer
                 if answer is not None:
                     return await _through(back, ex, answer)
         if self._around is not None:

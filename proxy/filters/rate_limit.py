@@ -48,7 +48,7 @@ from typing import NoReturn
 import structlog
 
 from authsvc.tokens import claim_of
-from httpio.errors import ClientError
+from httpio.errors import RateLimited
 from httpio.gcra import Decision, LocalBuckets, retry_after_header
 from httpio.messages import Response
 from httpio.protocol import Headers, header_value
@@ -61,11 +61,6 @@ from topology.schema import RateLimitSpec
 
 log = structlog.get_logger()
 MISSING = "-"
-
-
-class RateLimited(ClientError):
-    status = 429
-    code = "rate_limited"
 
 
 def needs_identity(key: str) -> bool:

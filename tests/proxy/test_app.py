@@ -31,6 +31,7 @@ from httpio.upstream import UpstreamPool
 from proxy import forwarding
 from proxy.app import ProxyApp
 from proxy.state import ProxyConfig
+from tests.support.accel import patches
 from tests.support.ports import held_port
 from tests.support.requests import bodiless_get
 from topology.schema import (
@@ -583,6 +584,7 @@ async def test_a_slow_but_moving_body_outlasts_every_head_timeout() -> None:
     assert stats["state"] == "healthy" and stats["requests"] == 1
 
 
+@patches("proxy.forwarding", "proxy.filters.response_headers")
 async def test_a_failure_while_relaying_the_head_frees_everything(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from authsvc.tokens import Claims
+from httpio.errors import RateLimited
 from httpio.gcra import Decision
 from proxy.filters.rate_limit import (
     FieldsRateLimit,
     RateLimit,
-    RateLimited,
     RateLimitState,
     key_of,
     needs_identity,
