@@ -125,6 +125,13 @@ class InvalidToken(TokenError):
     """A well-formed token that we refuse (401 invalid_token)."""
 
 
+class TokenRevoked(InvalidToken):
+    """Signed and unexpired, but revoked (the proxy's cache of revocations, or the auth
+    server's introspection)."""
+
+    reason = "revoked"
+
+
 class UnsupportedAlgorithm(InvalidToken):
     reason = "unsupported_alg"
 

@@ -85,6 +85,7 @@ MODULES: tuple[str, ...] = (
     "proxy.filters.remote",
     "proxy.filters.response_headers",
     "proxy.filters.auth",
+    "proxy.auth",
     "proxy.filters.cache",
     "proxy.filters.header_rules",
     "proxy.filters.cors",

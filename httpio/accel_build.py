@@ -83,8 +83,9 @@ def _rebound_handler_names(path: Path, function: ast.AST) -> list[str]:
     (seen: a reset upstream answered 500, "MalformedResponse object expected")."""
     first: dict[str, tuple[str, int]] = {}
     problems = []
-    for node in ast.walk(function):
-        if isinstance(node, ast.ExceptHandler) and node.name:
+    handlers = [n for n in ast.walk(function) if isinstance(n, ast.ExceptHandler)]
+    for node in sorted(handlers, key=lambda n: n.lineno):
+        if node.name:
             caught = ast.unparse(node.type) if node.type is not None else "BaseException"
             seen = first.setdefault(node.name, (caught, node.lineno))
             if seen[0] != caught:

@@ -38,9 +38,9 @@ import msgspec
 
 from authsvc.tokens import (
     Claims,
-    InvalidToken,
     KeyRing,
     TokenError,
+    TokenRevoked,
     extract_token,
     refusal_for,
     verify_token,
@@ -82,10 +82,6 @@ class NeedsIntrospection:
 
 
 Verdict = Allowed | NeedsIntrospection
-
-
-class TokenRevoked(InvalidToken):
-    reason = "revoked"
 
 
 def check_role(claims: Claims, policy: AuthPolicy) -> None:
