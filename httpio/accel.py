@@ -68,6 +68,10 @@ MODULES: tuple[str, ...] = (
     "httpio.origin",
     "httpio.trace",
     "httpio.metrics",
+    "httpio.limits",
+    "httpio.retry_budget",
+    "httpio.conditional",
+    "httpio.single_flight",
     # health and balancing
     "httpio.health",
     "httpio.balance",
@@ -86,6 +90,7 @@ MODULES: tuple[str, ...] = (
     "proxy.filters.response_headers",
     "proxy.filters.auth",
     "proxy.auth",
+    "proxy.auth_client",
     "proxy.filters.cache",
     "proxy.filters.header_rules",
     "proxy.filters.cors",
@@ -93,6 +98,9 @@ MODULES: tuple[str, ...] = (
     "proxy.filters.rate_limit",
     "proxy.cache.keys",
     "proxy.cache.memory",
+    "proxy.cache.policy",
+    "proxy.cache.layer",
+    "proxy.cache.store",
 )
 # The packages whose sources a build depends on (mypyc reads the types of what the compiled
 # modules import): an edit to any .py file in them makes the build stale.

@@ -8,7 +8,7 @@ and requests waiting for an upstream connection. When a counter is full the prox
 ``503 overloaded`` with ``Retry-After: 1`` immediately (RFC 9110 15.6.4, 10.2.3).
 
 The counters are pure: ``try_acquire()``/``release()``, and ``refusal()`` is the
-``Overloaded`` to answer when one is full. ``ServiceLimits`` holds these and the per-service
+``Overloaded`` to answer when one is full. ``ServiceLimits`` (`httpio.settings`) holds these and the per-service
 timeouts and retry count from msa.yaml; each timeout has its unit in its name and one call
 site in the proxy.
 
@@ -43,35 +43,10 @@ which `ServiceLimits.response_head_timeout_s` is the one place to decide.
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import msgspec
-from msgspec import Meta
-
 from httpio.errors import Overloaded
+from httpio.settings import ServiceLimits
 
 RETRY_AFTER: tuple[tuple[bytes, bytes], ...] = ((b"retry-after", b"1"),)
-DEFAULT_PER_TRY_TIMEOUT_S = 2.0
-
-
-class ServiceLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    max_in_flight: Annotated[int, Meta(ge=1)] = 1024
-    # Connects in progress at once; as high as max_in_flight by default (Envoy's 1024): a
-    # burst of 1,000 new clients (make concurrent) must not be refused by this one.
-    max_pending: Annotated[int, Meta(ge=0)] = 1024
-    connect_timeout_s: Annotated[float, Meta(gt=0)] = 1.0
-    # See the module header. None: DEFAULT_PER_TRY_TIMEOUT_S, or response_timeout_s if set.
-    per_try_timeout_s: Annotated[float, Meta(gt=0)] | None = None
-    response_timeout_s: Annotated[float, Meta(gt=0)] | None = None  # over all tries; None: none
-    retries: Annotated[int, Meta(ge=0)] = 1
-
-    def response_head_timeout_s(self) -> float:
-        """How long one try may wait for its response head (see the module header)."""
-        if self.per_try_timeout_s is not None:
-            return self.per_try_timeout_s
-        if self.response_timeout_s is not None:
-            return self.response_timeout_s
-        return DEFAULT_PER_TRY_TIMEOUT_S
 
 
 class ConcurrencyLimit:

@@ -16,18 +16,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Annotated
 
-import msgspec
-from msgspec import Meta
+from httpio.settings import RetryBudgetSettings
 
 BUCKETS = 10
-
-
-class RetryBudgetSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    ratio: Annotated[float, Meta(ge=0)] = 0.2
-    min_retries_per_s: Annotated[float, Meta(ge=0)] = 3.0
-    window_s: Annotated[float, Meta(gt=0)] = 10.0
 
 
 class RetryBudget:

@@ -1,5 +1,6 @@
 """The typed, frozen settings of the modules `httpio.accel` compiles: the listening server's
-limits, the upstream pool's timeouts, and one service's health rules.
+limits, the upstream pool's timeouts, one service's health rules, concurrency limits and
+timeouts (`httpio.limits` says what each means), and retry budget.
 
 They live in a module of their own, which is never compiled, because mypyc drops a class's
 keywords when it builds a class with a non-native base: a ``msgspec.Struct`` declared
@@ -16,6 +17,7 @@ import msgspec
 from msgspec import Meta
 
 Seconds = Annotated[float, Meta(gt=0)]
+DEFAULT_PER_TRY_TIMEOUT_S = 2.0  # see httpio.limits' header
 
 
 class ServerLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -72,3 +74,29 @@ class HealthSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def effective_interval_s(self, default_s: float) -> float:
         return default_s if self.interval_s is None else self.interval_s
+
+
+class ServiceLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    max_in_flight: Annotated[int, Meta(ge=1)] = 1024
+    # Connects in progress at once; as high as max_in_flight by default (Envoy's 1024): a
+    # burst of 1,000 new clients (make concurrent) must not be refused by this one.
+    max_pending: Annotated[int, Meta(ge=0)] = 1024
+    connect_timeout_s: Annotated[float, Meta(gt=0)] = 1.0
+    # See the module header. None: DEFAULT_PER_TRY_TIMEOUT_S, or response_timeout_s if set.
+    per_try_timeout_s: Annotated[float, Meta(gt=0)] | None = None
+    response_timeout_s: Annotated[float, Meta(gt=0)] | None = None  # over all tries; None: none
+    retries: Annotated[int, Meta(ge=0)] = 1
+
+    def response_head_timeout_s(self) -> float:
+        """How long one try may wait for its response head (see the module header)."""
+        if self.per_try_timeout_s is not None:
+            return self.per_try_timeout_s
+        if self.response_timeout_s is not None:
+            return self.response_timeout_s
+        return DEFAULT_PER_TRY_TIMEOUT_S
+
+
+class RetryBudgetSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    ratio: Annotated[float, Meta(ge=0)] = 0.2
+    min_retries_per_s: Annotated[float, Meta(ge=0)] = 3.0
+    window_s: Annotated[float, Meta(gt=0)] = 10.0

@@ -37,6 +37,7 @@ from httpio.messages import Request
 from httpio.single_flight import SingleFlight
 from httpio.upstream import UpstreamPool
 from proxy.auth import Authorizer, AuthPolicy, NeedsIntrospection, Verdict
+from proxy.auth_records import decode_introspection, decode_page
 
 log = structlog.get_logger()
 
@@ -47,30 +48,6 @@ CALL_TIMEOUT_S = CONNECT_TIMEOUT_S + RESPONSE_HEAD_TIMEOUT_S
 _PRUNE_EVERY_S = 60.0
 
 
-class _Introspection(msgspec.Struct, frozen=True):
-    active: bool
-    sub: str | None = None
-    role: str | None = None
-    iat: int = 0
-    exp: int = 0
-    jti: str | None = None
-    reason: str | None = None
-
-
-class _Revoked(msgspec.Struct, frozen=True):
-    jti: str
-    exp: int
-
-
-class _RevocationPage(msgspec.Struct, frozen=True):
-    cursor: int
-    revoked: list[_Revoked]
-    users_cursor: int = 0  # absent from an auth server that predates the user feed
-    changed_users: list[str] = msgspec.field(default_factory=list)
-
-
-_decode_introspection = msgspec.json.Decoder(_Introspection).decode
-_decode_page = msgspec.json.Decoder(_RevocationPage).decode
 _JSON = (b"content-type", b"application/json")
 
 
@@ -170,7 +147,7 @@ class AuthClient:
         body = msgspec.json.encode({"token": token})
         raw = await self._call_any("POST", "/introspect", body)
         try:
-            answer = _decode_introspection(raw)
+            answer = decode_introspection(raw)
         except msgspec.DecodeError as exc:
             raise DependencyUnavailable(f"auth server sent an unreadable answer: {exc}") from None
         if not answer.active:
@@ -203,9 +180,11 @@ class AuthClient:
                 )
                 raw = await self._call_any("GET", target)
                 try:
-                    page = _decode_page(raw)
-                except msgspec.DecodeError as exc:
-                    raise DependencyUnavailable(f"unreadable revocation feed: {exc}") from None
+                    page = decode_page(raw)
+                except msgspec.DecodeError as unreadable:
+                    raise DependencyUnavailable(
+                        f"unreadable revocation feed: {unreadable}"
+                    ) from None
                 now = self.clock()
                 cache.revoke(((r.jti, r.exp) for r in page.revoked), now)
                 cache.forget_users(page.changed_users)

@@ -47,7 +47,8 @@ from httpio.errors import (
     UpstreamTimeout,
 )
 from httpio.health import Outcome
-from httpio.limits import RETRY_AFTER, ServiceLimits
+from httpio.limits import RETRY_AFTER
+from httpio.settings import ServiceLimits
 
 
 class Verdict(enum.Enum):

@@ -25,8 +25,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct, field
 
-from httpio.limits import ServiceLimits
-from httpio.settings import HealthSettings, ServerLimits, UpstreamTimeouts
+from httpio.settings import HealthSettings, ServerLimits, ServiceLimits, UpstreamTimeouts
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
 PositiveInt = Annotated[int, Meta(ge=1)]

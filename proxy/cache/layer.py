@@ -49,13 +49,10 @@ from httpio.single_flight import Flight, SingleFlight
 from proxy.cache.keys import cache_key
 from proxy.cache.memory import MemoryTier
 from proxy.cache.policy import (
-    CachedResponse,
     Lookup,
     RequestFacts,
     StoreVerdict,
-    VaryIndex,
     decide_storage,
-    encode_stored,
     entry_not_modified,
     examine_request,
     make_entry,
@@ -64,6 +61,7 @@ from proxy.cache.policy import (
     request_accepts,
     variant_key,
 )
+from proxy.cache.records import CachedResponse, PurgeRequest, VaryIndex, encode_stored
 from proxy.cache.store import TieredStore
 from topology.schema import CacheSettings, ServiceCacheSettings
 
@@ -72,11 +70,6 @@ HIT, MISS, BYPASS = b"HIT", b"MISS", b"BYPASS"
 log = structlog.get_logger()
 
 Fetch = Callable[[], Awaitable[Response]]
-
-
-class PurgeRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    key: str | None = None
-    prefix: str | None = None
 
 
 def redis_settings_for(

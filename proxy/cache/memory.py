@@ -35,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from proxy.cache.keys import is_key_or_variant
-from proxy.cache.policy import CachedResponse, Stored, VaryIndex
+from proxy.cache.records import CachedResponse, Stored, VaryIndex
 
 ENTRY_OVERHEAD_BYTES = 576
 HEADER_OVERHEAD_BYTES = 136

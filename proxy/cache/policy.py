@@ -56,12 +56,11 @@ import enum
 import secrets
 from dataclasses import dataclass
 
-import msgspec
-
 from httpio.conditional import is_not_modified
 from httpio.dates import parse_http_date
 from httpio.protocol import Headers, header_value, header_values, strip_hop_by_hop
 from proxy.cache import keys
+from proxy.cache.records import CachedResponse, VaryIndex
 from topology.schema import ServiceCacheSettings
 
 # RFC 9111 4.2.2 via RFC 9110 15.1: heuristically cacheable status codes.
@@ -118,42 +117,6 @@ FORWARDED_HEADERS = frozenset(
     {b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-port", b"forwarded"}
 )
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-
-
-# -- stored records ---------------------------------------------------------------------------
-class CachedResponse(msgspec.Struct, frozen=True, array_like=True, tag="r"):
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    stored_at: float  # wall-clock seconds when the response arrived
-    initial_age_s: float  # corrected_initial_age, RFC 9111 4.2.3
-    lifetime_s: float  # freshness_lifetime, RFC 9111 4.2.1
-
-    def age(self, now: float) -> float:
-        return self.initial_age_s + max(0.0, now - self.stored_at)
-
-    def remaining_s(self, now: float) -> float:
-        return self.lifetime_s - self.age(now)
-
-
-class VaryIndex(msgspec.Struct, frozen=True, array_like=True, tag="v"):
-    names: tuple[str, ...]  # lowercase, sorted
-    generation: str
-    expires_at: float
-
-
-Stored = CachedResponse | VaryIndex
-encode_stored = msgspec.msgpack.Encoder().encode
-_decoder = msgspec.msgpack.Decoder(Stored)
-
-
-def decode_stored(data: bytes) -> Stored | None:
-    """None for anything we did not write (another namespace version, a stray key)."""
-    try:
-        value: Stored = _decoder.decode(data)
-    except msgspec.DecodeError:
-        return None
-    return value
 
 
 # -- header parsing ---------------------------------------------------------------------------

@@ -32,16 +32,11 @@ from httpio.breaker import BreakerTransition, CircuitBreaker
 from httpio.errors import DependencyUnavailable
 from httpio.redis_client import Arg, RedisPool, RedisReplyError, RedisUnavailable
 from proxy.cache.memory import MemoryTier
-from proxy.cache.policy import CachedResponse, Stored, decode_stored
+from proxy.cache.records import CachedResponse, PurgeNotice, Stored, decode_stored
 
 log = structlog.get_logger()
 
 SCAN_COUNT = 500
-
-
-class PurgeNotice(msgspec.Struct, frozen=True):
-    key: str | None = None
-    prefix: str | None = None
 
 
 _encode_notice = msgspec.json.Encoder().encode

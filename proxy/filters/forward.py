@@ -32,10 +32,11 @@ from httpio.balance import Endpoint, ServicePool
 from httpio.body import RequestBody
 from httpio.errors import NoHealthyInstance, UpstreamError
 from httpio.health import Outcome, outcome_of_status
-from httpio.limits import ConcurrencyLimit, ServiceLimiter, ServiceLimits
+from httpio.limits import ConcurrencyLimit, ServiceLimiter
 from httpio.messages import Request, Response
 from httpio.protocol import Headers
 from httpio.retry_budget import RetryBudget
+from httpio.settings import ServiceLimits
 from httpio.upstream import IDEMPOTENT, UpstreamPool, UpstreamResponse
 from proxy import forwarding, retry
 from proxy.filters.chain import Exchange

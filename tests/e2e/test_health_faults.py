@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from httpio.limits import DEFAULT_PER_TRY_TIMEOUT_S
+from httpio.settings import DEFAULT_PER_TRY_TIMEOUT_S
 from tests.e2e.cluster import Cluster, Load, proxy_cluster
 from tests.support.polling import wait_for
 

@@ -13,8 +13,7 @@ from httpio.health import (
     State,
     outcome_of_status,
 )
-from httpio.limits import DEFAULT_PER_TRY_TIMEOUT_S
-from httpio.settings import HealthSettings
+from httpio.settings import DEFAULT_PER_TRY_TIMEOUT_S, HealthSettings
 from tests.support.clock import FakeClock
 
 

@@ -6,7 +6,8 @@ import msgspec
 import pytest
 
 from httpio.errors import Overloaded
-from httpio.limits import DEFAULT_PER_TRY_TIMEOUT_S, ConcurrencyLimit, ServiceLimiter, ServiceLimits
+from httpio.limits import ConcurrencyLimit, ServiceLimiter
+from httpio.settings import DEFAULT_PER_TRY_TIMEOUT_S, ServiceLimits
 
 
 def test_try_acquire_until_full_then_release() -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from httpio.retry_budget import RetryBudget, RetryBudgetSettings
+from httpio.retry_budget import RetryBudget
+from httpio.settings import RetryBudgetSettings
 from tests.support.clock import FakeClock
 
 

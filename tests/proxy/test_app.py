@@ -22,11 +22,10 @@ from httpio.balance import Endpoint
 from httpio.body import RequestBody
 from httpio.errors import RouteNotFound
 from httpio.health import Outcome, State
-from httpio.limits import ServiceLimits
 from httpio.messages import Request, Response, json_response
 from httpio.protocol import Headers
 from httpio.run import serve_tcp
-from httpio.settings import HealthSettings, ServerLimits
+from httpio.settings import HealthSettings, ServerLimits, ServiceLimits
 from httpio.upstream import UpstreamPool
 from proxy import forwarding
 from proxy.app import ProxyApp

@@ -15,7 +15,7 @@ from httpio.errors import (
     UpstreamUnreachable,
 )
 from httpio.health import Outcome
-from httpio.limits import ServiceLimits
+from httpio.settings import ServiceLimits
 from proxy.retry import Attempts, Verdict, decide_retry, final_error, outcome_of, unavailable
 
 Out = Outcome

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.cache.memory import MemoryTier, entry_cost
-from proxy.cache.policy import CachedResponse, VaryIndex
+from proxy.cache.records import CachedResponse, VaryIndex
 from tests.support.clock import FakeClock
 
 

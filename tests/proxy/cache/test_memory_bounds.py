@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from proxy.cache.memory import SWEEP_PER_PUT, MemoryTier
-from proxy.cache.policy import CachedResponse, Stored, VaryIndex, decode_stored, encode_stored
+from proxy.cache.records import CachedResponse, Stored, VaryIndex, decode_stored, encode_stored
 
 MiB = 1 << 20
 

@@ -7,13 +7,9 @@ import msgspec
 import pytest
 
 from proxy.cache.policy import (
-    CachedResponse,
     Lookup,
     StoreVerdict,
-    VaryIndex,
     decide_storage,
-    decode_stored,
-    encode_stored,
     entry_not_modified,
     examine_request,
     headers_to_store,
@@ -23,6 +19,7 @@ from proxy.cache.policy import (
     request_accepts,
     variant_key,
 )
+from proxy.cache.records import CachedResponse, VaryIndex, decode_stored, encode_stored
 from topology.schema import CacheSettings, ServiceCacheSettings
 
 NOW = 1_700_000_000.0

@@ -10,7 +10,7 @@ from httpio.breaker import BreakerState, CircuitBreaker
 from httpio.errors import DependencyUnavailable
 from httpio.redis_client import RedisPool, RedisSettings
 from proxy.cache.memory import MemoryTier
-from proxy.cache.policy import CachedResponse, VaryIndex, decode_stored, encode_stored
+from proxy.cache.records import CachedResponse, VaryIndex, decode_stored, encode_stored
 from proxy.cache.store import TieredStore, escape_glob
 from tests.support.polling import wait_until
 
