@@ -75,11 +75,10 @@ from authsvc.throttle import (
     signup_wait,
     user_key,
 )
+from authsvc.token_errors import TokenError, TokenExpired
 from authsvc.tokens import (
     CLIENT_HEADER,
     INTERNAL_HEADER,
-    TokenError,
-    TokenExpired,
     extract_token,
     issue_token,
     key_ring_of,

@@ -35,6 +35,16 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 
+from authsvc.claims import REGISTERED_NAMES, Claims, JoseHeader, RegisteredClaims
+from authsvc.token_errors import (
+    BadSignature,
+    MalformedToken,
+    TokenError,
+    TokenExpired,
+    TokenNotYetValid,
+    UnknownKey,
+    UnsupportedAlgorithm,
+)
 from httpio.errors import ClientError, Unauthorized
 from topology.schema import MIN_KEY_BYTES, AuthKey, GatewayConfig, derive_kid
 
@@ -43,32 +53,12 @@ MAX_TOKEN_BYTES = 4096
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
-class _Registered(msgspec.Struct, frozen=True):
-    """The claims we issue and rely on, as a token's payload is decoded (others are skipped)."""
-
-    sub: str
-    role: str
-    iat: int
-    exp: int
-    jti: str
-    iss: str | None = None
-    nbf: int | None = None
-
-
 # A verified token's other claims are kept for the rate limiter's ``claim:<name>`` keys (a
 # tenant, a plan), bounded: a token can hold at most MAX_TOKEN_BYTES, but each request's
 # record of it must stay small. Scalars only, as text; objects and arrays are dropped.
 MAX_EXTRA_CLAIMS = 16
 MAX_CLAIM_NAME = 64
 MAX_CLAIM_VALUE = 256
-_REGISTERED = frozenset(_Registered.__struct_fields__)
-
-
-class Claims(_Registered, frozen=True):
-    """The claims we issue and rely on, and ``extra``: the token's other scalar claims
-    (``(name, text)``, at most MAX_EXTRA_CLAIMS), which nothing here trusts for access."""
-
-    extra: tuple[tuple[str, str], ...] = ()
 
 
 def extra_claims(payload: object) -> tuple[tuple[str, str], ...]:
@@ -77,7 +67,7 @@ def extra_claims(payload: object) -> tuple[tuple[str, str], ...]:
         return ()
     out: list[tuple[str, str]] = []
     for name, value in payload.items():
-        if name in _REGISTERED or len(name) > MAX_CLAIM_NAME:
+        if name in REGISTERED_NAMES or len(name) > MAX_CLAIM_NAME:
             continue
         if isinstance(value, bool):
             text = "true" if value else "false"
@@ -94,62 +84,13 @@ def extra_claims(payload: object) -> tuple[tuple[str, str], ...]:
 
 def claim_of(claims: Claims, name: str) -> str | None:
     """One claim as text (``claim:<name>`` rate-limit keys), None when the token has none."""
-    if name in _REGISTERED:
+    if name in REGISTERED_NAMES:
         value = getattr(claims, name)
         return None if value is None else str(value)
     for n, v in claims.extra:
         if n == name:
             return v
     return None
-
-
-class _Header(msgspec.Struct, frozen=True):
-    alg: str
-    typ: str | None = None
-    kid: str | None = None
-
-
-class TokenError(Exception):
-    """Base of every refusal; ``reason`` is a short machine-readable word."""
-
-    reason = "invalid"
-
-
-class MalformedToken(TokenError):
-    """Not a compact JWS of three base64url JSON parts: the client sent garbage (400)."""
-
-    reason = "malformed"
-
-
-class InvalidToken(TokenError):
-    """A well-formed token that we refuse (401 invalid_token)."""
-
-
-class TokenRevoked(InvalidToken):
-    """Signed and unexpired, but revoked (the proxy's cache of revocations, or the auth
-    server's introspection)."""
-
-    reason = "revoked"
-
-
-class UnsupportedAlgorithm(InvalidToken):
-    reason = "unsupported_alg"
-
-
-class UnknownKey(InvalidToken):
-    reason = "unknown_key"
-
-
-class BadSignature(InvalidToken):
-    reason = "bad_signature"
-
-
-class TokenExpired(InvalidToken):
-    reason = "expired"
-
-
-class TokenNotYetValid(InvalidToken):
-    reason = "not_yet_valid"
 
 
 INTERNAL_HEADER = b"x-gateway-internal"
@@ -258,8 +199,8 @@ def key_ring_of(config: GatewayConfig) -> KeyRing:
 
 
 _encode_json = msgspec.json.Encoder().encode
-_decode_header = msgspec.json.Decoder(_Header).decode
-_decode_claims = msgspec.json.Decoder(_Registered).decode
+_decode_header = msgspec.json.Decoder(JoseHeader).decode
+_decode_claims = msgspec.json.Decoder(RegisteredClaims).decode
 _decode_payload = msgspec.json.Decoder().decode
 
 
@@ -293,7 +234,7 @@ def issue_token(
 ) -> tuple[str, Claims]:
     """Sign a token for ``sub`` with the newest key; returns (compact token, its claims).
     ``extra``: further claims it carries (a tenant), which must not reuse a registered name."""
-    if any(name in _REGISTERED for name, _ in extra):
+    if any(name in REGISTERED_NAMES for name, _ in extra):
         raise ValueError("an extra claim may not reuse a registered claim's name")
     iat = int(now)
     claims = Claims(
@@ -305,7 +246,7 @@ def issue_token(
         iss=issuer,
         extra=tuple(extra),
     )
-    header = _Header(alg="HS256", typ="JWT", kid=ring.signing_kid)
+    header = JoseHeader(alg="HS256", typ="JWT", kid=ring.signing_kid)
     payload: dict[str, object] = dict(claims.extra)
     registered = msgspec.structs.asdict(claims)
     del registered["extra"]

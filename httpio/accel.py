@@ -30,8 +30,9 @@ build cannot change what the code means:
   of another type binding the same name raises ``TypeError``;
 - types are checked at run time where a value enters compiled code: a ``# type: ignore``
   that hides a wrong type becomes a ``TypeError`` (none is allowed);
-- a class-level value (``status = 503``) in a class whose base is not compiled is lost: the
-  class reads its base's;
+- a class-level value (``status = 503``, ``reason = "revoked"``) in a class with a base is
+  lost: the instance reads its base's, or has none (seen on a `GatewayError` subclass and on
+  an Exception subclass);
 - a module bound to a name that is bound again reads as the module first imported
   (`httpio.protocol` binds its ``h11`` once);
 - a compiled class cannot be subclassed by a Python class (`httpio.body` is never compiled
@@ -91,6 +92,7 @@ MODULES: tuple[str, ...] = (
     "proxy.filters.auth",
     "proxy.auth",
     "proxy.auth_client",
+    "authsvc.tokens",
     "proxy.filters.cache",
     "proxy.filters.header_rules",
     "proxy.filters.cors",

@@ -23,10 +23,9 @@ def problems_in(path: Path) -> list[str]:
     text = path.read_text()
     tree = ast.parse(text, str(path))
     problems = []
-    foreign = _names_from_elsewhere(tree)
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef):
-            problems.extend(_class_problems(path, node, foreign))
+            problems.extend(_class_problems(path, node))
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             problems.extend(_rebound_handler_names(path, node))
     for n, line in enumerate(text.splitlines(), 1):
@@ -35,19 +34,7 @@ def problems_in(path: Path) -> list[str]:
     return problems
 
 
-def _names_from_elsewhere(tree: ast.Module) -> set[str]:
-    """Names a module imports from modules that are not compiled (their classes are Python
-    classes, so a class deriving from one is not native)."""
-    names: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom) and (node.module or "") not in MODULES:
-            names.update(a.asname or a.name for a in node.names)
-        elif isinstance(node, ast.Import):
-            names.update((a.asname or a.name).split(".")[0] for a in node.names)
-    return names
-
-
-def _class_problems(path: Path, node: ast.ClassDef, foreign: set[str]) -> list[str]:
+def _class_problems(path: Path, node: ast.ClassDef) -> list[str]:
     problems = []
     where = f"{path}:{node.lineno}"
     kwargs = [k.arg for k in node.keywords if k.arg != "metaclass"]
@@ -64,15 +51,16 @@ def _class_problems(path: Path, node: ast.ClassDef, foreign: set[str]) -> list[s
                 "in a module that is not compiled"
             )
     bases = [ast.unparse(b) for b in node.bases]
-    if any(b.split(".")[0] in foreign and not b.endswith("Enum") for b in bases):
+    # An Enum's members and a Protocol's are what they are compiled too.
+    if bases and not any(b.endswith("Enum") or b == "Protocol" for b in bases):
         for statement in node.body:
             targets = statement.targets if isinstance(statement, ast.Assign) else []
             for target in targets:
                 if isinstance(target, ast.Name) and not target.id.startswith("__"):
                     problems.append(
                         f"{path}:{statement.lineno}: {node.name}.{target.id}, a class-level "
-                        f"value on a base that is not compiled ({', '.join(bases)}), is lost "
-                        "compiled; define the class in a module that is not compiled"
+                        f"value in a class with a base ({', '.join(bases)}), is lost compiled; "
+                        "define the class in a module that is not compiled"
                     )
     return problems
 

@@ -36,11 +36,10 @@ from dataclasses import dataclass
 
 import msgspec
 
+from authsvc.claims import Claims
+from authsvc.token_errors import TokenError, TokenRevoked
 from authsvc.tokens import (
-    Claims,
     KeyRing,
-    TokenError,
-    TokenRevoked,
     extract_token,
     refusal_for,
     verify_token,

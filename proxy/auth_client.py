@@ -31,7 +31,8 @@ import msgspec
 import structlog
 import trio
 
-from authsvc.tokens import INTERNAL_HEADER, Claims
+from authsvc.claims import Claims
+from authsvc.tokens import INTERNAL_HEADER
 from httpio.errors import DependencyUnavailable, Unauthorized, UpstreamError
 from httpio.messages import Request
 from httpio.single_flight import SingleFlight

@@ -19,7 +19,8 @@ appended; otherwise it is our peer (`client_address`).
 
 from __future__ import annotations
 
-from authsvc.tokens import CLIENT_HEADER, Claims
+from authsvc.claims import Claims
+from authsvc.tokens import CLIENT_HEADER
 from httpio.protocol import Headers
 from proxy.auth import Allowed, Authorizer, AuthPolicy, NeedsIntrospection
 from proxy.auth_client import AuthClient

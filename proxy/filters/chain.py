@@ -28,7 +28,7 @@ from httpio.protocol import Headers
 from proxy.filters.hooks import AroundFilter, RequestFilter, ResponseFilter, Terminal
 
 if TYPE_CHECKING:
-    from authsvc.tokens import Claims
+    from authsvc.claims import Claims
     from httpio.gcra import Decision
     from proxy.filters.routes import Route
 

@@ -13,7 +13,8 @@ import pytest
 import trio
 
 from authsvc.app import load_auth_config
-from authsvc.tokens import INTERNAL_HEADER, Claims, KeyRing, issue_token, key_ring_of, verify_token
+from authsvc.claims import Claims
+from authsvc.tokens import INTERNAL_HEADER, KeyRing, issue_token, key_ring_of, verify_token
 from httpio.errors import DependencyUnavailable, Forbidden, Unauthorized
 from httpio.messages import Request
 from httpio.upstream import UpstreamPool

@@ -7,16 +7,18 @@ from typing import Any
 import jwt
 import pytest
 
-from authsvc.tokens import (
-    MAX_TOKEN_BYTES,
+from authsvc.claims import Claims
+from authsvc.token_errors import (
     BadSignature,
-    Claims,
-    KeyRing,
     MalformedToken,
     TokenExpired,
     TokenNotYetValid,
     UnknownKey,
     UnsupportedAlgorithm,
+)
+from authsvc.tokens import (
+    MAX_TOKEN_BYTES,
+    KeyRing,
     extract_token,
     issue_token,
     verify_token,

@@ -17,7 +17,11 @@ SHAPES = {
     ),
     "class-level value on a Python base": (
         "from httpio.errors import GatewayError\nclass Full(GatewayError):\n    status = 503\n",
-        "Full.status, a class-level value on a base that is not compiled (GatewayError)",
+        "Full.status, a class-level value in a class with a base (GatewayError)",
+    ),
+    "class-level value on an exception": (
+        "class Refused(Exception):\n    reason = 'revoked'\n",
+        "Refused.reason, a class-level value in a class with a base (Exception)",
     ),
     "runtime_checkable": (
         "from typing import Protocol, runtime_checkable\n"

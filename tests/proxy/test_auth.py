@@ -3,7 +3,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from authsvc.tokens import Claims, KeyRing, issue_token
+from authsvc.claims import Claims
+from authsvc.tokens import KeyRing, issue_token
 from httpio.errors import ClientError, Forbidden, Unauthorized
 from proxy.auth import (
     Allowed,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from authsvc.tokens import Claims
+from authsvc.claims import Claims
 from httpio.messages import Response
 from proxy.filters.header_rules import RequestHeaderRules, ResponseHeaderRules, compile_value
 from tests.proxy.filters.edge import exchange

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from authsvc.tokens import Claims
+from authsvc.claims import Claims
 from httpio.errors import RateLimited
 from httpio.gcra import Decision
 from proxy.filters.rate_limit import (
