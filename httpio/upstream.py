@@ -10,8 +10,12 @@ Rules that keep a pool honest:
 - A pooled connection may have been closed by the upstream while idle. Before reuse we poll
   its socket for readability (an idle HTTP/1.1 connection has nothing to say, so readable
   means EOF or garbage) and drop it. If it still dies before the first response byte, an
-  idempotent request with a replayable body is sent once more on a fresh connection
-  (RFC 9110 9.2.2); nothing else is ever retried here.
+  idempotent request with a replayable body is sent once more (RFC 9110 9.2.2); nothing
+  else is ever retried here. That request's first try skips the poll on a connection that
+  rested less than ``RECENT_REST_S``: no upstream's keep-alive timer is that short (nginx
+  75 s, Node and uvicorn 5 s, gunicorn 2 s), a dead one costs it only the resend, and the
+  poll(2) was 4.5 % of a proxied request's CPU (bench/RESULTS.md, session 6). Every other
+  request, and every second try, polls.
 - Each timeout has one name and one place: ``connect_timeout_s`` around the TCP connect,
   ``response_head_timeout_s`` from the end of the request to the response head,
   ``body_timeout_s`` between body chunks, ``idle_timeout_s`` for a connection resting in the
@@ -39,6 +43,7 @@ from httpio.protocol import Headers
 from httpio.settings import UpstreamTimeouts
 
 RECEIVE_SIZE = 65536
+RECENT_REST_S = 0.05  # see the module header: a first try of a replayable request trusts it
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
@@ -249,7 +254,9 @@ class UpstreamPool:
             ]
         replayable = isinstance(body, bytes) and method in IDEMPOTENT
         for attempt in (1, 2):
-            c = await self._acquire(o, connect_timeout_s, connect_slots)
+            c = await self._acquire(
+                o, connect_timeout_s, connect_slots, trust_recent=replayable and attempt == 1
+            )
             outcome = await self._exchange(
                 c, method, target, headers, body, response_head_timeout_s
             )
@@ -265,12 +272,15 @@ class UpstreamPool:
         self,
         o: Origin,
         connect_timeout_s: float | None,
-        connect_slots: ConcurrencyLimit | None = None,
+        connect_slots: ConcurrencyLimit | None,
+        *,
+        trust_recent: bool,
     ) -> _Connection:
         """An idle pooled connection, or a new one; ``connect_slots`` bounds the connects in
         progress at once (a service's ``max_pending``): past it `Overloaded` (503 with
-        Retry-After) rather than one more connect piling onto a stalled upstream."""
-        c, stale = self._take_idle(o)
+        Retry-After) rather than one more connect piling onto a stalled upstream.
+        ``trust_recent``: see `_take_idle`."""
+        c, stale = self._take_idle(o, trust_recent)
         for dead in stale:
             await self._close(dead, counted=False)
         if c is not None:
@@ -298,16 +308,23 @@ class UpstreamPool:
         self.in_use += 1
         return _Connection(stream, o)
 
-    def _take_idle(self, o: Origin) -> tuple[_Connection | None, list[_Connection]]:
+    def _take_idle(
+        self, o: Origin, trust_recent: bool
+    ) -> tuple[_Connection | None, list[_Connection]]:
         """Decide, with no I/O: the most recently rested connection to ``o`` still fit for
         reuse (None: open one), and the stale ones found on the way, which the caller closes
-        (shielded), as httpcore's pool returns what to close instead of closing it."""
+        (shielded), as httpcore's pool returns what to close instead of closing it. With
+        ``trust_recent`` (the first try of a request that may be sent twice), a connection
+        that rested less than ``RECENT_REST_S`` is taken without its poll (module header)."""
         idle = self._idle.get(o.key)
         stale: list[_Connection] = []
         now = trio.current_time()
         while idle:
             c = idle.pop()
-            if now - c.rested_at < self.timeouts.idle_timeout_s and c.looks_alive():
+            rested = now - c.rested_at
+            if rested < self.timeouts.idle_timeout_s and (
+                (trust_recent and rested < RECENT_REST_S) or c.looks_alive()
+            ):
                 return c, stale
             stale.append(c)
         return None, stale

@@ -24,7 +24,7 @@ from httpio.messages import Request, Response, json_response
 from httpio.origin import Origin
 from httpio.run import serve_tcp
 from httpio.settings import UpstreamTimeouts
-from httpio.upstream import UpstreamPool
+from httpio.upstream import RECENT_REST_S, UpstreamPool
 
 DEADLINE_S = 10.0
 BIG = 1 << 20
@@ -194,7 +194,20 @@ async def test_post_bytes_body_gets_a_content_length() -> None:
     assert ["content-length", "0"] in seen["headers"]
 
 
-async def test_connection_closed_while_idle_is_not_reused() -> None:
+@pytest.mark.parametrize(
+    ("method", "rest_s", "reused", "retried"),
+    [
+        # a request that could not be sent twice always polls: the dead connection is seen
+        ("POST", 0.0, 0, 0),
+        # a GET polls too once the connection rested RECENT_REST_S
+        ("GET", RECENT_REST_S, 0, 0),
+        # a GET's first try trusts a connection that rested less: dead, it is sent once more
+        ("GET", RECENT_REST_S / 2, 1, 1),
+    ],
+)
+async def test_connection_closed_while_idle_is_not_used(
+    mock_clock: trio.testing.MockClock, method: str, rest_s: float, reused: int, retried: int
+) -> None:
     closed = trio.Event()
 
     async def answer_once_then_close(s: Script) -> None:
@@ -208,12 +221,20 @@ async def test_connection_closed_while_idle_is_not_reused() -> None:
 
     pool = UpstreamPool()
     async with scripted_upstream(answer_once_then_close) as url:
-        with trio.fail_after(DEADLINE_S):
-            assert await (await pool.request(url, "GET", "/", [])).read_all() == b"conn 0"
-            await closed.wait()
-            assert await (await pool.request(url, "GET", "/", [])).read_all() == b"conn 1"
+        # the mock clock moves only when told: the rest is rest_s exactly
+        assert await (await pool.request(url, method, "/", [], b"")).read_all() == b"conn 0"
+        await closed.wait()
+        await trio.testing.wait_all_tasks_blocked()  # the FIN is in: a poll would see it
+        mock_clock.jump(rest_s)
+        assert await (await pool.request(url, method, "/", [], b"")).read_all() == b"conn 1"
         await pool.aclose()
-    assert counts(pool) == {"in_use": 0, "opened": 2, "reused": 0, "retried": 0, "closed": 2}
+    assert counts(pool) == {
+        "in_use": 0,
+        "opened": 2,
+        "reused": reused,
+        "retried": retried,
+        "closed": 2,
+    }
 
 
 async def close_instead_of_second_answer(s: Script) -> None:
