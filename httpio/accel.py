@@ -73,6 +73,10 @@ MODULES: tuple[str, ...] = (
     "httpio.retry_budget",
     "httpio.conditional",
     "httpio.single_flight",
+    # the rate limiter's arithmetic and its fleet leases
+    "httpio.gcra",
+    "httpio.rate_lease",
+    "httpio.rate_store",
     # health and balancing
     "httpio.health",
     "httpio.balance",

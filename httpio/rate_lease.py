@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from httpio.gcra import Decision
+from httpio.gcra_decision import Decision
 
 LEASE_MAX = 64  # the first lease of a key
 LEASE_CAP = 1024  # a key's lease after it grew

@@ -25,7 +25,8 @@ from collections.abc import Callable
 
 import trio
 
-from httpio.gcra import Decision, decision_from_reply
+from httpio.gcra import decision_from_reply
+from httpio.gcra_decision import Decision
 from httpio.rate_lease import Leases, lease_cap, lease_size
 from httpio.redis_client import RedisPool, RedisReplyError, RedisUnavailable
 from httpio.single_flight import SingleFlight

@@ -29,7 +29,7 @@ from proxy.filters.hooks import AroundFilter, RequestFilter, ResponseFilter, Ter
 
 if TYPE_CHECKING:
     from authsvc.claims import Claims
-    from httpio.gcra import Decision
+    from httpio.gcra_decision import Decision
     from proxy.filters.routes import Route
 
 RequestAnswer = Response | Awaitable[Response | None] | None

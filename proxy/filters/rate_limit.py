@@ -49,7 +49,8 @@ import structlog
 
 from authsvc.tokens import claim_of
 from httpio.errors import RateLimited
-from httpio.gcra import Decision, LocalBuckets, retry_after_header
+from httpio.gcra import LocalBuckets, retry_after_header
+from httpio.gcra_decision import Decision
 from httpio.messages import Response
 from httpio.protocol import Headers, header_value
 from httpio.rate_lease import lease_size

@@ -6,7 +6,7 @@ import pytest
 
 from authsvc.claims import Claims
 from httpio.errors import RateLimited
-from httpio.gcra import Decision
+from httpio.gcra_decision import Decision
 from proxy.filters.rate_limit import (
     FieldsRateLimit,
     RateLimit,
