@@ -94,9 +94,6 @@ MODULES: tuple[str, ...] = (
     "proxy.filters.remote",
     "proxy.filters.response_headers",
     "proxy.filters.auth",
-    "proxy.auth",
-    "proxy.auth_client",
-    "authsvc.tokens",
     "proxy.filters.cache",
     "proxy.filters.header_rules",
     "proxy.filters.cors",
@@ -107,6 +104,10 @@ MODULES: tuple[str, ...] = (
     "proxy.cache.policy",
     "proxy.cache.layer",
     "proxy.cache.store",
+    # the token check's decision, its client and the tokens themselves
+    "proxy.auth",
+    "proxy.auth_client",
+    "authsvc.tokens",
 )
 # The packages whose sources a build depends on (mypyc reads the types of what the compiled
 # modules import): an edit to any .py file in them makes the build stale.

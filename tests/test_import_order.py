@@ -2,8 +2,9 @@
 
 Lowest first: `httpio` (shared I/O and sans-IO traffic policy; imports none of ours) <-
 `topology`'s schemas and loader (every settings struct) <- the servers `authsvc`, `proxy`,
-`elb`, `backends` (none imports another, except `authsvc.tokens`, the published token format
-the proxies verify, which imports nothing else of `authsvc`) <- the fleet launcher (the rest of
+`elb`, `backends` (none imports another, except the published token format the proxies
+verify: `authsvc.tokens` with its claims and its errors, `authsvc.claims` and
+`authsvc.token_errors`, which import nothing else of `authsvc`) <- the fleet launcher (the rest of
 `topology`: it starts processes and imports no server package) <- `bench`, which may import
 anything (it runs servers as processes, and times a server's pure parts in place, such as
 `bench.hashes` the password hashes). Every import counts,
@@ -35,13 +36,14 @@ LAUNCHER = frozenset(
     }
 )
 SERVERS = ("authsvc", "proxy", "elb", "backends")
-TOKENS = "authsvc.tokens"
+TOKENS = "authsvc.tokens"  # the group of the token format's modules
+TOKEN_MODULES = frozenset({TOKENS, "authsvc.claims", "authsvc.token_errors"})
 
 # group -> the groups it may import from (its own included)
 ALLOWED: dict[str, frozenset[str]] = {
     "httpio": frozenset({"httpio"}),
     "config": frozenset({"httpio", "config"}),
-    TOKENS: frozenset({"httpio", "config"}),
+    TOKENS: frozenset({"httpio", "config", TOKENS}),
     **{s: frozenset({"httpio", "config", TOKENS, s}) for s in SERVERS},
     "launcher": frozenset({"httpio", "config", "launcher"}),
     "bench": frozenset({"httpio", "config", "launcher", TOKENS, *SERVERS, "bench"}),
@@ -51,7 +53,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 def group(module: str) -> str:
     """The layer a module of ours belongs to; KeyError for a module nobody placed."""
     top = module.split(".")[0]
-    if module == TOKENS:
+    if module in TOKEN_MODULES:
         return TOKENS
     if top == "topology":
         if module in CONFIG:
