@@ -23,7 +23,10 @@ install: system-deps $(STAMP) accel
 # our hot modules compiled with mypyc (httpio.accel), a no-op when the build is fresh; without a
 # C compiler the build fails, says so, and every process runs the pure modules
 accel: $(STAMP)
-	@$(PY) -m httpio.accel_build build || echo "make accel failed: the pure modules will run" >&2
+	@mkdir -p build
+	@$(PY) -m httpio.accel_build build > build/accel-build.log 2>&1 \
+		&& tail -1 build/accel-build.log \
+		|| { tail -20 build/accel-build.log; echo "make accel failed (build/accel-build.log): the pure modules will run" >&2; }
 
 # the optional `bench` extra (matplotlib for charts, py-spy for profiles)
 $(BENCH_STAMP): $(STAMP)
