@@ -20,8 +20,10 @@ on its ``__path__`` (`package_path`) only when the build is fresh:
 
 `STATE` says which, for the logs (`httpio.run`'s ``listening`` line) and the benchmarks.
 
-What mypyc does differently, and what `httpio.accel_build.check_sources` refuses in a compiled module so that a
-build cannot change what the code means:
+What mypyc does differently (each seen here first as a failure). The first five are refused
+in a compiled module by `httpio.accel_build.check_sources` (``python -m httpio.accel_build
+check``), so that a build cannot change what the code means; the last four are for review,
+and for the test suite, which runs under both builds:
 - it drops a class's keywords when the class has a non-native base, so a ``msgspec.Struct``
   declared ``frozen=True, forbid_unknown_fields=True`` comes out mutable and lax (the
   settings live in `httpio.settings`, which is never compiled);
@@ -33,10 +35,16 @@ build cannot change what the code means:
 - a class-level value (``status = 503``, ``reason = "revoked"``) in a class with a base is
   lost: the instance reads its base's, or has none (seen on a `GatewayError` subclass and on
   an Exception subclass);
+- a dataclass field typed by a class imported only under ``TYPE_CHECKING`` from another
+  compiled module reads a NULL type at import, a segfault (`httpio.messages` imports
+  `httpio.body.RequestBody` at run time);
 - a module bound to a name that is bound again reads as the module first imported
   (`httpio.protocol` binds its ``h11`` once);
 - a compiled class cannot be subclassed by a Python class (`httpio.body` is never compiled
-  for that reason), and its module's functions cannot be monkeypatched for compiled callers.
+  for that reason), nor declare ``__slots__`` on a Python base (`proxy.filters.body_limit`
+  stays pure);
+- a compiled module's functions cannot be monkeypatched for compiled callers
+  (`tests.support.accel.patches`).
 """
 
 from __future__ import annotations
