@@ -21,6 +21,14 @@ a little later (at most ``ttl_s``) or leave some unspent:
   at most 4 % of a burst between them, which is the whole of what leasing can move the
   fleet's count by in any window. A limit whose burst is too small for a lease of 2 keeps one
   decision per request (exact).
+- A hot key's lease is *topped up* before it runs out: the request that leaves a quarter of
+  it (`Leases.top_up_due`, at least `TOP_UP_MIN` tokens asked) also asks for what brings the
+  lease back to its size (grown as above), with no refund, while the other requests keep
+  spending what is left (`Leases.topped_up` adds the grant and moves the expiry on). So in
+  steady traffic no request waits for a round trip, where before every request in flight
+  when a lease ran out waited for the next one. A key never holds more than its lease's size
+  at once, so the bound below is unchanged. One top-up per lease: one that failed or was
+  refused is not retried until the key's lease is renewed the usual way.
 - A refusal says, in the fleet's clock, when the next request could pass: until then this
   proxy refuses that key without asking (a flood of refused requests costs Redis nothing).
   It is capped at ``ttl_s`` too, as another proxy's returned tokens may free the key sooner.
@@ -42,6 +50,8 @@ LEASE_CAP = 1024  # a key's lease after it grew
 LEASE_SHARE = 100  # a lease is at most burst / (LEASE_SHARE * fleet_proxies)
 LEASE_TTL_S = 0.5
 GROW_WITHIN = 4  # a lease spent within ttl_s / GROW_WITHIN doubles the next one
+TOP_UP_AT = 4  # a lease down to 1 / TOP_UP_AT of its size is topped up
+TOP_UP_MIN = 8  # a lease smaller than this is not topped up (it is renewed when spent)
 
 
 def lease_size(burst: int, fleet_proxies: int) -> int:
@@ -61,7 +71,7 @@ class Lease:
     """Of one key: ``tokens`` left to spend until ``expires``; refused until
     ``refused_until``; the fleet's ``remaining`` and its bucket full again at ``full_at``
     (both as of the last answer, for the RateLimit fields); ``size`` asked for at
-    ``granted_at`` (0: none asked yet)."""
+    ``granted_at`` (0: none asked yet); ``topping``: a top-up was asked for this lease."""
 
     tokens: int
     expires: float
@@ -70,12 +80,13 @@ class Lease:
     full_at: float
     size: int = 0
     granted_at: float = 0.0
+    topping: bool = False
 
 
 class Leases:
     """The leases of one fleet-wide limit in this process (see the module header)."""
 
-    __slots__ = ("_leases", "max_keys", "refunded", "refusals", "spent", "ttl_s")
+    __slots__ = ("_leases", "max_keys", "refunded", "refusals", "spent", "top_ups", "ttl_s")
 
     def __init__(self, *, ttl_s: float = LEASE_TTL_S, max_keys: int = 100_000) -> None:
         self.ttl_s = ttl_s
@@ -84,6 +95,7 @@ class Leases:
         self.spent = 0  # decisions made here from a lease, without a round trip
         self.refusals = 0  # refusals made here from a remembered refusal
         self.refunded = 0  # tokens sent back
+        self.top_ups = 0  # leases topped up before they ran out
 
     def __len__(self) -> int:
         return len(self._leases)
@@ -97,6 +109,7 @@ class Leases:
             "spent_locally": self.spent,
             "refused_locally": self.refusals,
             "refunded": self.refunded,
+            "top_ups": self.top_ups,
         }
 
     def clear(self) -> None:
@@ -137,6 +150,39 @@ class Leases:
             lease.size = max(start, lease.size // 2)
         return lease.size
 
+    def top_up_due(self, key: str, now: float, cap: int) -> int:
+        """How many tokens to ask for now to top ``key``'s lease up before it runs out (0:
+        none due). Called after a spend; the first call that finds a quarter or less left
+        marks the lease, so one request per lease asks."""
+        lease = self._leases.get(key)
+        if lease is None or lease.topping or lease.tokens * TOP_UP_AT > lease.size:
+            return 0
+        if lease.size < TOP_UP_MIN or now >= lease.expires:
+            return 0
+        size = lease.size
+        if now - lease.granted_at < self.ttl_s / GROW_WITHIN:
+            size = min(cap, size * 2)
+        lease.topping = True
+        lease.size = size
+        return size - lease.tokens
+
+    def topped_up(self, key: str, now: float, tokens: int, remaining: int, reset_s: float) -> None:
+        """The fleet granted ``tokens`` of a top-up: they join what the lease still holds (up
+        to its size), which now expires ``ttl_s`` from now. A key whose lease went meanwhile
+        (a reload, a sweep) holds them as a new lease."""
+        lease = self._leases.get(key)
+        if lease is None:
+            self.granted(key, now, tokens, remaining, reset_s, tokens)
+            return
+        # A lease renewed the usual way while this was in flight holds its own grant: past
+        # its size the rest is dropped (fewer admitted, never more held than the bound).
+        lease.tokens = min(lease.size, lease.tokens + tokens)
+        lease.expires = now + self.ttl_s
+        lease.remaining, lease.full_at = remaining, now + reset_s
+        lease.granted_at = now
+        lease.topping = False
+        self.top_ups += 1
+
     def unspent(self, key: str, now: float) -> int:
         """The tokens of ``key``'s expired lease, taken out to be sent back (0 if none)."""
         lease = self._leases.get(key)
@@ -162,6 +208,7 @@ class Leases:
         lease.tokens, lease.expires, lease.refused_until = tokens, now + self.ttl_s, 0.0
         lease.remaining, lease.full_at = remaining, now + reset_s
         lease.size, lease.granted_at = size, now
+        lease.topping = False
 
     def refused(self, key: str, now: float, retry_after_s: float, reset_s: float) -> None:
         until = now + min(retry_after_s, self.ttl_s)
@@ -173,6 +220,7 @@ class Leases:
             return
         lease.tokens, lease.refused_until, lease.remaining = 0, until, 0
         lease.full_at = now + reset_s
+        lease.topping = False
 
     def _sweep(self, now: float) -> None:
         leases = self._leases

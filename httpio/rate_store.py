@@ -28,7 +28,7 @@ import trio
 from httpio.gcra import decision_from_reply
 from httpio.gcra_decision import Decision
 from httpio.rate_lease import Leases, lease_cap, lease_size
-from httpio.redis_client import RedisPool, RedisReplyError, RedisUnavailable
+from httpio.redis_client import RedisError, RedisPool, RedisReplyError, RedisUnavailable, Reply
 from httpio.single_flight import SingleFlight
 
 GCRA_SCRIPT = b"""
@@ -128,6 +128,43 @@ class FleetBuckets:
         without I/O or a coroutine; None: `take` must ask Redis."""
         return self.leases.spend(key, self._clock())
 
+    def top_up_due(self, key: str) -> int:
+        """After a decision spent from ``key``'s lease: the tokens to ask for now so that the
+        lease does not run out under its traffic (0: none due; `httpio.rate_lease`)."""
+        if self.lease == 1:
+            return 0
+        return self.leases.top_up_due(key, self._clock(), self.lease_cap)
+
+    async def top_up(self, key: str, want: int) -> None:
+        """Ask for ``want`` more tokens of ``key``'s lease (`top_up_due`). Never raises for
+        Redis: the request that asks was decided already, and a lease that was not topped
+        up is renewed the usual way when it runs out. Waits at most ``command_timeout_s``."""
+        args = (self.prefix + key, max(1, round(self.interval_s * 1e6)), self.burst, want, 0)
+        self.round_trips += 1
+        with trio.move_on_after(self.pool.settings.command_timeout_s):
+            try:
+                granted, wait_us, reset_us = await self._script(args)
+            except RedisError:
+                return
+            if granted >= 1:
+                decision = decision_from_reply(
+                    granted, wait_us, reset_us, self.interval_s, self.burst
+                )
+                self.leases.topped_up(
+                    key, self._clock(), granted, decision.remaining, decision.reset_s
+                )
+
+    async def _script(self, args: tuple[str, int, int, int, int]) -> Reply:
+        """The script's answer for ``args``, sent by its SHA1, or whole if Redis lost it."""
+        try:
+            reply = await self.pool.execute("EVALSHA", GCRA_SHA, 1, *args)
+        except RedisReplyError as err:
+            if not str(err).startswith("NOSCRIPT"):
+                raise
+            self.reloads += 1
+            reply = await self.pool.execute("EVAL", GCRA_SCRIPT, 1, *args)
+        return reply
+
     async def take(self, key: str) -> Decision:
         """Raises `httpio.redis_client.RedisError` when Redis does not answer in time. A
         checkpoint always, as trio's own calls: a caller looping on held decisions must not
@@ -173,14 +210,7 @@ class FleetBuckets:
         refund = self.leases.unspent(key, self._clock()) if want > 1 else 0
         args = (self.prefix + key, interval_us, self.burst, want, refund)
         self.round_trips += 1
-        try:
-            reply = await self.pool.execute("EVALSHA", GCRA_SHA, 1, *args)
-        except RedisReplyError as err:
-            if not str(err).startswith("NOSCRIPT"):
-                raise
-            self.reloads += 1
-            reply = await self.pool.execute("EVAL", GCRA_SCRIPT, 1, *args)
-        granted, wait_us, reset_us = reply
+        granted, wait_us, reset_us = await self._script(args)
         decision = decision_from_reply(granted, wait_us, reset_us, self.interval_s, self.burst)
         now = self._clock()
         if not decision.allowed:

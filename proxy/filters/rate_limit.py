@@ -314,10 +314,15 @@ class RateLimit:
             decision = self._local.take(key)
         else:
             assert self._fleet is not None
-            held = self._fleet.spend(key)  # a leased token or a remembered refusal: no coroutine
+            fleet = self._fleet
+            held = fleet.spend(key)  # a leased token or a remembered refusal: no coroutine
             if held is None:
                 return self._ask_fleet(key, ex)
-            decision = held
+            self._check(held, ex)
+            want = fleet.top_up_due(key)  # a hot key's lease asked for before it runs out
+            if want:
+                return fleet.top_up(key, want)
+            return None
         self._check(decision, ex)
         return None
 

@@ -3,7 +3,7 @@ remembered refusals, bounded memory. No event loop: the clock is a number."""
 
 from __future__ import annotations
 
-from httpio.rate_lease import LEASE_CAP, LEASE_MAX, Leases, lease_cap, lease_size
+from httpio.rate_lease import LEASE_CAP, LEASE_MAX, TOP_UP_MIN, Leases, lease_cap, lease_size
 
 
 def test_a_lease_is_a_small_share_of_the_burst_or_none() -> None:
@@ -75,3 +75,64 @@ def test_a_lease_spent_fast_grows_to_its_cap_and_one_left_unspent_shrinks() -> N
     assert leases.want("k", now + 2, start=64, cap=300) == 75
     leases.granted("k", now + 2, 5, remaining=10_000, reset_s=1.0, size=75)
     assert leases.want("k", now + 3, start=64, cap=300) == 64  # never below the start
+
+
+def test_a_lease_down_to_a_quarter_is_topped_up_once_and_keeps_its_size() -> None:
+    leases = Leases(ttl_s=0.5)
+    leases.granted("k", 0.0, tokens=63, remaining=1000, reset_s=1.0, size=64)
+    for _ in range(46):  # 17 left: more than a quarter of 64
+        assert leases.spend("k", 0.3) is not None
+        assert leases.top_up_due("k", 0.3, cap=1024) == 0
+    assert leases.spend("k", 0.3) is not None  # 16 left
+    assert leases.top_up_due("k", 0.3, cap=1024) == 48  # back to 64, not grown: spent slowly
+    assert leases.top_up_due("k", 0.3, cap=1024) == 0  # asked once per lease
+    assert leases.spend("k", 0.31) is not None  # the rest is still spent meanwhile
+    leases.topped_up("k", 0.4, tokens=48, remaining=900, reset_s=1.0)
+    held = leases.spend("k", 0.85)  # the top-up moved the expiry on (0.4 + 0.5)
+    assert held is not None and held.remaining == 900 + 15 + 48 - 1
+    assert leases.statistics()["top_ups"] == 1
+    assert leases.top_up_due("k", 0.85, cap=1024) == 0  # 62 left of 64: none due
+
+
+def test_a_lease_spent_fast_is_topped_up_to_twice_its_size_within_the_cap() -> None:
+    leases = Leases(ttl_s=0.5)
+    leases.granted("k", 0.0, tokens=600, remaining=10_000, reset_s=1.0, size=800)
+    for _ in range(400):
+        assert leases.spend("k", 0.01) is not None
+    assert leases.top_up_due("k", 0.01, cap=1000) == 1000 - 200  # grown, capped
+
+
+def test_no_top_up_for_small_expired_or_refused_leases_and_one_that_failed_waits() -> None:
+    leases = Leases(ttl_s=0.5)
+    leases.granted("small", 0.0, tokens=1, remaining=10, reset_s=1.0, size=TOP_UP_MIN - 1)
+    assert leases.top_up_due("small", 0.1, cap=1024) == 0  # renewed when spent instead
+    leases.granted("old", 0.0, tokens=2, remaining=10, reset_s=1.0, size=64)
+    assert leases.top_up_due("old", 0.6, cap=1024) == 0  # expired: the usual renewal
+    leases.refused("no", 0.0, retry_after_s=0.2, reset_s=1.0)
+    assert leases.top_up_due("no", 0.1, cap=1024) == 0
+    assert leases.top_up_due("absent", 0.1, cap=1024) == 0
+    leases.granted("k", 0.0, tokens=4, remaining=10, reset_s=1.0, size=64)
+    assert leases.top_up_due("k", 0.1, cap=1024) > 0  # asked, and it failed (no topped_up)
+    assert leases.top_up_due("k", 0.2, cap=1024) == 0  # not again for this lease
+    leases.granted("k", 0.3, tokens=4, remaining=10, reset_s=1.0, size=64)  # renewed
+    assert leases.top_up_due("k", 0.3, cap=1024) > 0
+
+
+def test_a_top_up_for_a_key_that_lost_its_lease_is_a_lease_of_its_own() -> None:
+    leases = Leases(ttl_s=0.5)
+    leases.topped_up("k", 1.0, tokens=5, remaining=50, reset_s=1.0)
+    held = leases.spend("k", 1.1)
+    assert held is not None and held.allowed and held.remaining == 54
+
+
+def test_a_top_up_landing_after_a_renewal_never_holds_more_than_the_lease_size() -> None:
+    leases = Leases(ttl_s=0.5)
+    leases.granted("k", 0.0, tokens=16, remaining=1000, reset_s=1.0, size=64)
+    want = leases.top_up_due("k", 0.2, cap=64)
+    assert want == 48
+    leases.granted("k", 0.3, tokens=63, remaining=900, reset_s=1.0, size=64)  # ran out, renewed
+    leases.topped_up("k", 0.31, tokens=want, remaining=850, reset_s=1.0)
+    spent = 0
+    while leases.spend("k", 0.4) is not None:
+        spent += 1
+    assert spent == 64

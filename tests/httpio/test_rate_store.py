@@ -164,3 +164,52 @@ async def test_concurrent_requests_for_one_key_share_one_round_trip(
     assert decisions == [True] * 50
     assert b.round_trips == 1
     await pool.aclose()
+
+
+async def test_a_hot_key_topped_up_never_waits_and_the_fleet_count_stays_exact(
+    redis_server: RedisProcess,
+) -> None:
+    """As a proxy's limit spends: a lease down to a quarter is topped up by the request that
+    left it so (`FleetBuckets.top_up_due`), so after the first request none asks Redis for
+    its own decision; every token spent or held is in Redis's count."""
+    now = [0.0]
+    pool = RedisPool(RedisSettings(port=redis_server.port, command_timeout_s=5.0))
+    hot = FleetBuckets(pool, "t:top:", rate_per_s=0.001, burst=100_000, clock=lambda: now[0])
+    waited = 0
+    for _ in range(5000):
+        decision = hot.spend("k")
+        if decision is None:
+            waited += 1
+            decision = await hot.take("k")
+        else:
+            want = hot.top_up_due("k")
+            if want:
+                await hot.top_up("k", want)
+        assert decision.allowed
+        now[0] += 0.0001
+    assert waited == 1, hot.statistics()
+    stats = hot.statistics()
+    assert hot.leases.top_ups == hot.round_trips - 1 and hot.round_trips < 20, stats
+    held = hot.spend("k")  # what this proxy sees: the fleet's and its own
+    assert held is not None and held.remaining == 100_000 - 5001
+    rest = 0
+    while hot.spend("k") is not None:  # what `hot` still holds, spent
+        rest += 1
+    assert 0 < rest <= hot.lease_cap
+    other = FleetBuckets(pool, "t:top:", rate_per_s=0.001, burst=100_000)
+    assert (await other.take("k")).remaining == 100_000 - (5001 + rest) - 1
+    await pool.aclose()
+
+
+async def test_a_top_up_that_fails_raises_nothing_and_the_lease_is_still_spent() -> None:
+    now = [0.0]
+    with held_port() as port:  # nothing answers there
+        pool = RedisPool(RedisSettings(port=port, command_timeout_s=0.2))
+        b = FleetBuckets(pool, "t:gone:", rate_per_s=1000.0, burst=100_000, clock=lambda: now[0])
+        b.leases.granted("k", 0.0, tokens=10, remaining=1000, reset_s=1.0, size=64)
+        now[0] = 0.2  # not spent fast: topped up to its size, not grown
+        assert b.top_up_due("k") == 54
+        await b.top_up("k", 54)  # Redis is unreachable: no error for the request
+        assert b.top_up_due("k") == 0  # not asked again for this lease
+        assert sum(b.spend("k") is not None for _ in range(10)) == 10
+        await pool.aclose()

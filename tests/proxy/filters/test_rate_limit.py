@@ -240,3 +240,29 @@ async def test_a_reload_that_moves_redis_counts_in_the_new_store() -> None:
         assert await state.redis.execute("KEYS", "gw:rl:svc:*") != []
         for pool in (first, state.redis):
             await pool.aclose()
+
+
+async def test_a_hot_fleet_key_asks_redis_only_to_top_its_lease_up() -> None:
+    """1,000 requests of one client through a fleet limit: a request waits for Redis only
+    when the key has nothing to spend (the first) or when it left the lease at a quarter
+    (it tops it up); each is allowed and noted for the quota fields like any other."""
+    from httpio.redis_client import RedisPool, RedisSettings
+    from tests.support.redisproc import running_redis
+
+    with running_redis() as redis:
+        pool = RedisPool(RedisSettings(port=redis.port, command_timeout_s=5.0))
+        state = RateLimitState(redis=pool)
+        spec = RateLimitSpec(key="client_ip", rate_per_s=1.0, burst=100_000)
+        f = RateLimit("svc", spec, state)
+        awaited = 0
+        for _ in range(1000):
+            ex = exchange()
+            answer = f.on_request(ex)
+            if answer is not None:
+                awaited += 1
+                assert await answer is None  # type: ignore[misc]
+            assert ex.rate_limits is not None and ex.rate_limits[0][1].allowed
+        fleet = state.fleet[("svc", "client_ip")]
+        assert fleet.leases.top_ups >= 1 and awaited == fleet.round_trips, fleet.statistics()
+        assert fleet.round_trips < 20
+        await pool.aclose()
