@@ -10,7 +10,6 @@ the server streams and always closes.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import msgspec
@@ -32,11 +31,23 @@ class ResponseBody(Protocol):
     async def aclose(self) -> None: ...
 
 
-@dataclass(slots=True)
 class Response:
-    status: int
-    headers: Headers = field(default_factory=list)
-    body: bytes | ResponseBody = b""
+    """An answer: its status, its header lines (ours to change until it is sent) and its
+    body. A plain class rather than a dataclass: under mypyc (`httpio.accel`) its
+    constructor is native, where a dataclass's generated ``__init__`` stays interpreted
+    Python, and a request makes one to four of them."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(
+        self, status: int, headers: Headers | None = None, body: bytes | ResponseBody = b""
+    ) -> None:
+        self.status = status
+        self.headers: Headers = [] if headers is None else headers
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"Response(status={self.status!r}, headers={self.headers!r}, body={self.body!r})"
 
 
 _json_encode = msgspec.json.Encoder().encode
@@ -54,18 +65,50 @@ def error_response(err: GatewayError) -> Response:
     return Response(err.status, [_JSON, *err.headers], err.body())
 
 
-@dataclass(slots=True)
 class Request:
-    method: str
-    target: str
-    path: str
-    query: str
-    headers: Headers
-    http_version: str
-    client: tuple[str, int]
-    body: RequestBody
-    via_elb: bool = False  # arrived through an ELB (handed off, or behind a PROXY header)
-    note: RequestNote | None = None  # what the application learnt, for the access log
+    """A request as a handler gets it (a plain class for the reason `Response` is one).
+    ``via_elb``: it arrived through an ELB (handed off, or behind a PROXY header); ``note``:
+    what the application learnt, for the access log."""
+
+    __slots__ = (
+        "body",
+        "client",
+        "headers",
+        "http_version",
+        "method",
+        "note",
+        "path",
+        "query",
+        "target",
+        "via_elb",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        path: str,
+        query: str,
+        headers: Headers,
+        http_version: str,
+        client: tuple[str, int],
+        body: RequestBody,
+        via_elb: bool = False,
+        note: RequestNote | None = None,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.http_version = http_version
+        self.client = client
+        self.body = body
+        self.via_elb = via_elb
+        self.note = note
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target} HTTP/{self.http_version} from {self.client}>"
 
     @property
     def local_direct(self) -> bool:

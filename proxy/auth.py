@@ -63,11 +63,27 @@ class AuthPolicy:
         return self.public or path.startswith(self.public_prefixes)  # () matches nothing
 
 
-@dataclass(frozen=True, slots=True)
 class Allowed:
-    """Serve the request; ``claims`` is None on a public path (no identity to pass on)."""
+    """Serve the request; ``claims`` is None on a public path (no identity to pass on). A
+    value (equal when its claims are), written out rather than a frozen dataclass: under
+    mypyc its constructor is native, a dataclass's stays interpreted (~0.2 us a request)."""
 
-    claims: Claims | None
+    __slots__ = ("claims",)
+
+    def __init__(self, claims: Claims | None) -> None:
+        self.claims = claims
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Allowed) and other.claims == self.claims
+
+    def __hash__(self) -> int:
+        return hash(self.claims)
+
+    def __repr__(self) -> str:
+        return f"Allowed({self.claims!r})"
+
+
+PUBLIC = Allowed(None)  # every request on a public path: nothing per request
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +275,7 @@ class Authorizer:
     def decide(self, headers: Headers, path: str, policy: AuthPolicy, now: float) -> Verdict:
         """`Allowed`, `NeedsIntrospection`, or raise the `ClientError` to answer with."""
         if policy.is_public(path):
-            return Allowed(None)
+            return PUBLIC
         token = extract_token(headers)
         if token is None:
             # RFC 6750 3.1: a request with no credentials gets a challenge but no error code.

@@ -124,8 +124,16 @@ class Stage:
         else:
             assert self._terminal is not None
             response = await self._terminal.respond(ex)
-        if self._back:
-            return await _through(self._back, ex, response)
+        back = self._back
+        if back:  # `_through`, inlined: a coroutine fewer for every request with a response hook
+            try:
+                for hook in back:
+                    response = hook.on_response(ex, response)
+            except BaseException:
+                body = response.body
+                if not isinstance(body, bytes):
+                    await body.aclose()
+                raise
         return response
 
 

@@ -28,10 +28,27 @@ from proxy.hop import HOP_HEADER
 _REGION_SHAPE = re.compile(rb"^[a-z]{2,3}_[A-Z]{2}$")
 
 
-@dataclass(frozen=True, slots=True)
 class Local:
-    service: str
-    target: str  # what the upstream instance sees: "/<rest>?<query>"
+    """To ``service`` of this region; ``target``: what its instance sees, ``/<rest>?<query>``.
+    A value written out, not a frozen dataclass: see `proxy.auth.Allowed`."""
+
+    __slots__ = ("service", "target")
+
+    def __init__(self, service: str, target: str) -> None:
+        self.service = service
+        self.target = target
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Local) and (other.service, other.target) == (
+            self.service,
+            self.target,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.service, self.target))
+
+    def __repr__(self) -> str:
+        return f"Local(service={self.service!r}, target={self.target!r})"
 
 
 @dataclass(frozen=True, slots=True)

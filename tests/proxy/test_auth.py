@@ -130,6 +130,7 @@ def test_first_sight_needs_introspection_then_cached() -> None:
     auth = authorizer()
     token, claims = token_for()
     verdict = auth.decide(bearer(token), "/x", ANY_USER, NOW)
+    assert isinstance(verdict, NeedsIntrospection)
     assert verdict == NeedsIntrospection(token, claims, 0)
     assert auth.accept_introspection(verdict, claims, ANY_USER, NOW) == claims
     assert auth.decide(bearer(token), "/x", ANY_USER, NOW + 1) == Allowed(claims)
