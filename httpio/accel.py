@@ -41,7 +41,7 @@ and for the test suite, which runs under both builds:
 - a module bound to a name that is bound again reads as the module first imported
   (`httpio.protocol` binds its ``h11`` once);
 - a compiled class cannot be subclassed by a Python class (`httpio.body` is never compiled
-  for that reason), nor declare ``__slots__`` on a Python base (`proxy.filters.body_limit`
+  for that reason), nor declare ``__slots__`` on a Python base (`proxy.filters.limited_body`
   stays pure);
 - a compiled module's functions cannot be monkeypatched for compiled callers
   (`tests.support.accel.patches`).
@@ -106,6 +106,7 @@ MODULES: tuple[str, ...] = (
     "proxy.filters.header_rules",
     "proxy.filters.cors",
     "proxy.filters.ip_filter",
+    "proxy.filters.body_limit",
     "proxy.filters.rate_limit",
     "proxy.cache.keys",
     "proxy.cache.memory",

@@ -2,7 +2,7 @@
 
 Apart from the server loop (`httpio.server`, which makes one per request) so that
 `httpio.messages.Request` can name its type without importing the server, and so that a
-filter may wrap it (`proxy.filters.body_limit.LimitedBody`). It is never compiled
+filter may wrap it (`proxy.filters.limited_body.LimitedBody`). It is never compiled
 (`httpio.accel`): a class a Python class derives from stays a Python class.
 """
 

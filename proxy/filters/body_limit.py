@@ -3,7 +3,9 @@
 A declared ``Content-Length`` over the limit is refused at once, so the body is never read
 (the connection is then closed by the server loop, as for every 413 of its own). A chunked
 body declares nothing, so it is counted as it streams (`LimitedBody`): the chunk that would
-cross the limit is not handed on, and its read raises `RequestBodyTooLarge` instead. The
+cross the limit is not handed on, and its read raises `RequestBodyTooLarge` instead
+(`proxy.filters.limited_body`, apart: it derives from a Python class, so it is never
+compiled, where this filter is). The
 forward is then reading the body to send it upstream: it closes that connection in the
 middle of the chunked message (`httpio.upstream`), so the backend sees an aborted request,
 never a shorter one that looks complete; the client gets the 413 JSON and a closed
@@ -13,49 +15,15 @@ by the server first, as before.
 
 from __future__ import annotations
 
-from httpio.body import RequestBody
 from httpio.errors import RequestBodyTooLarge
 from proxy.filters.chain import Exchange, RequestAnswer
+from proxy.filters.limited_body import LimitedBody
 
 
 def declared_length(value: bytes | None) -> int | None:
     if value is None or not value.strip().isdigit():
         return None
     return int(value)
-
-
-class LimitedBody(RequestBody):
-    """The client's body, at most ``limit`` bytes of it. A `RequestBody` for whoever reads
-    it (the forward, the server's discard), delegating to the one the server made; none of
-    the parent's connection state is used here."""
-
-    __slots__ = ("_inner", "_limit", "_seen")
-
-    def __init__(self, inner: RequestBody, limit: int) -> None:  # no super(): nothing to read
-        self._inner = inner
-        self._limit = limit
-        self._seen = 0
-        self.failed = inner.failed
-        self.length = inner.length
-
-    def __repr__(self) -> str:
-        return f"<LimitedBody {self._seen}/{self._limit} bytes>"
-
-    @property
-    def done(self) -> bool:
-        return self._inner.done
-
-    async def _read(self) -> bytes:
-        chunk = await self._inner.read()
-        self._seen += len(chunk)
-        if self._seen > self._limit:
-            raise RequestBodyTooLarge(
-                f"request body exceeds this service's {self._limit} bytes (chunked)"
-            )
-        return chunk
-
-    def complete_in_buffer(self) -> bool:
-        return self._inner.complete_in_buffer()
 
 
 class BodyLimit:
